@@ -1,0 +1,200 @@
+"""The one typed pipeline config: loaded from YAML, refined with ``--set key=value``, validated once.
+
+Each stage receives only its own section (``DataConfig``, ``SplitConfig``, ...). Compute sizing lives in
+``ResourcesConfig`` and never next to model hyperparameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raygbm.errors import ConfigError
+
+Task = Literal["auto", "binary", "multiclass", "regression"]
+
+
+class _Section(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Bounds(_Section):
+    """Declared valid range of a numeric column; values outside are counted in the data report."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Bounds":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the raw shards are and how to read them."""
+
+    source: str | None = Field(None, description="directory, glob, file or URI (s3://, gs://, file://)")
+    label: str | None = None
+    task: Task = "auto"
+    numeric: list[str] | None = Field(None, description="numeric features; inferred from the schema if unset")
+    categorical: list[str] | None = Field(None, description="categorical features; inferred if unset")
+    drop: list[str] = Field(default_factory=list, description="columns never used as features")
+    bounds: dict[str, Bounds] = Field(default_factory=dict)
+    duplicates: Literal["count", "drop"] = "count"
+    quarantine: bool = Field(False, description="skip bad shards (listed in the report) instead of failing")
+    max_categories: int = Field(1000, ge=1, description="most frequent categories kept per column")
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class SplitConfig(_Section):
+    """Deterministic train/validation/test split: by key hash, by time, or seeded row hash."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 42
+    key: str | None = Field(None, description="split by a hash of this column (stable when shards are re-cut)")
+    time: str | None = Field(None, description="split by this column: train on the past, test on the latest")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        if self.key and self.time:
+            raise ValueError("set either key or time, not both")
+        return self
+
+
+DerivedOp = Literal["ratio", "difference", "sum", "product", "hour", "dayofweek", "month"]
+_BINARY_OPS = {"ratio", "difference", "sum", "product"}
+
+
+class DerivedFeature(_Section):
+    """A feature computed from raw columns, identically in batch jobs and in the endpoint.
+
+    Only exactly-rounded arithmetic and calendar parts are offered: monotone transforms such as log do
+    not change what a tree can learn, and transcendental functions can differ in the last bit between
+    vectorised and scalar code, which would break batch/endpoint parity.
+    """
+
+    name: str
+    op: DerivedOp
+    inputs: list[str]
+
+    @model_validator(mode="after")
+    def _arity(self) -> "DerivedFeature":
+        want = 2 if self.op in _BINARY_OPS else 1
+        if len(self.inputs) != want:
+            raise ValueError(f"op {self.op!r} takes {want} input column(s), got {len(self.inputs)}")
+        return self
+
+
+class FeaturesConfig(_Section):
+    impute: Literal["median", "mean", "none"] = "median"
+    clip_quantiles: tuple[float, float] | None = Field(
+        None, description="clip numeric features to these training quantiles, e.g. [0.001, 0.999]"
+    )
+    derived: list[DerivedFeature] = Field(default_factory=list)
+    quantile_sample_rows: int = Field(
+        200_000, ge=1000, description="rows sampled (by row hash) for medians, quantiles and profiles"
+    )
+
+    @field_validator("clip_quantiles")
+    @classmethod
+    def _quantiles(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (0.0 <= v[0] < v[1] <= 1.0):
+            raise ValueError("must be two quantiles with 0 <= low < high <= 1")
+        return v
+
+
+class ResourcesConfig(_Section):
+    """Compute sizing only; never a hyperparameter."""
+
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+    object_store_memory_mb: int | None = Field(None, ge=64)
+    read_chunk_rows: int = Field(1_000_000, ge=1000, description="rows per Ray Data read block (bounds memory)")
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"split.seed=7"`` → ``("split.seed", 7)``; the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. split.seed=7")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"invalid config: {where}: {msg}{extra}"
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Build the config from an optional YAML file, then ``--set`` overrides, then explicit CLI fields.
+
+    ``fields`` are dotted keys given by dedicated flags (``data.source``, ``data.label``); ``None`` means
+    "not given" and leaves the file's value alone.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            at = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {p}{at}: not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        tree = loaded or {}
+    for text in overrides or []:
+        _set_path(tree, *parse_override(text))
+    for dotted, value in (fields or {}).items():
+        if value is not None:
+            _set_path(tree, dotted, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None

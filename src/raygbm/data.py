@@ -1,0 +1,529 @@
+"""The data stage on Ray Data: validated shards → profiled, deduplicated, split, preprocessed Parquet.
+
+Two streaming passes over the shards, each one fused Ray Data task per read block (read → compute):
+
+1. profile: per block, drop rows without a label, hash rows (duplicates, split, sampling), assign the
+   split, and return small mergeable statistics for all rows and for the training rows;
+2. transform: per block, the same assignment, then the fitted preprocessor, and each split's rows are
+   written straight to the staging directory from the task that read them, so no data block travels
+   through the object store to the driver and memory stays bounded whatever the input size.
+
+A time split needs global cut-offs first, so it adds a pass that reads the time column alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import yaml
+
+from raygbm import __version__
+from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
+from raygbm.errors import DataError, RaygbmError
+from raygbm.features import Preprocessor, add_derived
+from raygbm.paths import runs_dir
+from raygbm.schema import DatasetSchema, Shard, ShardSet, check_shards, infer_schema
+from raygbm.split import SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
+from raygbm.stats import CategoricalStats, NumericStats, TableStats
+
+SHARD_COL, ROW_COL = "__shard", "__row"
+_SAMPLE_SALT = 0x5EED5A3B1E
+STAGE_FORMAT = 1  # bump when outputs of the same inputs and config would change
+
+
+# ------------------------------------------------------------------------------------------- task choice
+
+MAX_CLASSES = 50
+
+
+def infer_task(label_type: pa.DataType, label_stats: CategoricalStats | NumericStats | None) -> str:
+    """binary for two classes, multiclass for up to 50 integer or string classes, else regression."""
+    if isinstance(label_stats, CategoricalStats):
+        k = len(label_stats.counts)
+        if k < 2:
+            raise DataError(f"the label has {k} distinct value(s); need at least 2")
+        if k == 2:
+            return "binary"
+        if k <= MAX_CLASSES and not pa.types.is_floating(label_type):
+            return "multiclass"
+        if pa.types.is_integer(label_type):
+            return "regression"
+        raise DataError(f"the label has {k} classes (more than {MAX_CLASSES}); set data.task explicitly")
+    return "regression"
+
+
+def _label_is_numeric(label_type: pa.DataType, task: str) -> bool:
+    """Float labels are profiled as numbers; everything else by class counts."""
+    return pa.types.is_floating(label_type) or (task == "regression" and pa.types.is_integer(label_type))
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _read_tasks(shards: ShardSet, chunk_rows: int, columns: list[str] | None) -> list[tuple[int, str, list[int], int]]:
+    """(shard index, path, row groups, first row) per read block: whole row groups up to ``chunk_rows``."""
+    tasks = []
+    for i, s in enumerate(shards.shards):
+        groups: list[int] = []
+        rows = first = 0
+        for g, n in enumerate(s.row_groups):
+            if groups and rows + n > chunk_rows:
+                tasks.append((i, s.path, groups, first))
+                first += rows
+                groups, rows = [], 0
+            groups.append(g)
+            rows += n
+        if groups or not s.row_groups:
+            tasks.append((i, s.path, groups, first))
+    return tasks
+
+
+def _read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int, columns: list[str] | None) -> pa.Table:
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            table = pf.read_row_groups(groups, columns=columns, use_threads=False) if groups else pf.schema_arrow.empty_table()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{display}: corrupt Parquet data ({str(exc).strip().splitlines()[0]})") from None
+    n = table.num_rows
+    table = table.append_column(SHARD_COL, pa.array(np.full(n, shard, dtype=np.int32)))
+    return table.append_column(ROW_COL, pa.array(np.arange(first, first + n, dtype=np.int64)))
+
+
+def read_dataset(shards: ShardSet, chunk_rows: int, columns: list[str] | None = None):
+    """A Ray Data dataset over the checked shards, one read task per chunk of row groups.
+
+    A custom datasource rather than ``read_parquet``: the checks already read every footer, so the
+    blocks are planned from them with no second metadata pass, each block knows its shard and row
+    offset (for stable output names and keep-first de-duplication), and a read error names the file.
+    """
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    fs = shards.filesystem
+    plan = _read_tasks(shards, chunk_rows, columns)
+    schema = shards.schema if columns is None else pa.schema([shards.schema.field(c) for c in columns])
+    schema = schema.append(pa.field(SHARD_COL, pa.int32())).append(pa.field(ROW_COL, pa.int64()))
+    sizes = {s.path: (s.size, s.num_rows) for s in shards.shards}
+
+    class ShardDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(s.size for s in shards.shards) * 3
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
+            out = []
+            for shard, path, groups, first in plan:
+                size, total = sizes[path]
+                rows = sum(shards.shards[shard].row_groups[g] for g in groups)
+                meta = BlockMetadata(num_rows=rows, size_bytes=int(size * 3 * rows / max(total, 1)), input_files=[path], exec_stats=None)
+                display = shards.display_path(path)
+                fn = lambda p=path, g=groups, s=shard, f=first, d=display: [_read_block(fs, d, p, g, s, f, columns)]  # noqa: E731
+                out.append(ReadTask(fn, meta, schema=schema, per_task_row_limit=per_task_row_limit))
+            return out
+
+        def get_name(self) -> str:
+            return "ReadShards"
+
+    return ray.data.read_datasource(ShardDatasource(), override_num_blocks=len(plan))
+
+
+def _find_user_error(exc: BaseException) -> RaygbmError | None:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaygbmError):
+            return type(e)(str(e).strip().splitlines()[-1] if "\n" in str(e) else str(e))
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+    return None
+
+
+def _collect(ds: Any) -> list[dict[str, Any]]:
+    """Run a dataset whose blocks are small summaries and return its rows, surfacing our own errors."""
+    try:
+        return ds.take_all()
+    except Exception as exc:  # Ray wraps task errors; report ours as the one line they are
+        err = _find_user_error(exc)
+        if err is not None:
+            raise err from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------- block work
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Everything a block task needs, shipped once with the function (small)."""
+
+    schema: DatasetSchema
+    data: DataConfig
+    split: SplitConfig
+    features: FeaturesConfig
+    task: str
+    label_numeric: bool
+    hash_columns: list[str]
+    sample_rate: float
+    cutoffs: tuple[float, float] | None = None
+
+
+def _labelled(table: pa.Table, label: str) -> tuple[pa.Table, int]:
+    y = table.column(label)
+    valid = pc.is_valid(y)
+    if pa.types.is_floating(y.type):
+        valid = pc.and_(valid, pc.invert(pc.is_nan(y)))
+    missing = table.num_rows - pc.sum(valid).as_py() if table.num_rows else 0
+    return (table.filter(valid) if missing else table), int(missing or 0)
+
+
+def _prepare(table: pa.Table, plan: BlockPlan) -> tuple[pa.Table, np.ndarray, np.ndarray, int]:
+    """Labelled rows, their row hashes and split codes."""
+    table, missing = _labelled(table, plan.schema.label)
+    h = row_hash(table, plan.hash_columns)
+    codes = assign_split(table, plan.split, row_hashes=h, cutoffs=plan.cutoffs)
+    return table, h, codes, missing
+
+
+def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
+    table, h, codes, missing = _prepare(table, plan)
+    derived = add_derived(table, plan.features.derived)
+    sample = to_unit(h, plan.split.seed ^ _SAMPLE_SALT) < plan.sample_rate
+    numeric = plan.schema.numeric + [d.name for d in plan.features.derived]
+    bounds = plan.data.bounds
+    everything = TableStats.of(derived, numeric, plan.schema.categorical, plan.schema.label, plan.label_numeric, sample, bounds)
+    is_train = codes == TRAIN
+    train = TableStats.of(
+        derived.filter(pa.array(is_train)), numeric, plan.schema.categorical, plan.schema.label,
+        plan.label_numeric, sample[is_train],
+    )
+    ids = (np.asarray(table.column(SHARD_COL), dtype=np.int64) << 40) | np.asarray(table.column(ROW_COL), dtype=np.int64)
+    return {
+        "all": [everything.to_bytes()],
+        "train": [train.to_bytes()],
+        "hashes": [h.tobytes()],
+        "ids": [ids.tobytes() if plan.data.duplicates == "drop" else b""],
+        "missing_label": [missing],
+        "splits": [np.bincount(codes, minlength=3).tolist()],
+    }
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: tuple[np.ndarray, np.ndarray] | None, out_dir: str) -> dict[str, list]:
+    shard = int(table.column(SHARD_COL)[0].as_py()) if table.num_rows else -1
+    first = int(table.column(ROW_COL)[0].as_py()) if table.num_rows else -1
+    table, h, codes, _ = _prepare(table, plan)
+    if drop is not None and len(drop[0]):
+        dup_hashes, keepers = drop
+        pos = np.searchsorted(dup_hashes, h).clip(max=len(dup_hashes) - 1)
+        is_dup = dup_hashes[pos] == h
+        ids = (np.asarray(table.column(SHARD_COL), dtype=np.int64) << 40) | np.asarray(table.column(ROW_COL), dtype=np.int64)
+        keep = ~is_dup | (keepers[pos] == ids)
+        if not keep.all():
+            table, codes = table.filter(pa.array(keep)), codes[keep]
+    features = pre.transform_table(table)
+    out: dict[str, list] = {"split": [], "file": [], "rows": [], "sha256": []}
+    for code, name in enumerate(SPLIT_NAMES):
+        mask = codes == code
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        part = features.filter(pa.array(mask)) if n != len(codes) else features
+        rel = f"{name}/part-{shard:05d}-{first:011d}.parquet"
+        dest = os.path.join(out_dir, rel)
+        pq.write_table(part, dest)
+        out["split"].append(name)
+        out["file"].append(rel)
+        out["rows"].append(n)
+        out["sha256"].append(_sha256(dest))
+    return out
+
+
+def _time_block(table: pa.Table, label: str, column: str) -> dict[str, np.ndarray]:
+    table, _ = _labelled(table, label)
+    return {"t": time_values(table.column(column))}
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class PreprocessResult:
+    run_dir: Path
+    report: dict[str, Any]
+    cached: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _stage_key(shards: ShardSet, config: PipelineConfig) -> str:
+    relevant = {
+        "format": STAGE_FORMAT,
+        "data": config.data.model_dump(mode="json", exclude={"source"}),
+        "split": config.split.model_dump(mode="json"),
+        "features": config.features.model_dump(mode="json"),
+        "shards": shards.fingerprint(),
+        "quarantined": sorted(str(p) for p in shards.quarantined),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _duplicates(blocks: list[dict[str, Any]], drop: bool) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+    hashes = np.concatenate([np.frombuffer(b["hashes"], dtype=np.uint64) for b in blocks]) if blocks else np.empty(0, np.uint64)
+    if hashes.size == 0:
+        return 0, None
+    if not drop:
+        uniq = np.unique(hashes)
+        return int(hashes.size - uniq.size), None
+    ids = np.concatenate([np.frombuffer(b["ids"], dtype=np.int64) for b in blocks])
+    order = np.lexsort((ids, hashes))  # by hash, then position: the first occurrence comes first
+    h, i = hashes[order], ids[order]
+    first = np.ones(h.size, dtype=bool)
+    first[1:] = h[1:] != h[:-1]
+    dup_count = int(h.size - first.sum())
+    group_size = np.diff(np.append(np.flatnonzero(first), h.size))
+    repeated = group_size > 1
+    return dup_count, (h[first][repeated].copy(), i[first][repeated].copy())
+
+
+def preprocess(config: PipelineConfig, *, progress: Callable[[str], None] | None = None, force: bool = False) -> PreprocessResult:
+    """Run the data stage; returns the run directory and the data report. Ray must be initialised.
+
+    A finished run with the same input content and config is found by its key and reused.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if not config.data.source:
+        raise DataError("no data source given (use --data PATH_OR_URI or data.source in the config)")
+    say("checking shards")
+    shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine)
+    derived_inputs = [c for d in config.features.derived for c in d.inputs]
+    schema = infer_schema(shards.schema, config.data, config.split, derived_inputs)
+    for d in config.features.derived:
+        if d.name in shards.schema.names:
+            raise DataError(f"derived feature {d.name!r} clashes with an existing column")
+    timings["check_s"] = time.perf_counter() - t0
+
+    key = _stage_key(shards, config)
+    final = runs_dir() / f"preprocess-{key[:16]}"
+    if (final / "data_report.json").exists() and not force:
+        say(f"reusing finished run {final}")
+        return PreprocessResult(final, json.loads((final / "data_report.json").read_text()), cached=True, timings=timings)
+
+    label_type = shards.schema.field(schema.label).type
+    task_hint = config.data.task if config.data.task != "auto" else "regression" if pa.types.is_floating(label_type) else "auto"
+    label_numeric = _label_is_numeric(label_type, task_hint)
+    total = max(shards.num_rows, 1)
+    plan = BlockPlan(
+        schema=schema,
+        data=config.data,
+        split=config.split,
+        features=config.features,
+        task=task_hint,
+        label_numeric=label_numeric,
+        hash_columns=list(shards.schema.names),
+        sample_rate=min(1.0, config.features.quantile_sample_rows / total),
+    )
+    chunk = config.resources.read_chunk_rows
+
+    if config.split.time is not None:
+        say("finding time cut-offs")
+        t = time.perf_counter()
+        cols = [schema.label, config.split.time]
+        ds = read_dataset(shards, chunk, list(dict.fromkeys(cols))).map_batches(
+            _time_block, fn_kwargs={"label": schema.label, "column": config.split.time}, batch_size=None, batch_format="pyarrow"
+        )
+        times = np.concatenate([np.asarray(r["t"]) for r in _iter_rows_batches(ds)]) if shards.num_rows else np.empty(0)
+        plan = _replace(plan, cutoffs=time_cutoffs(times, config.split))
+        timings["time_cutoffs_s"] = time.perf_counter() - t
+
+    say(f"profiling {shards.num_rows:,} rows in {len(shards.shards)} shards")
+    t = time.perf_counter()
+    blocks = _collect(read_dataset(shards, chunk).map_batches(profile_block, fn_args=(plan,), batch_size=None, batch_format="pyarrow"))
+    timings["profile_s"] = time.perf_counter() - t
+    everything = TableStats()
+    train = TableStats()
+    for b in blocks:
+        everything.merge(TableStats.from_bytes(b["all"]))
+        train.merge(TableStats.from_bytes(b["train"]))
+    missing_label = sum(int(b["missing_label"]) for b in blocks)
+    split_rows = np.sum([b["splits"] for b in blocks], axis=0) if blocks else np.zeros(3, dtype=int)
+    duplicates, drop = _duplicates(blocks, config.data.duplicates == "drop")
+    del blocks
+    if everything.rows == 0:
+        raise DataError(f"{config.data.source}: no rows with a label (read {shards.num_rows} rows)")
+    if train.rows == 0:
+        raise DataError("the training split is empty: check split fractions and the key/time column")
+
+    task = config.data.task if config.data.task != "auto" else infer_task(label_type, everything.label)
+    if task != "regression" and isinstance(everything.label, NumericStats):
+        raise DataError(f"task {task} needs a discrete label, but {schema.label!r} is {label_type}")
+    classes = sorted(everything.label.counts) if task != "regression" else None  # type: ignore[union-attr]
+    if task == "binary" and classes is not None and len(classes) != 2:
+        raise DataError(f"task binary needs 2 label classes, found {len(classes)}")
+    pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(train, classes, task)
+
+    say("transforming and writing splits")
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    staging = runs_dir() / f".staging-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    try:
+        for name in SPLIT_NAMES:
+            (staging / name).mkdir(parents=True)
+        t = time.perf_counter()
+        written = _collect(
+            read_dataset(shards, chunk).map_batches(
+                transform_block, fn_args=(plan, pre, drop, str(staging)), batch_size=None, batch_format="pyarrow"
+            )
+        )
+        timings["transform_s"] = time.perf_counter() - t
+        rows_out = {name: 0 for name in SPLIT_NAMES}
+        manifest: dict[str, str] = {}
+        for w in written:  # one row per file written
+            rows_out[w["split"]] += int(w["rows"])
+            manifest[w["file"]] = w["sha256"]
+        report = build_report(
+            shards, schema, pre, everything, task, missing_label, duplicates, config, rows_out, split_rows
+        )
+        report["timings"] = {**timings, "total_s": time.perf_counter() - t0}
+        _write_json(staging / "schema.json", schema.to_dict())
+        (staging / "preprocessor.json").write_text(pre.to_json())
+        (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        _write_json(staging / "data_report.json", report)
+        for name in ("schema.json", "preprocessor.json", "config.yaml", "data_report.json"):
+            manifest[name] = _sha256(str(staging / name))
+        _write_json(staging / "manifest.json", {"sha256": dict(sorted(manifest.items())), "raygbm": __version__})
+        if final.exists():  # an unfinished or forced older copy: replace it whole
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    timings["total_s"] = time.perf_counter() - t0
+    return PreprocessResult(final, report, cached=False, timings=timings)
+
+
+def _iter_rows_batches(ds: Any) -> Iterable[dict[str, np.ndarray]]:
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as exc:
+        err = _find_user_error(exc)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def _replace(plan: BlockPlan, **kw: Any) -> BlockPlan:
+    from dataclasses import replace
+
+    return replace(plan, **kw)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=False, allow_nan=False, default=str))
+
+
+# ------------------------------------------------------------------------------------------- the report
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def build_report(
+    shards: ShardSet,
+    schema: DatasetSchema,
+    pre: Preprocessor,
+    stats: TableStats,
+    task: str,
+    missing_label: int,
+    duplicates: int,
+    config: PipelineConfig,
+    rows_out: dict[str, int],
+    split_rows: np.ndarray,
+) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    n = stats.rows
+    for c in pre.numeric_features:
+        s = stats.numeric[c]
+        q = s.quantiles([0.01, 0.5, 0.99])
+        entry = {
+            "role": "derived" if c not in schema.numeric else "numeric",
+            "type": schema.types.get(c, "double"),
+            "nulls": s.nulls,
+            "null_frac": s.nulls / n if n else 0.0,
+            "nonfinite": s.nonfinite,
+            "mean": _finite(s.mean),
+            "std": _finite(s.std),
+            "min": _finite(s.min),
+            "p01": _finite(q[0]),
+            "p50": _finite(q[1]),
+            "p99": _finite(q[2]),
+            "max": _finite(s.max),
+        }
+        if c in config.data.bounds:
+            entry["below_bounds"], entry["above_bounds"] = s.below, s.above
+        columns[c] = entry
+    for c in schema.categorical:
+        s = stats.categorical[c]
+        columns[c] = {
+            "role": "categorical",
+            "type": schema.types[c],
+            "nulls": s.nulls,
+            "null_frac": s.nulls / n if n else 0.0,
+            "distinct": len(s.counts),
+            "distinct_truncated": s.truncated,
+            "top": [[_jsonable(k), v] for k, v in s.counts.most_common(5)],
+            "kept_categories": len(pre.categories_[c]),
+        }
+    if isinstance(stats.label, CategoricalStats):
+        label = {"column": schema.label, "classes": {str(k): v for k, v in sorted(stats.label.counts.items(), key=lambda kv: str(kv[0]))}}
+    else:
+        s = stats.label
+        label = {"column": schema.label, "mean": _finite(s.mean), "std": _finite(s.std), "min": _finite(s.min), "max": _finite(s.max)}
+    flagged = {c: {"below": e["below_bounds"], "above": e["above_bounds"]} for c, e in columns.items() if e.get("below_bounds") or e.get("above_bounds")}
+    return {
+        "source": config.data.source,
+        "shards": len(shards.shards),
+        "quarantined": [{"path": p.path, "problem": p.problem} for p in shards.quarantined],
+        "rows_read": shards.num_rows,
+        "rows_missing_label": missing_label,
+        "rows_duplicate": duplicates,
+        "duplicates_dropped": config.data.duplicates == "drop",
+        "rows_labelled": n,
+        "rows_out": rows_out,
+        "rows_out_total": sum(rows_out.values()),
+        "split_method": "time" if config.split.time else "key" if config.split.key else "random",
+        "split_rows_before_dedupe": dict(zip(SPLIT_NAMES, (int(v) for v in split_rows))),
+        "task": task,
+        "label": label,
+        "features": {"numeric": pre.numeric_features, "categorical": schema.categorical, "dropped": schema.dropped},
+        "out_of_bounds": flagged,
+        "columns": columns,
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)

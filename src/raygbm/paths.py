@@ -1,0 +1,15 @@
+"""Where raygbm keeps state: one home, ``./.raygbm`` by default, moved with ``RAYGBM_HOME``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The state home (run directories, MLflow store, logs). Read at call time, never at import."""
+    return Path(os.environ.get("RAYGBM_HOME") or Path.cwd() / ".raygbm").resolve()
+
+
+def runs_dir() -> Path:
+    return home() / "runs"

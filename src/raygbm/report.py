@@ -1,0 +1,72 @@
+"""Showing a data report (and progress) on the terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(width=120)
+    rows_out = report["rows_out"]
+    console.print(
+        f"[bold]{report['source']}[/]: {report['rows_read']:,} rows in {report['shards']} shards; "
+        f"{report['rows_missing_label']:,} without label (dropped), {report['rows_duplicate']:,} duplicate "
+        f"({'dropped' if report['duplicates_dropped'] else 'kept'}); task [bold]{report['task']}[/]"
+    )
+    console.print(
+        f"split ({report['split_method']}): "
+        + ", ".join(f"{k} {v:,}" for k, v in rows_out.items())
+    )
+    label = report["label"]
+    if "classes" in label:
+        total = sum(label["classes"].values()) or 1
+        console.print("label " + label["column"] + ": " + ", ".join(f"{k} {v / total:.1%}" for k, v in label["classes"].items()))
+    else:
+        console.print(f"label {label['column']}: mean {_fmt(label['mean'])}, std {_fmt(label['std'])}")
+    for q in report.get("quarantined", []):
+        console.print(f"[yellow]quarantined[/] {q['path']}: {q['problem']}")
+    for col, b in report.get("out_of_bounds", {}).items():
+        console.print(f"[yellow]out of bounds[/] {col}: {b['below']:,} below, {b['above']:,} above")
+    t = Table(show_lines=False)
+    for name in ("column", "role", "type", "nulls", "mean / distinct", "std / top", "min", "p50", "max"):
+        t.add_column(name, justify="left" if name in ("column", "role", "type", "std / top") else "right")
+    for col, c in report["columns"].items():
+        nulls = f"{c['null_frac']:.1%}"
+        if c["role"] == "categorical":
+            top = c["top"][0][0] if c["top"] else "-"
+            t.add_row(col, c["role"], c["type"], nulls, _fmt(c["distinct"]), str(top), "", "", "")
+        else:
+            t.add_row(col, c["role"], c["type"], nulls, _fmt(c["mean"]), _fmt(c["std"]), _fmt(c["min"]), _fmt(c["p50"]), _fmt(c["max"]))
+    console.print(t)
+
+
+@contextmanager
+def progress() -> Iterator[Callable[[str], None]]:
+    """A one-line status display on a terminal; plain timestamped lines otherwise (logs, CI)."""
+    start = time.perf_counter()
+    if sys.stderr.isatty():
+        console = Console(stderr=True)
+        with console.status("starting") as status:
+            def say(msg: str) -> None:
+                status.update(f"{msg}  [dim]{time.perf_counter() - start:.1f}s[/]")
+            yield say
+    else:
+        def say(msg: str) -> None:
+            print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        yield say

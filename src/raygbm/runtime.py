@@ -1,0 +1,62 @@
+"""Starting (or joining) Ray. Only entry points call this; importing raygbm never starts Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raygbm.config import ResourcesConfig
+
+
+def ensure_ray(resources: ResourcesConfig | None = None) -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (or the job's own), else start an embedded local Ray.
+
+    Token auth is on by default and the dashboard binds 127.0.0.1: the dashboard stays on because Ray
+    Train's placement-group cleanup polls its State API (ray-project/ray#54305).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    enable_token_auth()
+    resources = resources or ResourcesConfig()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=resources.num_cpus,
+            object_store_memory=resources.object_store_memory_mb * 1024 * 1024
+            if resources.object_store_memory_mb
+            else None,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    configure_data_context()
+
+
+def enable_token_auth() -> None:
+    """``RAY_AUTH_MODE=token`` unless the user chose otherwise.
+
+    Ray reads the mode into its C++ config when ``ray`` is imported, so setting the variable afterwards
+    also needs the config reloaded, as Ray itself does when it turns token auth on.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
+def configure_data_context() -> None:
+    import ray.data
+
+    # Ray Data logs each dataset's execution at INFO; our progress lines say the same thing once.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    # Our own progress display and report replace Ray Data's per-operator bars and stats dumps.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
