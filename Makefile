@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv and installs on first use.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export RAYGBM_HOME ?= $(CURDIR)/.raygbm
+DEMO_DATA := $(RAYGBM_HOME)/demo-data
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "raygbm needs Python 3.11, found " + sys.version.split()[0]'
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
+	$(BIN)/raygbm preprocess --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
+
+# Unit tests (no Ray) first, then integration tests sharing one local Ray.
+test: install
+	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/integration
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: install
+	$(BIN)/python bench/preprocess.py
+
+clean:
+	rm -rf $(VENV) .raygbm .pytest_cache
