@@ -1,0 +1,26 @@
+"""Shared fixtures: every test generates its own small data and uses its own RAYGBM_HOME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raygbm.generate import GeneratorSpec, generate_dataset
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("RAYGBM_HOME", str(h))
+    return h
+
+
+def make_shards(out: Path, rows: int = 4000, shards: int = 4, seed: int = 0, **kw) -> Path:
+    generate_dataset(out, GeneratorSpec(rows=rows, shards=shards, seed=seed, row_group_rows=1000, **kw))
+    return out
+
+
+@pytest.fixture
+def shards_dir(tmp_path: Path) -> Path:
+    return make_shards(tmp_path / "data")

@@ -1,0 +1,178 @@
+"""The data stage end to end on a real local Ray, real Parquet files, real run directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from raygbm.config import load_config
+from raygbm.data import preprocess
+from raygbm.errors import DataError
+from raygbm.features import Preprocessor
+from raygbm.split import SPLIT_NAMES, assign_split, row_hash, time_cutoffs, time_values
+from tests.conftest import make_shards
+
+
+def _cfg(data: Path, *sets: str):
+    return load_config(None, list(sets), {"data.source": str(data), "data.label": "label"})
+
+
+def _matrix(t: pa.Table) -> np.ndarray:
+    m = np.column_stack([np.asarray(t[c], dtype=np.float64) for c in t.column_names])
+    return m[np.lexsort(m.T[::-1])]
+
+
+def test_outputs_match_an_independent_single_process_computation(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=20_000, shards=4)
+    cfg = _cfg(data, "data.drop=[id]", "features.derived=[{name: pq, op: product, inputs: [num_1, num_2]}]",
+               "data.bounds={num_11: {min: 20, max: 80}}")
+    r = preprocess(cfg)
+    run = r.run_dir
+    assert run.parent == home / "runs" and not r.cached
+    for f in ("preprocessor.json", "schema.json", "data_report.json", "config.yaml", "manifest.json"):
+        assert (run / f).is_file()
+    rep = r.report
+    assert rep["rows_read"] == 20_000 and rep["rows_out_total"] == 20_000 and rep["task"] == "binary"
+    assert rep["columns"]["num_11"]["below_bounds"] > 0 and "num_11" in rep["out_of_bounds"]
+    assert rep["columns"]["pq"]["role"] == "derived"
+    # Every file listed in the manifest, with its sha256.
+    manifest = json.loads((run / "manifest.json").read_text())["sha256"]
+    files = [p for p in run.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    assert sorted(str(p.relative_to(run)) for p in files) == sorted(manifest)
+    for p in files:
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == manifest[str(p.relative_to(run))]
+    # Recompute the split and the features in one process from the raw shards.
+    raw = pq.read_table(data)
+    pre = Preprocessor.from_json((run / "preprocessor.json").read_text())
+    codes = assign_split(raw, cfg.split, row_hashes=row_hash(raw, raw.column_names))
+    expected = pre.transform_table(raw)
+    for code, name in enumerate(SPLIT_NAMES):
+        got = pq.read_table(run / name)
+        assert got.num_rows == rep["rows_out"][name] > 0
+        assert got.column_names == pre.feature_names_ + ["label"]
+        np.testing.assert_array_equal(_matrix(got), _matrix(expected.filter(pa.array(codes == code))))
+    # The preprocessor was fitted on the training rows only.
+    train_raw = raw.filter(pa.array(codes == 0))
+    med = float(np.nanmedian(np.asarray(train_raw["num_6"].to_numpy(zero_copy_only=False), dtype=float)))
+    assert pre.impute_["num_6"] == pytest.approx(med, abs=1e-12)
+
+
+def test_rerun_is_reused_and_changes_are_not(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=5000, shards=2)
+    first = preprocess(_cfg(data))
+    again = preprocess(_cfg(data))
+    assert again.cached and again.run_dir == first.run_dir
+    other_seed = preprocess(_cfg(data, "split.seed=3"))
+    assert not other_seed.cached and other_seed.run_dir != first.run_dir
+    t = pq.read_table(data / "part-00001.parquet")
+    pq.write_table(t.slice(0, t.num_rows - 1), data / "part-00001.parquet")
+    changed = preprocess(_cfg(data))
+    assert not changed.cached and changed.report["rows_read"] == 4999
+    assert not [p for p in (home / "runs").iterdir() if p.name.startswith(".staging")]
+
+
+def test_time_split_and_derived_time_features(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=8000, shards=4)
+    r = preprocess(_cfg(data, "split.time=event_time", "features.derived=[{name: hour, op: hour, inputs: [event_time]}]"))
+    assert r.report["split_method"] == "time"
+    assert r.report["rows_out"] == {"train": 5600, "validation": 1200, "test": 1200}
+    pre = Preprocessor.from_json((r.run_dir / "preprocessor.json").read_text())
+    raw = pq.read_table(data)
+    times = time_values(raw["event_time"])
+    codes = assign_split(raw, load_config(None, ["split.time=event_time"]).split, cutoffs=time_cutoffs(times, load_config(None, ["split.time=event_time"]).split))
+    assert times[codes == 0].max() < times[codes == 2].min()  # train is the past, test the most recent
+    expected = pre.transform_table(raw)
+    for code, name in enumerate(SPLIT_NAMES):
+        got = pq.read_table(r.run_dir / name)
+        np.testing.assert_array_equal(_matrix(got), _matrix(expected.filter(pa.array(codes == code))))
+    hours = np.asarray(pq.read_table(r.run_dir / "train")["hour"])
+    assert hours.min() >= 0 and hours.max() <= 23 and len(np.unique(hours)) == 24
+
+
+def test_key_split_is_stable_when_shards_are_recut(tmp_path, home):
+    a = make_shards(tmp_path / "a", rows=9000, shards=3)
+    b = make_shards(tmp_path / "b", rows=9000, shards=5)  # same rows, cut differently
+    ra = preprocess(_cfg(a, "split.key=id"))
+    rb = preprocess(_cfg(b, "split.key=id"))
+    for name in SPLIT_NAMES:
+        np.testing.assert_array_equal(_matrix(pq.read_table(ra.run_dir / name)), _matrix(pq.read_table(rb.run_dir / name)))
+
+
+def test_missing_labels_dropped_and_duplicates_counted_then_dropped(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    p0 = data / "part-00000.parquet"
+    t = pq.read_table(p0)
+    label = t["label"].to_numpy().astype(float)
+    t = t.set_column(t.column_names.index("label"), "label", pa.array(np.asarray(t["label"]), mask=np.arange(t.num_rows) < 25))
+    pq.write_table(t, p0)
+    # 40 rows of shard 1 appear again in shard 2 (exact duplicates across shards), 10 of them twice more.
+    t1 = pq.read_table(data / "part-00001.parquet")
+    t2 = pq.read_table(data / "part-00002.parquet")
+    pq.write_table(pa.concat_tables([t2, t1.slice(0, 40), t1.slice(0, 10)]), data / "part-00002.parquet")
+    counted = preprocess(_cfg(data))
+    assert counted.report["rows_missing_label"] == 25
+    assert counted.report["rows_duplicate"] == 50
+    assert counted.report["rows_out_total"] == 6050 - 25
+    dropped = preprocess(_cfg(data, "data.duplicates=drop"))
+    assert dropped.report["rows_out_total"] == 6050 - 25 - 50
+    assert label.size  # the label column was numeric before masking
+
+
+def test_quarantine_skips_bad_shards(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    (data / "junk.bin").write_bytes(b"\x00" * 100)
+    r = preprocess(_cfg(data, "data.quarantine=true"))
+    assert [Path(q["path"]).name for q in r.report["quarantined"]] == ["junk.bin"]
+    assert r.report["rows_read"] == 6000
+    with pytest.raises(DataError, match="junk.bin"):
+        preprocess(_cfg(data))
+
+
+def test_corrupt_data_page_found_while_reading(tmp_path, home):
+    # The footer is intact, so the checks pass; the damage shows only when Ray Data reads the pages.
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    p = data / "part-00001.parquet"
+    raw = bytearray(p.read_bytes())
+    meta = pq.ParquetFile(p).metadata
+    col = meta.row_group(0).column(5)
+    start = col.data_page_offset
+    raw[start + 20 : start + 4000] = b"\xff" * (4000 - 20)
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"part-00001\.parquet: corrupt Parquet data"):
+        preprocess(_cfg(data))
+    runs = home / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("task, expected", [("multiclass", "multiclass"), ("regression", "regression")])
+def test_task_inference(tmp_path, home, task, expected):
+    data = make_shards(tmp_path / "data", rows=4000, shards=2, task=task)
+    r = preprocess(_cfg(data))
+    assert r.report["task"] == expected
+    pre = Preprocessor.from_json((r.run_dir / "preprocessor.json").read_text())
+    train = pq.read_table(r.run_dir / "train")
+    if expected == "multiclass":
+        assert pre.label_classes_ == [0, 1, 2] and train.schema.field("label").type == pa.int32()
+    else:
+        assert pre.label_classes_ is None and train.schema.field("label").type == pa.float64()
+
+
+def test_job_entry_point(tmp_path, home, capsys):
+    from pipelines.preprocess import main
+
+    data = make_shards(tmp_path / "data", rows=4000, shards=2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  source: {data}\n  label: label\n  drop: [id]\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg), "--set", "split.seed=5"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "run directory:" in out and "4,000 rows in 2 shards" in out
+    assert len([p for p in (home / "runs").iterdir()]) == 1

@@ -1,0 +1,85 @@
+"""Bad input through the real CLI: exit code 2, one stderr line naming the file, nothing written.
+
+These fail in the driver's shard checks, before Ray would be started.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_shards
+
+
+def _run(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {"RAYGBM_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "raygbm.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _corrupt(d: Path) -> str:
+    p = d / "part-00001.parquet"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return "part-00001.parquet"
+
+
+def _retyped(d: Path) -> str:
+    p = d / "part-00002.parquet"
+    t = pq.read_table(p)
+    pq.write_table(t.set_column(t.column_names.index("num_4"), "num_4", t["num_4"].cast(pa.float32())), p)
+    return "part-00002.parquet"
+
+
+def _stray(d: Path) -> str:
+    (d / "notes.csv").write_text("a,b\n1,2\n")
+    return "notes.csv"
+
+
+@pytest.mark.parametrize("damage", [_corrupt, _retyped, _stray], ids=["corrupt", "type-change", "stray-file"])
+def test_bad_shard(tmp_path, damage):
+    data = make_shards(tmp_path / "data", rows=2000, shards=3)
+    name = damage(data)
+    home = tmp_path / "home"
+    r = _run("preprocess", "--data", str(data), "--label", "label", home=home)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and name in lines[0]
+    assert not home.exists() or not any(home.rglob("*"))
+
+
+def test_missing_label_column(tmp_path):
+    data = make_shards(tmp_path / "data", rows=2000, shards=2)
+    home = tmp_path / "home"
+    r = _run("preprocess", "--data", str(data), "--label", "target", home=home)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "part-00000.parquet" in line and "'target' not found" in line
+    assert not home.exists()
+
+
+def test_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    home = tmp_path / "home"
+    r = _run("preprocess", "--data", str(tmp_path / "empty"), "--label", "label", home=home)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert str(tmp_path / "empty") in line and "no Parquet shards" in line
+    assert not home.exists()
+
+
+def test_invalid_config_names_field(tmp_path):
+    r = _run("preprocess", "--data", "x", "--label", "y", "--set", "split.test=0.5", home=tmp_path / "h")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: invalid config: split:")
+
+
+def test_generate_then_bad_args(tmp_path):
+    r = _run("generate", "--rows", "1000", "--shards", "2", "--out", str(tmp_path / "g"), home=tmp_path / "h")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "g").glob("*.parquet"))) == 2
+    r = _run("generate", "--rows", "1", "--shards", "2", "--out", str(tmp_path / "g2"), home=tmp_path / "h")
+    assert r.returncode == 2 and "rows >= shards" in r.stderr

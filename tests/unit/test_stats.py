@@ -1,0 +1,40 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raygbm.config import Bounds
+from raygbm.stats import TableStats
+
+
+def _t(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    x[::10] = np.nan
+    x[5] = np.inf
+    return pa.table({
+        "x": pa.array(x, mask=np.arange(n) % 17 == 0),
+        "c": pa.array(rng.choice(["a", "b", "c"], n).tolist()),
+        "y": pa.array(rng.integers(0, 2, n)),
+    })
+
+
+def test_merge_equals_whole_and_survives_bytes():
+    a, b = _t(1000, 1), _t(1500, 2)
+    whole = pa.concat_tables([a, b])
+    args = (["x"], ["c"], "y", False)
+    bounds = {"x": Bounds(min=-1, max=1)}
+    s1 = TableStats.of(a, *args, np.ones(a.num_rows, bool), bounds)
+    s2 = TableStats.of(b, *args, np.ones(b.num_rows, bool), bounds)
+    merged = TableStats.from_bytes(s1.to_bytes()).merge(TableStats.from_bytes(s2.to_bytes()))
+    ref = TableStats.of(whole, *args, np.ones(whole.num_rows, bool), bounds)
+    m, r = merged.numeric["x"], ref.numeric["x"]
+    assert (m.count, m.nulls, m.nonfinite, m.below, m.above) == (r.count, r.nulls, r.nonfinite, r.below, r.above)
+    assert m.mean == pytest.approx(r.mean) and m.std == pytest.approx(r.std)
+    assert m.min == r.min and m.max == r.max == float("inf")
+    assert m.quantiles([0.5]) == pytest.approx(r.quantiles([0.5]))
+    assert merged.categorical["c"].counts == ref.categorical["c"].counts
+    assert merged.label.counts == ref.label.counts
+    assert merged.rows == 2500
+    x = np.asarray(whole["x"].to_numpy(zero_copy_only=False), dtype=float)
+    assert r.nulls == int(np.isnan(x).sum())
+    assert r.below == int((x < -1).sum()) and r.above == int((x > 1).sum())
