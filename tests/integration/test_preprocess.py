@@ -176,3 +176,18 @@ def test_job_entry_point(tmp_path, home, capsys):
     out = capsys.readouterr().out
     assert "run directory:" in out and "4,000 rows in 2 shards" in out
     assert len([p for p in (home / "runs").iterdir()]) == 1
+
+
+def test_ray_and_local_runners_write_identical_runs(tmp_path, home):
+    from raygbm.data import LocalRunner
+
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    cfg = _cfg(data, "split.time=event_time", "data.duplicates=drop")
+    ray_run = preprocess(cfg)
+    ray_manifest = json.loads((ray_run.run_dir / "manifest.json").read_text())["sha256"]
+    local_run = preprocess(cfg, runner=LocalRunner(), force=True)
+    assert local_run.run_dir == ray_run.run_dir
+    local_manifest = json.loads((local_run.run_dir / "manifest.json").read_text())["sha256"]
+    parquet = {k: v for k, v in ray_manifest.items() if k.endswith(".parquet")}
+    assert parquet and parquet == {k: v for k, v in local_manifest.items() if k.endswith(".parquet")}
+    assert ray_manifest["preprocessor.json"] == local_manifest["preprocessor.json"]
