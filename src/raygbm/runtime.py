@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 
 from raygbm.config import ResourcesConfig
 
@@ -23,6 +25,7 @@ def ensure_ray(resources: ResourcesConfig | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
     else:
+        ensure_private_token()
         ray.init(
             num_cpus=resources.num_cpus,
             object_store_memory=resources.object_store_memory_mb * 1024 * 1024
@@ -48,6 +51,24 @@ def enable_token_auth() -> None:
     from ray._raylet import Config
 
     Config.initialize("")
+
+
+def ensure_private_token() -> Path | None:
+    """Make sure the token file a new local cluster uses exists and is readable by its owner only.
+
+    Ray would generate ``~/.ray/auth_token`` itself, but with the process umask (often world-readable).
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
 
 
 def configure_data_context() -> None:

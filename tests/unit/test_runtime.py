@@ -1,0 +1,26 @@
+import os
+import stat
+
+from raygbm.runtime import ensure_private_token
+
+
+def test_token_file_is_created_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray" / "auth_token"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    p = ensure_private_token()
+    assert p is not None and len(p.read_text()) == 64
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    first = p.read_text()
+    os.chmod(p, 0o644)  # an existing, too-open token is tightened and kept
+    assert ensure_private_token().read_text() == first
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+def test_import_does_nothing():
+    import subprocess
+    import sys
+
+    code = "import raygbm, raygbm.cli, raygbm.data, raygbm.features, raygbm.schema, sys; print('ray' in sys.modules and __import__('ray').is_initialized())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False"
