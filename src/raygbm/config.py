@@ -119,18 +119,60 @@ class FeaturesConfig(_Section):
         return v
 
 
+DEFAULT_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.05,
+    "num_leaves": 63,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 1.0,
+    "bagging_freq": 0,
+    "lambda_l1": 0.0,
+    "lambda_l2": 0.0,
+    "max_bin": 255,
+}
+# Set by raygbm from the task, the resources and the data; a user setting them in train.params is an error.
+_RESERVED_PARAMS = {
+    "objective", "num_class", "num_threads", "num_machines", "machines", "local_listen_port",
+    "tree_learner", "pre_partition", "num_iterations", "num_boost_round", "early_stopping_round",
+}
+
+
+class TrainConfig(_Section):
+    """LightGBM hyperparameters and the boosting schedule. No compute sizing here (see resources)."""
+
+    params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS))
+    num_boost_round: int = Field(500, ge=1)
+    early_stopping_rounds: int | None = Field(50, ge=1, description="stop when validation has not improved")
+    metric: str | None = Field(None, description="LightGBM metric; default: auc / multi_logloss / rmse")
+    report_every: int = Field(25, ge=1, description="rounds between reports to Ray Train / Tune")
+    checkpoint_every: int = Field(50, ge=1, description="rounds between checkpoints (resume after a failure)")
+    seed: int = 42
+
+    @field_validator("params")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) & _RESERVED_PARAMS)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} are set by raygbm (task, resources), not in train.params")
+        return {**DEFAULT_PARAMS, **v}
+
+
 class ResourcesConfig(_Section):
     """Compute sizing only; never a hyperparameter."""
 
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     object_store_memory_mb: int | None = Field(None, ge=64)
     read_chunk_rows: int = Field(1_000_000, ge=1000, description="rows per Ray Data read block (bounds memory)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per training run (data-parallel LightGBM when > 1)")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs (LightGBM threads) per training worker")
+    max_failures: int = Field(2, ge=0, description="worker failures a training run survives (resuming from a checkpoint)")
 
 
 class PipelineConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 

@@ -1,0 +1,279 @@
+"""Training LightGBM on the preprocessed splits: in-process, or with Ray Train's LightGBMTrainer.
+
+Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round; each call is a
+cross-worker barrier that cost ~2 s here (60 rounds: 132 s against 1.1 s for plain ``lgb.train``). So
+workers report every ``report_every`` rounds, checkpoint every ``checkpoint_every`` rounds, and LightGBM's
+own early stopping decides when to stop. After a worker failure Ray Train restarts the group and
+``train_fn_per_worker`` resumes from the last checkpoint with ``init_model``, not from round 0.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightgbm as lgb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygbm.config import ResourcesConfig, TrainConfig
+from raygbm.errors import DataError
+
+MODEL_FILE = "model.txt"
+
+
+def objective_params(task: str, num_classes: int | None, metric: str | None = None) -> dict[str, Any]:
+    if task == "binary":
+        out = {"objective": "binary", "metric": metric or "auc"}
+    elif task == "multiclass":
+        out = {"objective": "multiclass", "num_class": int(num_classes or 0), "metric": metric or "multi_logloss"}
+    elif task == "regression":
+        out = {"objective": "regression", "metric": metric or "rmse"}
+    else:
+        raise DataError(f"unknown task {task!r}")
+    return out
+
+
+def lgb_params(train: TrainConfig, task: str, num_classes: int | None, num_threads: int) -> dict[str, Any]:
+    return {
+        **train.params,
+        **objective_params(task, num_classes, train.metric),
+        "num_threads": num_threads,
+        "seed": train.seed,
+        "deterministic": True,
+        "verbosity": -1,
+    }
+
+
+def lgb_dataset(table: pa.Table, label: str, categorical: list[str], reference: lgb.Dataset | None = None) -> lgb.Dataset:
+    """LightGBM 4 takes Arrow directly (pandas 3's Arrow-backed dtypes it would reject)."""
+    y = table.column(label)
+    return lgb.Dataset(
+        table.drop_columns([label]), label=y, categorical_feature=categorical, reference=reference, free_raw_data=True
+    )
+
+
+@dataclass
+class RunMeta:
+    """What training needs to know about a preprocess run directory."""
+
+    run_dir: Path
+    label: str
+    task: str
+    num_classes: int | None
+    categorical: list[str]
+    features: list[str]
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunMeta":
+        run_dir = Path(run_dir)
+        try:
+            pre = json.loads((run_dir / "preprocessor.json").read_text())
+        except FileNotFoundError:
+            raise DataError(f"{run_dir}: not a preprocess run (no preprocessor.json)") from None
+        classes = pre["label_classes"]
+        return cls(run_dir, pre["schema"]["label"], pre["task"], len(classes) if classes else None,
+                   pre["categorical_features"], pre["feature_names"])
+
+    def split(self, name: str) -> pa.Table:
+        return pq.read_table(self.run_dir / name)
+
+
+class ReportEveryK:
+    """LightGBM callback: hands metrics (and, every ``checkpoint_every`` rounds, the model) to ``report``
+    every ``report_every`` rounds instead of every round."""
+
+    order = 40  # after LightGBM's own evaluation logging and early stopping bookkeeping
+
+    def __init__(self, report_every: int, checkpoint_every: int, report: Callable[[dict[str, float], lgb.Booster | None], None]):
+        self.report_every = report_every
+        self.checkpoint_every = checkpoint_every
+        self.report = report
+        self.last_reported = 0
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        done = env.iteration + 1
+        final = done == env.end_iteration
+        if done % self.report_every and done % self.checkpoint_every and not final:
+            return
+        metrics = metrics_of(env.evaluation_result_list)
+        metrics["iteration"] = done
+        self.last_reported = done
+        self.report(metrics, env.model if (done % self.checkpoint_every == 0 or final) else None)
+
+
+def metrics_of(results: list[tuple]) -> dict[str, float]:
+    return {f"{r[0]}-{r[1]}": float(r[2]) for r in results or []}
+
+
+def boost(
+    params: dict[str, Any],
+    dtrain: lgb.Dataset,
+    dvalid: lgb.Dataset,
+    train: TrainConfig,
+    callbacks: list[Callable] = (),  # type: ignore[assignment]
+    init_model: lgb.Booster | None = None,
+) -> lgb.Booster:
+    """``lgb.train`` with early stopping on the validation split (the shared core of every path)."""
+    start = init_model.current_iteration() if init_model is not None else 0
+    cbs = list(callbacks)
+    if train.early_stopping_rounds:
+        cbs.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
+    return lgb.train(
+        params,
+        dtrain,
+        num_boost_round=max(train.num_boost_round - start, 0),
+        valid_sets=[dvalid],
+        valid_names=["validation"],
+        init_model=init_model,
+        keep_training_booster=False,
+        callbacks=cbs,
+    )
+
+
+@dataclass
+class TrainResult:
+    booster: lgb.Booster
+    metrics: dict[str, float]
+    best_iteration: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) -> TrainResult:
+    """Plain ``lgb.train`` in this process: the path for data that fits one worker (and the baseline)."""
+    t0 = time.perf_counter()
+    tr, va = meta.split("train"), meta.split("validation")
+    dtrain = lgb_dataset(tr, meta.label, meta.categorical)
+    dvalid = lgb_dataset(va, meta.label, meta.categorical, reference=dtrain)
+    t1 = time.perf_counter()
+    booster = boost(lgb_params(train, meta.task, meta.num_classes, num_threads), dtrain, dvalid, train)
+    t2 = time.perf_counter()
+    best = booster.best_iteration or booster.current_iteration()
+    metrics = {f"validation-{k}": v for k, v in (booster.best_score.get("validation") or {}).items()}
+    return TrainResult(booster, metrics, best, {"load_s": t1 - t0, "boost_s": t2 - t1})
+
+
+# ------------------------------------------------------------------------------------------ Ray Train
+
+
+def _shard_table(name: str) -> pa.Table:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    blocks = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return pa.concat_tables(blocks) if blocks else pa.table({})
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: its shard of train, all of validation, data-parallel when > 1."""
+    import ray.train
+    from ray.train.lightgbm import get_network_params
+
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    train = TrainConfig.model_validate(config["train"])
+    label, categorical = config["label"], config["categorical"]
+    tr, va = _shard_table("train"), _shard_table("validation")
+    dtrain = lgb_dataset(tr, label, categorical)
+    dvalid = lgb_dataset(va, label, categorical, reference=dtrain)
+    params = lgb_params(train, config["task"], config["num_classes"], config["num_threads"])
+    if world > 1:
+        # Without these two, each worker silently trains its own model on its own shard.
+        params.update(tree_learner="data_parallel", pre_partition=True, **get_network_params())
+
+    init_model = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            init_model = lgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+
+    def report(metrics: dict[str, float], model: lgb.Booster | None) -> None:
+        # Every worker must call report (it is a barrier); only rank 0 uploads the checkpoint.
+        if model is not None and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                model.save_model(str(Path(d) / MODEL_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    fail_at = config.get("fail_at_iteration")
+    callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
+    if fail_at and checkpoint is None and rank == 0:
+        callbacks.append(_FailAt(fail_at))
+    booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
+    best = booster.best_iteration or booster.current_iteration()
+    final = {f"validation-{k}": v for k, v in (booster.best_score.get("validation") or {}).items()}
+    final.update(iteration=booster.current_iteration(), best_iteration=best, resumed_from=init_model.current_iteration() if init_model else 0)
+    report(final, booster)
+
+
+class _FailAt:
+    """Test hook: kill this worker process at a given round (only on a run that did not resume)."""
+
+    order = 50
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        if env.iteration + 1 == self.iteration:
+            import os
+
+            os._exit(1)
+
+
+def train_with_ray(
+    meta: RunMeta,
+    train: TrainConfig,
+    resources: ResourcesConfig,
+    storage: Path,
+    name: str,
+    fail_at_iteration: int | None = None,
+) -> TrainResult:
+    """One training run as a Ray Train LightGBMTrainer over ``resources.num_workers`` workers."""
+    import ray.data
+    import ray.train
+    from ray.train.lightgbm import LightGBMTrainer
+
+    t0 = time.perf_counter()
+    # Materialise before the trainer takes the CPUs: on a small cluster, N workers holding every CPU
+    # would otherwise starve Ray Data's lazy read tasks and hang.
+    datasets = {s: ray.data.read_parquet(str(meta.run_dir / s)).materialize() for s in ("train", "validation")}
+    trainer = LightGBMTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "train": train.model_dump(mode="json"),
+            "label": meta.label,
+            "categorical": meta.categorical,
+            "task": meta.task,
+            "num_classes": meta.num_classes,
+            "num_threads": resources.cpus_per_worker,
+            "fail_at_iteration": fail_at_iteration,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
+        ),
+        # Every worker evaluates the whole validation split, so early stopping agrees across workers.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    t1 = time.perf_counter()
+    result = trainer.fit()
+    t2 = time.perf_counter()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        booster = lgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return TrainResult(booster, metrics, int(metrics.get("best_iteration", booster.current_iteration())),
+                       {"setup_s": t1 - t0, "fit_s": t2 - t1})

@@ -1,0 +1,69 @@
+"""Training in-process on a run directory made by the local (no-Ray) runner."""
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from raygbm.config import TrainConfig, load_config
+from raygbm.data import LocalRunner, preprocess
+from raygbm.errors import ConfigError
+from raygbm.train import ReportEveryK, RunMeta, lgb_dataset, lgb_params, train_in_process
+from tests.conftest import make_shards
+
+
+@pytest.fixture
+def run_dir(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=12_000, shards=2)
+    cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
+    return preprocess(cfg, runner=LocalRunner()).run_dir
+
+
+def test_in_process_training_learns_and_stops_early(run_dir):
+    meta = RunMeta.load(run_dir)
+    assert meta.task == "binary" and meta.categorical == ["cat_0", "cat_1", "cat_2", "cat_3", "cat_4"]
+    r = train_in_process(meta, TrainConfig(num_boost_round=400, early_stopping_rounds=10, params={"learning_rate": 0.3}))
+    assert r.best_iteration < 400  # early stopping on validation ended it
+    test = meta.split("test")
+    X = test.drop_columns(["label"])
+    auc = roc_auc_score(np.asarray(test["label"]), r.booster.predict(X))
+    assert auc > 0.75
+    assert r.metrics["validation-auc"] > 0.75
+    # Categorical features reached LightGBM as categorical.
+    dumped = r.booster.dump_model()
+    assert any(f == "cat_0" for f in dumped["feature_names"])
+    assert dumped["pandas_categorical"] is None
+
+
+def test_report_every_k_rounds_only(run_dir):
+    meta = RunMeta.load(run_dir)
+    calls = []
+    cb = ReportEveryK(10, 25, lambda m, model: calls.append((m["iteration"], model is not None)))
+    tr = meta.split("train")
+    params = lgb_params(TrainConfig(), meta.task, meta.num_classes, 1)
+    dtrain = lgb_dataset(tr, meta.label, meta.categorical)
+    dvalid = lgb_dataset(meta.split("validation"), meta.label, meta.categorical, reference=dtrain)
+    lgb.train(params, dtrain, num_boost_round=53, valid_sets=[dvalid], valid_names=["validation"], callbacks=[cb])
+    assert calls == [(10, False), (20, False), (25, True), (30, False), (40, False), (50, True), (53, True)]
+
+
+def test_objectives():
+    t = TrainConfig()
+    assert lgb_params(t, "binary", 2, 1)["objective"] == "binary"
+    p = lgb_params(t, "multiclass", 3, 2)
+    assert p["objective"] == "multiclass" and p["num_class"] == 3 and p["num_threads"] == 2
+    assert lgb_params(t, "regression", None, 1)["metric"] == "rmse"
+
+
+def test_reserved_params_rejected():
+    with pytest.raises(ConfigError, match="train.params: .*num_threads"):
+        load_config(None, ["train.params={num_threads: 8}"])
+    cfg = load_config(None, ["train.params={num_leaves: 7}"])
+    assert cfg.train.params["num_leaves"] == 7 and cfg.train.params["learning_rate"] == 0.05
+
+
+def test_not_a_run_dir(tmp_path):
+    from raygbm.errors import DataError
+
+    with pytest.raises(DataError, match="not a preprocess run"):
+        RunMeta.load(tmp_path)
