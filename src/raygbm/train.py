@@ -204,10 +204,15 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
     if fail_at and checkpoint is None and rank == 0:
         callbacks.append(_FailAt(fail_at))
+    t = time.perf_counter()
     booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
+    boost_s = time.perf_counter() - t  # the boosting loop, reports and checkpoints included
     best = booster.best_iteration or booster.current_iteration()
     final = {f"validation-{k}": v for k, v in (booster.best_score.get("validation") or {}).items()}
-    final.update(iteration=booster.current_iteration(), best_iteration=best, resumed_from=init_model.current_iteration() if init_model else 0)
+    final.update(
+        iteration=booster.current_iteration(), best_iteration=best, boost_s=boost_s,
+        resumed_from=init_model.current_iteration() if init_model else 0,
+    )
     report(final, booster)
 
 
