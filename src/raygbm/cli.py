@@ -98,14 +98,15 @@ def run_preprocess(cfg: Any, force: bool = False) -> Any:
     from raygbm.report import progress
 
     with progress() as say:
+        shards = None
         if cfg.data.source:
             # Fail fast, silently, on bad shards before paying for a Ray start.
             from raygbm.schema import check_shards
 
-            check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
+            shards = check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
         say("starting Ray")
         ensure_ray(cfg.resources)
-        return preprocess_stage(cfg, progress=say, force=force)
+        return preprocess_stage(cfg, progress=say, force=force, shards=shards)
 
 
 def main() -> None:

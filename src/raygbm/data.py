@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -204,7 +204,6 @@ class BlockPlan:
     data: DataConfig
     split: SplitConfig
     features: FeaturesConfig
-    task: str
     label_numeric: bool
     hash_columns: list[str]
     sample_rate: float
@@ -341,12 +340,14 @@ def preprocess(
     progress: Callable[[str], None] | None = None,
     force: bool = False,
     runner: RayDataRunner | LocalRunner | None = None,
+    shards: ShardSet | None = None,
 ) -> PreprocessResult:
     """Run the data stage; returns the run directory and the data report.
 
     With the default runner Ray must be initialised (``raygbm.runtime.ensure_ray``).
 
-    A finished run with the same input content and config is found by its key and reused.
+    A finished run with the same input content and config is found by its key and reused. ``shards``
+    passes in the result of an earlier ``check_shards`` on the same source, so footers are read once.
     """
     say = progress or (lambda _msg: None)
     runner = runner or RayDataRunner()
@@ -354,8 +355,9 @@ def preprocess(
     timings: dict[str, float] = {}
     if not config.data.source:
         raise DataError("no data source given (use --data PATH_OR_URI or data.source in the config)")
-    say("checking shards")
-    shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine)
+    if shards is None or shards.source != config.data.source:
+        say("checking shards")
+        shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine)
     derived_inputs = [c for d in config.features.derived for c in d.inputs]
     schema = infer_schema(shards.schema, config.data, config.split, derived_inputs)
     for d in config.features.derived:
@@ -378,7 +380,6 @@ def preprocess(
         data=config.data,
         split=config.split,
         features=config.features,
-        task=task_hint,
         label_numeric=label_numeric,
         hash_columns=list(shards.schema.names),
         sample_rate=min(1.0, config.features.quantile_sample_rows / total),
@@ -391,7 +392,7 @@ def preprocess(
         cols = [schema.label, config.split.time]
         rows = runner.map_blocks(shards, chunk, time_block, (schema.label, config.split.time), list(dict.fromkeys(cols)))
         times = np.concatenate([np.frombuffer(r["t"], dtype=np.float64) for r in rows]) if rows else np.empty(0)
-        plan = _replace(plan, cutoffs=time_cutoffs(times, config.split))
+        plan = replace(plan, cutoffs=time_cutoffs(times, config.split))
         timings["time_cutoffs_s"] = time.perf_counter() - t
 
     say(f"profiling {shards.num_rows:,} rows in {len(shards.shards)} shards")
@@ -453,12 +454,6 @@ def preprocess(
         raise
     timings["total_s"] = time.perf_counter() - t0
     return PreprocessResult(final, report, cached=False, timings=timings)
-
-
-def _replace(plan: BlockPlan, **kw: Any) -> BlockPlan:
-    from dataclasses import replace
-
-    return replace(plan, **kw)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -109,7 +109,7 @@ def derived_record(record: Mapping[str, Any], derived: list[DerivedFeature], typ
 # --------------------------------------------------------------------------------------- the preprocessor
 
 
-def _python_value(v: Any, arrow_type: str) -> Any:
+def _python_value(v: Any) -> Any:
     """A JSON-safe category value that compares equal to what pyarrow returns for the column."""
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -159,7 +159,7 @@ class Preprocessor:
         for c in self.schema.categorical:
             counts = train.categorical[c].counts
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-            self.categories_[c] = [_python_value(k, self.schema.types[c]) for k, _ in ranked[: self.max_categories]]
+            self.categories_[c] = [_python_value(k) for k, _ in ranked[: self.max_categories]]
         self.label_classes_ = list(label_classes) if label_classes is not None else None
         self.feature_names_ = self.numeric_features + self.schema.categorical
         self.categorical_features_ = list(self.schema.categorical)

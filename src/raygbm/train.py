@@ -106,6 +106,11 @@ class ReportEveryK:
         self.report(metrics, env.model if (done % self.checkpoint_every == 0 or final) else None)
 
 
+def best_metrics(booster: lgb.Booster) -> dict[str, float]:
+    """Validation metrics at the best iteration (early stopping) or the last one."""
+    return {f"validation-{k}": float(v) for k, v in (booster.best_score.get("validation") or {}).items()}
+
+
 def metrics_of(results: list[tuple]) -> dict[str, float]:
     return {f"{r[0]}-{r[1]}": float(r[2]) for r in results or []}
 
@@ -153,8 +158,7 @@ def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) ->
     booster = boost(lgb_params(train, meta.task, meta.num_classes, num_threads), dtrain, dvalid, train)
     t2 = time.perf_counter()
     best = booster.best_iteration or booster.current_iteration()
-    metrics = {f"validation-{k}": v for k, v in (booster.best_score.get("validation") or {}).items()}
-    return TrainResult(booster, metrics, best, {"load_s": t1 - t0, "boost_s": t2 - t1})
+    return TrainResult(booster, best_metrics(booster), best, {"load_s": t1 - t0, "boost_s": t2 - t1})
 
 
 # ------------------------------------------------------------------------------------------ Ray Train
@@ -208,7 +212,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
     boost_s = time.perf_counter() - t  # the boosting loop, reports and checkpoints included
     best = booster.best_iteration or booster.current_iteration()
-    final = {f"validation-{k}": v for k, v in (booster.best_score.get("validation") or {}).items()}
+    final = best_metrics(booster)
     final.update(
         iteration=booster.current_iteration(), best_iteration=best, boost_s=boost_s,
         resumed_from=init_model.current_iteration() if init_model else 0,
