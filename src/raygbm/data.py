@@ -169,8 +169,6 @@ def _collect(ds: Any) -> list[dict[str, Any]]:
 class RayDataRunner:
     """Runs a block function over every read block as one fused Ray Data task (read → fn)."""
 
-    name = "ray"
-
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple, columns: list[str] | None = None) -> list[dict[str, Any]]:
         # batch_size=None hands each block to fn whole, so Ray Data fuses read and fn into one task and
         # the (large) block never goes through the object store; only fn's small result does.
@@ -180,8 +178,6 @@ class RayDataRunner:
 
 class LocalRunner:
     """The same block functions in a plain single-process loop (the baseline in bench/preprocess.py)."""
-
-    name = "local"
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple, columns: list[str] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -227,6 +223,11 @@ def _prepare(table: pa.Table, plan: BlockPlan) -> tuple[pa.Table, np.ndarray, np
     return table, h, codes, missing
 
 
+def _row_ids(table: pa.Table) -> np.ndarray:
+    """Where each row came from, as one int64 (shard << 40 | row): the keep-first order for duplicates."""
+    return (np.asarray(table.column(SHARD_COL), dtype=np.int64) << 40) | np.asarray(table.column(ROW_COL), dtype=np.int64)
+
+
 def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
     table, h, codes, missing = _prepare(table, plan)
     derived = add_derived(table, plan.features.derived)
@@ -239,12 +240,11 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
         derived.filter(pa.array(is_train)), numeric, plan.schema.categorical, plan.schema.label,
         plan.label_numeric, sample[is_train],
     )
-    ids = (np.asarray(table.column(SHARD_COL), dtype=np.int64) << 40) | np.asarray(table.column(ROW_COL), dtype=np.int64)
     return {
         "all": [everything.to_bytes()],
         "train": [train.to_bytes()],
         "hashes": [h.tobytes()],
-        "ids": [ids.tobytes() if plan.data.duplicates == "drop" else b""],
+        "ids": [_row_ids(table).tobytes() if plan.data.duplicates == "drop" else b""],
         "missing_label": [missing],
         "splits": [np.bincount(codes, minlength=3).tolist()],
     }
@@ -266,8 +266,7 @@ def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: t
         dup_hashes, keepers = drop
         pos = np.searchsorted(dup_hashes, h).clip(max=len(dup_hashes) - 1)
         is_dup = dup_hashes[pos] == h
-        ids = (np.asarray(table.column(SHARD_COL), dtype=np.int64) << 40) | np.asarray(table.column(ROW_COL), dtype=np.int64)
-        keep = ~is_dup | (keepers[pos] == ids)
+        keep = ~is_dup | (keepers[pos] == _row_ids(table))
         if not keep.all():
             table, codes = table.filter(pa.array(keep)), codes[keep]
     features = pre.transform_table(table)

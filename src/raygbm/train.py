@@ -57,6 +57,12 @@ def lgb_dataset(table: pa.Table, label: str, categorical: list[str], reference: 
     )
 
 
+def lgb_datasets(train: pa.Table, valid: pa.Table, label: str, categorical: list[str]) -> tuple[lgb.Dataset, lgb.Dataset]:
+    """Training and validation sets; validation is binned with the training set's bins."""
+    dtrain = lgb_dataset(train, label, categorical)
+    return dtrain, lgb_dataset(valid, label, categorical, reference=dtrain)
+
+
 @dataclass
 class RunMeta:
     """What training needs to know about a preprocess run directory."""
@@ -152,8 +158,7 @@ def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) ->
     """Plain ``lgb.train`` in this process: the path for data that fits one worker (and the baseline)."""
     t0 = time.perf_counter()
     tr, va = meta.split("train"), meta.split("validation")
-    dtrain = lgb_dataset(tr, meta.label, meta.categorical)
-    dvalid = lgb_dataset(va, meta.label, meta.categorical, reference=dtrain)
+    dtrain, dvalid = lgb_datasets(tr, va, meta.label, meta.categorical)
     t1 = time.perf_counter()
     booster = boost(lgb_params(train, meta.task, meta.num_classes, num_threads), dtrain, dvalid, train)
     t2 = time.perf_counter()
@@ -182,8 +187,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train = TrainConfig.model_validate(config["train"])
     label, categorical = config["label"], config["categorical"]
     tr, va = _shard_table("train"), _shard_table("validation")
-    dtrain = lgb_dataset(tr, label, categorical)
-    dvalid = lgb_dataset(va, label, categorical, reference=dtrain)
+    dtrain, dvalid = lgb_datasets(tr, va, label, categorical)
     params = lgb_params(train, config["task"], config["num_classes"], config["num_threads"])
     if world > 1:
         # Without these two, each worker silently trains its own model on its own shard.

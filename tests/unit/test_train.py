@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from raygbm.config import TrainConfig, load_config
 from raygbm.data import LocalRunner, preprocess
 from raygbm.errors import ConfigError
-from raygbm.train import ReportEveryK, RunMeta, lgb_dataset, lgb_params, train_in_process
+from raygbm.train import ReportEveryK, RunMeta, lgb_datasets, lgb_params, train_in_process
 from tests.conftest import make_shards
 
 
@@ -41,8 +41,7 @@ def test_report_every_k_rounds_only(run_dir):
     cb = ReportEveryK(10, 25, lambda m, model: calls.append((m["iteration"], model is not None)))
     tr = meta.split("train")
     params = lgb_params(TrainConfig(), meta.task, meta.num_classes, 1)
-    dtrain = lgb_dataset(tr, meta.label, meta.categorical)
-    dvalid = lgb_dataset(meta.split("validation"), meta.label, meta.categorical, reference=dtrain)
+    dtrain, dvalid = lgb_datasets(tr, meta.split("validation"), meta.label, meta.categorical)
     lgb.train(params, dtrain, num_boost_round=53, valid_sets=[dvalid], valid_names=["validation"], callbacks=[cb])
     assert calls == [(10, False), (20, False), (25, True), (30, False), (40, False), (50, True), (53, True)]
 
