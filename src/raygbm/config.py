@@ -157,6 +157,75 @@ class TrainConfig(_Section):
         return {**DEFAULT_PARAMS, **v}
 
 
+# A search space entry: exactly one of these keys, e.g. {loguniform: [0.01, 0.3]} or {grid: [31, 63]}.
+_SPACE_KINDS = {"uniform", "loguniform", "int", "logint", "choice", "grid"}
+
+DEFAULT_SPACE: dict[str, dict[str, list[Any]]] = {
+    "learning_rate": {"loguniform": [0.01, 0.3]},
+    "num_leaves": {"logint": [15, 255]},
+    "min_data_in_leaf": {"logint": [5, 200]},
+    "feature_fraction": {"uniform": [0.5, 1.0]},
+    "bagging_fraction": {"uniform": [0.5, 1.0]},
+    "bagging_freq": {"choice": [0, 1, 5]},
+    "lambda_l1": {"loguniform": [1e-8, 10.0]},
+    "lambda_l2": {"loguniform": [1e-8, 10.0]},
+    "max_bin": {"choice": [63, 127, 255]},
+}
+
+
+class TuneConfig(_Section):
+    """The hyperparameter search (Ray Tune). Trials share ``train``'s schedule and fixed params."""
+
+    trials: int = Field(16, ge=1, description="sampled configurations (with a grid: repeats of the grid)")
+    search: Literal["tpe", "random"] = Field("tpe", description="Optuna TPE or random sampling")
+    space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: dict(DEFAULT_SPACE))
+    asha: bool = Field(True, description="stop unpromising trials early (ASHA)")
+    grace_period: int = Field(25, ge=1, description="rounds every trial gets before ASHA may stop it")
+    reduction_factor: int = Field(3, ge=2)
+    cv_folds: int | None = Field(None, ge=2, description="score trials by k-fold CV on train+validation")
+    seed: int = 42
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        bad = sorted(set(v) & _RESERVED_PARAMS)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} are set by raygbm, not searched")
+        for name, spec in v.items():
+            if len(spec) != 1 or next(iter(spec)) not in _SPACE_KINDS:
+                raise ValueError(f"{name}: expected one of {sorted(_SPACE_KINDS)}, e.g. {{loguniform: [0.01, 0.3]}}")
+            kind, args = next(iter(spec.items()))
+            if not isinstance(args, list) or not args:
+                raise ValueError(f"{name}: {kind} needs a non-empty list")
+            if kind in ("uniform", "loguniform", "int", "logint"):
+                if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
+                    raise ValueError(f"{name}: {kind} needs [low, high] with low < high")
+                if kind.startswith("log") and args[0] <= 0:
+                    raise ValueError(f"{name}: {kind} needs low > 0")
+        return v
+
+
+class FeatureSelectionConfig(_Section):
+    """Drop features whose share of total gain importance is below ``min_gain_share`` before the final fit."""
+
+    enabled: bool = False
+    min_gain_share: float = Field(0.001, ge=0, lt=1)
+
+
+class EvaluateConfig(_Section):
+    permutation_rows: int = Field(20_000, ge=100, description="validation rows used for permutation importance")
+    selection: FeatureSelectionConfig = Field(default_factory=FeatureSelectionConfig)
+
+
+class RegistryConfig(_Section):
+    """MLflow tracking and the champion gate. The store is ``MLFLOW_TRACKING_URI`` or an embedded sqlite file."""
+
+    experiment: str = "raygbm"
+    model_name: str = "raygbm"
+    metric: str | None = Field(None, description="test metric the gate compares; default roc_auc / log_loss / rmse")
+    margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
+
+
 class ResourcesConfig(_Section):
     """Compute sizing only; never a hyperparameter."""
 
@@ -166,6 +235,14 @@ class ResourcesConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers per training run (data-parallel LightGBM when > 1)")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (LightGBM threads) per training worker")
     max_failures: int = Field(2, ge=0, description="worker failures a training run survives (resuming from a checkpoint)")
+    trial_mode: Literal["auto", "in_process", "ray_train"] = Field(
+        "auto", description="tune trials as in-process lgb.train (data fits one worker) or LightGBMTrainer runs"
+    )
+    in_process_max_rows: int = Field(
+        20_000_000, ge=1, description="auto trial_mode trains in-process up to this many training rows"
+    )
+    cpus_per_trial: int = Field(1, ge=1, description="LightGBM threads of an in-process trial")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the CPUs allow")
 
 
 class PipelineConfig(_Section):
@@ -173,6 +250,9 @@ class PipelineConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 

@@ -36,12 +36,12 @@ from raygbm.errors import DataError, RaygbmError
 from raygbm.features import Preprocessor, add_derived
 from raygbm.paths import runs_dir
 from raygbm.schema import DatasetSchema, Shard, ShardSet, check_shards, infer_schema
-from raygbm.split import SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
+from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
 from raygbm.stats import CategoricalStats, NumericStats, TableStats
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
-STAGE_FORMAT = 1  # bump when outputs of the same inputs and config would change
+STAGE_FORMAT = 2  # bump when outputs of the same inputs and config would change
 
 
 # ------------------------------------------------------------------------------------------- task choice
@@ -284,6 +284,14 @@ def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: t
         out["file"].append(rel)
         out["rows"].append(n)
         out["sha256"].append(_sha256(dest))
+        if name == "test":
+            # The raw test rows too: a champion with another preprocessor is scored on the same rows.
+            raw = table.filter(pa.array(mask)) if n != len(codes) else table
+            rel = f"{RAW_TEST}/part-{shard:05d}-{first:011d}.parquet"
+            dest = os.path.join(out_dir, rel)
+            pq.write_table(raw.select(plan.schema.read_columns), dest)
+            for k, v in (("split", RAW_TEST), ("file", rel), ("rows", n), ("sha256", _sha256(dest))):
+                out[k].append(v)
     return out
 
 
@@ -424,7 +432,7 @@ def preprocess(
     runs_dir().mkdir(parents=True, exist_ok=True)
     staging = runs_dir() / f".staging-{key[:16]}-{uuid.uuid4().hex[:8]}"
     try:
-        for name in SPLIT_NAMES:
+        for name in (*SPLIT_NAMES, RAW_TEST):
             (staging / name).mkdir(parents=True)
         t = time.perf_counter()
         written = runner.map_blocks(shards, chunk, transform_block, (plan, pre, drop, str(staging)))
@@ -432,7 +440,8 @@ def preprocess(
         rows_out = {name: 0 for name in SPLIT_NAMES}
         manifest: dict[str, str] = {}
         for w in written:  # one row per file written
-            rows_out[w["split"]] += int(w["rows"])
+            if w["split"] in rows_out:
+                rows_out[w["split"]] += int(w["rows"])
             manifest[w["file"]] = w["sha256"]
         report = build_report(
             shards, schema, pre, everything, task, missing_label, duplicates, config, rows_out, split_rows

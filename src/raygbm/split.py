@@ -17,6 +17,7 @@ from raygbm.config import SplitConfig
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
+RAW_TEST = "test_raw"  # the test rows before preprocessing (for scoring a champion with its own preprocessor)
 
 _NULL = np.uint64(0x6A09E667F3BCC908)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

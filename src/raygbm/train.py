@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,15 +27,24 @@ MODEL_FILE = "model.txt"
 
 
 def objective_params(task: str, num_classes: int | None, metric: str | None = None) -> dict[str, Any]:
-    if task == "binary":
-        out = {"objective": "binary", "metric": metric or "auc"}
-    elif task == "multiclass":
-        out = {"objective": "multiclass", "num_class": int(num_classes or 0), "metric": metric or "multi_logloss"}
-    elif task == "regression":
-        out = {"objective": "regression", "metric": metric or "rmse"}
-    else:
+    if task not in ("binary", "multiclass", "regression"):
         raise DataError(f"unknown task {task!r}")
+    out: dict[str, Any] = {"objective": task, "metric": metric_name(task, metric)}
+    if task == "multiclass":
+        out["num_class"] = int(num_classes or 0)
     return out
+
+
+_HIGHER_IS_BETTER = ("auc", "average_precision", "ndcg", "map", "auc_mu")
+
+
+def metric_name(task: str, metric: str | None = None) -> str:
+    """The LightGBM metric early stopping and tuning optimise."""
+    return metric or {"binary": "auc", "multiclass": "multi_logloss", "regression": "rmse"}[task]
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.split("@")[0] in _HIGHER_IS_BETTER
 
 
 def lgb_params(train: TrainConfig, task: str, num_classes: int | None, num_threads: int) -> dict[str, Any]:
@@ -86,7 +95,12 @@ class RunMeta:
                    pre["categorical_features"], pre["feature_names"])
 
     def split(self, name: str) -> pa.Table:
-        return pq.read_table(self.run_dir / name)
+        """A split's features (only ``features``: a selection may have dropped some) and label."""
+        return pq.read_table(self.run_dir / name, columns=[*self.features, self.label])
+
+    def with_features(self, keep: list[str]) -> "RunMeta":
+        kept = [f for f in self.features if f in set(keep)]
+        return replace(self, features=kept, categorical=[c for c in self.categorical if c in set(kept)])
 
 
 class ReportEveryK:
@@ -114,11 +128,22 @@ class ReportEveryK:
 
 def best_metrics(booster: lgb.Booster) -> dict[str, float]:
     """Validation metrics at the best iteration (early stopping) or the last one."""
-    return {f"validation-{k}": float(v) for k, v in (booster.best_score.get("validation") or {}).items()}
+    out = {f"validation-{k}": float(v) for k, v in (booster.best_score.get("validation") or {}).items()}
+    if out:
+        out["score"] = next(iter(out.values()))
+    return out
 
 
 def metrics_of(results: list[tuple]) -> dict[str, float]:
-    return {f"{r[0]}-{r[1]}": float(r[2]) for r in results or []}
+    """LightGBM's evaluation list as a dict; ``score`` is the first metric (the one early stopping and
+    tuning use). ``lgb.cv`` names its entries ``cv_agg``/``valid <metric>``: reported as ``cv-<metric>``."""
+    out: dict[str, float] = {}
+    for r in results or []:
+        name = f"cv-{r[1].removeprefix('valid ')}" if r[0] == "cv_agg" else f"{r[0]}-{r[1]}"
+        out[name] = float(r[2])
+    if results:
+        out["score"] = float(results[0][2])
+    return out
 
 
 def boost(
@@ -246,8 +271,13 @@ def train_with_ray(
     storage: Path,
     name: str,
     fail_at_iteration: int | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
-    """One training run as a Ray Train LightGBMTrainer over ``resources.num_workers`` workers."""
+    """One training run as a Ray Train LightGBMTrainer over ``resources.num_workers`` workers.
+
+    ``callbacks`` are Ray Train user callbacks: inside a Tune trial, ``TuneReportCallback`` forwards the
+    workers' every-K-rounds reports to Tune (and so to ASHA).
+    """
     import ray.data
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
@@ -255,7 +285,8 @@ def train_with_ray(
     t0 = time.perf_counter()
     # Materialise before the trainer takes the CPUs: on a small cluster, N workers holding every CPU
     # would otherwise starve Ray Data's lazy read tasks and hang.
-    datasets = {s: ray.data.read_parquet(str(meta.run_dir / s)).materialize() for s in ("train", "validation")}
+    columns = [*meta.features, meta.label]
+    datasets = {s: ray.data.read_parquet(str(meta.run_dir / s), columns=columns).materialize() for s in ("train", "validation")}
     trainer = LightGBMTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -277,6 +308,7 @@ def train_with_ray(
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
         ),
         datasets=datasets,
     )

@@ -1,0 +1,78 @@
+"""A model bundle on disk: what batch prediction, the gate and the endpoint load (text and JSON only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+
+from raygbm.errors import DataError
+from raygbm.evaluate import features_matrix, task_metrics
+from raygbm.features import Preprocessor
+from raygbm.registry import MODEL_FILE, PREPROCESSOR_FILE, verify_bundle
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    booster: lgb.Booster
+    preprocessor: Preprocessor
+    metrics: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path, manifest_sha256: str | None = None) -> "Bundle":
+        path = Path(path)
+        verify_bundle(path, manifest_sha256)
+        booster = lgb.Booster(model_file=str(path / MODEL_FILE))
+        pre = Preprocessor.from_json((path / PREPROCESSOR_FILE).read_text())
+        metrics = json.loads((path / METRICS_FILE).read_text()) if (path / METRICS_FILE).exists() else {}
+        return cls(path, booster, pre, metrics)
+
+    @property
+    def task(self) -> str:
+        return self.preprocessor.task_
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metrics.get("threshold", 0.5))
+
+    def features(self, raw: pa.Table) -> pa.Table:
+        """Raw rows → the model's features (and the encoded label when present)."""
+        need = [c for c in self.preprocessor.schema.features + self.preprocessor.schema.derived_inputs if c not in raw.column_names]
+        for d in self.preprocessor.config.derived:
+            need += [c for c in d.inputs if c not in raw.column_names and c not in need]
+        if need:
+            raise DataError(f"input lacks column(s) the model needs: {', '.join(need[:8])}")
+        return self.preprocessor.transform_table(raw)
+
+    def scores(self, features: pa.Table) -> np.ndarray:
+        return self.booster.predict(features_matrix(self.booster, features), num_threads=0)
+
+    def predictions(self, scores: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """(prediction in the label's own values, score): the positive-class probability for binary,
+        the winning class's probability for multiclass, the value itself for regression."""
+        classes = self.preprocessor.label_classes_
+        if self.task == "binary":
+            idx = (scores >= self.threshold).astype(np.int64)
+            return pa.array([classes[i] for i in idx]), pa.array(scores, pa.float64())
+        if self.task == "multiclass":
+            idx = scores.argmax(axis=1)
+            return pa.array([classes[i] for i in idx]), pa.array(scores.max(axis=1), pa.float64())
+        return pa.array(scores, pa.float64()), pa.array(scores, pa.float64())
+
+    def test_metric(self, raw: pa.Table, metric: str) -> float:
+        """The gate metric on raw labelled rows, through this bundle's own preprocessing."""
+        feats = self.features(raw)
+        label = self.preprocessor.schema.label
+        y = np.asarray(feats.column(label))
+        if self.task != "regression" and (y < 0).any():
+            raise DataError("the data has label values this model never saw")
+        k = len(self.preprocessor.label_classes_ or []) or None
+        return float(task_metrics(self.task, y, self.scores(feats), self.threshold, k)[metric])

@@ -1,0 +1,245 @@
+"""MLflow tracking and model registry, and the model bundle the registry stores.
+
+The store is ``MLFLOW_TRACKING_URI`` when set (any remote tracking server), else an embedded sqlite file
+and artifact folder under ``$RAYGBM_HOME`` (no server to start). A model is registered as a *bundle*:
+LightGBM text model, preprocessor JSON, schema, metrics and a sha256 manifest of those files; the
+manifest's own sha256 is stored as a tag on the model version, so a bundle read back is verified end to
+end. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raygbm.config import RegistryConfig
+from raygbm.errors import RaygbmError
+from raygbm.paths import home
+
+CHAMPION = "champion"
+MODEL_FILE = "model.txt"
+PREPROCESSOR_FILE = "preprocessor.json"
+MANIFEST_FILE = "manifest.json"
+BUNDLE_PATH = "model"  # artifact path of the bundle inside an MLflow run
+BUNDLE_FORMAT = "raygbm.bundle/1"
+
+
+class RegistryError(RaygbmError):
+    """No such model or version, a tampered bundle, or an unreachable store."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(bundle: Path) -> str:
+    """Write ``manifest.json`` over every other file in the bundle; returns the manifest's sha256."""
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    manifest = {"format": BUNDLE_FORMAT, "sha256": {str(p.relative_to(bundle)): sha256_file(p) for p in files}}
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return sha256_file(bundle / MANIFEST_FILE)
+
+
+def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
+    """Check the manifest (against the pinned hash) and every file it lists; returns the manifest."""
+    mpath = bundle / MANIFEST_FILE
+    if not mpath.exists():
+        raise RegistryError(f"{bundle}: no {MANIFEST_FILE}: not a raygbm model bundle")
+    if manifest_sha256 and sha256_file(mpath) != manifest_sha256:
+        raise RegistryError(f"{bundle}: {MANIFEST_FILE} does not match the sha256 pinned in the registry")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise RegistryError(f"{bundle}: unknown bundle format {manifest.get('format')!r}")
+    for rel, digest in manifest["sha256"].items():
+        p = bundle / rel
+        if not p.exists():
+            raise RegistryError(f"{bundle}: {rel} is missing")
+        if sha256_file(p) != digest:
+            raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest")
+    return manifest
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home().resolve() / 'mlflow.db'}"
+
+
+def _quiet() -> None:
+    # MLflow logs schema migrations and experiment creation at INFO on first use, and draws a progress
+    # bar for every artifact download.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+class Registry:
+    """Thin wrapper over ``MlflowClient`` for one registered model name."""
+
+    def __init__(self, config: RegistryConfig | None = None):
+        self.config = config or RegistryConfig()
+
+    # ---- connection
+
+    @property
+    def client(self) -> Any:
+        if not hasattr(self, "_client"):
+            _quiet()
+            from mlflow import MlflowClient
+
+            uri = tracking_uri()
+            if uri.startswith("sqlite:///"):
+                home().mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self.uri = uri
+        return self._client
+
+    def experiment_id(self) -> str:
+        c = self.client
+        exp = c.get_experiment_by_name(self.config.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (home().resolve() / "mlartifacts").as_uri()
+        try:
+            return c.create_experiment(self.config.experiment, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            exp = c.get_experiment_by_name(self.config.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # ---- runs
+
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None, parent: str | None = None) -> str:
+        all_tags = dict(tags or {})
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+            step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = [Metric(k.replace("@", "_at_"), float(v), now, step) for k, v in (metrics or {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, max(len(ps), len(ms), 1), 100):
+            self.client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])
+
+    def log_history(self, run_id: str, key: str, history: list[list[float]]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(key, float(v), now, int(step)) for step, v in history]
+        for i in range(0, len(ms), 500):
+            self.client.log_batch(run_id, metrics=ms[i:i + 500])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # ---- the registry
+
+    def register(self, run_id: str, manifest_sha256: str, tags: dict[str, str]) -> ModelRef:
+        from mlflow.exceptions import MlflowException
+
+        c = self.client
+        name = self.config.model_name
+        try:
+            c.create_registered_model(name, description="raygbm model bundles (LightGBM text + preprocessor JSON)")
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_PATH}"
+        mv = c.create_model_version(name, source, run_id=run_id, tags={**tags, "manifest_sha256": manifest_sha256})
+        return self._ref(mv)
+
+    def _ref(self, mv: Any) -> ModelRef:
+        return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}), list(getattr(mv, "aliases", []) or []))
+
+    def get(self, version: str | None = None) -> ModelRef | None:
+        """A version by number, or the champion (``None`` or ``"champion"``); None if there is no champion."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.config.model_name
+        try:
+            if version is None or version == CHAMPION:
+                mv = self.client.get_model_version_by_alias(name, CHAMPION)
+            else:
+                mv = self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            not_found = str(exc.error_code) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+            if not not_found:
+                raise RegistryError(f"model registry {self.uri}: {exc.message}") from None
+            if version in (None, CHAMPION):
+                return None
+            raise RegistryError(f"model {name!r} version {version}: not found in {self.uri}") from None
+        return self._ref(mv)
+
+    def set_tags(self, ref: ModelRef, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(ref.name, ref.version, k, str(v))
+
+    def promote(self, ref: ModelRef) -> None:
+        self.client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
+
+    def download(self, ref: ModelRef, dest: Path | None = None) -> Path:
+        """The bundle of a version in a local folder, verified against its pinned manifest."""
+        from mlflow.artifacts import download_artifacts
+
+        dest = Path(dest or tempfile.mkdtemp(prefix="raygbm-model-"))
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
+        try:
+            path = Path(download_artifacts(run_id=ref.run_id, artifact_path=BUNDLE_PATH, dst_path=str(tmp),
+                                           tracking_uri=self.uri))
+            verify_bundle(path, ref.tags.get("manifest_sha256"))
+            os.rename(path, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+
+def local_bundle(registry: Registry, version: str | None = None) -> tuple[ModelRef, Path]:
+    """A verified local copy of a version (cached under ``$RAYGBM_HOME/models`` by version)."""
+    ref = registry.get(version)
+    if ref is None:
+        raise RegistryError(f"no champion model yet for {registry.config.model_name!r}: run `raygbm run` first")
+    cache = home() / "models" / registry.config.model_name / ref.version
+    if cache.exists():
+        try:
+            verify_bundle(cache, ref.tags.get("manifest_sha256"))
+            return ref, cache
+        except RegistryError:
+            shutil.rmtree(cache)
+    return ref, registry.download(ref, cache)

@@ -1,0 +1,350 @@
+"""Hyperparameter search with Ray Tune: Optuna TPE (or random/grid) sampling, ASHA early stopping.
+
+Two kinds of trial, picked by data size (``resources.trial_mode``):
+
+- ``in_process``: the trial is a Tune function actor that runs ``lgb.train`` itself. Reporting to Tune
+  every K rounds is cheap (the ~2 s per-round tax is Ray Train's cross-worker report, not Tune's), and
+  there is no Train worker group to start per trial. Trial actors are reused, and each caches the
+  split tables it read, so a trial after the first pays only for building its ``lgb.Dataset``.
+- ``ray_train``: the trial builds a multi-worker ``LightGBMTrainer`` (Train V2 inside Tune) whose workers'
+  every-K-rounds reports reach Tune, and so ASHA, through ``TuneReportCallback``.
+
+Every trial reports ``score`` (the validation metric, or the k-fold mean) and ``iteration``; ASHA uses
+``iteration`` as its clock. Results live under ``$RAYGBM_HOME/tune/<name>`` so an interrupted search is
+resumed with ``Tuner.restore`` instead of started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import pyarrow as pa
+
+from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
+from raygbm.errors import ConfigError
+from raygbm.paths import home
+from raygbm.train import (
+    ReportEveryK,
+    RunMeta,
+    best_metrics,
+    boost,
+    higher_is_better,
+    lgb_dataset,
+    lgb_datasets,
+    lgb_params,
+    metric_name,
+    train_with_ray,
+)
+
+BEST_FILE = "best.json"
+# Tune's tuning parameters are given to LightGBM as these types.
+_INT_PARAMS = {"num_leaves", "min_data_in_leaf", "max_bin", "bagging_freq", "max_depth", "min_data_in_bin"}
+
+
+def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """Config space entries → Ray Tune domains."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        kind, args = next(iter(spec.items()))
+        if kind == "uniform":
+            out[name] = tune.uniform(*args)
+        elif kind == "loguniform":
+            out[name] = tune.loguniform(*args)
+        elif kind == "int":
+            out[name] = tune.randint(int(args[0]), int(args[1]) + 1)
+        elif kind == "logint":
+            out[name] = tune.lograndint(int(args[0]), int(args[1]) + 1)
+        elif kind == "choice":
+            out[name] = tune.choice(args)
+        else:
+            out[name] = tune.grid_search(args)
+    return out
+
+
+def has_grid(space: dict[str, dict[str, list[Any]]]) -> bool:
+    return any("grid" in spec for spec in space.values())
+
+
+def trial_mode(train_rows: int, resources: ResourcesConfig) -> str:
+    """In-process trials unless the data is too big for one worker or more workers were asked for."""
+    if resources.trial_mode != "auto":
+        return resources.trial_mode
+    if resources.num_workers > 1 or train_rows > resources.in_process_max_rows:
+        return "ray_train"
+    return "in_process"
+
+
+@dataclass
+class TrialSetup:
+    """What every trial needs besides its sampled params (shipped once via ``tune.with_parameters``)."""
+
+    run_dir: str
+    features: list[str]
+    categorical: list[str]
+    label: str
+    task: str
+    num_classes: int | None
+    train: dict[str, Any]
+    resources: dict[str, Any]
+    mode: str
+    cv_folds: int | None
+    cv_seed: int
+    storage: str
+
+    def meta(self) -> RunMeta:
+        return RunMeta(Path(self.run_dir), self.label, self.task, self.num_classes, self.categorical, self.features)
+
+
+def trial_train_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
+    sampled = {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
+    return TrainConfig.model_validate({**base, "params": {**base["params"], **sampled}})
+
+
+_TABLES: dict[tuple[str, tuple[str, ...]], tuple[pa.Table, pa.Table]] = {}
+
+
+def _split_tables(meta: RunMeta) -> tuple[pa.Table, pa.Table]:
+    """Train and validation tables, cached per trial actor (actors are reused across trials)."""
+    key = (str(meta.run_dir), tuple(meta.features))
+    if key not in _TABLES:
+        _TABLES.clear()
+        _TABLES[key] = (meta.split("train"), meta.split("validation"))
+    return _TABLES[key]
+
+
+def tune_trial(params: dict[str, Any], setup: TrialSetup) -> None:
+    """One trial: Ray Tune's function trainable."""
+    import ray.tune
+
+    meta = setup.meta()
+    train = trial_train_config(setup.train, params)
+    if setup.mode == "ray_train":
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from raygbm.runtime import configure_data_context
+
+        configure_data_context()  # a trial is a fresh process: no Ray Data progress bars here either
+        trial_id = ray.tune.get_context().get_trial_id()
+        # The workers report every K rounds and at the end; TuneReportCallback forwards each report.
+        train_with_ray(meta, train, ResourcesConfig.model_validate(setup.resources), Path(setup.storage) / "train",
+                       f"trial-{trial_id}", callbacks=[TuneReportCallback()])
+        return
+
+    threads = setup.resources["cpus_per_trial"]
+    lgbp = lgb_params(train, meta.task, meta.num_classes, threads)
+    tr, va = _split_tables(meta)
+    reporter = ReportEveryK(train.report_every, 10**9, lambda m, _model: ray.tune.report(m))
+    if setup.cv_folds:
+        full = pa.concat_tables([tr, va])
+        dfull = lgb_dataset(full, meta.label, meta.categorical)
+        callbacks: list[Any] = [reporter]
+        if train.early_stopping_rounds:
+            callbacks.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
+        hist = lgb.cv(lgbp, dfull, num_boost_round=train.num_boost_round, nfold=setup.cv_folds,
+                      stratified=meta.task != "regression", shuffle=True, seed=setup.cv_seed, callbacks=callbacks)
+        key = next(k for k in hist if k.endswith("-mean"))
+        values = hist[key]
+        best_i = max(range(len(values)), key=values.__getitem__) if higher_is_better(lgbp["metric"]) else min(
+            range(len(values)), key=values.__getitem__)
+        final = {"score": float(values[best_i]), f"cv-{lgbp['metric']}": float(values[best_i]),
+                 f"cv-{lgbp['metric']}-stdv": float(hist[key.replace("-mean", "-stdv")][best_i]),
+                 "iteration": len(values), "best_iteration": best_i + 1}
+    else:
+        dtrain, dvalid = lgb_datasets(tr, va, meta.label, meta.categorical)
+        booster = boost(lgbp, dtrain, dvalid, train, [reporter])
+        final = {**best_metrics(booster), "iteration": booster.current_iteration(),
+                 "best_iteration": booster.best_iteration or booster.current_iteration()}
+    ray.tune.report(final)
+
+
+# ------------------------------------------------------------------------------------------- the search
+
+
+@dataclass
+class TuneResult:
+    name: str
+    path: Path
+    best_params: dict[str, Any]
+    best_score: float
+    metric: str
+    mode: str
+    trials: list[dict[str, Any]]  # one per trial: id, params, score, iterations, status, history
+    wall_s: float
+    trial_mode: str
+    restored: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuneResult":
+        return cls(**{**d, "path": Path(d["path"])})
+
+
+def experiment_name(meta: RunMeta, train: TrainConfig, tune: TuneConfig, resources: ResourcesConfig) -> str:
+    """Same data, schedule and search → same name, so a crashed search is found and restored."""
+    key = json.dumps({"run": meta.run_dir.name, "features": meta.features, "train": train.model_dump(mode="json"),
+                      "tune": tune.model_dump(mode="json"), "mode": resources.trial_mode}, sort_keys=True)
+    return f"tune-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def tune_search(
+    meta: RunMeta,
+    train: TrainConfig,
+    tune_cfg: TuneConfig,
+    resources: ResourcesConfig,
+    *,
+    progress: Any = None,
+    force: bool = False,
+) -> TuneResult:
+    """Run (or resume, or reuse) the search; Ray must be initialised."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    name = experiment_name(meta, train, tune_cfg, resources)
+    root = home() / "tune"
+    path = root / name
+    if (path / BEST_FILE).exists() and not force:
+        say(f"reusing finished search {path}")
+        return TuneResult.from_dict(json.loads((path / BEST_FILE).read_text()))
+
+    metric = metric_name(meta.task, train.metric)
+    mode = "max" if higher_is_better(metric) else "min"
+    train_rows = int(sum(f.metadata.num_rows for f in _parquet_files(meta.run_dir / "train")))
+    kind = trial_mode(train_rows, resources)
+    if kind == "ray_train" and tune_cfg.cv_folds:
+        raise ConfigError("tune.cv_folds needs in-process trials (resources.trial_mode: in_process): "
+                          "k-fold CV is meant for data small enough to fit one worker")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if kind == "in_process":
+        per_trial = {"CPU": resources.cpus_per_trial}
+        need = resources.cpus_per_trial
+    else:
+        # The trial itself only drives a LightGBMTrainer; its workers hold the CPUs. Capping concurrency
+        # at what the workers can get keeps N trial drivers from waiting forever on each other's CPUs.
+        # (Tune refuses an empty request, so the driver asks for a little memory and no CPU.)
+        per_trial = {"CPU": 0, "memory": 64 * 1024 * 1024}
+        need = resources.num_workers * resources.cpus_per_worker
+    if need > cpus:
+        raise ConfigError(f"a trial needs {need} CPUs but the cluster has {cpus}: lower resources.num_workers, "
+                          "cpus_per_worker or cpus_per_trial")
+    concurrency = min(resources.max_concurrent_trials or cpus // need, cpus // need) or 1
+
+    setup = TrialSetup(
+        run_dir=str(meta.run_dir), features=meta.features, categorical=meta.categorical, label=meta.label,
+        task=meta.task, num_classes=meta.num_classes, train=train.model_dump(mode="json"),
+        resources=resources.model_dump(mode="json"), mode=kind, cv_folds=tune_cfg.cv_folds, cv_seed=tune_cfg.seed,
+        storage=str(path),
+    )
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), per_trial)
+    restored = False
+    if path.exists() and tune.Tuner.can_restore(str(path)) and not force:
+        say(f"resuming interrupted search {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        restored = True
+    else:
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        grid = has_grid(tune_cfg.space)
+        if grid:
+            search_alg = None  # grid_search needs Tune's own variant generator
+        elif tune_cfg.search == "tpe":
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            search_alg = OptunaSearch(
+                sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(8, tune_cfg.trials))
+            )
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=tune_cfg.seed)
+        scheduler = (
+            ASHAScheduler(time_attr="iteration", max_t=train.num_boost_round, grace_period=min(tune_cfg.grace_period, train.num_boost_round),
+                          reduction_factor=tune_cfg.reduction_factor)
+            if tune_cfg.asha else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(tune_cfg.space),
+            tune_config=tune.TuneConfig(
+                metric="score", mode=mode, num_samples=tune_cfg.trials, search_alg=search_alg, scheduler=scheduler,
+                max_concurrent_trials=concurrency, reuse_actors=kind == "in_process",
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(root), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                # Trials are cheap to rerun; Tune keeps only the experiment state it needs to restore.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    # Tune's own console tables would interleave with our progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    say(f"tuning: {tune_cfg.trials} trials, {kind.replace('_', '-')}, {concurrency} at a time")
+    grid_result = tuner.fit()
+    trials = []
+    for r in grid_result:
+        m = r.metrics or {}
+        hist = r.metrics_dataframe
+        history = [] if hist is None or "score" not in hist else [
+            [int(i), float(s)] for i, s in zip(hist["iteration"], hist["score"]) if not _nan(s)]
+        trials.append({
+            "trial_id": m.get("trial_id"),
+            "params": {k: v for k, v in (r.config or {}).items()},
+            "score": _best_of(history, mode) if history else None,
+            "iterations": int(m.get("iteration", 0) or 0),
+            "status": "error" if r.error else ("complete" if _completed(m, train) else "stopped early"),
+            "history": history,
+        })
+    scored = [t for t in trials if t["score"] is not None]
+    if not scored:
+        first_error = next((r.error for r in grid_result if r.error), None)
+        raise ConfigError(f"every tuning trial failed: {first_error}")
+    best = (max if mode == "max" else min)(scored, key=lambda t: t["score"])
+    result = TuneResult(name=name, path=path, best_params=best["params"], best_score=best["score"], metric=metric,
+                        mode=mode, trials=trials, wall_s=time.perf_counter() - t0, trial_mode=kind, restored=restored)
+    tmp = path / (BEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    tmp.rename(path / BEST_FILE)
+    return result
+
+
+def _completed(m: dict[str, Any], train: TrainConfig) -> bool:
+    """Ran to its end: the final report (it carries best_iteration) or ASHA's max_t."""
+    return "best_iteration" in m or int(m.get("iteration", 0) or 0) >= train.num_boost_round
+
+
+def _best_of(history: list[list[float]], mode: str) -> float:
+    scores = [s for _, s in history]
+    return max(scores) if mode == "max" else min(scores)
+
+
+def _nan(v: Any) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def _parquet_files(d: Path) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(p) for p in sorted(d.glob("*.parquet"))]
