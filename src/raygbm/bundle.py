@@ -43,13 +43,31 @@ class Bundle:
     def threshold(self) -> float:
         return float(self.metrics.get("threshold", 0.5))
 
+    def check_columns(self, schema: pa.Schema) -> None:
+        """Every raw column the model reads is present, numeric where it was numeric, and of the
+        training type for categorical columns (codes are looked up by value)."""
+        s = self.preprocessor.schema
+        wanted = list(dict.fromkeys(s.features + s.derived_inputs + [c for d in self.preprocessor.config.derived for c in d.inputs]))
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            raise DataError(f"input lacks column(s) the model needs: {', '.join(missing[:8])}")
+        for c in wanted:
+            got, trained = schema.field(c).type, s.types.get(c)
+            if pa.types.is_dictionary(got):
+                got = got.value_type
+            if c in s.categorical:
+                ok = str(got) == trained or (pa.types.is_string(got) or pa.types.is_large_string(got)) == ("string" in str(trained))
+                ok = ok and (pa.types.is_integer(got) or pa.types.is_string(got) or pa.types.is_large_string(got) or pa.types.is_boolean(got))
+            elif c in s.numeric:
+                ok = pa.types.is_integer(got) or pa.types.is_floating(got) or pa.types.is_boolean(got)
+            else:
+                ok = str(got) == trained or pa.types.is_timestamp(got) and "timestamp" in str(trained)
+            if not ok:
+                raise DataError(f"column {c!r} is {got}, but the model was trained on {trained}")
+
     def features(self, raw: pa.Table) -> pa.Table:
         """Raw rows → the model's features (and the encoded label when present)."""
-        need = [c for c in self.preprocessor.schema.features + self.preprocessor.schema.derived_inputs if c not in raw.column_names]
-        for d in self.preprocessor.config.derived:
-            need += [c for c in d.inputs if c not in raw.column_names and c not in need]
-        if need:
-            raise DataError(f"input lacks column(s) the model needs: {', '.join(need[:8])}")
+        self.check_columns(raw.schema)
         return self.preprocessor.transform_table(raw)
 
     def scores(self, features: pa.Table) -> np.ndarray:

@@ -57,26 +57,38 @@ def generate(
     typer.echo(f"wrote {rows:,} rows in {len(paths)} shards to {out}")
 
 
+_DATA = typer.Option(None, "--data", help="directory, glob or URI of Parquet shards")
+_LABEL = typer.Option(None, "--label", help="label column")
+_CONFIG = typer.Option(None, "--config", help="pipeline config YAML")
+_SET = typer.Option([], "--set", help="override a config key: --set train.num_boost_round=300")
+_TASK = typer.Option(None, "--task", help="binary, multiclass, regression (default: inferred)")
+_FORCE = typer.Option(False, "--force", help="recompute even if a finished run matches")
+
+
+def _config(config: Optional[Path], set_: list[str], data: Optional[str], label: Optional[str], task: Optional[str],
+            **more: Any) -> Any:
+    from raygbm.config import load_config
+
+    fields: dict[str, Any] = {"data.source": data, "data.label": label, "data.task": task, **more}
+    return load_config(config, set_, fields)
+
+
 @app.command()
 def preprocess(
-    data: Optional[str] = typer.Option(None, "--data", help="directory, glob or URI of Parquet shards"),
-    label: Optional[str] = typer.Option(None, "--label", help="label column"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline config YAML"),
-    set_: list[str] = typer.Option([], "--set", help="override a config key: --set split.seed=7"),
-    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, regression (default: inferred)"),
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    task: Optional[str] = _TASK,
     quarantine: bool = typer.Option(False, "--quarantine", help="skip bad shards and list them in the report"),
-    force: bool = typer.Option(False, "--force", help="recompute even if a finished run matches"),
+    force: bool = _FORCE,
     json_out: bool = typer.Option(False, "--json", help="print the data report as JSON"),
 ) -> None:
     """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report."""
-    from raygbm.config import load_config
-
     try:
-        fields: dict[str, Any] = {"data.source": data, "data.label": label, "data.task": task}
-        if quarantine:
-            fields["data.quarantine"] = True
-        cfg = load_config(config, set_, fields)
-        result = run_preprocess(cfg, force=force)
+        cfg = _config(config, set_, data, label, task, **({"data.quarantine": True} if quarantine else {}))
+        with _progress() as say:
+            result = _prepare(cfg, say, force)
     except RaygbmError as exc:
         _fail(str(exc))
     if json_out:
@@ -90,23 +102,219 @@ def preprocess(
     typer.echo(f"run directory: {result.run_dir}{'  (reused: inputs and config unchanged)' if result.cached else ''}")
 
 
-def run_preprocess(cfg: Any, force: bool = False) -> Any:
-    """Check the shards first (no Ray needed to reject bad input), then start Ray and run the stage."""
-    from raygbm.data import preprocess as preprocess_stage
-    from raygbm.runtime import ensure_ray
+@app.command()
+def tune(
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    task: Optional[str] = _TASK,
+    trials: Optional[int] = typer.Option(None, "--trials", help="number of trials (tune.trials)"),
+    force: bool = _FORCE,
+) -> None:
+    """Search LightGBM hyperparameters with Ray Tune (Optuna TPE + ASHA). Prints the best params."""
+    from raygbm.report import print_tuning
+    from raygbm.train import RunMeta
+    from raygbm.tune import tune_search
 
+    try:
+        cfg = _config(config, set_, data, label, task, **{"tune.trials": trials})
+        with _progress() as say:
+            meta = RunMeta.load(_prepare(cfg, say, force).run_dir)
+            result = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=say, force=force)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    print_tuning(result)
+    typer.echo(f"results: {result.path}")
+
+
+@app.command()
+def train(
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    task: Optional[str] = _TASK,
+    force: bool = _FORCE,
+) -> None:
+    """Train with fixed params (train.params), evaluate on the test split and register the model."""
+    from raygbm.pipeline import evaluate_and_register, train_final
+    from raygbm.report import print_outcome
+    from raygbm.train import RunMeta
+
+    try:
+        cfg = _config(config, set_, data, label, task)
+        with _progress() as say:
+            meta = RunMeta.load(_prepare(cfg, say, force).run_dir)
+            trained = train_final(meta, cfg.train, cfg.evaluate, cfg.resources, say)
+            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, say)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    print_outcome(outcome)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("champion", "--model", help="registered version number, or champion"),
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    task: Optional[str] = _TASK,
+    json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Score a registered model on the data's test split (raw rows, through the model's own preprocessor)."""
+    from raygbm.pipeline import evaluate_registered
+    from raygbm.train import RunMeta
+
+    try:
+        cfg = _config(config, set_, data, label, task)
+        with _progress() as say:
+            meta = RunMeta.load(_prepare(cfg, say, False).run_dir)
+            say(f"evaluating model {model}")
+            ref, metrics = evaluate_registered(meta, cfg.registry, model)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({"version": ref.version, "metrics": metrics}, indent=1))
+    else:
+        from raygbm.report import print_metrics
+
+        print_metrics(f"model v{ref.version} on {meta.run_dir.name} (test split)", metrics)
+
+
+@app.command()
+def run(
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    task: Optional[str] = _TASK,
+    trials: Optional[int] = typer.Option(None, "--trials", help="number of tuning trials (tune.trials); 0 skips tuning"),
+    force: bool = _FORCE,
+    json_out: bool = typer.Option(False, "--json", help="print the outcome as JSON"),
+) -> None:
+    """The whole pipeline: preprocess → tune → train the best → evaluate → register (champion if it wins)."""
+    from raygbm.pipeline import run_pipeline
+    from raygbm.report import print_outcome, print_tuning
+
+    try:
+        cfg = _config(config, set_, data, label, task, **{"tune.trials": trials or None})
+        with _progress() as say:
+            shards = _check(cfg)
+            say("starting Ray")
+            _ray(cfg)
+            outcome, tuning = run_pipeline(cfg, say=say, force=force, tune=trials != 0, shards=shards)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(outcome.to_dict(), indent=1, default=str))
+        return
+    if tuning is not None:
+        print_tuning(tuning)
+    print_outcome(outcome)
+
+
+@app.command()
+def predict(
+    input: str = typer.Option(..., "--input", help="Parquet file, directory, glob or URI to score"),
+    output: Path = typer.Option(..., "--output", help="Parquet folder to write (input columns + prediction, score)"),
+    model: str = typer.Option("champion", "--model", help="registered version number, or champion"),
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists"),
+) -> None:
+    """Score a dataset with a registered model as a Ray Data batch job."""
+    from raygbm.predict import predict_dataset
+    from raygbm.registry import Registry, local_bundle
+
+    try:
+        cfg = _config(config, set_, None, None, None)
+        with _progress() as say:
+            say(f"loading model {model}")
+            ref, bundle = local_bundle(Registry(cfg.registry), model)
+            say("starting Ray")
+            _ray(cfg)
+            say(f"scoring {input}")
+            out = predict_dataset(input, output, bundle, chunk_rows=cfg.resources.read_chunk_rows, overwrite=overwrite)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"scored {out['rows']:,} rows with model v{ref.version} into {output} ({out['seconds']:.1f}s)")
+
+
+@app.command()
+def models(
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+) -> None:
+    """List registered model versions, their test metric and which one is the champion."""
+    from raygbm.registry import Registry
+
+    try:
+        reg = Registry(_config(config, set_, None, None, None).registry)
+        versions = reg.versions()
+    except RaygbmError as exc:
+        _fail(str(exc))
+    if not versions:
+        typer.echo(f"no versions of {reg.config.model_name!r} in {reg.uri}")
+    for v in versions:
+        metric = v.tags.get("gate_metric", "")
+        mark = "*" if "champion" in v.aliases else " "
+        typer.echo(f"{mark} v{v.version:<4} {metric} {v.tags.get('test_' + metric, '-'):<10} {v.tags.get('decision', '')}: {v.tags.get('gate_reason', '')}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="the version to make champion (e.g. to roll back)"),
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+) -> None:
+    """Move the champion alias to a version by hand (a rollback, or a candidate you trust)."""
+    from raygbm.registry import Registry
+
+    try:
+        reg = Registry(_config(config, set_, None, None, None).registry)
+        ref = reg.get(version)
+        reg.promote(ref)
+        reg.set_tags(ref, {"gate_reason": "promoted by hand"})
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"v{ref.version} is now the champion of {ref.name!r}")
+
+
+def _progress() -> Any:
     from raygbm.report import progress
 
-    with progress() as say:
-        shards = None
-        if cfg.data.source:
-            # Fail fast, silently, on bad shards before paying for a Ray start.
-            from raygbm.schema import check_shards
+    return progress()
 
-            shards = check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
-        say("starting Ray")
-        ensure_ray(cfg.resources)
-        return preprocess_stage(cfg, progress=say, force=force, shards=shards)
+
+def _check(cfg: Any) -> Any:
+    """Fail fast, silently, on bad shards before paying for a Ray start."""
+    if not cfg.data.source:
+        return None
+    from raygbm.schema import check_shards
+
+    return check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
+
+
+def _ray(cfg: Any) -> None:
+    from raygbm.runtime import ensure_ray
+
+    ensure_ray(cfg.resources)
+
+
+def _prepare(cfg: Any, say: Any, force: bool) -> Any:
+    """Check the shards, start Ray, run (or reuse) the data stage."""
+    from raygbm.data import preprocess as preprocess_stage
+
+    shards = _check(cfg)
+    say("starting Ray")
+    _ray(cfg)
+    return preprocess_stage(cfg, progress=say, force=force, shards=shards)
 
 
 def main() -> None:

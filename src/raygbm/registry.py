@@ -204,6 +204,21 @@ class Registry:
             raise RegistryError(f"model {name!r} version {version}: not found in {self.uri}") from None
         return self._ref(mv)
 
+    def versions(self) -> list[ModelRef]:
+        """Every version of the model, newest first (empty if the model was never registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{self.config.model_name}'")
+        except MlflowException as exc:
+            raise RegistryError(f"model registry {self.uri}: {exc.message}") from None
+        champion = self.get()
+        refs = [self._ref(mv) for mv in found]
+        for r in refs:  # search results do not always carry aliases
+            if champion is not None and r.version == champion.version and CHAMPION not in r.aliases:
+                r.aliases.append(CHAMPION)
+        return sorted(refs, key=lambda r: -int(r.version))
+
     def set_tags(self, ref: ModelRef, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(ref.name, ref.version, k, str(v))

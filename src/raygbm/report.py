@@ -62,11 +62,50 @@ def progress() -> Iterator[Callable[[str], None]]:
     start = time.perf_counter()
     if sys.stderr.isatty():
         console = Console(stderr=True)
+        last: list[Any] = []  # (message, started) of the step in progress
         with console.status("starting") as status:
             def say(msg: str) -> None:
-                status.update(f"{msg}  [dim]{time.perf_counter() - start:.1f}s[/]")
+                now = time.perf_counter()
+                if last:  # the step before is done: keep it on screen with its time
+                    console.print(f"[green]✓[/] {last[0]} [dim]{now - last[1]:.1f}s[/]")
+                last[:] = [msg, now]
+                status.update(f"{msg}  [dim]{now - start:.1f}s[/]")
             yield say
+            if last:
+                console.print(f"[green]✓[/] {last[0]} [dim]{time.perf_counter() - last[1]:.1f}s[/]")
     else:
         def say(msg: str) -> None:
             print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
         yield say
+
+
+def print_metrics(title: str, metrics: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(width=120)
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if k != "confusion_matrix":
+            t.add_row(k, _fmt(v))
+    console.print(t)
+    if "confusion_matrix" in metrics:
+        console.print("confusion matrix (rows: true class): " + str(metrics["confusion_matrix"]))
+
+
+def print_tuning(tuning: Any, console: Console | None = None) -> None:
+    console = console or Console(width=120)
+    stopped = sum(t["status"] == "stopped early" for t in tuning.trials)
+    console.print(
+        f"tuning: {len(tuning.trials)} trials ({tuning.trial_mode.replace('_', '-')}) in {tuning.wall_s:.1f}s, "
+        f"{stopped} stopped early by ASHA; best validation {tuning.metric} [bold]{tuning.best_score:.5g}[/]"
+        + ("  (resumed)" if tuning.restored else "")
+    )
+    console.print("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in tuning.best_params.items()))
+
+
+def print_outcome(outcome: Any, console: Console | None = None) -> None:
+    console = console or Console(width=120)
+    print_metrics(f"model v{outcome.version}: test metrics", outcome.metrics, console)
+    colour = "green" if outcome.decision == "champion" else "yellow"
+    console.print(f"[{colour}]{outcome.decision}[/]: {outcome.reason}")
+    console.print(f"model card: {outcome.card}")
