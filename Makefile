@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
-	$(BIN)/raygbm preprocess --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
+	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 
 # Unit tests (no Ray) first, then integration tests sharing one local Ray.
 test: install

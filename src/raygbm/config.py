@@ -183,6 +183,11 @@ class TuneConfig(_Section):
     grace_period: int = Field(25, ge=1, description="rounds every trial gets before ASHA may stop it")
     reduction_factor: int = Field(3, ge=2)
     cv_folds: int | None = Field(None, ge=2, description="score trials by k-fold CV on train+validation")
+    sample_rows: int | None = Field(
+        200_000, ge=1000,
+        description="trials train on a seeded sample of this many training (and validation) rows; the "
+        "final model uses all of them. null: trials use everything",
+    )
     seed: int = 42
 
     @field_validator("space")

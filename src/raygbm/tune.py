@@ -99,6 +99,7 @@ class TrialSetup:
     mode: str
     cv_folds: int | None
     cv_seed: int
+    sample_rows: int | None
     storage: str
 
     def meta(self) -> RunMeta:
@@ -110,15 +111,26 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any]) -> TrainCon
     return TrainConfig.model_validate({**base, "params": {**base["params"], **sampled}})
 
 
-_TABLES: dict[tuple[str, tuple[str, ...]], tuple[pa.Table, pa.Table]] = {}
+_TABLES: dict[tuple[Any, ...], tuple[pa.Table, pa.Table]] = {}
 
 
-def _split_tables(meta: RunMeta) -> tuple[pa.Table, pa.Table]:
+def sample_table(table: pa.Table, rows: int | None, seed: int) -> pa.Table:
+    """A seeded sample of ``rows`` rows in their original order (the whole table if it is smaller)."""
+    import numpy as np
+
+    if rows is None or table.num_rows <= rows:
+        return table
+    idx = np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False))
+    return table.take(pa.array(idx))
+
+
+def _split_tables(meta: RunMeta, sample_rows: int | None, seed: int) -> tuple[pa.Table, pa.Table]:
     """Train and validation tables, cached per trial actor (actors are reused across trials)."""
-    key = (str(meta.run_dir), tuple(meta.features))
+    key = (str(meta.run_dir), tuple(meta.features), sample_rows, seed)
     if key not in _TABLES:
         _TABLES.clear()
-        _TABLES[key] = (meta.split("train"), meta.split("validation"))
+        _TABLES[key] = (sample_table(meta.split("train"), sample_rows, seed),
+                        sample_table(meta.split("validation"), sample_rows, seed + 1))
     return _TABLES[key]
 
 
@@ -142,7 +154,7 @@ def tune_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
     threads = setup.resources["cpus_per_trial"]
     lgbp = lgb_params(train, meta.task, meta.num_classes, threads)
-    tr, va = _split_tables(meta)
+    tr, va = _split_tables(meta, setup.sample_rows, setup.cv_seed)
     reporter = ReportEveryK(train.report_every, 10**9, lambda m, _model: ray.tune.report(m))
     if setup.cv_folds:
         full = pa.concat_tables([tr, va])
@@ -226,7 +238,7 @@ def tune_search(
     metric = metric_name(meta.task, train.metric)
     mode = "max" if higher_is_better(metric) else "min"
     train_rows = int(sum(f.metadata.num_rows for f in _parquet_files(meta.run_dir / "train")))
-    kind = trial_mode(train_rows, resources)
+    kind = trial_mode(min(train_rows, tune_cfg.sample_rows or train_rows), resources)
     if kind == "ray_train" and tune_cfg.cv_folds:
         raise ConfigError("tune.cv_folds needs in-process trials (resources.trial_mode: in_process): "
                           "k-fold CV is meant for data small enough to fit one worker")
@@ -249,6 +261,7 @@ def tune_search(
         run_dir=str(meta.run_dir), features=meta.features, categorical=meta.categorical, label=meta.label,
         task=meta.task, num_classes=meta.num_classes, train=train.model_dump(mode="json"),
         resources=resources.model_dump(mode="json"), mode=kind, cv_folds=tune_cfg.cv_folds, cv_seed=tune_cfg.seed,
+        sample_rows=tune_cfg.sample_rows,
         storage=str(path),
     )
     trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), per_trial)

@@ -1,0 +1,78 @@
+"""The whole pipeline on the shared local Ray: tune (Tune + ASHA) → train → evaluate → MLflow registry,
+the champion gate, and a tuned model at least as good as plain LightGBM defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from lightgbm import LGBMClassifier
+from sklearn.metrics import roc_auc_score
+
+from raygbm.config import load_config
+from raygbm.pipeline import run_pipeline
+from raygbm.registry import Registry
+from raygbm.train import RunMeta
+from tests.conftest import make_shards
+
+pytestmark = pytest.mark.slow
+
+
+def _default_lgbm_auc(meta: RunMeta, seed: int = 0) -> float:
+    """Plain ``LGBMClassifier()`` defaults on the same preprocessed split (categoricals declared)."""
+    tr, te = meta.split("train"), meta.split("test")
+    cols = [c for c in tr.column_names if c != meta.label]
+    X = lambda t: np.column_stack([np.asarray(t[c], dtype=np.float64) for c in cols])  # noqa: E731
+    cat = [cols.index(c) for c in meta.categorical]
+    clf = LGBMClassifier(random_state=seed, verbose=-1).fit(X(tr), np.asarray(tr[meta.label]), categorical_feature=cat)
+    return roc_auc_score(np.asarray(te[meta.label]), clf.predict_proba(X(te))[:, 1])
+
+
+def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=100_000, shards=4, seed=3)
+    base = ["data.drop=[id]", "tune.trials=8", "train.num_boost_round=300", "train.report_every=10"]
+    cfg = load_config(None, base, {"data.source": str(data), "data.label": "label"})
+    outcome, tuning = run_pipeline(cfg)
+
+    meta = RunMeta.load(next((home / "runs").glob("preprocess-*")))
+    assert outcome.decision == "champion" and outcome.version == "1"
+    assert outcome.metrics["roc_auc"] >= _default_lgbm_auc(meta)
+    assert len(tuning.trials) == 8 and tuning.trial_mode == "in_process"
+    assert any(t["status"] == "stopped early" for t in tuning.trials)  # ASHA cut some trials short
+    assert all(t["score"] is not None for t in tuning.trials)
+
+    reg = Registry()
+    client = reg.client
+    parent = client.get_run(outcome.run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
+    assert len(children) == 8
+    history = client.get_metric_history(children[0].info.run_id, "validation_score")
+    assert len(history) >= 2 and all(h.step > 0 for h in history)
+    assert parent.data.params["num_leaves"] == str(tuning.best_params["num_leaves"])
+
+    # A much weaker model (3 rounds, no tuning) stays a candidate; the champion does not move.
+    weak = load_config(None, [*base, "train.num_boost_round=3"], {"data.source": str(data), "data.label": "label"})
+    out2, none = run_pipeline(weak, tune=False)
+    assert none is None and out2.decision == "candidate" and out2.version == "2"
+    assert out2.champion_score == pytest.approx(outcome.metrics["roc_auc"], abs=1e-9)
+    assert reg.get().version == "1"
+
+
+def test_breast_cancer_with_cross_validation(tmp_path, home):
+    from sklearn.datasets import load_breast_cancer
+
+    bc = load_breast_cancer()
+    cols = {f"f{i}": bc.data[:, i] for i in range(bc.data.shape[1])}
+    table = pa.table({**cols, "target": bc.target.astype(np.int64)})
+    (tmp_path / "bc").mkdir()
+    pq.write_table(table, tmp_path / "bc" / "part-0.parquet")
+    cfg = load_config(None, ["tune.trials=12", "tune.cv_folds=5", "train.num_boost_round=300",
+                             "train.early_stopping_rounds=30", "train.report_every=10", "tune.grace_period=20",
+                             "split.seed=1"],
+                      {"data.source": str(tmp_path / "bc"), "data.label": "target"})
+    outcome, tuning = run_pipeline(cfg)
+    meta = RunMeta.load(next((home / "runs").glob("preprocess-*")))
+    assert meta.task == "binary"
+    assert all("cv-auc" in str(t) or t["score"] is not None for t in tuning.trials)
+    assert outcome.metrics["roc_auc"] >= _default_lgbm_auc(meta)

@@ -1,0 +1,87 @@
+"""Metrics, threshold choice, importance, selection, plots and the model card."""
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn import metrics as skm
+
+from raygbm.evaluate import (
+    better,
+    card_html,
+    choose_threshold,
+    evaluate_model,
+    model_card,
+    save_plots,
+    selected_features,
+    task_metrics,
+)
+
+
+def _data(n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    x0, x1, noise = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    y = (x0 + 0.3 * x1 + 0.5 * rng.normal(size=n) > 0).astype(np.int32)
+    return pa.table({"x0": x0, "x1": x1, "noise": noise, "y": y})
+
+
+@pytest.fixture(scope="module")
+def model():
+    t = _data()
+    X = np.column_stack([t[c].to_numpy() for c in ("x0", "x1", "noise")])
+    ds = lgb.Dataset(X, t["y"].to_numpy(), feature_name=["x0", "x1", "noise"])
+    return lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1, "seed": 1}, ds, 60)
+
+
+def test_binary_metrics_agree_with_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    m = task_metrics("binary", y, p, threshold=0.4)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, p >= 0.4))
+    assert m["threshold"] == 0.4
+
+
+def test_multiclass_and_regression_metrics():
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.2, 0.2]])
+    m = task_metrics("multiclass", y, p, num_classes=3)
+    assert m["accuracy"] == 0.75 and m["confusion_matrix"][2] == [1, 0, 1]
+    r = task_metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    assert r["rmse"] == pytest.approx(np.sqrt(1 / 3)) and r["mae"] == pytest.approx(1 / 3)
+
+
+def test_threshold_maximises_f1():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.55, 0.7, 0.9])
+    t = choose_threshold(y, p)
+    best = max(skm.f1_score(y, p >= c) for c in p)
+    assert skm.f1_score(y, p >= t) == pytest.approx(best)
+
+
+def test_better_respects_direction_and_margin():
+    assert better("roc_auc", 0.81, 0.80) and not better("roc_auc", 0.81, 0.80, margin=0.02)
+    assert better("rmse", 1.0, 1.1) and not better("rmse", 1.1, 1.0)
+    assert not better("roc_auc", 0.8, 0.8)  # a tie does not beat the champion
+
+
+def test_importance_finds_the_signal_and_selection_drops_noise(model, tmp_path):
+    t = _data(seed=5)
+    ev, arrays = evaluate_model(model, t, _data(seed=6), "y", "binary", 2, "roc_auc", 2000)
+    perm, gain = ev.importance["permutation"], ev.importance["gain"]
+    assert perm["x0"] > perm["x1"] > abs(perm["noise"])
+    assert max(gain, key=gain.get) == "x0"
+    assert "noise" not in selected_features(gain, 0.1) and "x0" in selected_features(gain, 0.1)
+    assert selected_features({"a": 0.0, "b": 0.0}, 0.5) == ["a"]  # never empty
+    assert ev.metrics["roc_auc"] > 0.8 and 0 < ev.metrics["threshold"] < 1
+
+    plots = save_plots(tmp_path / "plots", ev, arrays, [{"history": [[10, 0.7], [20, 0.8]]}])
+    assert set(plots) == {"roc.png", "pr.png", "importance.png", "tuning.png"}
+    assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
+    card = model_card(name="m", version="3", ev=ev, params={"num_leaves": 7}, best_iteration=60,
+                      data_report={"source": "s", "rows_read": 10, "rows_out": {"train": 7}}, tuning=None,
+                      gate={"decision": "champion", "reason": "first"}, plots=plots, selection=None)
+    assert f"| roc_auc | {ev.metrics['roc_auc']:.6g} |" in card and "v3" in card and "![roc.png]" in card
+    page = card_html(card + "<script>")
+    assert "<script>" not in page and "&lt;script&gt;" in page
