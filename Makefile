@@ -21,16 +21,20 @@ demo: install
 	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
 	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 
-# Unit tests (no Ray) first, then integration tests sharing one local Ray.
+# Unit tests (no Ray) first, then integration tests sharing one local Ray, then a real head node and
+# `ray job submit` (its own session: never two Ray instances at once).
 test: install
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q tests/cluster
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: install
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/tune.py
 
 clean:
 	rm -rf $(VENV) .raygbm .pytest_cache

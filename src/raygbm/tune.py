@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -312,7 +313,10 @@ def tune_search(
     # Tune's own console tables would interleave with our progress display.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     say(f"tuning: {tune_cfg.trials} trials, {kind.replace('_', '-')}, {concurrency} at a time")
-    grid_result = tuner.fit()
+    with warnings.catch_warnings():
+        # Optuna warns for every intermediate value a restored trial reports again.
+        warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+        grid_result = tuner.fit()
     trials = []
     for r in grid_result:
         m = r.metrics or {}

@@ -1,0 +1,14 @@
+# Shared settings for the local head-node scripts (sourced, not run). Override any of these from the
+# environment. Nothing here names a hyperparameter: compute sizing and addresses only.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VENV=${RAYGBM_VENV:-$ROOT/.venv}
+export PATH="$VENV/bin:$PATH"          # the head (and so every job's `python`) runs from the project venv
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+RAY_PORT=${RAY_PORT:-6379}
+RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
+RAY_DASHBOARD_HOST=${RAY_DASHBOARD_HOST:-127.0.0.1}
+export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
+# Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
+# CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.
+export RAYGBM_HOME=${RAYGBM_HOME:-$ROOT/.raygbm}

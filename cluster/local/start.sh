@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Start a local Ray head node: token auth (token file mode 0600), dashboard and job API on 127.0.0.1.
+#   cluster/local/start.sh            # all CPUs
+#   RAY_NUM_CPUS=2 cluster/local/start.sh
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then
+  mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+  (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH")
+fi
+chmod 600 "$RAY_AUTH_TOKEN_PATH"
+args=(--head --port "$RAY_PORT" --dashboard-host "$RAY_DASHBOARD_HOST" --dashboard-port "$RAY_DASHBOARD_PORT"
+      --disable-usage-stats)
+[ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus "$RAY_NUM_CPUS")
+[ -n "${RAY_TEMP_DIR:-}" ] && args+=(--temp-dir "$RAY_TEMP_DIR")
+ray start "${args[@]}"
+echo "head node up; submit jobs with: cluster/local/submit.sh run --data /abs/path --label label"
+echo "(jobs address: $RAY_ADDRESS, RAYGBM_HOME=$RAYGBM_HOME)"

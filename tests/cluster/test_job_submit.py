@@ -1,0 +1,73 @@
+"""A real local head node (cluster/local/start.sh) and a real `ray job submit` of the whole pipeline.
+
+Runs in its own pytest session, after the integration tests have shut their Ray down: never two Ray
+instances on this host at once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from raygbm.config import RegistryConfig
+from raygbm.registry import Registry
+from tests.conftest import make_shards
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
+PORT, DASHBOARD = 6391, 8276
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp) listening on ``port``."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.split(":")[1], 16) == port:
+                    out.append(local.split(":")[0])
+    return out
+
+
+def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
+    data = make_shards(tmp_path / "data", rows=20_000, shards=2, seed=9)
+    home = tmp_path / "home"
+    token = tmp_path / "token"
+    env = {**os.environ, "RAYGBM_HOME": str(home), "RAY_PORT": str(PORT), "RAY_DASHBOARD_PORT": str(DASHBOARD),
+           "RAY_NUM_CPUS": "2", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    local = ROOT / "cluster" / "local"
+    started = subprocess.run([str(local / "start.sh")], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert _listening(DASHBOARD) == ["0100007F"]  # dashboard and job API on 127.0.0.1 only
+
+        job = subprocess.run(
+            [str(local / "submit.sh"), "run", "--data", str(data), "--label", "label", "--trials", "4",
+             "--set", "data.drop=[id]", "--set", "train.num_boost_round=80", "--set", "tune.grace_period=10",
+             "--set", "train.report_every=10"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout.lower()
+
+        # Without the token the job API refuses.
+        denied = subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "job", "list", "--address", f"http://127.0.0.1:{DASHBOARD}"],
+                                env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "nope")},
+                                capture_output=True, text=True, timeout=60)
+        assert denied.returncode != 0
+    finally:
+        subprocess.run([str(local / "stop.sh"), "--force"], env=env, capture_output=True, timeout=120)
+
+    # The job's artifacts are in the registry the CLI sees (same RAYGBM_HOME, embedded MLflow store).
+    monkeypatch.setenv("RAYGBM_HOME", str(home))
+    champion = Registry(RegistryConfig()).get()
+    assert champion is not None and champion.version == "1"
+    assert float(champion.tags["test_roc_auc"]) > 0.7

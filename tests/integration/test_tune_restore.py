@@ -1,0 +1,71 @@
+"""A tuning driver killed mid-search: the next run restores the experiment (Tuner.restore) and does not
+rerun the trials that had finished."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raygbm.config import load_config
+from raygbm.train import RunMeta
+from raygbm.tune import tune_search
+from tests.conftest import make_shards
+
+pytestmark = pytest.mark.slow
+
+
+def _finished(tune_dir: Path) -> dict[str, bytes]:
+    out = {}
+    for result in tune_dir.glob("tune-*/tune_trial_*/result.json"):
+        text = result.read_bytes()
+        if b"best_iteration" in text:
+            out[result.parent.name] = text
+    return out
+
+
+def test_killed_tuning_driver_is_restored(tmp_path, home):
+    import ray
+
+    data = make_shards(tmp_path / "data", rows=60_000, shards=2, seed=5)
+    sets = ["data.drop=[id]", "tune.trials=10", "train.num_boost_round=300", "train.report_every=10",
+            "train.early_stopping_rounds=300", "tune.asha=false"]
+    args = [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAYGBM_HOME": str(home),
+           "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cli = Path(sys.executable).with_name("raygbm")
+    proc = subprocess.Popen([str(cli), "tune", "--data", str(data), "--label", "label", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(_finished(home / "tune")) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        # Let Tune record those trials as finished: wait for an experiment state written a bit later.
+        seen = time.time()
+        while max((p.stat().st_mtime for p in (home / "tune").glob("tune-*/experiment_state-*.json")), default=0) < seen + 1:
+            assert time.time() < deadline, "Tune wrote no experiment state"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = _finished(home / "tune")
+    assert not list((home / "tune").glob("tune-*/best.json"))
+
+    cfg = load_config(None, sets, {"data.source": str(data), "data.label": "label"})
+    meta = RunMeta.load(next((home / "runs").glob("preprocess-*")))
+    result = tune_search(meta, cfg.train, cfg.tune, cfg.resources)
+    assert result.restored
+    assert len(result.trials) == 10 and all(t["score"] is not None for t in result.trials)
+    after = _finished(home / "tune")
+    assert len(after) == 10
+    # Trials that had finished before the kill were kept, not trained again.
+    assert all(after[name] == text for name, text in before.items())
