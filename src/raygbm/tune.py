@@ -195,6 +195,8 @@ class TuneResult:
     wall_s: float
     trial_mode: str
     restored: bool = False
+    fit_s: float = 0.0  # Tuner.fit() alone
+    concurrency: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -316,7 +318,9 @@ def tune_search(
     with warnings.catch_warnings():
         # Optuna warns for every intermediate value a restored trial reports again.
         warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+        t_fit = time.perf_counter()
         grid_result = tuner.fit()
+        fit_s = time.perf_counter() - t_fit
     trials = []
     for r in grid_result:
         m = r.metrics or {}
@@ -328,6 +332,7 @@ def tune_search(
             "params": {k: v for k, v in (r.config or {}).items()},
             "score": _best_of(history, mode) if history else None,
             "iterations": int(m.get("iteration", 0) or 0),
+            "time_s": float(m.get("time_total_s", 0.0) or 0.0),
             "status": "error" if r.error else ("complete" if _completed(m, train) else "stopped early"),
             "history": history,
         })
@@ -337,7 +342,8 @@ def tune_search(
         raise ConfigError(f"every tuning trial failed: {first_error}")
     best = (max if mode == "max" else min)(scored, key=lambda t: t["score"])
     result = TuneResult(name=name, path=path, best_params=best["params"], best_score=best["score"], metric=metric,
-                        mode=mode, trials=trials, wall_s=time.perf_counter() - t0, trial_mode=kind, restored=restored)
+                        mode=mode, trials=trials, wall_s=time.perf_counter() - t0, trial_mode=kind, restored=restored,
+                        fit_s=fit_s, concurrency=concurrency)
     tmp = path / (BEST_FILE + ".tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
     tmp.rename(path / BEST_FILE)
