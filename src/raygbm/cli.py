@@ -87,7 +87,7 @@ def preprocess(
     """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report."""
     try:
         cfg = _config(config, set_, data, label, task, **({"data.quarantine": True} if quarantine else {}))
-        with _progress() as say:
+        with _progress(json_out) as say:
             result = _prepare(cfg, say, force)
     except RaygbmError as exc:
         _fail(str(exc))
@@ -169,7 +169,7 @@ def evaluate(
 
     try:
         cfg = _config(config, set_, data, label, task)
-        with _progress() as say:
+        with _progress(json_out) as say:
             meta = RunMeta.load(_prepare(cfg, say, False).run_dir)
             say(f"evaluating model {model}")
             ref, metrics = evaluate_registered(meta, cfg.registry, model)
@@ -202,7 +202,7 @@ def run(
 
     try:
         cfg = _config(config, set_, data, label, task, **{"tune.trials": trials or None})
-        with _progress() as say:
+        with _progress(json_out) as say:
             shards = _check(cfg)
             say("starting Ray")
             _ray(cfg)
@@ -286,10 +286,10 @@ def promote(
     typer.echo(f"v{ref.version} is now the champion of {ref.name!r}")
 
 
-def _progress() -> Any:
+def _progress(quiet: bool = False) -> Any:
     from raygbm.report import progress
 
-    return progress()
+    return progress(quiet)
 
 
 def _check(cfg: Any) -> Any:

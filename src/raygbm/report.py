@@ -57,10 +57,13 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 
 @contextmanager
-def progress() -> Iterator[Callable[[str], None]]:
-    """A one-line status display on a terminal; plain timestamped lines otherwise (logs, CI)."""
+def progress(quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A status display on a terminal; plain timestamped lines on stdout otherwise (logs, CI), so that
+    stderr carries nothing but the one error line of a failed command. ``quiet``: no output at all."""
     start = time.perf_counter()
-    if sys.stderr.isatty():
+    if quiet:
+        yield lambda _msg: None
+    elif sys.stderr.isatty():
         console = Console(stderr=True)
         last: list[Any] = []  # (message, started) of the step in progress
         with console.status("starting") as status:
@@ -75,7 +78,7 @@ def progress() -> Iterator[Callable[[str], None]]:
                 console.print(f"[green]✓[/] {last[0]} [dim]{time.perf_counter() - last[1]:.1f}s[/]")
     else:
         def say(msg: str) -> None:
-            print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
         yield say
 
 

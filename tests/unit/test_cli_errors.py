@@ -83,3 +83,28 @@ def test_generate_then_bad_args(tmp_path):
     assert len(list((tmp_path / "g").glob("*.parquet"))) == 2
     r = _run("generate", "--rows", "1", "--shards", "2", "--out", str(tmp_path / "g2"), home=tmp_path / "h")
     assert r.returncode == 2 and "rows >= shards" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "--input", "{data}", "--output", "{out}"], "no champion model yet"),
+        (["evaluate", "--data", "{data}", "--label", "label"], None),  # fails on the shards below first
+        (["promote", "3"], "version 3: not found"),
+        (["run", "--data", "{data}", "--label", "label", "--set", "tune.space={{num_leaves: {{between: [1, 9]}}}}"],
+         "invalid config: tune.space: num_leaves: expected one of"),
+        (["tune", "--data", "{data}", "--label", "nope"], "nope"),
+        (["train", "--config", "{missing}"], "config file not found"),
+    ],
+    ids=["predict-no-model", "evaluate-bad-shard", "promote-unknown", "bad-space", "tune-missing-label", "train-no-config"],
+)
+def test_pipeline_commands_fail_with_one_line(tmp_path, args, message):
+    data = make_shards(tmp_path / "data", rows=2000, shards=2)
+    if message is None:
+        message = _corrupt(data)
+    fill = {"data": str(data), "out": str(tmp_path / "out.parquet"), "missing": str(tmp_path / "nope.yaml")}
+    r = _run(*[a.format(**fill) for a in args], home=tmp_path / "home")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "out.parquet").exists()
