@@ -94,8 +94,9 @@ class ModelRef:
 class Registry:
     """Thin wrapper over ``MlflowClient`` for one registered model name."""
 
-    def __init__(self, config: RegistryConfig | None = None):
+    def __init__(self, config: RegistryConfig | None = None, uri: str | None = None):
         self.config = config or RegistryConfig()
+        self._uri = uri  # default: MLFLOW_TRACKING_URI or the embedded store under RAYGBM_HOME
 
     # ---- connection
 
@@ -105,7 +106,7 @@ class Registry:
             _quiet()
             from mlflow import MlflowClient
 
-            uri = tracking_uri()
+            uri = self._uri or tracking_uri()
             if uri.startswith("sqlite:///"):
                 home().mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -245,12 +246,12 @@ class Registry:
         return dest
 
 
-def local_bundle(registry: Registry, version: str | None = None) -> tuple[ModelRef, Path]:
+def local_bundle(registry: Registry, version: str | None = None, cache_root: Path | None = None) -> tuple[ModelRef, Path]:
     """A verified local copy of a version (cached under ``$RAYGBM_HOME/models`` by version)."""
     ref = registry.get(version)
     if ref is None:
         raise RegistryError(f"no champion model yet for {registry.config.model_name!r}: run `raygbm run` first")
-    cache = home() / "models" / registry.config.model_name / ref.version
+    cache = (cache_root or home() / "models") / registry.config.model_name / ref.version
     if cache.exists():
         try:
             verify_bundle(cache, ref.tags.get("manifest_sha256"))

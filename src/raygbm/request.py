@@ -1,0 +1,161 @@
+"""Strict parsing of prediction requests, built from the training schema (no Ray, no FastAPI here).
+
+A request body is one JSON object or a list of them, each carrying every raw feature column the model
+reads (``null`` is allowed and means missing, as in training). Rejected with a 4xx and a message that
+names fields and types but never echoes values: NaN/Infinity (not JSON), strings for numbers, numbers
+for string categories, unknown fields, missing fields, too many rows. Unknown category values are
+accepted: they map to the reserved "unseen" code, and are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from raygbm.features import Preprocessor
+
+
+class RequestError(ValueError):
+    """A bad request: ``status`` is the HTTP status to answer with (400, 413, 422)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def _reject_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a valid JSON number; send null for a missing value", 400)
+
+
+def _kind(arrow_type: str) -> str:
+    t = arrow_type.lower()
+    if t.startswith("timestamp") or t.startswith("date"):
+        return "timestamp"
+    if "string" in t or t == "utf8":
+        return "string"
+    if t == "bool":
+        return "bool"
+    if t.startswith("int") or t.startswith("uint"):
+        return "integer"
+    return "number"
+
+
+@dataclass
+class Parsed:
+    features: np.ndarray  # rows × model features, float64
+    unseen: int  # category values never seen in training (mapped to the "unseen" code)
+
+
+class RequestSchema:
+    """What a request must look like for one preprocessor."""
+
+    def __init__(self, pre: Preprocessor, max_rows: int = 10_000):
+        self.pre = pre
+        self.max_rows = max_rows
+        s = pre.schema
+        inputs = list(dict.fromkeys(s.features + s.derived_inputs + [c for d in pre.config.derived for c in d.inputs]))
+        self.fields: dict[str, str] = {c: _kind(s.types.get(c, "double")) for c in inputs}
+        self.categorical = set(s.categorical)
+        self._codes = pre._code  # value → code per categorical column
+
+    # ---- parsing
+
+    def parse(self, body: bytes) -> Parsed:
+        try:
+            obj = json.loads(body, parse_constant=_reject_constant)
+        except RequestError:
+            raise
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("body is not valid JSON", 400) from None
+        if isinstance(obj, dict):
+            records = [obj]
+        elif isinstance(obj, list):
+            records = obj
+        else:
+            raise RequestError("body must be a JSON object (one record) or a list of objects", 422)
+        if not records:
+            raise RequestError("no records in the request", 422)
+        if len(records) > self.max_rows:
+            raise RequestError(f"{len(records)} records in one request; the limit is {self.max_rows}", 413)
+        unseen = 0
+        for i, r in enumerate(records):
+            unseen += self._check(r, i if len(records) > 1 else None)
+        return Parsed(self.pre.transform_records(records), unseen)
+
+    def _check(self, r: Any, index: int | None) -> int:
+        where = f"record {index}: " if index is not None else ""
+        if not isinstance(r, dict):
+            raise RequestError(f"{where}expected a JSON object, got {_json_type(r)}")
+        extra = [k for k in r if k not in self.fields]
+        if extra:
+            raise RequestError(f"{where}unknown field(s): {', '.join(sorted(extra)[:10])}")
+        missing = [k for k in self.fields if k not in r]
+        if missing:
+            raise RequestError(f"{where}missing field(s): {', '.join(missing[:10])}")
+        unseen = 0
+        for name, kind in self.fields.items():
+            v = r[name]
+            if v is None:
+                continue
+            if kind in ("number", "integer", "bool") and name not in self.categorical:
+                if isinstance(v, bool) and kind != "bool" or not isinstance(v, (int, float)):
+                    raise RequestError(f"{where}field {name!r}: expected a number or null, got {_json_type(v)}")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise RequestError(f"{where}field {name!r}: number out of range")
+                if isinstance(v, int) and abs(v) > 2**53:
+                    raise RequestError(f"{where}field {name!r}: number out of range")
+            elif kind == "timestamp":
+                if isinstance(v, str):
+                    try:
+                        datetime.fromisoformat(v)
+                    except ValueError:
+                        raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time") from None
+                elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time or epoch seconds, got {_json_type(v)}")
+            else:  # categorical: the training column's own type
+                ok = isinstance(v, str) if kind == "string" else (
+                    isinstance(v, bool) if kind == "bool" else isinstance(v, int) and not isinstance(v, bool))
+                if not ok:
+                    want = {"string": "a string", "bool": "true/false", "integer": "an integer"}.get(kind, "a number")
+                    raise RequestError(f"{where}field {name!r}: expected {want} or null, got {_json_type(v)}")
+                if name in self._codes and v not in self._codes[name]:
+                    unseen += 1
+        return unseen
+
+    # ---- documentation
+
+    def json_schema(self) -> dict[str, Any]:
+        """JSON Schema of one record, for OpenAPI (allowed categories listed)."""
+        props: dict[str, Any] = {}
+        for name, kind in self.fields.items():
+            if name in self.categorical:
+                base = {"string": "string", "integer": "integer", "bool": "boolean"}.get(kind, "number")
+                known = self.pre.categories_.get(name, [])
+                props[name] = {"type": [base, "null"], "description": f"categorical; {len(known)} known values "
+                               "(others are accepted as unseen)", "examples": known[:20]}
+            elif kind == "timestamp":
+                props[name] = {"type": ["string", "number", "null"], "format": "date-time",
+                               "description": "ISO 8601 time or epoch seconds"}
+            else:
+                props[name] = {"type": ["number", "null"], "description": f"numeric ({kind}); null = missing"}
+        record = {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
+        return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"

@@ -1,0 +1,251 @@
+"""The endpoint: a Ray Serve application with a FastAPI ingress serving a registered model bundle.
+
+- ``POST /predict``: one record (JSON object) or a list of records → prediction, score, model version
+  and a prediction id per record. Parsed strictly (``raygbm.request``) from the raw body: no pydantic
+  model on the hot path, numpy rows, ``num_threads=1`` LightGBM per replica, and ``@serve.batch``
+  merging concurrent requests into one ``predict`` call.
+- ``GET /healthz`` (the process is up), ``GET /readyz`` (a model is loaded), ``GET /model`` (version,
+  metrics, request schema with allowed categories), OpenAPI at ``/docs``.
+- Model swaps: the model to serve is the deployment's ``user_config`` (name, version, pinned manifest
+  hash); changing it calls ``reconfigure`` on each replica in place, which loads and verifies the new
+  bundle before switching, so requests in flight finish on the old model and none fail.
+- Hardening: bodies over ``max_body_bytes`` get 413 (checked on Content-Length and while reading, Serve
+  itself has no limit); invalid input gets 4xx with a message that never echoes the input; every
+  request has a time budget (``request_timeout_s``) enforced in the handler, whatever timeout header
+  the client sent to Serve's proxy.
+"""
+
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raygbm.errors import RaygbmError
+
+APP_NAME = "raygbm"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Serving limits and sizing (never a hyperparameter)."""
+
+    max_body_bytes: int = 1_000_000
+    max_rows: int = 1000
+    request_timeout_s: float = 5.0
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.002
+
+
+def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, Any]:
+    """The ``user_config`` naming the model a deployment serves (resolved now, pinned by hash)."""
+    from raygbm.paths import home
+    from raygbm.registry import Registry, RegistryError, tracking_uri
+
+    reg = Registry(registry_cfg)
+    ref = reg.get(version)
+    if ref is None:
+        raise RegistryError(f"no champion model yet for {registry_cfg.model_name!r}: run `raygbm run` first")
+    return {
+        "model_name": ref.name,
+        "version": ref.version,
+        "manifest_sha256": ref.tags.get("manifest_sha256"),
+        "tracking_uri": tracking_uri(),
+        "home": str(home().resolve()),
+    }
+
+
+def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int | str = 1,
+              autoscaling: dict[str, Any] | None = None) -> Any:
+    """The Serve application (an app builder's result): one ingress deployment."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    from raygbm.request import RequestError
+
+    api = FastAPI(title="raygbm", description="LightGBM model served by raygbm", version="1")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes the input back (and fails with a 500 on a bare NaN).
+        where = [".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()][:5]
+        return JSONResponse({"error": "invalid request", "fields": where}, status_code=422)
+
+    @api.exception_handler(RequestError)
+    async def _bad(_request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @serve.deployment(
+        name="ModelServer",
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 1},
+        health_check_period_s=2,
+        **({"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": num_replicas}),
+    )
+    @serve.ingress(api)
+    class ModelServer:
+        def __init__(self, settings: dict[str, Any]):
+            self.settings = ServeSettings(**settings)
+            self.model: Any = None
+            self.version: str | None = None
+            self.served = 0
+            self.unseen = 0
+            self._batched.set_max_batch_size(self.settings.max_batch_size)
+            self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+
+        def reconfigure(self, user_config: dict[str, Any]) -> None:
+            """Load (and verify) the named model, then switch to it: in-flight requests keep the old one."""
+            if user_config.get("version") == self.version:
+                return
+            self.model = _load_model(user_config, self.settings)
+            self.version = user_config["version"]
+            api.openapi_schema = None  # regenerate /docs with the new request schema
+
+        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+        async def _batched(self, items: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
+            # One LightGBM call for every request that arrived together (all for the same model).
+            groups: dict[int, list[int]] = {}
+            for i, (model, _) in enumerate(items):
+                groups.setdefault(id(model), []).append(i)
+            out: list[Any] = [None] * len(items)
+            for idx in groups.values():
+                model = items[idx[0]][0]
+                rows = np.concatenate([items[i][1] for i in idx])
+                scores = model.booster.predict(rows, num_threads=1)
+                start = 0
+                for i in idx:
+                    n = len(items[i][1])
+                    out[i] = scores[start:start + n]
+                    start += n
+            return out
+
+        @api.post("/predict", summary="Score one record or a list of records",
+                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                      "description": "one record or a list of records; see GET /model for the fields"}}}}})
+        async def predict(self, request: Request) -> JSONResponse:
+            model = self.model
+            if model is None:
+                return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+            body = await _read_body(request, self.settings.max_body_bytes)
+            parsed = model.schema.parse(body)
+            try:
+                scores = await asyncio.wait_for(self._batched((model, parsed.features)), self.settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                return JSONResponse({"error": f"prediction took longer than {self.settings.request_timeout_s}s"}, status_code=503)
+            self.served += len(parsed.features)
+            self.unseen += parsed.unseen
+            results = model.results(scores)
+            if body.lstrip()[:1] == b"{":
+                return JSONResponse({**results[0], "model_version": model.version})
+            return JSONResponse({"predictions": results, "model_version": model.version})
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+        @api.get("/readyz")
+        async def readyz(self) -> JSONResponse:
+            if self.model is None:
+                return JSONResponse({"status": "loading"}, status_code=503)
+            return JSONResponse({"status": "ready", "model_version": self.model.version})
+
+        @api.get("/model")
+        async def model_info(self) -> JSONResponse:
+            m = self.model
+            if m is None:
+                return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+            return JSONResponse({"name": m.name, "version": m.version, "task": m.task, "metrics": m.metrics,
+                                 "classes": m.classes, "threshold": m.threshold,
+                                 "request_schema": m.schema.json_schema(),
+                                 "served_rows": self.served, "unseen_categories": self.unseen})
+
+    return ModelServer.options(user_config=model).bind(settings.__dict__)
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    from raygbm.request import RequestError
+
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestError(f"body larger than {limit} bytes", 413)
+        except ValueError:
+            raise RequestError("bad Content-Length", 400) from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"body larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    booster: Any
+    schema: Any
+    task: str
+    classes: list[Any] | None
+    threshold: float
+    metrics: dict[str, Any]
+
+    def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for s in scores:
+            if self.task == "binary":
+                p = float(s)
+                pred = self.classes[int(p >= self.threshold)] if self.classes else int(p >= self.threshold)
+                out.append({"prediction": pred, "score": p, "prediction_id": uuid.uuid4().hex})
+            elif self.task == "multiclass":
+                k = int(np.argmax(s))
+                out.append({"prediction": self.classes[k] if self.classes else k, "score": float(s[k]),
+                            "probabilities": [float(x) for x in s], "prediction_id": uuid.uuid4().hex})
+            else:
+                out.append({"prediction": float(s), "score": float(s), "prediction_id": uuid.uuid4().hex})
+        return out
+
+
+def _load_model(user_config: dict[str, Any], settings: ServeSettings) -> ServedModel:
+    """Fetch the bundle from the registry (cached locally), verify it against the pinned manifest hash."""
+    from raygbm.bundle import Bundle
+    from raygbm.config import RegistryConfig
+    from raygbm.registry import Registry, local_bundle
+    from raygbm.request import RequestSchema
+
+    # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
+    reg = Registry(RegistryConfig(model_name=user_config["model_name"]), uri=user_config["tracking_uri"])
+    ref, path = local_bundle(reg, user_config["version"], Path(user_config["home"]) / "models")
+    if user_config.get("manifest_sha256") and ref.tags.get("manifest_sha256") != user_config["manifest_sha256"]:
+        raise RaygbmError(f"model v{ref.version}: registry manifest hash differs from the one deployed")
+    b = Bundle.load(path, user_config.get("manifest_sha256"))
+    return ServedModel(ref.name, ref.version, b.booster, RequestSchema(b.preprocessor, settings.max_rows), b.task,
+                       b.preprocessor.label_classes_, b.threshold, b.metrics)
+
+
+def deploy(registry_cfg: Any, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
+           version: str | None = None, num_replicas: int = 1, autoscaling: dict[str, Any] | None = None) -> str:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the model; returns the URL. Ray must be up."""
+    from ray import serve
+
+    model = _model_config(registry_cfg, version)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings, model, num_replicas, autoscaling), name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def swap_model(registry_cfg: Any, settings: ServeSettings, version: str | None = None,
+               num_replicas: int = 1, autoscaling: dict[str, Any] | None = None) -> str:
+    """Point the running app at another version (default: the current champion) without downtime."""
+    from ray import serve
+
+    model = _model_config(registry_cfg, version)
+    serve.run(build_app(settings, model, num_replicas, autoscaling), name=APP_NAME, route_prefix="/")
+    return model["version"]

@@ -1,0 +1,170 @@
+"""The endpoint on the shared local Ray, through real HTTP: same scores as the batch path, strict 4xx
+on bad input (never 5xx), health/readiness/model routes, and a model swap under load with no failed
+request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raygbm.bundle import Bundle
+from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
+from raygbm.data import preprocess
+from raygbm.pipeline import Trained, evaluate_and_register
+from raygbm.registry import Registry, local_bundle
+from raygbm.serve import ServeSettings, deploy, swap_model
+from raygbm.split import RAW_TEST
+from raygbm.train import RunMeta, train_in_process
+from tests.conftest import make_shards
+
+pytestmark = pytest.mark.slow
+PORT = 8123
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def _post(path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(URL + path, data=body, method="POST",
+                                 headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _get(path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(URL + path, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _records(raw, schema_fields) -> list[dict]:
+    cols = {c: raw.column(c).to_pylist() for c in schema_fields}
+    out = []
+    for i in range(raw.num_rows):
+        r = {}
+        for c, vals in cols.items():
+            v = vals[i]
+            r[c] = v.isoformat() if hasattr(v, "isoformat") else v
+        out.append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import os
+
+    from ray import serve
+
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("RAYGBM_HOME")
+    os.environ["RAYGBM_HOME"] = str(home)
+    data = make_shards(tmp_path_factory.mktemp("data"), rows=60_000, shards=3, seed=4)
+    cfg = load_config(None, ["data.drop=[id]", "split.time=event_time",
+                             "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
+                      {"data.source": str(data), "data.label": "label"})
+    meta = RunMeta.load(preprocess(cfg).run_dir)
+    for rounds in (40, 80):  # v1 (champion), v2 (its own, registered as candidate or champion)
+        train = TrainConfig(num_boost_round=rounds, early_stopping_rounds=None)
+        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                              EvaluateConfig(permutation_rows=500), RegistryConfig(), None)
+    Registry().promote(Registry().get("1"))
+    url = deploy(RegistryConfig(), ServeSettings(max_rows=2000, max_body_bytes=2_000_000), port=PORT)
+    yield meta, url
+    serve.shutdown()
+    if old is None:
+        os.environ.pop("RAYGBM_HOME", None)
+    else:
+        os.environ["RAYGBM_HOME"] = old
+
+
+def test_http_scores_equal_the_batch_path_on_10k_rows(served):
+    meta, _ = served
+    assert _get("/healthz") == (200, {"status": "ok"})
+    status, ready = _get("/readyz")
+    assert status == 200 and ready["model_version"] == "1"
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
+    records = _records(raw, fields)
+    scores = []
+    for i in range(0, len(records), 1000):
+        status, out = _post("/predict", json.dumps(records[i:i + 1000]).encode())
+        assert status == 200, out
+        assert out["model_version"] == "1"
+        scores += [p["score"] for p in out["predictions"]]
+    ref, path = local_bundle(Registry(), "1")
+    bundle = Bundle.load(path)
+    expected = bundle.scores(bundle.features(raw))
+    np.testing.assert_array_equal(np.asarray(scores), expected)
+    # One record: one object back, with an id.
+    status, one = _post("/predict", json.dumps(records[0]).encode())
+    assert status == 200 and one["score"] == scores[0] and len(one["prediction_id"]) == 32
+    assert one["prediction"] in (0, 1)
+
+
+def test_bad_requests_get_4xx_never_5xx(served):
+    meta, _ = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    good = _records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 1), fields)[0]
+    cases = [
+        json.dumps(good).replace(f'"num_0": {good["num_0"]}', '"num_0": NaN').encode(),
+        json.dumps({**good, "num_0": "1.0"}).encode(),
+        json.dumps({**good, "extra": 1}).encode(),
+        json.dumps({k: v for k, v in good.items() if k != "num_3"}).encode(),
+        b"{", b"", b"[]", b"null", b'"x"', json.dumps([good] * 2001).encode(),
+        b"[" + b"1," * 1_100_000 + b"1]",  # over the body limit
+    ]
+    for body in cases:
+        status, out = _post("/predict", body)
+        assert 400 <= status < 500, (status, out, body[:80])
+        assert "error" in out
+    status, _ = _post("/predict", b"x" * 10, headers={"content-length": "99999999"})
+    assert status in (400, 413)
+    # A client asking Serve for no timeout still gets an answer (and a normal one).
+    status, _ = _post("/predict", json.dumps(good).encode(), headers={"x-request-timeout-seconds": "0"})
+    assert status == 200
+
+
+def test_model_swap_under_load_fails_no_request(served):
+    meta, _ = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    body = json.dumps(_records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 20), fields)).encode()
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            status, out = _post("/predict", body)
+            results.append((status, out.get("model_version", "")))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert swap_model(RegistryConfig(), ServeSettings(max_rows=2000, max_body_bytes=2_000_000), "2") == "2"
+        import time
+
+        deadline = time.time() + 60
+        while not any(v == "2" for _, v in results[-20:]):
+            assert time.time() < deadline, "the swap never reached the replicas"
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert results and all(s == 200 for s, _ in results), [r for r in results if r[0] != 200][:5]
+    versions = [v for _, v in results]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert _get("/readyz")[1]["model_version"] == "2"
