@@ -227,21 +227,31 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             init_model = lgb.Booster(model_file=str(Path(d) / MODEL_FILE))
 
-    def report(metrics: dict[str, float], model: lgb.Booster | None) -> None:
+    def send(metrics: dict[str, float], model_text: str | None) -> None:
         # Every worker must call report (it is a barrier); only rank 0 uploads the checkpoint.
-        if model is not None and rank == 0:
+        if model_text is not None and rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                model.save_model(str(Path(d) / MODEL_FILE))
+                Path(d, MODEL_FILE).write_text(model_text)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+    reporter = BackgroundReporter(send)
+
+    def report(metrics: dict[str, float], model: lgb.Booster | None) -> None:
+        # The model is snapshotted here, in the boosting thread; the report itself (a cross-worker
+        # barrier plus the checkpoint upload) runs in the background while boosting goes on.
+        reporter.submit(metrics, model.model_to_string() if model is not None and rank == 0 else None)
 
     fail_at = config.get("fail_at_iteration")
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
     if fail_at and checkpoint is None and rank == 0:
         callbacks.append(_FailAt(fail_at))
     t = time.perf_counter()
-    booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
+    try:
+        booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
+    finally:
+        reporter.close()  # every report made before the final one has been delivered, in order
     boost_s = time.perf_counter() - t  # the boosting loop, reports and checkpoints included
     best = booster.best_iteration or booster.current_iteration()
     final = best_metrics(booster)
@@ -250,7 +260,43 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         resumed_from=init_model.current_iteration() if init_model else 0,
         worker_started_at=t_start, shard_read_s=t_data - t_start, worker_ended_at=time.time(),
     )
-    report(final, booster)
+    send(final, booster.model_to_string() if rank == 0 else None)
+
+
+class BackgroundReporter:
+    """Delivers reports in order from one background thread, so the boosting loop does not wait on them.
+
+    ``close`` waits for every pending report and re-raises the first error one of them hit.
+    """
+
+    def __init__(self, send: Callable[[dict[str, float], str | None], None]):
+        import queue
+        import threading
+
+        self._send = send
+        self._queue: "queue.Queue[tuple[dict[str, float], str | None] | None]" = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="raygbm-report", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._send(*item)
+                except BaseException as exc:  # surfaced by close() in the boosting thread
+                    self._error = exc
+
+    def submit(self, metrics: dict[str, float], model_text: str | None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((metrics, model_text))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class _FailAt:

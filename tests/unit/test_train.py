@@ -66,3 +66,29 @@ def test_not_a_run_dir(tmp_path):
 
     with pytest.raises(DataError, match="not a preprocess run"):
         RunMeta.load(tmp_path)
+
+
+def test_background_reporter_keeps_order_and_surfaces_errors():
+    import time
+
+    from raygbm.train import BackgroundReporter
+
+    seen = []
+
+    def slow_send(metrics, text):
+        time.sleep(0.01)
+        seen.append((metrics["i"], text))
+
+    r = BackgroundReporter(slow_send)
+    for i in range(5):
+        r.submit({"i": i}, "m" if i % 2 else None)
+    r.close()
+    assert seen == [(0, None), (1, "m"), (2, None), (3, "m"), (4, None)]
+
+    def failing(metrics, text):
+        raise RuntimeError("storage unreachable")
+
+    bad = BackgroundReporter(failing)
+    bad.submit({"i": 0}, None)
+    with pytest.raises(RuntimeError, match="storage unreachable"):
+        bad.close()
