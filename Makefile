@@ -20,6 +20,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
 	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
+	$(BIN)/python -m pipelines.serve_demo --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 
 # Unit tests (no Ray) first, then integration tests sharing one local Ray, then a real head node and
 # `ray job submit` (its own session: never two Ray instances at once).

@@ -286,6 +286,70 @@ def promote(
     typer.echo(f"v{ref.version} is now the champion of {ref.name!r}")
 
 
+@app.command()
+def serve(
+    model: str = typer.Option("champion", "--model", help="registered version number, or champion"),
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    host: Optional[str] = typer.Option(None, "--host", help="bind address (serve.host; default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (serve.port; default 8000)"),
+    detach: bool = typer.Option(False, "--detach", help="return after deploying (on a cluster given by RAY_ADDRESS)"),
+) -> None:
+    """Deploy a registered model (default: the champion) as the HTTP endpoint and print its URL."""
+    import os
+
+    from raygbm.serve import deploy
+
+    try:
+        cfg = _config(config, set_, None, None, None, **{"serve.host": host, "serve.port": port})
+        if detach and not os.environ.get("RAY_ADDRESS"):
+            _fail("--detach needs a running cluster (RAY_ADDRESS): an embedded Ray stops when this command exits")
+        with _progress() as say:
+            say("starting Ray")
+            _ray(cfg)
+            say(f"deploying model {model}")
+            url = deploy(cfg.registry, cfg.serve, cfg.monitor, None if model == "champion" else model)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"serving at {url}  (POST /predict, GET /model, /drift, /healthz, /readyz, /docs)")
+    if detach:
+        return
+    typer.echo("press Ctrl-C to stop")
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+
+
+@app.command("drift-report")
+def drift_report(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the endpoint's base URL"),
+    output: Path = typer.Option(Path("drift-report.html"), "--output", help="HTML file to write"),
+) -> None:
+    """Fetch GET /drift from a running endpoint and write an HTML report (reference vs current histograms)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from raygbm.monitor import drift_report_html
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/drift", timeout=30) as r:
+            report = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _fail(f"cannot read {url}/drift: {getattr(exc, 'reason', exc)}")
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(drift_report_html(report))
+    tmp.rename(output)
+    verdicts = [w["verdict"] for w in report.get("windows", [])]
+    typer.echo(f"{len(verdicts)} windows ({verdicts.count('drift')} with drift); report: {output.resolve()}")
+
+
 def _progress(quiet: bool = False) -> Any:
     from raygbm.report import progress
 

@@ -231,6 +231,46 @@ class RegistryConfig(_Section):
     margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
 
 
+class AutoscalingConfig(_Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8, gt=0)
+    upscale_delay_s: float = Field(5, ge=0)
+    downscale_delay_s: float = Field(30, ge=0)
+
+
+class ServeConfig(_Section):
+    """The endpoint: address, request limits and replica sizing."""
+
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the endpoint to the network")
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get 413")
+    max_rows: int = Field(1000, ge=1, description="records per /predict request")
+    request_timeout_s: float = Field(5.0, gt=0, description="handler time budget, whatever the client asks Serve for")
+    max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
+    autoscaling: AutoscalingConfig | None = None
+
+
+class MonitorConfig(_Section):
+    """Drift monitoring of served traffic against the training reference."""
+
+    enabled: bool = True
+    window_size: int = Field(1000, ge=10, description="rows per drift window")
+    keep_windows: int = Field(100, ge=1, description="closed windows kept in GET /drift")
+    bins: int = Field(10, ge=2, description="reference quantile bins per numeric feature")
+    psi: float = Field(0.2, gt=0, description="numeric feature drifts above this PSI")
+    js_distance: float = Field(0.1, gt=0, description="categorical feature drifts above this JS distance ...")
+    chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="... and below this chi-square p-value")
+    missing_rate_delta: float = Field(0.1, gt=0, description="a field drifts when its missing rate moves this much")
+    prediction_psi: float = Field(0.2, gt=0, description="prediction drift above this PSI of the scores")
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per-feature overrides, e.g. {num_1: {psi: 0.1}}"
+    )
+    max_pending_batches: int = Field(100, ge=1, description="batches queued for the monitor before new ones are dropped (and counted)")
+
+
 class ResourcesConfig(_Section):
     """Compute sizing only; never a hyperparameter."""
 
@@ -258,6 +298,8 @@ class PipelineConfig(_Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 

@@ -43,6 +43,7 @@ from raygbm.registry import (
     local_bundle,
     write_manifest,
 )
+from raygbm.monitor import REFERENCE_FILE
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, TrainResult, best_metrics, boost, lgb_datasets, lgb_params, train_with_ray
 from raygbm.tune import TuneResult, trial_mode
@@ -193,6 +194,7 @@ def evaluate_and_register(
         shutil.copy(meta.run_dir / PREPROCESSOR_FILE, bundle / PREPROCESSOR_FILE)
         shutil.copy(meta.run_dir / "schema.json", bundle / "schema.json")
         (bundle / METRICS_FILE).write_text(json.dumps(ev.metrics, indent=1))
+        (bundle / REFERENCE_FILE).write_text(json.dumps(_reference(booster, used, report), allow_nan=False))
         (bundle / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
         manifest_sha = write_manifest(bundle)
 
@@ -242,6 +244,19 @@ def evaluate_and_register(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Outcome(ref.version, parent, decision, reason, ev.metrics, metric, champ_value, out, out / "model_card.md", params)
+
+
+def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows: int = 100_000) -> dict[str, Any]:
+    """The drift monitor's reference: training features (a seeded sample) and validation scores."""
+    from raygbm.evaluate import features_matrix
+    from raygbm.monitor import reference_profile
+    from raygbm.tune import sample_table
+
+    train = sample_table(meta.split("train"), rows, 0)
+    valid = sample_table(meta.split("validation"), rows, 1)
+    missing = {c: float(v.get("null_frac", 0.0)) for c, v in report.get("columns", {}).items() if v.get("role") in ("numeric", "categorical")}
+    return reference_profile(features_matrix(booster, train), booster.feature_name(), meta.categorical,
+                             booster.predict(features_matrix(booster, valid)), missing)
 
 
 def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: str | None) -> tuple[ModelRef, dict[str, Any]]:

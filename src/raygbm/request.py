@@ -49,6 +49,7 @@ def _kind(arrow_type: str) -> str:
 class Parsed:
     features: np.ndarray  # rows × model features, float64
     unseen: int  # category values never seen in training (mapped to the "unseen" code)
+    missing: dict[str, int]  # nulls per field (for the drift monitor's missing-rate check)
 
 
 class RequestSchema:
@@ -85,7 +86,8 @@ class RequestSchema:
         unseen = 0
         for i, r in enumerate(records):
             unseen += self._check(r, i if len(records) > 1 else None)
-        return Parsed(self.pre.transform_records(records), unseen)
+        missing = {name: n for name in self.fields if (n := sum(r[name] is None for r in records))}
+        return Parsed(self.pre.transform_records(records), unseen, missing)
 
     def _check(self, r: Any, index: int | None) -> int:
         where = f"record {index}: " if index is not None else ""

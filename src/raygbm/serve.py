@@ -24,20 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.errors import RaygbmError
 
 APP_NAME = "raygbm"
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """Serving limits and sizing (never a hyperparameter)."""
-
-    max_body_bytes: int = 1_000_000
-    max_rows: int = 1000
-    request_timeout_s: float = 5.0
-    max_batch_size: int = 64
-    batch_wait_timeout_s: float = 0.002
+MONITOR_ACTOR = "raygbm-drift-monitor"
 
 
 def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, Any]:
@@ -58,9 +51,8 @@ def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, An
     }
 
 
-def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int | str = 1,
-              autoscaling: dict[str, Any] | None = None) -> Any:
-    """The Serve application (an app builder's result): one ingress deployment."""
+def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any]) -> Any:
+    """The Serve application: one ingress deployment (autoscaled when ``serve.autoscaling`` is set)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -85,16 +77,20 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": 1},
         health_check_period_s=2,
-        **({"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": num_replicas}),
+        **({"autoscaling_config": serve_cfg.autoscaling.model_dump()} if serve_cfg.autoscaling
+           else {"num_replicas": serve_cfg.num_replicas}),
     )
     @serve.ingress(api)
     class ModelServer:
-        def __init__(self, settings: dict[str, Any]):
-            self.settings = ServeSettings(**settings)
+        def __init__(self, settings: dict[str, Any], monitor: dict[str, Any]):
+            self.settings = ServeConfig.model_validate(settings)
+            self.monitor_cfg = MonitorConfig.model_validate(monitor)
             self.model: Any = None
             self.version: str | None = None
             self.served = 0
             self.unseen = 0
+            self.dropped = 0  # monitor batches dropped since the last one delivered
+            self.monitor = _monitor_handle() if self.monitor_cfg.enabled else None
             self._batched.set_max_batch_size(self.settings.max_batch_size)
             self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
@@ -104,13 +100,28 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
                 return
             self.model = _load_model(user_config, self.settings)
             self.version = user_config["version"]
+            if self.monitor is not None:
+                import ray
+
+                # Idempotent per version: the first replica to load a model sets the reference.
+                ray.get(self.monitor.set_reference.remote(self.model.version, self.model.reference, self.model.names))
+
+        def _to_monitor(self, model: Any, features: np.ndarray, scores: np.ndarray, missing: dict[str, int]) -> None:
+            """Fire and forget: the request never waits on the monitor; a full queue drops (and counts)."""
+            from ray.exceptions import PendingCallsLimitExceeded
+
+            try:
+                self.monitor.observe.remote(model.version, features, scores, missing, self.dropped)
+                self.dropped = 0
+            except PendingCallsLimitExceeded:
+                self.dropped += 1
             api.openapi_schema = None  # regenerate /docs with the new request schema
 
         @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-        async def _batched(self, items: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
-            # One LightGBM call for every request that arrived together (all for the same model).
+        async def _batched(self, items: list[tuple[Any, np.ndarray, dict[str, int]]]) -> list[np.ndarray]:
+            # One LightGBM call for every request that arrived together (grouped by model during a swap).
             groups: dict[int, list[int]] = {}
-            for i, (model, _) in enumerate(items):
+            for i, (model, _, _) in enumerate(items):
                 groups.setdefault(id(model), []).append(i)
             out: list[Any] = [None] * len(items)
             for idx in groups.values():
@@ -118,10 +129,15 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
                 rows = np.concatenate([items[i][1] for i in idx])
                 scores = model.booster.predict(rows, num_threads=1)
                 start = 0
+                missing: dict[str, int] = {}
                 for i in idx:
                     n = len(items[i][1])
                     out[i] = scores[start:start + n]
                     start += n
+                    for k, v in items[i][2].items():
+                        missing[k] = missing.get(k, 0) + v
+                if self.monitor is not None:
+                    self._to_monitor(model, rows, scores, missing)
             return out
 
         @api.post("/predict", summary="Score one record or a list of records",
@@ -134,7 +150,8 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
             body = await _read_body(request, self.settings.max_body_bytes)
             parsed = model.schema.parse(body)
             try:
-                scores = await asyncio.wait_for(self._batched((model, parsed.features)), self.settings.request_timeout_s)
+                scores = await asyncio.wait_for(self._batched((model, parsed.features, parsed.missing)),
+                                                self.settings.request_timeout_s)
             except asyncio.TimeoutError:
                 return JSONResponse({"error": f"prediction took longer than {self.settings.request_timeout_s}s"}, status_code=503)
             self.served += len(parsed.features)
@@ -143,6 +160,12 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
             if body.lstrip()[:1] == b"{":
                 return JSONResponse({**results[0], "model_version": model.version})
             return JSONResponse({"predictions": results, "model_version": model.version})
+
+        @api.get("/drift", summary="Drift windows of served traffic against the training reference")
+        async def drift(self) -> JSONResponse:
+            if self.monitor is None:
+                return JSONResponse({"error": "drift monitoring is off (monitor.enabled: false)"}, status_code=404)
+            return JSONResponse(await self.monitor.report.remote())
 
         @api.get("/healthz")
         async def healthz(self) -> dict[str, str]:
@@ -164,7 +187,7 @@ def build_app(settings: ServeSettings, model: dict[str, Any], num_replicas: int 
                                  "request_schema": m.schema.json_schema(),
                                  "served_rows": self.served, "unseen_categories": self.unseen})
 
-    return ModelServer.options(user_config=model).bind(settings.__dict__)
+    return ModelServer.options(user_config=model).bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"))
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
@@ -196,6 +219,8 @@ class ServedModel:
     classes: list[Any] | None
     threshold: float
     metrics: dict[str, Any]
+    reference: dict[str, Any]
+    names: list[str]
 
     def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
         out = []
@@ -213,7 +238,7 @@ class ServedModel:
         return out
 
 
-def _load_model(user_config: dict[str, Any], settings: ServeSettings) -> ServedModel:
+def _load_model(user_config: dict[str, Any], settings: ServeConfig) -> ServedModel:
     """Fetch the bundle from the registry (cached locally), verify it against the pinned manifest hash."""
     from raygbm.bundle import Bundle
     from raygbm.config import RegistryConfig
@@ -226,26 +251,52 @@ def _load_model(user_config: dict[str, Any], settings: ServeSettings) -> ServedM
     if user_config.get("manifest_sha256") and ref.tags.get("manifest_sha256") != user_config["manifest_sha256"]:
         raise RaygbmError(f"model v{ref.version}: registry manifest hash differs from the one deployed")
     b = Bundle.load(path, user_config.get("manifest_sha256"))
+    import json
+
+    from raygbm.monitor import REFERENCE_FILE
+
+    reference = json.loads((path / REFERENCE_FILE).read_text())
     return ServedModel(ref.name, ref.version, b.booster, RequestSchema(b.preprocessor, settings.max_rows), b.task,
-                       b.preprocessor.label_classes_, b.threshold, b.metrics)
+                       b.preprocessor.label_classes_, b.threshold, b.metrics, reference, b.booster.feature_name())
 
 
-def deploy(registry_cfg: Any, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
-           version: str | None = None, num_replicas: int = 1, autoscaling: dict[str, Any] | None = None) -> str:
-    """Start Serve's HTTP proxy on ``host:port`` and deploy the model; returns the URL. Ray must be up."""
+def _monitor_handle() -> Any:
+    import ray
+
+    return ray.get_actor(MONITOR_ACTOR, namespace="raygbm")
+
+
+def start_monitor(monitor_cfg: MonitorConfig) -> Any:
+    """The named drift-monitor actor (created once; a redeploy reuses it and keeps its windows)."""
+    import ray
+
+    from raygbm.monitor import DriftMonitorActor
+
+    actor = ray.remote(DriftMonitorActor).options(
+        name=MONITOR_ACTOR, namespace="raygbm", get_if_exists=True, lifetime="detached", num_cpus=0,
+        max_pending_calls=monitor_cfg.max_pending_batches,
+    ).remote(monitor_cfg.model_dump(mode="json"))
+    ray.get(actor.ping.remote())
+    return actor
+
+
+def deploy(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, version: str | None = None) -> str:
+    """Start Serve's HTTP proxy on ``serve.host:port`` and deploy the model; returns the URL. Ray must be up."""
     from ray import serve
 
     model = _model_config(registry_cfg, version)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(settings, model, num_replicas, autoscaling), name=APP_NAME, route_prefix="/")
-    return f"http://{host}:{port}"
+    if monitor_cfg.enabled:
+        start_monitor(monitor_cfg)
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+    serve.run(build_app(serve_cfg, monitor_cfg, model), name=APP_NAME, route_prefix="/")
+    return f"http://{serve_cfg.host}:{serve_cfg.port}"
 
 
-def swap_model(registry_cfg: Any, settings: ServeSettings, version: str | None = None,
-               num_replicas: int = 1, autoscaling: dict[str, Any] | None = None) -> str:
-    """Point the running app at another version (default: the current champion) without downtime."""
+def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, version: str | None = None) -> str:
+    """Point the running app at another version (default: the current champion) without downtime:
+    only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas."""
     from ray import serve
 
     model = _model_config(registry_cfg, version)
-    serve.run(build_app(settings, model, num_replicas, autoscaling), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(serve_cfg, monitor_cfg, model), name=APP_NAME, route_prefix="/")
     return model["version"]

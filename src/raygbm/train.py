@@ -246,7 +246,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     fail_at = config.get("fail_at_iteration")
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
     if fail_at and checkpoint is None and rank == 0:
-        callbacks.append(_FailAt(fail_at))
+        callbacks.append(_FailAt(fail_at, reporter.flush))
     t = time.perf_counter()
     try:
         booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
@@ -280,17 +280,26 @@ class BackgroundReporter:
         self._thread.start()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
                     self._send(*item)
-                except BaseException as exc:  # surfaced by close() in the boosting thread
-                    self._error = exc
+            except BaseException as exc:  # surfaced by close() in the boosting thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
 
     def submit(self, metrics: dict[str, float], model_text: str | None) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put((metrics, model_text))
+
+    def flush(self) -> None:
+        """Wait until every submitted report has been sent."""
+        self._queue.join()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -300,17 +309,22 @@ class BackgroundReporter:
 
 
 class _FailAt:
-    """Test hook: kill this worker process at a given round (only on a run that did not resume)."""
+    """Test hook: kill this worker process at a given round (only on a run that did not resume).
+
+    It first lets the background reporter hand over what it holds, so the crash comes after at least
+    one checkpoint reached the controller (the report queue holds one report: once the last one is
+    queued, the one before was consumed), as it would on any run longer than a few seconds.
+    """
 
     order = 50
 
-    def __init__(self, iteration: int):
+    def __init__(self, iteration: int, flush: Callable[[], None]):
         self.iteration = iteration
+        self.flush = flush
 
     def __call__(self, env: lgb.callback.CallbackEnv) -> None:
         if env.iteration + 1 == self.iteration:
-            import os
-
+            self.flush()
             os._exit(1)
 
 

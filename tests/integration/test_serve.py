@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.bundle import Bundle
-from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
+from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
 from raygbm.data import preprocess
 from raygbm.pipeline import Trained, evaluate_and_register
 from raygbm.registry import Registry, local_bundle
-from raygbm.serve import ServeSettings, deploy, swap_model
+from raygbm.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
+from raygbm.serve import deploy, swap_model
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards
@@ -26,6 +27,8 @@ from tests.conftest import make_shards
 pytestmark = pytest.mark.slow
 PORT = 8123
 URL = f"http://127.0.0.1:{PORT}"
+SERVE = ServeConfig(port=PORT, max_rows=2000, max_body_bytes=2_000_000)
+MONITOR = MonitorConfig(window_size=500)
 
 
 def _post(path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -68,8 +71,7 @@ def served(tmp_path_factory):
     old = os.environ.get("RAYGBM_HOME")
     os.environ["RAYGBM_HOME"] = str(home)
     data = make_shards(tmp_path_factory.mktemp("data"), rows=60_000, shards=3, seed=4)
-    cfg = load_config(None, ["data.drop=[id]", "split.time=event_time",
-                             "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
+    cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
                       {"data.source": str(data), "data.label": "label"})
     meta = RunMeta.load(preprocess(cfg).run_dir)
     for rounds in (40, 80):  # v1 (champion), v2 (its own, registered as candidate or champion)
@@ -77,9 +79,12 @@ def served(tmp_path_factory):
         evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
                               EvaluateConfig(permutation_rows=500), RegistryConfig(), None)
     Registry().promote(Registry().get("1"))
-    url = deploy(RegistryConfig(), ServeSettings(max_rows=2000, max_body_bytes=2_000_000), port=PORT)
-    yield meta, url
+    url = deploy(RegistryConfig(), SERVE, MONITOR)
+    yield meta, url, tmp_path_factory.mktemp("drifted")
     serve.shutdown()
+    import ray
+
+    ray.kill(ray.get_actor("raygbm-drift-monitor", namespace="raygbm"))
     if old is None:
         os.environ.pop("RAYGBM_HOME", None)
     else:
@@ -87,7 +92,7 @@ def served(tmp_path_factory):
 
 
 def test_http_scores_equal_the_batch_path_on_10k_rows(served):
-    meta, _ = served
+    meta, _, _ = served
     assert _get("/healthz") == (200, {"status": "ok"})
     status, ready = _get("/readyz")
     assert status == 200 and ready["model_version"] == "1"
@@ -112,7 +117,7 @@ def test_http_scores_equal_the_batch_path_on_10k_rows(served):
 
 
 def test_bad_requests_get_4xx_never_5xx(served):
-    meta, _ = served
+    meta, _, _ = served
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     good = _records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 1), fields)[0]
@@ -135,8 +140,41 @@ def test_bad_requests_get_4xx_never_5xx(served):
     assert status == 200
 
 
+def test_drift_windows_flag_only_the_shifted_features(served):
+    import time
+
+    meta, _, tmp = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    before = _get("/drift")[1]
+    start = len(before["windows"])
+    raw = pq.read_table(meta.run_dir / RAW_TEST)
+    n = 1000 - before["open_window_rows"]
+    clean = _records(raw.take(list(range(0, raw.num_rows, raw.num_rows // n))[:n]), fields)  # all ten days
+    for i in range(0, len(clean), 250):
+        assert _post("/predict", json.dumps(clean[i:i + 250]).encode())[0] == 200
+    # Drifted rows spread over the same ten days as training (rows are 15 s apart), so only the drift
+    # the generator injects differs, not the hour of day.
+    drifted_dir = make_shards(tmp, rows=60_000, shards=1, seed=8, drift=DriftSpec(0, shift=1.5))
+    drifted = _records(pq.read_table(drifted_dir).take(list(range(0, 60_000, 60))), fields)
+    for i in range(0, len(drifted), 250):
+        assert _post("/predict", json.dumps(drifted[i:i + 250]).encode())[0] == 200
+    deadline = time.time() + 30
+    while len((report := _get("/drift")[1])["windows"]) < start + 4:  # the monitor is fed asynchronously
+        assert time.time() < deadline, report
+        time.sleep(0.2)
+    windows = report["windows"][start:start + 4]
+    assert [w["verdict"] for w in windows] == ["ok", "ok", "drift", "drift"], [w["drifted_features"] for w in windows]
+    expected = set(DRIFT_SHIFTED_NUMERIC + DRIFT_SHIFTED_CATEGORICAL)
+    for w in windows[2:]:
+        assert set(w["drifted_features"]) == expected
+        assert w["rows"] == 500 and w["first_ts"] <= w["last_ts"] and w["model_version"] == "1"
+        assert w["features"]["num_1"]["statistic"] == "psi" and w["features"]["num_1"]["threshold"] == 0.2
+    assert report["dropped_batches"] == 0
+
+
 def test_model_swap_under_load_fails_no_request(served):
-    meta, _ = served
+    meta, _, _ = served
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     body = json.dumps(_records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 20), fields)).encode()
@@ -152,7 +190,7 @@ def test_model_swap_under_load_fails_no_request(served):
     for t in threads:
         t.start()
     try:
-        assert swap_model(RegistryConfig(), ServeSettings(max_rows=2000, max_body_bytes=2_000_000), "2") == "2"
+        assert swap_model(RegistryConfig(), SERVE, MONITOR, "2") == "2"
         import time
 
         deadline = time.time() + 60

@@ -1,0 +1,102 @@
+"""The serving half of `make demo`: deploy the champion, send clean then drifted traffic through HTTP,
+print the drift verdicts and write the HTML drift report, then shut down.
+
+    python -m pipelines.serve_demo --config pipelines/configs/demo.yaml [--rows 4000] [--set key=value]
+
+Clean traffic is the newest rows of the training data's own test split (raw, as a client would send
+them); drifted traffic is freshly generated data with the generator's drift switched on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _post(url: str, records: list[dict]) -> dict:
+    req = urllib.request.Request(url + "/predict", data=json.dumps(records).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _records(table, fields: list[str]) -> list[dict]:
+    cols = {c: table.column(c).to_pylist() for c in fields}
+    return [{c: (v[i].isoformat() if hasattr(v[i], "isoformat") else v[i]) for c, v in cols.items()}
+            for i in range(table.num_rows)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--data", default=None, help="the training data (to find its preprocessed test split)")
+    ap.add_argument("--rows", type=int, default=4000, help="clean rows, then as many drifted rows")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from raygbm.config import load_config
+    from raygbm.data import preprocess
+    from raygbm.errors import RaygbmError
+    from raygbm.generate import DriftSpec, GeneratorSpec, generate_dataset
+    from raygbm.monitor import drift_report_html
+    from raygbm.paths import home
+    from raygbm.runtime import ensure_ray
+    from raygbm.serve import deploy
+    from raygbm.split import RAW_TEST
+
+    try:
+        cfg = load_config(args.config, args.sets, {"data.source": args.data})
+        ensure_ray(cfg.resources)
+        run_dir = preprocess(cfg).run_dir  # the finished run is found and reused
+        url = deploy(cfg.registry, cfg.serve, cfg.monitor)
+    except RaygbmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with urllib.request.urlopen(url + "/model", timeout=30) as r:
+            info = json.loads(r.read())
+        fields = list(info["request_schema"]["oneOf"][0]["properties"])
+        print(f"serving model v{info['version']} at {url}; drift windows of {cfg.monitor.window_size} rows")
+        raw = pq.read_table(run_dir / RAW_TEST)
+        step = max(raw.num_rows // args.rows, 1)  # spread over the whole test period, not its first hours
+        clean = _records(raw.take(list(range(0, raw.num_rows, step))[: args.rows]), fields)
+        with tempfile.TemporaryDirectory() as d:
+            # Spread over months like the training data (rows are 15 s apart), so that only the injected
+            # drift differs, not the hour of day.
+            step = 50
+            generate_dataset(Path(d), GeneratorSpec(rows=args.rows * step, shards=1, seed=99, drift=DriftSpec(0, shift=1.5)))
+            drifted = _records(pq.read_table(d).take(list(range(0, args.rows * step, step))), fields)
+        for name, records in (("clean", clean), ("drifted", drifted)):
+            t = time.perf_counter()
+            for i in range(0, len(records), 200):
+                _post(url, records[i:i + 200])
+            print(f"sent {len(records):,} {name} rows in {time.perf_counter() - t:.1f}s")
+        want = (len(clean) + len(drifted)) // cfg.monitor.window_size
+        deadline = time.time() + 30
+        while True:  # the monitor is fed off the request path: give it a moment to catch up
+            with urllib.request.urlopen(url + "/drift", timeout=30) as r:
+                report = json.loads(r.read())
+            if len(report["windows"]) >= want or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        for w in report["windows"]:
+            flagged = ", ".join(w["drifted_features"]) or "-"
+            print(f"window {w['index']:3d}: {w['rows']} rows  {w['verdict']:5s}  drifted: {flagged}"
+                  + ("  (prediction drift)" if w["prediction"]["drift"] else ""))
+        out = home() / "drift-report.html"
+        out.write_text(drift_report_html(report))
+        print(f"drift report: {out.resolve()}")
+    finally:
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

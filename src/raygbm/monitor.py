@@ -1,0 +1,324 @@
+"""Drift monitoring: a reference profile computed at training time, and windows of served traffic
+compared against it.
+
+Per numeric feature: PSI and Jensen–Shannon distance over the reference's quantile bins; per
+categorical feature: chi-square (p-value) and JS distance over the reference's category codes; per
+raw field: the change in missing rate; and the same for the model's scores (prediction drift). A window
+(``window_size`` rows) is closed when full; its verdict is "drift" when any feature or the prediction
+crosses its threshold. The core here is plain numpy (unit-tested without Ray); ``DriftMonitorActor`` is
+the Ray actor the endpoint's replicas send batches to, off the request path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from raygbm.config import MonitorConfig
+
+REFERENCE_FILE = "reference.json"
+FORMAT = "raygbm.reference/1"
+_EPS = 1e-4
+
+
+def _bins(values: np.ndarray, n: int) -> list[float]:
+    """Interior cut points at reference quantiles (unique, so a constant feature has one bin)."""
+    qs = np.quantile(values, np.linspace(0, 1, n + 1)[1:-1]) if len(values) else np.array([])
+    return sorted(set(float(q) for q in qs))
+
+
+def _hist(values: np.ndarray, cuts: list[float]) -> np.ndarray:
+    idx = np.searchsorted(np.asarray(cuts), values, side="right")
+    return np.bincount(idx, minlength=len(cuts) + 1).astype(np.float64)
+
+
+def reference_profile(features: np.ndarray, names: list[str], categorical: list[str], scores: np.ndarray,
+                      missing_rate: dict[str, float], bins: int = 10, max_categories: int = 50) -> dict[str, Any]:
+    """What the monitor compares against: computed from the training split's features and the model's
+    scores on the validation split. JSON-serialisable (stored in the model bundle)."""
+    feats: dict[str, Any] = {}
+    for j, name in enumerate(names):
+        col = features[:, j]
+        col = col[~np.isnan(col)]
+        if name in categorical:
+            codes, counts = np.unique(col.astype(np.int64), return_counts=True)
+            order = np.argsort(-counts)[:max_categories]
+            kept = {int(codes[i]): float(counts[i]) for i in order}
+            other = float(counts.sum() - sum(kept.values()))
+            total = float(counts.sum()) or 1.0
+            feats[name] = {"kind": "categorical", "codes": list(kept), "probs": [v / total for v in kept.values()] + [other / total]}
+        else:
+            cuts = _bins(col, bins)
+            h = _hist(col, cuts)
+            feats[name] = {"kind": "numeric", "cuts": cuts, "probs": (h / max(h.sum(), 1)).tolist()}
+    s = scores.reshape(len(scores), -1)
+    top = s.max(axis=1) if s.shape[1] > 1 else s[:, 0]
+    cuts = _bins(top, bins)
+    h = _hist(top, cuts)
+    return {"format": FORMAT, "features": feats, "prediction": {"cuts": cuts, "probs": (h / max(h.sum(), 1)).tolist()},
+            "missing_rate": missing_rate, "rows": int(features.shape[0])}
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    e = np.clip(expected, _EPS, None)
+    a = np.clip(actual, _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    p = p / max(p.sum(), 1e-12)
+    q = q / max(q.sum(), 1e-12)
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray, y: np.ndarray) -> float:
+        mask = x > 0
+        return float(np.sum(x[mask] * np.log2(x[mask] / y[mask])))
+
+    return math.sqrt(max(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0))
+
+
+def chi_square_pvalue(expected_probs: np.ndarray, counts: np.ndarray) -> float:
+    from scipy.stats import chi2
+
+    n = counts.sum()
+    if n == 0:
+        return 1.0
+    exp = np.clip(expected_probs, _EPS, None)
+    exp = exp / exp.sum() * n
+    stat = float(np.sum((counts - exp) ** 2 / exp))
+    return float(chi2.sf(stat, max(len(counts) - 1, 1)))
+
+
+@dataclass
+class _Window:
+    rows: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+
+
+class DriftMonitorCore:
+    """Accumulates served rows into windows and scores each closed window against the reference."""
+
+    def __init__(self, reference: dict[str, Any], names: list[str], config: MonitorConfig):
+        self.reference = reference
+        self.names = names
+        self.config = config
+        self.closed: deque[dict[str, Any]] = deque(maxlen=config.keep_windows)
+        self.index = 0
+        self.dropped_batches = 0
+        self.rows_seen = 0
+        self._new()
+
+    def _new(self) -> None:
+        w = _Window()
+        for name in self.names:
+            ref = self.reference["features"].get(name)
+            if ref is not None:
+                size = len(ref["probs"])
+                w.counts[name] = np.zeros(size)
+        w.counts["__prediction__"] = np.zeros(len(self.reference["prediction"]["probs"]))
+        self.window = w
+
+    def observe(self, features: np.ndarray, scores: np.ndarray, missing: dict[str, int], ts: float | None = None) -> None:
+        """Add a batch; closes (and scores) as many windows as fill up."""
+        ts = time.time() if ts is None else ts
+        start = 0
+        n = len(features)
+        while start < n:
+            take = min(self.config.window_size - self.window.rows, n - start)
+            part = slice(start, start + take)
+            self._add(features[part], scores[part], missing if start == 0 else {}, ts)
+            start += take
+            if self.window.rows >= self.config.window_size:
+                self._close()
+        self.rows_seen += n
+
+    def _add(self, features: np.ndarray, scores: np.ndarray, missing: dict[str, int], ts: float) -> None:
+        w = self.window
+        w.first_ts = ts if w.first_ts is None else w.first_ts
+        w.last_ts = ts
+        w.rows += len(features)
+        for j, name in enumerate(self.names):
+            ref = self.reference["features"].get(name)
+            if ref is None:
+                continue
+            col = features[:, j]
+            if ref["kind"] == "numeric":
+                w.counts[name] += _hist(col[~np.isnan(col)], ref["cuts"])
+            else:
+                codes = ref["codes"]
+                lookup = {c: i for i, c in enumerate(codes)}
+                idx = np.fromiter((lookup.get(int(v), len(codes)) for v in col), dtype=np.int64, count=len(col))
+                w.counts[name] += np.bincount(idx, minlength=len(codes) + 1)
+        s = scores.reshape(len(scores), -1)
+        top = s.max(axis=1) if s.shape[1] > 1 else s[:, 0]
+        w.counts["__prediction__"] += _hist(top, self.reference["prediction"]["cuts"])
+        for k, v in missing.items():
+            w.missing[k] = w.missing.get(k, 0) + int(v)
+
+    def _threshold(self, name: str, statistic: str) -> float:
+        per = self.config.thresholds.get(name, {})
+        return float(per.get(statistic, getattr(self.config, statistic)))
+
+    def _close(self) -> None:
+        w = self.window
+        out_feats: dict[str, Any] = {}
+        drifted = []
+        for name in self.names:
+            ref = self.reference["features"].get(name)
+            if ref is None:
+                continue
+            counts = w.counts[name]
+            probs = np.asarray(ref["probs"])
+            actual = counts / max(counts.sum(), 1)
+            if ref["kind"] == "numeric":
+                value, stat = psi(probs, actual), "psi"
+                flag = value > self._threshold(name, "psi")
+                extra = {"js_distance": js_distance(probs, actual)}
+            else:
+                value, stat = chi_square_pvalue(probs, counts), "chi2_pvalue"
+                js = js_distance(probs, actual)
+                # A p-value alone flags negligible shifts once windows are large: require both.
+                flag = value < self._threshold(name, "chi2_pvalue") and js > self._threshold(name, "js_distance")
+                extra = {"js_distance": js}
+            entry = {"statistic": stat, "value": value, "threshold": self._threshold(name, "psi" if stat == "psi" else "chi2_pvalue"),
+                     "drift": bool(flag), **extra, "current": [round(float(x), 6) for x in actual]}
+            out_feats[name] = entry
+            if flag:
+                drifted.append(name)
+        missing = {}
+        for name, ref_rate in self.reference.get("missing_rate", {}).items():
+            rate = w.missing.get(name, 0) / max(w.rows, 1)
+            delta = rate - float(ref_rate)
+            flag = abs(delta) > self._threshold(name, "missing_rate_delta")
+            missing[name] = {"statistic": "missing_rate_delta", "value": delta, "rate": rate,
+                             "threshold": self._threshold(name, "missing_rate_delta"), "drift": bool(flag)}
+            if flag:
+                drifted.append(f"{name} (missing)")
+        pc = w.counts["__prediction__"]
+        pref = np.asarray(self.reference["prediction"]["probs"])
+        pvalue = psi(pref, pc / max(pc.sum(), 1))
+        pflag = pvalue > self.config.prediction_psi
+        prediction = {"statistic": "psi", "value": pvalue, "threshold": self.config.prediction_psi, "drift": bool(pflag),
+                      "js_distance": js_distance(pref, pc / max(pc.sum(), 1)),
+                      "current": [round(float(x), 6) for x in pc / max(pc.sum(), 1)]}
+        self.closed.append({
+            "index": self.index, "rows": w.rows, "first_ts": w.first_ts, "last_ts": w.last_ts,
+            "verdict": "drift" if drifted or pflag else "ok",
+            "drifted_features": drifted, "features": out_feats, "missing": missing, "prediction": prediction,
+        })
+        self.index += 1
+        self._new()
+
+    def report(self) -> dict[str, Any]:
+        """The stable JSON document behind ``GET /drift``."""
+        return {
+            "window_size": self.config.window_size,
+            "rows_seen": self.rows_seen,
+            "open_window_rows": self.window.rows,
+            "dropped_batches": self.dropped_batches,
+            "windows": list(self.closed),
+            "reference": {"features": self.reference["features"], "prediction": self.reference["prediction"]},
+        }
+
+
+class DriftMonitorActor:
+    """The Ray actor behind the endpoint's monitoring (created by ``raygbm.serve.start_monitor``).
+
+    Replicas call ``observe`` without waiting for it; a new model version (a swap) starts new windows
+    against that model's reference.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = MonitorConfig.model_validate(config)
+        self.version: str | None = None
+        self.core: DriftMonitorCore | None = None
+        self.history: list[dict[str, Any]] = []  # closed windows of earlier model versions
+
+    def ping(self) -> bool:
+        return True
+
+    def set_reference(self, version: str, reference: dict[str, Any], names: list[str]) -> None:
+        if version == self.version:
+            return
+        if self.core is not None:
+            self.history.extend(self.core.report()["windows"])
+        self.version = version
+        self.core = DriftMonitorCore(reference, names, self.config)
+
+    def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: dict[str, int],
+                dropped: int = 0) -> None:
+        if self.core is None or version != self.version:
+            return  # a batch scored by the previous model during a swap
+        self.core.dropped_batches += dropped
+        self.core.observe(features, scores, missing)
+        for w in self.core.closed:
+            w.setdefault("model_version", version)
+
+    def report(self) -> dict[str, Any]:
+        if self.core is None:
+            return {"model_version": None, "windows": []}
+        return {"model_version": self.version, **self.core.report()}
+
+
+def _svg_bars(ref: list[float], cur: list[float] | None, labels: list[str]) -> str:
+    """Reference (grey) against current (blue) bars as inline SVG."""
+    import html
+
+    w, h, n = 320, 90, max(len(ref), 1)
+    bw = w / n
+    top = max(max(ref or [0]), max(cur or [0]), 1e-9)
+    parts = [f'<svg width="{w}" height="{h + 14}" xmlns="http://www.w3.org/2000/svg">']
+    for i, r in enumerate(ref):
+        rh = h * r / top
+        parts.append(f'<rect x="{i * bw:.1f}" y="{h - rh:.1f}" width="{bw * 0.45:.1f}" height="{rh:.1f}" fill="#999"/>')
+        if cur is not None and i < len(cur):
+            ch = h * cur[i] / top
+            parts.append(f'<rect x="{i * bw + bw * 0.45:.1f}" y="{h - ch:.1f}" width="{bw * 0.45:.1f}" height="{ch:.1f}" fill="#36c"/>')
+        if i < len(labels):
+            parts.append(f'<text x="{i * bw:.1f}" y="{h + 12}" font-size="8">{html.escape(labels[i])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def drift_report_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page: every window's verdict, and reference vs latest-window histograms."""
+    import html
+
+    windows = report.get("windows", [])
+    ref = report.get("reference", {"features": {}, "prediction": {"probs": [], "cuts": []}})
+    rows = "".join(
+        f"<tr><td>{w['index']}</td><td>{w.get('model_version', '')}</td><td>{w['rows']}</td>"
+        f"<td class='{w['verdict']}'>{w['verdict']}</td><td>{html.escape(', '.join(w['drifted_features']))}</td></tr>"
+        for w in windows)
+    last = windows[-1] if windows else None
+    cards = []
+    for name, r in ref.get("features", {}).items():
+        entry = last["features"].get(name) if last else None
+        labels = [f"{c:.3g}" for c in r.get("cuts", [])] if r["kind"] == "numeric" else [str(c) for c in r.get("codes", [])] + ["other"]
+        stat = f"{entry['statistic']} {entry['value']:.4g} (threshold {entry['threshold']:g})" if entry else "no window yet"
+        flag = " drift" if entry and entry["drift"] else ""
+        cards.append(f"<div class='card{flag}'><b>{html.escape(name)}</b> {html.escape(stat)}<br>"
+                     f"{_svg_bars(r['probs'], entry['current'] if entry else None, labels)}</div>")
+    pred = last["prediction"] if last else None
+    cards.append(f"<div class='card{' drift' if pred and pred['drift'] else ''}'><b>prediction</b> "
+                 + (f"psi {pred['value']:.4g}" if pred else "") + "<br>"
+                 + _svg_bars(ref["prediction"]["probs"], pred["current"] if pred else None,
+                             [f"{c:.2g}" for c in ref["prediction"].get("cuts", [])]) + "</div>")
+    return (
+        "<!doctype html><meta charset='utf-8'><title>raygbm drift report</title><style>"
+        "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px}.drift{color:#c00;border-color:#c00}"
+        ".card{display:inline-block;border:1px solid #ccc;margin:4px;padding:6px;vertical-align:top}</style>"
+        f"<h1>Drift report</h1><p>model v{html.escape(str(report.get('model_version')))}; window size "
+        f"{report.get('window_size')}; {report.get('rows_seen', 0)} rows seen; {report.get('dropped_batches', 0)} "
+        "batches dropped. Grey: training reference; blue: latest closed window.</p>"
+        f"<table><tr><th>window</th><th>model</th><th>rows</th><th>verdict</th><th>drifted</th></tr>{rows}</table>"
+        f"<h2>Latest window</h2>{''.join(cards)}\n"
+    )

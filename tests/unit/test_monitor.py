@@ -1,0 +1,75 @@
+"""Drift statistics and windows (the monitor's core, without Ray)."""
+
+import numpy as np
+import pytest
+
+from raygbm.config import MonitorConfig
+from raygbm.monitor import DriftMonitorCore, chi_square_pvalue, js_distance, psi, reference_profile
+
+NAMES = ["a", "b", "c"]
+
+
+def _data(n, seed, shift=0.0, swap_cats=False):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n) + shift
+    b = rng.normal(size=n)
+    c = rng.choice([1, 2, 3, 4], size=n, p=[0.1, 0.2, 0.3, 0.4] if not swap_cats else [0.4, 0.3, 0.2, 0.1])
+    scores = 1 / (1 + np.exp(-(a + 0.1 * b)))
+    return np.column_stack([a, b, c.astype(float)]), scores
+
+
+@pytest.fixture
+def reference():
+    X, s = _data(20_000, 0)
+    return reference_profile(X, NAMES, ["c"], s, {"a": 0.0, "b": 0.0, "c": 0.0})
+
+
+def test_statistics():
+    p = np.array([0.25, 0.25, 0.5])
+    assert psi(p, p) == pytest.approx(0) and js_distance(p, p) == pytest.approx(0)
+    q = np.array([0.5, 0.25, 0.25])
+    assert psi(p, q) > 0.1 and 0 < js_distance(p, q) < 1
+    assert js_distance(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    assert chi_square_pvalue(p, np.array([250.0, 250.0, 500.0])) > 0.9
+    assert chi_square_pvalue(p, np.array([500.0, 250.0, 250.0])) < 1e-6
+
+
+def test_clean_traffic_is_not_drift_and_shifted_features_are(reference):
+    core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000))
+    X, s = _data(6000, 1)
+    core.observe(X, s, {})
+    assert [w["verdict"] for w in core.report()["windows"]] == ["ok", "ok", "ok"]
+    Xd, sd = _data(2500, 2, shift=1.5, swap_cats=True)
+    core.observe(Xd, sd, {"b": 1000})
+    report = core.report()
+    w = report["windows"][-1]
+    assert w["index"] == 3 and w["rows"] == 2000 and report["open_window_rows"] == 500
+    assert w["verdict"] == "drift"
+    assert w["features"]["a"]["drift"] and w["features"]["c"]["drift"] and not w["features"]["b"]["drift"]
+    assert w["features"]["a"]["statistic"] == "psi" and w["features"]["c"]["statistic"] == "chi2_pvalue"
+    assert w["missing"]["b"]["drift"] and w["missing"]["b"]["rate"] == pytest.approx(0.5)
+    assert w["prediction"]["drift"]
+    assert set(w["drifted_features"]) == {"a", "c", "b (missing)"}
+
+
+def test_per_feature_thresholds(reference):
+    X, s = _data(2000, 3, shift=0.3)
+    loose = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000, psi=5.0, prediction_psi=5.0))
+    loose.observe(X, s, {})
+    strict = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000, psi=5.0, prediction_psi=5.0,
+                                                              thresholds={"a": {"psi": 0.01}}))
+    strict.observe(X, s, {})
+    assert loose.report()["windows"][0]["verdict"] == "ok"
+    assert strict.report()["windows"][0]["drifted_features"] == ["a"]
+    assert strict.report()["windows"][0]["features"]["a"]["threshold"] == 0.01
+
+
+def test_html_report_shows_windows_and_histograms(reference):
+    from raygbm.monitor import drift_report_html
+
+    core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=1000))
+    X, s = _data(1000, 4, shift=2.0)
+    core.observe(X, s, {})
+    page = drift_report_html({"model_version": "3", **core.report()})
+    assert page.count("<svg") == 4 and "class='drift'>drift<" in page and "model v3" in page
+    assert drift_report_html({"windows": []}).count("<svg") == 1
