@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -82,8 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         want = (len(clean) + len(drifted)) // cfg.monitor.window_size
         deadline = time.time() + 30
         while True:  # the monitor is fed off the request path: give it a moment to catch up
-            with urllib.request.urlopen(url + "/drift", timeout=30) as r:
-                report = json.loads(r.read())
+            try:
+                with urllib.request.urlopen(url + "/drift", timeout=30) as r:
+                    report = json.loads(r.read())
+            except urllib.error.HTTPError as exc:  # e.g. a champion registered before drift monitoring
+                print(f"no drift report: {json.loads(exc.read()).get('error')}")
+                return
             if len(report["windows"]) >= want or time.time() > deadline:
                 break
             time.sleep(0.5)

@@ -250,6 +250,10 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
+    require_token: bool = Field(
+        False, description="require 'Authorization: Bearer <token>' (token from RAYGBM_ENDPOINT_TOKEN) on every "
+        "route but /healthz and /readyz")
     autoscaling: AutoscalingConfig | None = None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from raygbm.errors import DataError
 from raygbm.features import Preprocessor
 
 
@@ -73,6 +74,8 @@ class RequestSchema:
             raise
         except (ValueError, UnicodeDecodeError):
             raise RequestError("body is not valid JSON", 400) from None
+        except RecursionError:
+            raise RequestError("body is nested too deeply", 400) from None
         if isinstance(obj, dict):
             records = [obj]
         elif isinstance(obj, list):
@@ -87,7 +90,11 @@ class RequestSchema:
         for i, r in enumerate(records):
             unseen += self._check(r, i if len(records) > 1 else None)
         missing = {name: n for name in self.fields if (n := sum(r[name] is None for r in records))}
-        return Parsed(self.pre.transform_records(records), unseen, missing)
+        try:
+            features = self.pre.transform_records(records)
+        except (ValueError, OverflowError, OSError, DataError) as exc:  # e.g. a time no calendar has
+            raise RequestError(f"a record could not be transformed: {type(exc).__name__}") from None
+        return Parsed(features, unseen, missing)
 
     def _check(self, r: Any, index: int | None) -> int:
         where = f"record {index}: " if index is not None else ""
@@ -119,6 +126,8 @@ class RequestSchema:
                         raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time") from None
                 elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                     raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time or epoch seconds, got {_json_type(v)}")
+                elif not -62135596800 <= v <= 253402300799:  # years 1 to 9999
+                    raise RequestError(f"{where}field {name!r}: epoch seconds out of range")
             else:  # categorical: the training column's own type
                 ok = isinstance(v, str) if kind == "string" else (
                     isinstance(v, bool) if kind == "bool" else isinstance(v, int) and not isinstance(v, bool))

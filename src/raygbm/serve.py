@@ -51,8 +51,12 @@ def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, An
     }
 
 
-def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any]) -> Any:
-    """The Serve application: one ingress deployment (autoscaled when ``serve.autoscaling`` is set)."""
+def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any], token_sha256: str | None = None) -> Any:
+    """The Serve application: one ingress deployment (autoscaled when ``serve.autoscaling`` is set).
+
+    With ``token_sha256`` every route but the probes needs ``Authorization: Bearer <token>``; only the
+    token's hash travels in the deployment's arguments (visible in Serve's config), never the token.
+    """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -68,6 +72,20 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
         where = [".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()][:5]
         return JSONResponse({"error": "invalid request", "fields": where}, status_code=422)
 
+    if token_sha256:
+        import hashlib
+        import hmac
+
+        @api.middleware("http")
+        async def _auth(request: Request, call_next: Any) -> Any:
+            if request.url.path not in ("/healthz", "/readyz"):
+                given = request.headers.get("authorization", "")
+                token = given[7:] if given.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), token_sha256):
+                    return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                        headers={"www-authenticate": "Bearer"})
+            return await call_next(request)
+
     @api.exception_handler(RequestError)
     async def _bad(_request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -75,7 +93,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
     @serve.deployment(
         name="ModelServer",
         max_ongoing_requests=256,
-        ray_actor_options={"num_cpus": 1},
+        ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
         health_check_period_s=2,
         **({"autoscaling_config": serve_cfg.autoscaling.model_dump()} if serve_cfg.autoscaling
            else {"num_replicas": serve_cfg.num_replicas}),
@@ -100,7 +118,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 return
             self.model = _load_model(user_config, self.settings)
             self.version = user_config["version"]
-            if self.monitor is not None:
+            if self.monitor is not None and self.model.reference is not None:
                 import ray
 
                 # Idempotent per version: the first replica to load a model sets the reference.
@@ -136,7 +154,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                     start += n
                     for k, v in items[i][2].items():
                         missing[k] = missing.get(k, 0) + v
-                if self.monitor is not None:
+                if self.monitor is not None and model.reference is not None:
                     self._to_monitor(model, rows, scores, missing)
             return out
 
@@ -165,6 +183,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
         async def drift(self) -> JSONResponse:
             if self.monitor is None:
                 return JSONResponse({"error": "drift monitoring is off (monitor.enabled: false)"}, status_code=404)
+            if self.model is not None and self.model.reference is None:
+                return JSONResponse({"error": f"model v{self.model.version} has no reference profile (registered "
+                                     "before drift monitoring); retrain to monitor it"}, status_code=404)
             return JSONResponse(await self.monitor.report.remote())
 
         @api.get("/healthz")
@@ -219,7 +240,7 @@ class ServedModel:
     classes: list[Any] | None
     threshold: float
     metrics: dict[str, Any]
-    reference: dict[str, Any]
+    reference: dict[str, Any] | None
     names: list[str]
 
     def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
@@ -255,7 +276,8 @@ def _load_model(user_config: dict[str, Any], settings: ServeConfig) -> ServedMod
 
     from raygbm.monitor import REFERENCE_FILE
 
-    reference = json.loads((path / REFERENCE_FILE).read_text())
+    # Bundles registered before drift monitoring existed have no reference: served, not monitored.
+    reference = json.loads((path / REFERENCE_FILE).read_text()) if (path / REFERENCE_FILE).exists() else None
     return ServedModel(ref.name, ref.version, b.booster, RequestSchema(b.preprocessor, settings.max_rows), b.task,
                        b.preprocessor.label_classes_, b.threshold, b.metrics, reference, b.booster.feature_name())
 
@@ -285,11 +307,24 @@ def deploy(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig
     from ray import serve
 
     model = _model_config(registry_cfg, version)
+    token = _token_sha256(serve_cfg)
     if monitor_cfg.enabled:
         start_monitor(monitor_cfg)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    serve.run(build_app(serve_cfg, monitor_cfg, model), name=APP_NAME, route_prefix="/")
+    _run(build_app(serve_cfg, monitor_cfg, model, token))
     return f"http://{serve_cfg.host}:{serve_cfg.port}"
+
+
+def _run(app: Any) -> None:
+    """``serve.run``, with a failed deployment reported as one line (the replica's own error)."""
+    from ray import serve
+
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        cause = next((ln for ln in reversed(lines) if "Error:" in ln), lines[0] if lines else str(exc))
+        raise RaygbmError(f"deploying the endpoint failed: {cause}") from None
 
 
 def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, version: str | None = None) -> str:
@@ -298,5 +333,17 @@ def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorCo
     from ray import serve
 
     model = _model_config(registry_cfg, version)
-    serve.run(build_app(serve_cfg, monitor_cfg, model), name=APP_NAME, route_prefix="/")
+    _run(build_app(serve_cfg, monitor_cfg, model, _token_sha256(serve_cfg)))
     return model["version"]
+
+
+def _token_sha256(serve_cfg: ServeConfig) -> str | None:
+    import hashlib
+    import os
+
+    if not serve_cfg.require_token:
+        return None
+    token = os.environ.get("RAYGBM_ENDPOINT_TOKEN", "")
+    if len(token) < 16:
+        raise RaygbmError("serve.require_token is on: set RAYGBM_ENDPOINT_TOKEN to a secret of at least 16 characters")
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -206,3 +206,52 @@ def test_model_swap_under_load_fails_no_request(served):
     versions = [v for _, v in results]
     assert versions[0] == "1" and versions[-1] == "2"
     assert _get("/readyz")[1]["model_version"] == "2"
+
+
+def _fuzz_corpus(good: dict, seed: int = 0) -> list[tuple[bytes, dict[str, str]]]:
+    """Over a thousand malformed or hostile requests built from one good record."""
+    import random
+
+    rng = random.Random(seed)
+    bad_values = ["NaN", "Infinity", "-Infinity", '"1.0"', '""', "true", "[]", "{}", "[1, 2]", '{"a": 1}',
+                  "1e400", "-1e400", '"\\u0000"', '"' + "x" * 5000 + '"', "123456789012345678901234567890"]
+    out: list[tuple[bytes, dict[str, str]]] = []
+    text = json.dumps(good)
+    for name in good:
+        for v in bad_values:
+            rec = json.dumps({k: (None if k == name else good[k]) for k in good}).replace(f'"{name}": null', f'"{name}": {v}')
+            out.append((rec.encode(), {}))
+            out.append((("[" + text + ", " + rec + "]").encode(), {}))
+        out.append((json.dumps({k: v for k, v in good.items() if k != name}).encode(), {}))
+        out.append((json.dumps({**good, name + "_x": 1}).encode(), {}))
+    structural = [b"", b"{", b"}", b"[", b"]", b"[]", b"{}", b"null", b"true", b"1", b'"s"', b"[[]]", b"[null]",
+                  b"\xff\xfe\xfd", "\u2028".encode(), b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000,
+                  text.encode()[:-1], text.encode() + b"x", text.encode() * 2, b"\x00" * 100,
+                  json.dumps([good] * 1001).encode()]
+    out += [(b, {}) for b in structural]
+    for _ in range(1100 - len(out) if len(out) < 1100 else 200):  # random byte-level damage
+        b = bytearray(text.encode())
+        for _ in range(rng.randint(1, 5)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        out.append((bytes(b), {}))
+    out += [(text.encode(), {"content-type": "text/plain"}), (text.encode(), {"content-length": "-1"}),
+            (text.encode(), {"x-request-timeout-seconds": "-5"}), (text.encode(), {"x-request-timeout-seconds": "abc"})]
+    return out
+
+
+def test_fuzzed_requests_never_get_a_5xx(served):
+    meta, _, _ = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    good = _records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 1), fields)[0]
+    corpus = _fuzz_corpus(good)
+    assert len(corpus) >= 1000
+    statuses = []
+    for body, headers in corpus:
+        try:
+            status, _ = _post("/predict", body, headers)
+        except (urllib.error.URLError, ConnectionError, ValueError) as exc:  # the client refused to send it
+            status = 0 if "content-length" in headers else pytest.fail(f"{exc} for {body[:60]!r}")
+        statuses.append(status)
+    assert not [s for s in statuses if s >= 500]
+    assert sum(400 <= s < 500 for s in statuses) >= 1000

@@ -92,3 +92,11 @@ def test_openapi_schema_lists_fields_and_categories(schema):
     assert record["additionalProperties"] is False and set(record["required"]) == set(schema.fields)
     assert record["properties"]["cat_0"]["examples"][:1] == schema.pre.categories_["cat_0"][:1]
     assert js["oneOf"][1]["maxItems"] == 5
+
+
+def test_times_out_of_range_are_rejected(schema):
+    r = _record(schema)
+    for v in (1e20, -1e20, 123456789012345678901234567890):
+        with pytest.raises(RequestError, match="out of range"):
+            schema.parse(json.dumps({**r, "event_time": v}).encode())
+    assert schema.parse(json.dumps({**r, "event_time": 1767261600}).encode()).features.shape[0] == 1
