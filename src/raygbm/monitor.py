@@ -237,10 +237,23 @@ class DriftMonitorActor:
     """
 
     def __init__(self, config: dict[str, Any]):
+        from ray.util.metrics import Counter, Gauge
+
         self.config = MonitorConfig.model_validate(config)
         self.version: str | None = None
         self.core: DriftMonitorCore | None = None
         self.history: list[dict[str, Any]] = []  # closed windows of earlier model versions
+        self.published = 0  # closed windows already exported as metrics
+        # Exported through Ray's metrics agent (Prometheus format, with Ray's own metrics).
+        self.m_stat = Gauge("raygbm_drift_statistic", "drift statistic of the latest closed window",
+                            tag_keys=("model_version", "feature", "statistic"))
+        self.m_flag = Gauge("raygbm_drift_flag", "1 if the feature drifted in the latest closed window",
+                            tag_keys=("model_version", "feature"))
+        self.m_verdict = Gauge("raygbm_drift_verdict", "1 if the latest closed window drifted", tag_keys=("model_version",))
+        self.m_windows = Counter("raygbm_drift_windows_total", "closed drift windows", tag_keys=("model_version", "verdict"))
+        self.m_rows = Counter("raygbm_monitor_rows_total", "rows received by the drift monitor", tag_keys=("model_version",))
+        self.m_dropped = Counter("raygbm_monitor_dropped_batches_total", "batches replicas dropped (monitor behind)",
+                                 tag_keys=("model_version",))
 
     def ping(self) -> bool:
         return True
@@ -252,6 +265,7 @@ class DriftMonitorActor:
             self.history.extend(self.core.report()["windows"])
         self.version = version
         self.core = DriftMonitorCore(reference, names, self.config)
+        self.published = 0
 
     def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: dict[str, int],
                 dropped: int = 0) -> None:
@@ -259,8 +273,23 @@ class DriftMonitorActor:
             return  # a batch scored by the previous model during a swap
         self.core.dropped_batches += dropped
         self.core.observe(features, scores, missing)
+        tags = {"model_version": version}
+        self.m_rows.inc(len(features), tags)
+        if dropped:
+            self.m_dropped.inc(dropped, tags)
         for w in self.core.closed:
             w.setdefault("model_version", version)
+        new = self.core.index - self.published
+        for w in list(self.core.closed)[-new:] if new else []:  # in order: the gauges end on the latest
+            self._publish(w, version)
+        self.published = self.core.index
+
+    def _publish(self, window: dict[str, Any], version: str) -> None:
+        self.m_windows.inc(1, {"model_version": version, "verdict": window["verdict"]})
+        self.m_verdict.set(1.0 if window["verdict"] == "drift" else 0.0, {"model_version": version})
+        for name, e in [*window["features"].items(), ("__prediction__", window["prediction"])]:
+            self.m_stat.set(float(e["value"]), {"model_version": version, "feature": name, "statistic": e["statistic"]})
+            self.m_flag.set(1.0 if e["drift"] else 0.0, {"model_version": version, "feature": name})
 
     def report(self) -> dict[str, Any]:
         if self.core is None:

@@ -172,6 +172,22 @@ def test_drift_windows_flag_only_the_shifted_features(served):
         assert w["features"]["num_1"]["statistic"] == "psi" and w["features"]["num_1"]["threshold"] == 0.2
     assert report["dropped_batches"] == 0
 
+    # The same verdicts reach Prometheus through Ray's metrics export (reported every few seconds).
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline = time.time() + 60
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        flags = [ln for ln in text.splitlines() if ln.startswith("ray_raygbm_drift_flag{") and 'model_version="1"' in ln]
+        if any('feature="num_1"' in ln and ln.endswith(" 1.0") for ln in flags):
+            break
+        assert time.time() < deadline, [ln for ln in text.splitlines() if "raygbm" in ln][:10]
+        time.sleep(1)
+    assert any('feature="num_5"' in ln and ln.endswith(" 0.0") for ln in flags)
+    assert "ray_raygbm_monitor_rows_total" in text
+
 
 def test_model_swap_under_load_fails_no_request(served):
     meta, _, _ = served
