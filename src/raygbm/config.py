@@ -246,6 +246,8 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get 413")
     max_rows: int = Field(1000, ge=1, description="records per /predict request")
+    max_batch_rows: int = Field(1_000_000, ge=1, description="rows per /predict/batch request")
+    max_batch_body_bytes: int = Field(256_000_000, ge=1024, description="/predict/batch bodies larger than this get 413")
     request_timeout_s: float = Field(5.0, gt=0, description="handler time budget, whatever the client asks Serve for")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
     batch_wait_timeout_s: float = Field(0.002, ge=0)

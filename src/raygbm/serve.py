@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.errors import RaygbmError
@@ -62,6 +63,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
     from fastapi.responses import JSONResponse
     from ray import serve
 
+    from raygbm.evaluate import features_matrix
     from raygbm.request import RequestError
 
     api = FastAPI(title="raygbm", description="LightGBM model served by raygbm", version="1")
@@ -179,6 +181,39 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 return JSONResponse({**results[0], "model_version": model.version})
             return JSONResponse({"predictions": results, "model_version": model.version})
 
+        @api.post("/predict/batch", summary="Score a table: Arrow IPC stream or CSV body; the answer has the same format",
+                  openapi_extra={"requestBody": {"required": True, "content": {
+                      ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
+                      "text/csv": {"schema": {"type": "string"}}}}})
+        async def predict_batch(self, request: Request) -> Any:
+            from fastapi.responses import Response
+
+            model = self.model
+            if model is None:
+                return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind not in (ARROW_STREAM, "text/csv"):
+                raise RequestError(f"content type must be {ARROW_STREAM} or text/csv", 415)
+            body = await _read_body(request, self.settings.max_batch_body_bytes)
+            table = _read_table(body, kind, model.bundle.preprocessor.schema.types)
+            if table.num_rows > self.settings.max_batch_rows:
+                raise RequestError(f"{table.num_rows} rows; the limit is {self.settings.max_batch_rows}", 413)
+            try:
+                feats = model.bundle.features(table)
+            except RaygbmError as exc:
+                raise RequestError(str(exc), 422) from None
+            # Off the event loop: a large table would otherwise block every other request.
+            X = features_matrix(model.booster, feats)
+            scores = await asyncio.wait_for(asyncio.to_thread(model.booster.predict, X, num_threads=1),
+                                            self.settings.request_timeout_s)
+            if self.monitor is not None and model.reference is not None:
+                missing = {c: table.column(c).null_count for c in model.schema.fields if c in table.column_names}
+                self._to_monitor(model, X, scores, {k: v for k, v in missing.items() if v})
+            self.served += table.num_rows
+            prediction, score = model.bundle.predictions(scores)
+            out = pa.table({"prediction": prediction, "score": score})
+            return Response(_write_table(out, kind), media_type=kind, headers={"x-model-version": model.version})
+
         @api.get("/drift", summary="Drift windows of served traffic against the training reference")
         async def drift(self) -> JSONResponse:
             if self.monitor is None:
@@ -209,6 +244,43 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                                  "served_rows": self.served, "unseen_categories": self.unseen})
 
     return ModelServer.options(user_config=model).bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"))
+
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def _read_table(body: bytes, kind: str, types: dict[str, str]) -> pa.Table:
+    """An Arrow IPC stream or CSV body as a table; CSV columns are read with the training types."""
+    from raygbm.request import RequestError
+
+    try:
+        if kind == ARROW_STREAM:
+            with pa.ipc.open_stream(body) as reader:
+                return reader.read_all()
+        import pyarrow.csv as pacsv
+
+        column_types = {}
+        for c, t in types.items():
+            try:
+                column_types[c] = pa.type_for_alias(t)
+            except ValueError:
+                pass  # e.g. timestamps with a zone: let the CSV reader infer them
+        return pacsv.read_csv(pa.BufferReader(body), convert_options=pacsv.ConvertOptions(column_types=column_types))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+        raise RequestError(f"body is not a valid {'Arrow IPC stream' if kind == ARROW_STREAM else 'CSV table'}: "
+                           f"{str(exc).splitlines()[0][:200]}", 400) from None
+
+
+def _write_table(table: pa.Table, kind: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    if kind == ARROW_STREAM:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
@@ -242,6 +314,7 @@ class ServedModel:
     metrics: dict[str, Any]
     reference: dict[str, Any] | None
     names: list[str]
+    bundle: Any = None  # the raygbm.bundle.Bundle (vectorised path for /predict/batch)
 
     def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
         out = []
@@ -279,7 +352,7 @@ def _load_model(user_config: dict[str, Any], settings: ServeConfig) -> ServedMod
     # Bundles registered before drift monitoring existed have no reference: served, not monitored.
     reference = json.loads((path / REFERENCE_FILE).read_text()) if (path / REFERENCE_FILE).exists() else None
     return ServedModel(ref.name, ref.version, b.booster, RequestSchema(b.preprocessor, settings.max_rows), b.task,
-                       b.preprocessor.label_classes_, b.threshold, b.metrics, reference, b.booster.feature_name())
+                       b.preprocessor.label_classes_, b.threshold, b.metrics, reference, b.booster.feature_name(), b)
 
 
 def _monitor_handle() -> Any:

@@ -70,7 +70,7 @@ def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     old = os.environ.get("RAYGBM_HOME")
     os.environ["RAYGBM_HOME"] = str(home)
-    data = make_shards(tmp_path_factory.mktemp("data"), rows=60_000, shards=3, seed=4)
+    data = make_shards(tmp_path_factory.mktemp("data"), rows=80_000, shards=3, seed=4)
     cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
                       {"data.source": str(data), "data.label": "label"})
     meta = RunMeta.load(preprocess(cfg).run_dir)
@@ -114,6 +114,42 @@ def test_http_scores_equal_the_batch_path_on_10k_rows(served):
     status, one = _post("/predict", json.dumps(records[0]).encode())
     assert status == 200 and one["score"] == scores[0] and len(one["prediction_id"]) == 32
     assert one["prediction"] in (0, 1)
+
+
+def _post_raw(path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(URL + path, data=body, method="POST", headers={"content-type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    meta, _, _ = served
+    raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
+    ref, path = local_bundle(Registry(), "1")
+    expected = Bundle.load(path).scores(Bundle.load(path).features(raw))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, raw.schema) as w:
+        w.write_table(raw)
+    status, body = _post_raw("/predict/batch", sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream")
+    assert status == 200, body[:300]
+    out = pa.ipc.open_stream(body).read_all()
+    assert out.column_names == ["prediction", "score"] and out.num_rows == raw.num_rows == 10_000
+    np.testing.assert_array_equal(np.asarray(out["score"]), expected)
+    csv_sink = pa.BufferOutputStream()
+    pacsv.write_csv(raw.drop_columns(["label"]), csv_sink)
+    status, body = _post_raw("/predict/batch", csv_sink.getvalue().to_pybytes(), "text/csv")
+    assert status == 200, body[:300]
+    np.testing.assert_allclose(np.asarray(pacsv.read_csv(pa.BufferReader(body))["score"]), expected, rtol=1e-12)
+    # Bad tables: 4xx with a message.
+    assert _post_raw("/predict/batch", b"not arrow", "application/vnd.apache.arrow.stream")[0] == 400
+    assert _post_raw("/predict/batch", b"a,b\n1,2\n", "text/csv")[0] == 422
+    assert _post_raw("/predict/batch", b"{}", "application/json")[0] == 415
 
 
 def test_bad_requests_get_4xx_never_5xx(served):
