@@ -1,0 +1,182 @@
+"""Endpoint speed: our Ray Serve endpoint (validation and drift monitoring on) against plain uvicorn +
+FastAPI serving the same model on the same machine, driven by wrk, in one run.
+
+    python bench/serve.py [--duration 10] [--concurrency 16]     # needs wrk (apt-get install wrk)
+
+Prints p50/p99 latency at concurrency 1, saturated requests/s at --concurrency, the same for the plain
+app, the monitor's cost (p50 with it on against off), and a 10,000-row /predict/batch request against
+raw Booster.predict on the same rows. Ends with:
+
+    RESULT p50_ms=... p99_ms=... rps=... plain_rps=... rps_ratio=... batch_ratio=... monitor_overhead=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def wrk(url: str, body_file: Path, concurrency: int, duration: int) -> dict[str, float]:
+    script = body_file.with_suffix(".lua")
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url + "/predict"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"p50_ms": ms("50%"), "p99_ms": ms("99%"), "rps": rps, "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def wait_ready(url: str, path: str = "/predict", body: bytes = b"{}", timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url + path, data=body, method="POST",
+                                                          headers={"content-type": "application/json"}), timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # answering (a 4xx for a bad body is fine)
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--trees", type=int, default=200)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench/serve.py needs wrk: apt-get install wrk")
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygbm.bundle import Bundle
+    from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
+    from raygbm.data import LocalRunner, preprocess
+    from raygbm.generate import GeneratorSpec, generate_dataset
+    from raygbm.pipeline import Trained, evaluate_and_register
+    from raygbm.registry import Registry, local_bundle
+    from raygbm.runtime import ensure_ray
+    from raygbm.serve import deploy, swap_model
+    from raygbm.split import RAW_TEST
+    from raygbm.train import RunMeta, train_in_process
+
+    work = Path(tempfile.mkdtemp(prefix="raygbm-bench-serve-"))
+    os.environ["RAYGBM_HOME"] = str(work / "home")
+    plain = None
+    try:
+        generate_dataset(work / "data", GeneratorSpec(rows=args.rows, shards=4, seed=5))
+        cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(work / "data"), "data.label": "label"})
+        meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
+        train = TrainConfig(num_boost_round=args.trees, early_stopping_rounds=None, params={"num_leaves": 31})
+        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                              EvaluateConfig(permutation_rows=1000), RegistryConfig(), None)
+        _, bundle_dir = local_bundle(Registry())
+        bundle = Bundle.load(bundle_dir)
+        raw = pq.read_table(meta.run_dir / RAW_TEST)
+        fields = list(dict.fromkeys(bundle.preprocessor.schema.features))
+        record = {c: raw.column(c)[0].as_py() for c in fields}
+        body = work / "one.json"
+        body.write_text(json.dumps(record))
+        print(f"model: {bundle.booster.num_trees()} trees on {len(bundle.booster.feature_name())} features; "
+              f"wrk -t1, {args.duration}s per run", flush=True)
+
+        # --- plain uvicorn + FastAPI (the baseline)
+        plain = subprocess.Popen([sys.executable, str(ROOT / "bench" / "serve_plain.py"), str(bundle_dir), "8431"])
+        wait_ready("http://127.0.0.1:8431")
+        p1 = wrk("http://127.0.0.1:8431", body, 1, args.duration)
+        pc = wrk("http://127.0.0.1:8431", body, args.concurrency, args.duration)
+        plain.terminate()
+        plain.wait()
+        plain = None
+        print(f"plain uvicorn : c=1 p50 {p1['p50_ms']:.2f} ms p99 {p1['p99_ms']:.2f} ms {p1['rps']:.0f} rps; "
+              f"c={args.concurrency} {pc['rps']:.0f} rps", flush=True)
+
+        # --- ours: Ray Serve, validation and drift monitoring on, then monitoring off
+        ensure_ray(cfg.resources)
+        serve_cfg = ServeConfig(port=8432)
+        url = deploy(RegistryConfig(), serve_cfg, MonitorConfig(window_size=1000))
+        wait_ready(url)
+        o1 = wrk(url, body, 1, args.duration)
+        oc = wrk(url, body, args.concurrency, args.duration)
+        print(f"raygbm serve  : c=1 p50 {o1['p50_ms']:.2f} ms p99 {o1['p99_ms']:.2f} ms {o1['rps']:.0f} rps; "
+              f"c={args.concurrency} {oc['rps']:.0f} rps (non-2xx {o1['non_2xx'] + oc['non_2xx']})", flush=True)
+        with urllib.request.urlopen(url + "/drift", timeout=30) as r:
+            drift = json.loads(r.read())
+        print(f"  monitor: {drift['rows_seen']:,} rows seen, {len(drift['windows'])} windows, "
+              f"{drift['dropped_batches']} batches dropped", flush=True)
+
+        # 10,000 rows through /predict/batch (Arrow IPC) against raw Booster.predict on the same rows.
+        rows = raw.slice(0, 10_000)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as w:
+            w.write_table(rows)
+        payload = sink.getvalue().to_pybytes()
+        X = np.column_stack([np.asarray(meta.split("test").slice(0, 10_000)[c], dtype=np.float64)
+                             for c in bundle.booster.feature_name()])
+        batch_s, raw_s = [], []
+        for _ in range(5):
+            t = time.perf_counter()
+            req = urllib.request.Request(url + "/predict/batch", data=payload, method="POST",
+                                         headers={"content-type": "application/vnd.apache.arrow.stream"})
+            urllib.request.urlopen(req, timeout=60).read()
+            batch_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            bundle.booster.predict(X, num_threads=1)
+            raw_s.append(time.perf_counter() - t)
+        batch_ratio = min(raw_s) / min(batch_s)
+        print(f"10k-row batch : {10_000 / min(batch_s):,.0f} rows/s through HTTP vs {10_000 / min(raw_s):,.0f} "
+              f"rows/s raw Booster.predict (ratio {batch_ratio:.2f})", flush=True)
+
+        swap_model(RegistryConfig(), serve_cfg, MonitorConfig(enabled=False))
+        time.sleep(2)
+        n1 = wrk(url, body, 1, args.duration)
+        overhead = o1["p50_ms"] / n1["p50_ms"] - 1
+        print(f"monitor off   : c=1 p50 {n1['p50_ms']:.2f} ms → monitor adds {overhead:+.1%} to p50", flush=True)
+        print(f"RESULT p50_ms={o1['p50_ms']:.3f} p99_ms={o1['p99_ms']:.3f} rps={oc['rps']:.0f} plain_rps={pc['rps']:.0f} "
+              f"rps_ratio={oc['rps'] / pc['rps']:.3f} batch_ratio={batch_ratio:.3f} monitor_overhead={overhead:.3f} "
+              f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
+              f"concurrency={args.concurrency}")
+    finally:
+        if plain is not None:
+            plain.terminate()
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception:
+            pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
