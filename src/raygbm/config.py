@@ -250,7 +250,9 @@ class ServeConfig(_Section):
     max_batch_body_bytes: int = Field(256_000_000, ge=1024, description="/predict/batch bodies larger than this get 413")
     request_timeout_s: float = Field(5.0, gt=0, description="handler time budget, whatever the client asks Serve for")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="how long a lone request waits for others to batch with (0: requests that arrive "
+        "while a batch is being scored form the next one)")
     num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     require_token: bool = Field(

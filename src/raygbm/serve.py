@@ -32,6 +32,8 @@ APP_NAME = "raygbm"
 
 
 MONITOR_ACTOR = "raygbm-drift-monitor"
+FLUSH_ROWS = 512  # rows a replica buffers before sending them to the drift monitor ...
+FLUSH_S = 0.25  # ... or after this long
 
 
 def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, Any]:
@@ -111,6 +113,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self.unseen = 0
             self.dropped = 0  # monitor batches dropped since the last one delivered
             self.monitor = _monitor_handle() if self.monitor_cfg.enabled else None
+            self._buffer: list[tuple[Any, np.ndarray, np.ndarray, dict[str, int]]] = []
+            self._buffered = 0
+            self._flusher: Any = None
             self._batched.set_max_batch_size(self.settings.max_batch_size)
             self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
@@ -120,6 +125,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 return
             self.model = _load_model(user_config, self.settings)
             self.version = user_config["version"]
+            api.openapi_schema = None  # regenerate /docs for the new model
             if self.monitor is not None and self.model.reference is not None:
                 import ray
 
@@ -127,15 +133,41 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 ray.get(self.monitor.set_reference.remote(self.model.version, self.model.reference, self.model.names))
 
         def _to_monitor(self, model: Any, features: np.ndarray, scores: np.ndarray, missing: dict[str, int]) -> None:
-            """Fire and forget: the request never waits on the monitor; a full queue drops (and counts)."""
+            """Buffer rows for the monitor; they leave in one call per ``FLUSH_ROWS`` rows or ``FLUSH_S``
+            seconds (a Ray call per request would cost more than the prediction)."""
+            buf = self._buffer
+            if buf and buf[0][0] is not model:
+                self._flush()
+            buf.append((model, features, scores, missing))
+            self._buffered += len(features)
+            if self._buffered >= FLUSH_ROWS:
+                self._flush()
+            elif self._flusher is None:
+                self._flusher = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+        def _flush(self) -> None:
+            """Fire and forget: nothing waits on the monitor; when its queue is full the batch is dropped
+            and counted (and the count travels with the next batch that gets through)."""
             from ray.exceptions import PendingCallsLimitExceeded
 
+            if self._flusher is not None:
+                self._flusher.cancel()
+                self._flusher = None
+            buf, self._buffer, self._buffered = self._buffer, [], 0
+            if not buf:
+                return
+            model = buf[0][0]
+            missing: dict[str, int] = {}
+            for _, _, _, m in buf:
+                for k, v in m.items():
+                    missing[k] = missing.get(k, 0) + v
+            features = np.concatenate([b[1] for b in buf])
+            scores = np.concatenate([b[2] for b in buf])
             try:
                 self.monitor.observe.remote(model.version, features, scores, missing, self.dropped)
                 self.dropped = 0
             except PendingCallsLimitExceeded:
                 self.dropped += 1
-            api.openapi_schema = None  # regenerate /docs with the new request schema
 
         @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
         async def _batched(self, items: list[tuple[Any, np.ndarray, dict[str, int]]]) -> list[np.ndarray]:
