@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--ingress", choices=["proxy", "fast"], default="fast",
+                    help="fast: serve.fast_ingress (HAProxy + direct ingress); proxy: Serve's default proxy")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/serve.py needs wrk: apt-get install wrk")
@@ -122,8 +124,12 @@ def main() -> None:
               f"c={args.concurrency} {pc['rps']:.0f} rps", flush=True)
 
         # --- ours: Ray Serve, validation and drift monitoring on, then monitoring off
+        if args.ingress == "fast":
+            from raygbm.runtime import enable_fast_ingress
+
+            enable_fast_ingress()
         ensure_ray(cfg.resources)
-        serve_cfg = ServeConfig(port=8432)
+        serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast")
         url = deploy(RegistryConfig(), serve_cfg, MonitorConfig(window_size=1000))
         wait_ready(url)
         o1 = wrk(url, body, 1, args.duration)
@@ -165,7 +171,7 @@ def main() -> None:
         print(f"RESULT p50_ms={o1['p50_ms']:.3f} p99_ms={o1['p99_ms']:.3f} rps={oc['rps']:.0f} plain_rps={pc['rps']:.0f} "
               f"rps_ratio={oc['rps'] / pc['rps']:.3f} batch_ratio={batch_ratio:.3f} monitor_overhead={overhead:.3f} "
               f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
-              f"concurrency={args.concurrency}")
+              f"concurrency={args.concurrency} ingress={args.ingress}")
     finally:
         if plain is not None:
             plain.terminate()

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         cfg = load_config(args.config, args.sets, {"data.source": args.data})
+        if cfg.serve.fast_ingress:
+            from raygbm.runtime import enable_fast_ingress
+
+            enable_fast_ingress()
         ensure_ray(cfg.resources)
         run_dir = preprocess(cfg).run_dir  # the finished run is found and reused
         url = deploy(cfg.registry, cfg.serve, cfg.monitor)

@@ -304,6 +304,10 @@ def serve(
         cfg = _config(config, set_, None, None, None, **{"serve.host": host, "serve.port": port})
         if detach and not os.environ.get("RAY_ADDRESS"):
             _fail("--detach needs a running cluster (RAY_ADDRESS): an embedded Ray stops when this command exits")
+        if cfg.serve.fast_ingress:
+            from raygbm.runtime import enable_fast_ingress
+
+            enable_fast_ingress()
         with _progress() as say:
             say("starting Ray")
             _ray(cfg)
