@@ -106,9 +106,10 @@ class _Window:
 class DriftMonitorCore:
     """Accumulates served rows into windows and scores each closed window against the reference."""
 
-    def __init__(self, reference: dict[str, Any], names: list[str], config: MonitorConfig):
+    def __init__(self, reference: dict[str, Any], names: list[str], config: MonitorConfig, fields: list[str] | None = None):
         self.reference = reference
-        self.names = names
+        self.names = names  # the model's features: the columns of ``features``
+        self.fields = fields or []  # the request's raw fields: the columns of the ``missing`` mask
         self.config = config
         self.closed: deque[dict[str, Any]] = deque(maxlen=config.keep_windows)
         self.index = 0
@@ -126,21 +127,22 @@ class DriftMonitorCore:
         w.counts["__prediction__"] = np.zeros(len(self.reference["prediction"]["probs"]))
         self.window = w
 
-    def observe(self, features: np.ndarray, scores: np.ndarray, missing: dict[str, int], ts: float | None = None) -> None:
-        """Add a batch; closes (and scores) as many windows as fill up."""
+    def observe(self, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None = None, ts: float | None = None) -> None:
+        """Add a batch (``missing``: rows × ``fields`` booleans, null in the request); closes and scores
+        as many windows as fill up."""
         ts = time.time() if ts is None else ts
         start = 0
         n = len(features)
         while start < n:
             take = min(self.config.window_size - self.window.rows, n - start)
             part = slice(start, start + take)
-            self._add(features[part], scores[part], missing if start == 0 else {}, ts)
+            self._add(features[part], scores[part], missing[part] if missing is not None else None, ts)
             start += take
             if self.window.rows >= self.config.window_size:
                 self._close()
         self.rows_seen += n
 
-    def _add(self, features: np.ndarray, scores: np.ndarray, missing: dict[str, int], ts: float) -> None:
+    def _add(self, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None, ts: float) -> None:
         w = self.window
         w.first_ts = ts if w.first_ts is None else w.first_ts
         w.last_ts = ts
@@ -160,8 +162,9 @@ class DriftMonitorCore:
         s = scores.reshape(len(scores), -1)
         top = s.max(axis=1) if s.shape[1] > 1 else s[:, 0]
         w.counts["__prediction__"] += _hist(top, self.reference["prediction"]["cuts"])
-        for k, v in missing.items():
-            w.missing[k] = w.missing.get(k, 0) + int(v)
+        if missing is not None and len(missing):
+            for k, v in zip(self.fields, missing.sum(axis=0)):
+                w.missing[k] = w.missing.get(k, 0) + int(v)
 
     def _threshold(self, name: str, statistic: str) -> float:
         per = self.config.thresholds.get(name, {})
@@ -258,16 +261,16 @@ class DriftMonitorActor:
     def ping(self) -> bool:
         return True
 
-    def set_reference(self, version: str, reference: dict[str, Any], names: list[str]) -> None:
+    def set_reference(self, version: str, reference: dict[str, Any], names: list[str], fields: list[str]) -> None:
         if version == self.version:
             return
         if self.core is not None:
             self.history.extend(self.core.report()["windows"])
         self.version = version
-        self.core = DriftMonitorCore(reference, names, self.config)
+        self.core = DriftMonitorCore(reference, names, self.config, fields)
         self.published = 0
 
-    def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: dict[str, int],
+    def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None,
                 dropped: int = 0) -> None:
         if self.core is None or version != self.version:
             return  # a batch scored by the previous model during a swap

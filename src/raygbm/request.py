@@ -50,7 +50,7 @@ def _kind(arrow_type: str) -> str:
 class Parsed:
     features: np.ndarray  # rows × model features, float64
     unseen: int  # category values never seen in training (mapped to the "unseen" code)
-    missing: dict[str, int]  # nulls per field (for the drift monitor's missing-rate check)
+    missing: np.ndarray  # rows × fields: null in the request (for the drift monitor's missing rates)
 
 
 class RequestSchema:
@@ -89,7 +89,8 @@ class RequestSchema:
         unseen = 0
         for i, r in enumerate(records):
             unseen += self._check(r, i if len(records) > 1 else None)
-        missing = {name: n for name in self.fields if (n := sum(r[name] is None for r in records))}
+        names = list(self.fields)
+        missing = np.array([[r[name] is None for name in names] for r in records], dtype=bool).reshape(len(records), len(names))
         try:
             features = self.pre.transform_records(records)
         except (ValueError, OverflowError, OSError, DataError) as exc:  # e.g. a time no calendar has

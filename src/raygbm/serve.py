@@ -113,7 +113,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self.unseen = 0
             self.dropped = 0  # monitor batches dropped since the last one delivered
             self.monitor = _monitor_handle() if self.monitor_cfg.enabled else None
-            self._buffer: list[tuple[Any, np.ndarray, np.ndarray, dict[str, int]]] = []
+            self._buffer: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
             self._buffered = 0
             self._flusher: Any = None
             self._batched.set_max_batch_size(self.settings.max_batch_size)
@@ -130,9 +130,10 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 import ray
 
                 # Idempotent per version: the first replica to load a model sets the reference.
-                ray.get(self.monitor.set_reference.remote(self.model.version, self.model.reference, self.model.names))
+                ray.get(self.monitor.set_reference.remote(self.model.version, self.model.reference, self.model.names,
+                                                          list(self.model.schema.fields)))
 
-        def _to_monitor(self, model: Any, features: np.ndarray, scores: np.ndarray, missing: dict[str, int]) -> None:
+        def _to_monitor(self, model: Any, features: np.ndarray, scores: np.ndarray, missing: np.ndarray) -> None:
             """Buffer rows for the monitor; they leave in one call per ``FLUSH_ROWS`` rows or ``FLUSH_S``
             seconds (a Ray call per request would cost more than the prediction)."""
             buf = self._buffer
@@ -157,10 +158,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             if not buf:
                 return
             model = buf[0][0]
-            missing: dict[str, int] = {}
-            for _, _, _, m in buf:
-                for k, v in m.items():
-                    missing[k] = missing.get(k, 0) + v
+            missing = np.concatenate([b[3] for b in buf])
             features = np.concatenate([b[1] for b in buf])
             scores = np.concatenate([b[2] for b in buf])
             try:
@@ -170,7 +168,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 self.dropped += 1
 
         @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-        async def _batched(self, items: list[tuple[Any, np.ndarray, dict[str, int]]]) -> list[np.ndarray]:
+        async def _batched(self, items: list[tuple[Any, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
             # One LightGBM call for every request that arrived together (grouped by model during a swap).
             groups: dict[int, list[int]] = {}
             for i, (model, _, _) in enumerate(items):
@@ -181,15 +179,12 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 rows = np.concatenate([items[i][1] for i in idx])
                 scores = model.booster.predict(rows, num_threads=1)
                 start = 0
-                missing: dict[str, int] = {}
                 for i in idx:
                     n = len(items[i][1])
                     out[i] = scores[start:start + n]
                     start += n
-                    for k, v in items[i][2].items():
-                        missing[k] = missing.get(k, 0) + v
                 if self.monitor is not None and model.reference is not None:
-                    self._to_monitor(model, rows, scores, missing)
+                    self._to_monitor(model, rows, scores, np.concatenate([items[i][2] for i in idx]))
             return out
 
         @api.post("/predict", summary="Score one record or a list of records",
@@ -239,8 +234,8 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             scores = await asyncio.wait_for(asyncio.to_thread(model.booster.predict, X, num_threads=1),
                                             self.settings.request_timeout_s)
             if self.monitor is not None and model.reference is not None:
-                missing = {c: table.column(c).null_count for c in model.schema.fields if c in table.column_names}
-                self._to_monitor(model, X, scores, {k: v for k, v in missing.items() if v})
+                missing = np.column_stack([np.asarray(table.column(c).is_null()) for c in model.schema.fields])
+                self._to_monitor(model, X, scores, missing)
             self.served += table.num_rows
             prediction, score = model.bundle.predictions(scores)
             out = pa.table({"prediction": prediction, "score": score})
@@ -253,6 +248,8 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             if self.model is not None and self.model.reference is None:
                 return JSONResponse({"error": f"model v{self.model.version} has no reference profile (registered "
                                      "before drift monitoring); retrain to monitor it"}, status_code=404)
+            # This replica's buffered rows first: calls from one caller run in order on the actor.
+            self._flush()
             return JSONResponse(await self.monitor.report.remote())
 
         @api.get("/healthz")

@@ -35,12 +35,14 @@ def test_statistics():
 
 
 def test_clean_traffic_is_not_drift_and_shifted_features_are(reference):
-    core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000))
+    core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000), fields=["a", "b", "c"])
     X, s = _data(6000, 1)
-    core.observe(X, s, {})
+    core.observe(X, s)
     assert [w["verdict"] for w in core.report()["windows"]] == ["ok", "ok", "ok"]
     Xd, sd = _data(2500, 2, shift=1.5, swap_cats=True)
-    core.observe(Xd, sd, {"b": 1000})
+    mask = np.zeros((2500, 3), dtype=bool)
+    mask[:1000, 1] = True  # b is missing in the first 1000 drifted rows (all in the window that closes)
+    core.observe(Xd, sd, mask)
     report = core.report()
     w = report["windows"][-1]
     assert w["index"] == 3 and w["rows"] == 2000 and report["open_window_rows"] == 500
@@ -55,10 +57,10 @@ def test_clean_traffic_is_not_drift_and_shifted_features_are(reference):
 def test_per_feature_thresholds(reference):
     X, s = _data(2000, 3, shift=0.3)
     loose = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000, psi=5.0, prediction_psi=5.0))
-    loose.observe(X, s, {})
+    loose.observe(X, s)
     strict = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=2000, psi=5.0, prediction_psi=5.0,
                                                               thresholds={"a": {"psi": 0.01}}))
-    strict.observe(X, s, {})
+    strict.observe(X, s)
     assert loose.report()["windows"][0]["verdict"] == "ok"
     assert strict.report()["windows"][0]["drifted_features"] == ["a"]
     assert strict.report()["windows"][0]["features"]["a"]["threshold"] == 0.01
@@ -69,7 +71,7 @@ def test_html_report_shows_windows_and_histograms(reference):
 
     core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=1000))
     X, s = _data(1000, 4, shift=2.0)
-    core.observe(X, s, {})
+    core.observe(X, s)
     page = drift_report_html({"model_version": "3", **core.report()})
     assert page.count("<svg") == 4 and "class='drift'>drift<" in page and "model v3" in page
     assert drift_report_html({"windows": []}).count("<svg") == 1
