@@ -449,3 +449,20 @@ def _token_sha256(serve_cfg: ServeConfig) -> str | None:
     if len(token) < 16:
         raise RaygbmError("serve.require_token is on: set RAYGBM_ENDPOINT_TOKEN to a secret of at least 16 characters")
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve's app builder (``import_path: raygbm.serve:app_builder`` in ``cluster/serve.yaml``).
+
+    ``args``: ``config`` (a pipeline config path), ``set`` (a list of ``key=value`` overrides) and
+    ``model`` (a version, default the champion). The registry is found as the CLI finds it
+    (``RAYGBM_HOME`` / ``MLFLOW_TRACKING_URI`` in the cluster's environment).
+    """
+    from raygbm.config import load_config
+
+    cfg = load_config(args.get("config"), list(args.get("set", [])))
+    model = args.get("model", "champion")
+    spec = _model_config(cfg.registry, None if model == "champion" else str(model))
+    if cfg.monitor.enabled:
+        start_monitor(cfg.monitor)
+    return build_app(cfg.serve, cfg.monitor, spec, _token_sha256(cfg.serve))
