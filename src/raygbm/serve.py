@@ -69,6 +69,22 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
     from raygbm.request import RequestError
 
     api = FastAPI(title="raygbm", description="LightGBM model served by raygbm", version="1")
+    served: dict[str, Any] = {"schema": None}  # the loaded model's request schema, for /openapi.json
+
+    def openapi() -> dict[str, Any]:
+        # The /predict body is parsed by hand (raygbm.request), so its schema is added here from the
+        # loaded model: clients and fuzzers see the real fields, types and known categories.
+        if api.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+            if served["schema"] is not None:
+                body = doc["paths"]["/predict"]["post"].setdefault("requestBody", {"required": True, "content": {}})
+                body["content"]["application/json"] = {"schema": served["schema"].json_schema()}
+            api.openapi_schema = doc
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,6 +141,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 return
             self.model = _load_model(user_config, self.settings)
             self.version = user_config["version"]
+            served["schema"] = self.model.schema
             api.openapi_schema = None  # regenerate /docs for the new model
             if self.monitor is not None and self.model.reference is not None:
                 import ray

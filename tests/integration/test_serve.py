@@ -98,6 +98,10 @@ def test_http_scores_equal_the_batch_path_on_10k_rows(served):
     assert status == 200 and ready["model_version"] == "1"
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    status, doc = _get("/openapi.json")  # the hand-parsed body's real schema is published too
+    assert status == 200
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == info["request_schema"]
     raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
     records = _records(raw, fields)
     scores = []
@@ -223,6 +227,30 @@ def test_drift_windows_flag_only_the_shifted_features(served):
         time.sleep(1)
     assert any('feature="num_5"' in ln and ln.endswith(" 0.0") for ln in flags)
     assert "ray_raygbm_monitor_rows_total" in text
+
+
+def test_schemathesis_from_openapi_finds_no_server_error(served):
+    """Property-based requests generated from /openapi.json (the model's real request schema):
+    negative ones (violating it) and positive ones; every answer must be below 500."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.generation.modes import GenerationMode
+
+    schema = schemathesis.openapi.from_url(URL + "/openapi.json")
+    operation = schema["/predict"]["POST"]
+    statuses: list[int] = []
+    for mode, n in ((GenerationMode.NEGATIVE, 300), (GenerationMode.POSITIVE, 100)):
+
+        @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def call(case) -> None:
+            response = case.call(base_url=URL, timeout=30)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (response.status_code, response.text[:200])
+
+        call()
+    assert len(statuses) >= 200 and any(400 <= s < 500 for s in statuses)
 
 
 def test_model_swap_under_load_fails_no_request(served):
