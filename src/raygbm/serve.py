@@ -129,6 +129,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self.unseen = 0
             self.dropped = 0  # monitor batches dropped since the last one delivered
             self.monitor = _monitor_handle() if self.monitor_cfg.enabled else None
+            self.monitor_on = self.monitor is not None
             self._buffer: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
             self._buffered = 0
             self._flusher: Any = None
@@ -136,7 +137,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
-            """Load (and verify) the named model, then switch to it: in-flight requests keep the old one."""
+            """Load (and verify) the named model, then switch to it: in-flight requests keep the old one.
+            ``monitor: false`` pauses sending to the drift monitor without restarting replicas."""
+            self.monitor_on = self.monitor is not None and bool(user_config.get("monitor", True))
             if user_config.get("version") == self.version:
                 return
             self.model = _load_model(user_config, self.settings)
@@ -200,7 +203,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                     n = len(items[i][1])
                     out[i] = scores[start:start + n]
                     start += n
-                if self.monitor is not None and model.reference is not None:
+                if self.monitor_on and model.reference is not None:
                     self._to_monitor(model, rows, scores, np.concatenate([items[i][2] for i in idx]))
             return out
 
@@ -250,7 +253,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             X = features_matrix(model.booster, feats)
             scores = await asyncio.wait_for(asyncio.to_thread(model.booster.predict, X, num_threads=1),
                                             self.settings.request_timeout_s)
-            if self.monitor is not None and model.reference is not None:
+            if self.monitor_on and model.reference is not None:
                 missing = np.column_stack([np.asarray(table.column(c).is_null()) for c in model.schema.fields])
                 self._to_monitor(model, X, scores, missing)
             self.served += table.num_rows
@@ -446,12 +449,12 @@ def _run(app: Any) -> None:
         raise RaygbmError(f"deploying the endpoint failed: {cause}") from None
 
 
-def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, version: str | None = None) -> str:
+def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, version: str | None = None,
+               monitor_on: bool = True) -> str:
     """Point the running app at another version (default: the current champion) without downtime:
-    only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas."""
-    from ray import serve
-
-    model = _model_config(registry_cfg, version)
+    only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas. ``monitor_on``
+    pauses or resumes drift monitoring the same way."""
+    model = {**_model_config(registry_cfg, version), "monitor": monitor_on}
     _run(build_app(serve_cfg, monitor_cfg, model, _token_sha256(serve_cfg)))
     return model["version"]
 
