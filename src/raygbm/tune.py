@@ -72,31 +72,6 @@ def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
     return out
 
 
-LIGHTGBM_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 1.0,
-    "bagging_fraction": 1.0, "bagging_freq": 0, "lambda_l1": 0.0, "lambda_l2": 0.0, "max_bin": 255,
-}
-
-
-def lightgbm_defaults(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any] | None:
-    """LightGBM's default for every searched parameter, or None if any default lies outside the space."""
-    point: dict[str, Any] = {}
-    for name, spec in space.items():
-        kind, args = next(iter(spec.items()))
-        value = LIGHTGBM_DEFAULTS.get(name)
-        if value is None:
-            return None
-        if kind in ("choice", "grid"):
-            if value not in args:
-                return None
-        elif value == 0 and 0 < args[0] <= 1e-6:
-            value = args[0]  # a log range cannot hold 0: its tiny lower bound is the same regulariser
-        elif not args[0] <= value <= args[1]:
-            return None
-        point[name] = value
-    return point
-
-
 def has_grid(space: dict[str, dict[str, list[Any]]]) -> bool:
     return any("grid" in spec for spec in space.values())
 
@@ -313,9 +288,6 @@ def tune_search(
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             search_alg = OptunaSearch(
                 sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(8, tune_cfg.trials)),
-                # The first trial is LightGBM's own defaults (where the space allows them), so the search
-                # never ends below the untuned model on validation.
-                points_to_evaluate=[defaults] if (defaults := lightgbm_defaults(tune_cfg.space)) else None,
             )
         else:
             from ray.tune.search.basic_variant import BasicVariantGenerator

@@ -54,12 +54,3 @@ def test_trial_params_typed_and_merged_over_fixed_params():
     assert t.params["num_leaves"] == 31 and isinstance(t.params["num_leaves"], int)
     assert t.params["lambda_l2"] == 1.0 and t.params["learning_rate"] == 0.2
 
-
-def test_lightgbm_defaults_start_the_search_when_the_space_allows():
-    from raygbm.tune import lightgbm_defaults
-
-    cfg = load_config(None)
-    point = lightgbm_defaults(cfg.tune.space)
-    assert point is not None and point["num_leaves"] == 31 and point["learning_rate"] == 0.1
-    narrow = load_config(None, ["tune.space={learning_rate: {uniform: [0.2, 0.3]}}"])
-    assert lightgbm_defaults(narrow.tune.space) is None
