@@ -29,6 +29,25 @@ def _finished(tune_dir: Path) -> dict[str, bytes]:
     return out
 
 
+def _terminated_in_saved_state(tune_dir: Path) -> set[str]:
+    """Trial ids the experiment state on disk records as finished (what a restore will not rerun)."""
+    import json
+
+    states = sorted(tune_dir.glob("tune-*/experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except (ValueError, OSError):  # caught mid-write
+        return set()
+    out = set()
+    for entry in data.get("trial_data", []):
+        trial = json.loads(entry[0])
+        if trial.get("status") == "TERMINATED":
+            out.add(trial["trial_id"])
+    return out
+
+
 def test_killed_tuning_driver_is_restored(tmp_path, home):
     import ray
 
@@ -43,21 +62,18 @@ def test_killed_tuning_driver_is_restored(tmp_path, home):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while len(_finished(home / "tune")) < 3:
+        # Kill once Tune's saved state records three trials as finished (a restore keeps those).
+        while len(done := _terminated_in_saved_state(home / "tune")) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-        # Let Tune record those trials as finished: wait for an experiment state written a bit later.
-        seen = time.time()
-        while max((p.stat().st_mtime for p in (home / "tune").glob("tune-*/experiment_state-*.json")), default=0) < seen + 1:
-            assert time.time() < deadline, "Tune wrote no experiment state"
-            time.sleep(0.2)
+            time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = _finished(home / "tune")
+    before = {name: text for name, text in _finished(home / "tune").items() if any(t in name for t in done)}
+    assert len(before) >= 3
     assert not list((home / "tune").glob("tune-*/best.json"))
 
     cfg = load_config(None, sets, {"data.source": str(data), "data.label": "label"})
