@@ -85,12 +85,15 @@ class Bundle:
             return pa.array([classes[i] for i in idx]), pa.array(scores.max(axis=1), pa.float64())
         return pa.array(scores, pa.float64()), pa.array(scores, pa.float64())
 
-    def test_metric(self, raw: pa.Table, metric: str) -> float:
-        """The gate metric on raw labelled rows, through this bundle's own preprocessing."""
+    def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
+        """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
         feats = self.features(raw)
-        label = self.preprocessor.schema.label
-        y = np.asarray(feats.column(label))
+        y = np.asarray(feats.column(self.preprocessor.schema.label))
         if self.task != "regression" and (y < 0).any():
             raise DataError("the data has label values this model never saw")
         k = len(self.preprocessor.label_classes_ or []) or None
-        return float(task_metrics(self.task, y, self.scores(feats), self.threshold, k)[metric])
+        return task_metrics(self.task, y, self.scores(feats), self.threshold, k)
+
+    def test_metric(self, raw: pa.Table, metric: str) -> float:
+        """The gate metric on raw labelled rows."""
+        return float(self.test_metrics(raw)[metric])

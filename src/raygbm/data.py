@@ -34,7 +34,7 @@ from raygbm import __version__
 from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
 from raygbm.errors import DataError, RaygbmError
 from raygbm.features import Preprocessor, add_derived
-from raygbm.paths import runs_dir
+from raygbm.paths import runs_dir, sha256_file
 from raygbm.schema import DatasetSchema, Shard, ShardSet, check_shards, infer_schema
 from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
 from raygbm.stats import CategoricalStats, NumericStats, TableStats
@@ -250,14 +250,6 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
     }
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: tuple[np.ndarray, np.ndarray] | None, out_dir: str) -> dict[str, list]:
     shard = int(table.column(SHARD_COL)[0].as_py()) if table.num_rows else -1
     first = int(table.column(ROW_COL)[0].as_py()) if table.num_rows else -1
@@ -283,14 +275,14 @@ def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: t
         out["split"].append(name)
         out["file"].append(rel)
         out["rows"].append(n)
-        out["sha256"].append(_sha256(dest))
+        out["sha256"].append(sha256_file(dest))
         if name == "test":
             # The raw test rows too: a champion with another preprocessor is scored on the same rows.
             raw = table.filter(pa.array(mask)) if n != len(codes) else table
             rel = f"{RAW_TEST}/part-{shard:05d}-{first:011d}.parquet"
             dest = os.path.join(out_dir, rel)
             pq.write_table(raw.select(plan.schema.read_columns), dest)
-            for k, v in (("split", RAW_TEST), ("file", rel), ("rows", n), ("sha256", _sha256(dest))):
+            for k, v in (("split", RAW_TEST), ("file", rel), ("rows", n), ("sha256", sha256_file(dest))):
                 out[k].append(v)
     return out
 
@@ -452,7 +444,7 @@ def preprocess(
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         _write_json(staging / "data_report.json", report)
         for name in ("schema.json", "preprocessor.json", "config.yaml", "data_report.json"):
-            manifest[name] = _sha256(str(staging / name))
+            manifest[name] = sha256_file(str(staging / name))
         _write_json(staging / "manifest.json", {"sha256": dict(sorted(manifest.items())), "raygbm": __version__})
         if final.exists():  # an unfinished or forced older copy: replace it whole
             shutil.rmtree(final)

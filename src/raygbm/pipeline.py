@@ -80,7 +80,7 @@ def fit_model(meta: RunMeta, train: TrainConfig, resources: ResourcesConfig, say
     else a data-parallel LightGBMTrainer."""
     import ray
 
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in (meta.run_dir / "train").glob("*.parquet"))
+    rows = meta.rows("train")
     if trial_mode(rows, resources) == "ray_train":
         say(f"training on {resources.num_workers} Ray Train worker(s)")
         return train_with_ray(meta, train, resources, home() / "train", f"train-{uuid.uuid4().hex[:8]}")
@@ -261,20 +261,11 @@ def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows
 
 def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: str | None) -> tuple[ModelRef, dict[str, Any]]:
     """A registered model's metrics on this run's raw test rows (``raygbm evaluate``)."""
-    from raygbm.evaluate import task_metrics
-
-    import numpy as np
-
     registry = Registry(registry_cfg)
     ref, path = local_bundle(registry, version)
     bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
     raw = pq.read_table(meta.run_dir / RAW_TEST)
-    feats = bundle.features(raw)
-    y = np.asarray(feats.column(bundle.preprocessor.schema.label))
-    if bundle.task != "regression" and (y < 0).any():
-        raise DataError("the test rows have label values this model never saw")
-    k = len(bundle.preprocessor.label_classes_ or []) or None
-    metrics = task_metrics(bundle.task, y, bundle.scores(feats), bundle.threshold, k)
+    metrics = bundle.test_metrics(raw)
     metrics["test_rows"] = raw.num_rows
     return ref, metrics
 

@@ -9,7 +9,6 @@ end. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import Any
 
 from raygbm.config import RegistryConfig
 from raygbm.errors import RaygbmError
-from raygbm.paths import home
+from raygbm.paths import home, sha256_file
 
 CHAMPION = "champion"
 MODEL_FILE = "model.txt"
@@ -33,14 +32,6 @@ BUNDLE_FORMAT = "raygbm.bundle/1"
 
 class RegistryError(RaygbmError):
     """No such model or version, a tampered bundle, or an unreachable store."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(bundle: Path) -> str:

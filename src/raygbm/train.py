@@ -99,6 +99,10 @@ class RunMeta:
         """A split's features (only ``features``: a selection may have dropped some) and label."""
         return pq.read_table(self.run_dir / name, columns=[*self.features, self.label])
 
+    def rows(self, name: str) -> int:
+        """A split's row count, from the Parquet footers."""
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in (self.run_dir / name).glob("*.parquet"))
+
     def with_features(self, keep: list[str]) -> "RunMeta":
         kept = [f for f in self.features if f in set(keep)]
         return replace(self, features=kept, categorical=[c for c in self.categorical if c in set(kept)])

@@ -240,7 +240,7 @@ def tune_search(
 
     metric = metric_name(meta.task, train.metric)
     mode = "max" if higher_is_better(metric) else "min"
-    train_rows = int(sum(f.metadata.num_rows for f in _parquet_files(meta.run_dir / "train")))
+    train_rows = meta.rows("train")
     kind = trial_mode(min(train_rows, tune_cfg.sample_rows or train_rows), resources)
     if kind == "ray_train" and tune_cfg.cv_folds:
         raise ConfigError("tune.cv_folds needs in-process trials (resources.trial_mode: in_process): "
@@ -365,9 +365,3 @@ def _nan(v: Any) -> bool:
         return math.isnan(float(v))
     except (TypeError, ValueError):
         return True
-
-
-def _parquet_files(d: Path) -> list[Any]:
-    import pyarrow.parquet as pq
-
-    return [pq.ParquetFile(p) for p in sorted(d.glob("*.parquet"))]
