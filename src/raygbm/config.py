@@ -282,6 +282,17 @@ class MonitorConfig(_Section):
         default_factory=dict, description="per-feature overrides, e.g. {num_1: {psi: 0.1}}"
     )
     max_pending_batches: int = Field(100, ge=1, description="batches queued for the monitor before new ones are dropped (and counted)")
+    window_seconds: float | None = Field(
+        None, gt=0, description="also close a window this long after its first row, however few rows it has")
+    min_window_rows: int = Field(
+        100, ge=1, description="a window closed by time with fewer rows is reported as insufficient_data, not scored")
+    log_dir: str | None = Field(
+        None, description="where served rows (Parquet) and closed windows are kept so windows survive a restart "
+        "of the monitor; default <RAYGBM_HOME>/monitor")
+    log_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of served rows written to the Parquet log (closed windows are always "
+        "kept; below 1 an open window is rebuilt from its sampled rows after a restart)")
+    log_flush_s: float = Field(5.0, gt=0, description="the monitor writes buffered rows at least this often")
 
 
 class ResourcesConfig(_Section):

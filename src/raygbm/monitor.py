@@ -15,6 +15,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,10 @@ class DriftMonitorCore:
         self.index = 0
         self.dropped_batches = 0
         self.rows_seen = 0
+        # Persistence hooks (the actor's WindowLog): rows as they are assigned to a window, and windows
+        # as they close.
+        self.on_rows: Any = None
+        self.on_close: Any = None
         self._new()
 
     def _new(self) -> None:
@@ -129,18 +134,29 @@ class DriftMonitorCore:
 
     def observe(self, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None = None, ts: float | None = None) -> None:
         """Add a batch (``missing``: rows × ``fields`` booleans, null in the request); closes and scores
-        as many windows as fill up."""
+        as many windows as fill up (or, with ``window_seconds``, as many as time closes)."""
         ts = time.time() if ts is None else ts
+        self.tick(ts)
         start = 0
         n = len(features)
         while start < n:
             take = min(self.config.window_size - self.window.rows, n - start)
             part = slice(start, start + take)
-            self._add(features[part], scores[part], missing[part] if missing is not None else None, ts)
+            part_missing = missing[part] if missing is not None else None
+            if self.on_rows is not None:
+                self.on_rows(self.index, ts, features[part], scores[part], part_missing)
+            self._add(features[part], scores[part], part_missing, ts)
             start += take
             if self.window.rows >= self.config.window_size:
-                self._close()
+                self._close("rows")
         self.rows_seen += n
+
+    def tick(self, now: float | None = None) -> None:
+        """Close the open window if ``window_seconds`` have passed since its first row."""
+        ws = self.config.window_seconds
+        now = time.time() if now is None else now
+        if ws and self.window.first_ts is not None and now - self.window.first_ts >= ws:
+            self._close("time")
 
     def _add(self, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None, ts: float) -> None:
         w = self.window
@@ -170,8 +186,14 @@ class DriftMonitorCore:
         per = self.config.thresholds.get(name, {})
         return float(per.get(statistic, getattr(self.config, statistic)))
 
-    def _close(self) -> None:
+    def _close(self, by: str) -> None:
         w = self.window
+        if by == "time" and w.rows < self.config.min_window_rows:
+            doc = {"index": self.index, "rows": w.rows, "first_ts": w.first_ts, "last_ts": w.last_ts,
+                   "closed_by": by, "verdict": "insufficient_data", "drifted_features": [], "features": {},
+                   "missing": {}, "prediction": None}
+            self._closed(doc)
+            return
         out_feats: dict[str, Any] = {}
         drifted = []
         for name in self.names:
@@ -212,18 +234,39 @@ class DriftMonitorCore:
         prediction = {"statistic": "psi", "value": pvalue, "threshold": self.config.prediction_psi, "drift": bool(pflag),
                       "js_distance": js_distance(pref, pc / max(pc.sum(), 1)),
                       "current": [round(float(x), 6) for x in pc / max(pc.sum(), 1)]}
-        self.closed.append({
-            "index": self.index, "rows": w.rows, "first_ts": w.first_ts, "last_ts": w.last_ts,
+        self._closed({
+            "index": self.index, "rows": w.rows, "first_ts": w.first_ts, "last_ts": w.last_ts, "closed_by": by,
             "verdict": "drift" if drifted or pflag else "ok",
             "drifted_features": drifted, "features": out_feats, "missing": missing, "prediction": prediction,
         })
+
+    def _closed(self, doc: dict[str, Any]) -> None:
+        self.closed.append(doc)
+        if self.on_close is not None:
+            self.on_close(doc)
         self.index += 1
         self._new()
 
+    def restore(self, windows: list[dict[str, Any]], rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+        """Continue from persisted state: the closed windows, then the open window's logged rows replayed
+        (``(ts, features, scores, missing)`` batches, in order)."""
+        self.closed.extend(windows)  # a deque: only the last keep_windows stay
+        if windows:
+            self.index = int(windows[-1]["index"]) + 1
+        self.rows_seen = sum(int(w["rows"]) for w in windows)
+        hooks, self.on_rows, self.on_close = (self.on_rows, self.on_close), None, None
+        try:
+            for ts, features, scores, missing in rows:
+                self.observe(features, scores, missing, ts)
+        finally:
+            self.on_rows, self.on_close = hooks
+
     def report(self) -> dict[str, Any]:
         """The stable JSON document behind ``GET /drift``."""
+        self.tick()
         return {
             "window_size": self.config.window_size,
+            "window_seconds": self.config.window_seconds,
             "rows_seen": self.rows_seen,
             "open_window_rows": self.window.rows,
             "dropped_batches": self.dropped_batches,
@@ -232,11 +275,138 @@ class DriftMonitorCore:
         }
 
 
+class WindowLog:
+    """One model version's monitoring on disk, so windows survive a restart of the monitor (or the cluster).
+
+    ``meta.json``: the reference and column names; ``windows.jsonl``: each closed window as it closes;
+    ``rows/part-<first>-<last>-<seq>.parquet``: served rows (the model's features, scores, null masks
+    and their window index; a ``sample_rate`` share of them), written every ``flush_s`` seconds and on
+    ``flush()``, each part renamed into place when complete. Parts whose windows fell out of the kept
+    ones are deleted, so the log stays about ``keep_windows × window_size`` rows.
+    """
+
+    def __init__(self, root: Path, names: list[str], fields: list[str], sample_rate: float = 1.0,
+                 flush_s: float = 5.0, keep_windows: int = 100):
+        self.root = Path(root)
+        self.names, self.fields = names, fields
+        self.sample_rate, self.flush_s, self.keep_windows = sample_rate, flush_s, keep_windows
+        self._rng = np.random.default_rng()
+        self._buf: list[tuple[int, float, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self._last_flush = time.time()
+        self._seq = 0
+
+    def save_meta(self, reference: dict[str, Any]) -> None:
+        import json
+
+        (self.root / "rows").mkdir(parents=True, exist_ok=True)
+        tmp = self.root / ".meta.json.tmp"
+        tmp.write_text(json.dumps({"reference": reference, "names": self.names, "fields": self.fields}))
+        tmp.replace(self.root / "meta.json")
+
+    @staticmethod
+    def load_meta(root: Path) -> dict[str, Any] | None:
+        import json
+
+        path = Path(root) / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def add_rows(self, window: int, ts: float, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None) -> None:
+        if self.sample_rate < 1.0:
+            keep = self._rng.random(len(features)) < self.sample_rate
+            features, scores = features[keep], scores[keep]
+            missing = missing[keep] if missing is not None else None
+        if len(features):
+            self._buf.append((window, ts, features, scores, missing))
+        if time.time() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def add_window(self, doc: dict[str, Any]) -> None:
+        import json
+
+        with open(self.root / "windows.jsonl", "a") as f:
+            f.write(json.dumps(doc) + "\n")
+        self._prune(int(doc["index"]) + 1 - self.keep_windows)
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._last_flush = time.time()
+        buf, self._buf = self._buf, []
+        if not buf:
+            return
+        cols: dict[str, Any] = {
+            "window": np.concatenate([np.full(len(b[2]), b[0], dtype=np.int64) for b in buf]),
+            "ts": np.concatenate([np.full(len(b[2]), b[1]) for b in buf]),
+        }
+        features = np.concatenate([b[2] for b in buf])
+        for j, name in enumerate(self.names):
+            cols[f"feature.{name}"] = features[:, j]
+        scores = np.concatenate([b[3].reshape(len(b[3]), -1) for b in buf])
+        for k in range(scores.shape[1]):
+            cols["score" if scores.shape[1] == 1 else f"score.{k}"] = scores[:, k]
+        if self.fields and all(b[4] is not None for b in buf):
+            missing = np.concatenate([b[4] for b in buf])
+            for j, name in enumerate(self.fields):
+                cols[f"missing.{name}"] = missing[:, j]
+        self._seq += 1
+        name = f"part-{buf[0][0]:08d}-{buf[-1][0]:08d}-{int(self._last_flush * 1000):013d}-{self._seq:04d}.parquet"
+        rows = self.root / "rows"
+        rows.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), rows / f".{name}.tmp")
+        (rows / f".{name}.tmp").replace(rows / name)
+
+    def _prune(self, oldest_kept: int) -> None:
+        for part in (self.root / "rows").glob("part-*.parquet"):
+            if int(part.name.split("-")[2]) < oldest_kept:
+                part.unlink(missing_ok=True)
+
+    def load_windows(self) -> list[dict[str, Any]]:
+        import json
+
+        path = self.root / "windows.jsonl"
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return out[-self.keep_windows:]
+
+    def load_rows(self, from_window: int) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Logged rows of windows ``from_window`` on, as ``(ts, features, scores, missing)`` batches in order."""
+        import pyarrow.parquet as pq
+
+        out = []
+        for part in sorted((self.root / "rows").glob("part-*.parquet"), key=lambda p: p.name.split("-")[3:]):
+            if int(part.name.split("-")[2]) < from_window:
+                continue
+            t = pq.read_table(part)
+            keep = np.asarray(t.column("window")) >= from_window
+            if not keep.any():
+                continue
+            t = t.filter(keep)
+            ts = np.asarray(t.column("ts"))
+            features = np.column_stack([np.asarray(t.column(f"feature.{n}"), dtype=np.float64) for n in self.names])
+            score_cols = [c for c in t.column_names if c == "score" or c.startswith("score.")]
+            scores = np.column_stack([np.asarray(t.column(c)) for c in score_cols])
+            scores = scores[:, 0] if scores.shape[1] == 1 else scores
+            missing = (np.column_stack([np.asarray(t.column(f"missing.{n}")) for n in self.fields])
+                       if self.fields and f"missing.{self.fields[0]}" in t.column_names else None)
+            # One batch per distinct timestamp keeps each row's time (first/last_ts, time windows).
+            for value in np.unique(ts):
+                m = ts == value
+                out.append((float(value), features[m], scores[m], missing[m] if missing is not None else None))
+        out.sort(key=lambda b: b[0])
+        return out
+
+
 class DriftMonitorActor:
     """The Ray actor behind the endpoint's monitoring (created by ``raygbm.serve.start_monitor``).
 
     Replicas call ``observe`` without waiting for it; a new model version (a swap) starts new windows
-    against that model's reference.
+    against that model's reference. With ``log_dir`` set, each version's windows and rows are kept on
+    disk (``WindowLog``) and a restarted actor (Ray restarts it after a crash) continues where it was.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -245,7 +415,7 @@ class DriftMonitorActor:
         self.config = MonitorConfig.model_validate(config)
         self.version: str | None = None
         self.core: DriftMonitorCore | None = None
-        self.history: list[dict[str, Any]] = []  # closed windows of earlier model versions
+        self.log: WindowLog | None = None
         self.published = 0  # closed windows already exported as metrics
         # Exported through Ray's metrics agent (Prometheus format, with Ray's own metrics).
         self.m_stat = Gauge("raygbm_drift_statistic", "drift statistic of the latest closed window",
@@ -257,47 +427,92 @@ class DriftMonitorActor:
         self.m_rows = Counter("raygbm_monitor_rows_total", "rows received by the drift monitor", tag_keys=("model_version",))
         self.m_dropped = Counter("raygbm_monitor_dropped_batches_total", "batches replicas dropped (monitor behind)",
                                  tag_keys=("model_version",))
+        self.restored_rows = 0
+        current = self._root() / "current.json" if self._root() else None
+        if current is not None and current.exists():
+            import json
+
+            cur = json.loads(current.read_text())
+            meta = WindowLog.load_meta(self._root() / cur["name"] / f"v{cur['version']}")
+            if meta is not None:
+                self.set_reference(cur["version"], meta["reference"], meta["names"], meta["fields"], cur["name"])
+
+    def _root(self) -> Path | None:
+        return Path(self.config.log_dir) if self.config.log_dir else None
 
     def ping(self) -> bool:
         return True
 
-    def set_reference(self, version: str, reference: dict[str, Any], names: list[str], fields: list[str]) -> None:
+    def set_reference(self, version: str, reference: dict[str, Any], names: list[str], fields: list[str],
+                      name: str = "model") -> None:
         if version == self.version:
             return
-        if self.core is not None:
-            self.history.extend(self.core.report()["windows"])
+        if self.log is not None:
+            self.log.flush()
         self.version = version
         self.core = DriftMonitorCore(reference, names, self.config, fields)
         self.published = 0
+        self.log = None
+        root = self._root()
+        if root is None:
+            return
+        import json
+
+        log = WindowLog(root / name / f"v{version}", names, fields, self.config.log_sample_rate,
+                        self.config.log_flush_s, self.config.keep_windows)
+        log.save_meta(reference)
+        # The version's earlier windows and its open window's rows (after a restart or a redeploy).
+        windows = log.load_windows()
+        rows = log.load_rows(int(windows[-1]["index"]) + 1 if windows else 0)
+        self.core.restore(windows, rows)
+        self.restored_rows = sum(len(r[1]) for r in rows)
+        self.published = max(self.core.index - 1, 0)  # a restarted actor's gauges show the latest window again
+        self.core.on_rows, self.core.on_close = log.add_rows, log.add_window
+        self.log = log
+        tmp = root / ".current.json.tmp"
+        tmp.write_text(json.dumps({"name": name, "version": version}))
+        tmp.replace(root / "current.json")
 
     def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None,
-                dropped: int = 0) -> None:
+                dropped: int = 0, ts: float | None = None) -> None:
         if self.core is None or version != self.version:
             return  # a batch scored by the previous model during a swap
         self.core.dropped_batches += dropped
-        self.core.observe(features, scores, missing)
+        self.core.observe(features, scores, missing, ts)
         tags = {"model_version": version}
         self.m_rows.inc(len(features), tags)
         if dropped:
             self.m_dropped.inc(dropped, tags)
-        for w in self.core.closed:
+        self._publish_closed()
+
+    def _publish_closed(self) -> None:
+        core, version = self.core, self.version
+        for w in core.closed:
             w.setdefault("model_version", version)
-        new = self.core.index - self.published
-        for w in list(self.core.closed)[-new:] if new else []:  # in order: the gauges end on the latest
+        new = core.index - self.published
+        for w in list(core.closed)[-new:] if new else []:  # in order: the gauges end on the latest
             self._publish(w, version)
-        self.published = self.core.index
+        self.published = core.index
 
     def _publish(self, window: dict[str, Any], version: str) -> None:
         self.m_windows.inc(1, {"model_version": version, "verdict": window["verdict"]})
+        if window["prediction"] is None:  # insufficient_data: nothing scored
+            return
         self.m_verdict.set(1.0 if window["verdict"] == "drift" else 0.0, {"model_version": version})
         for name, e in [*window["features"].items(), ("__prediction__", window["prediction"])]:
             self.m_stat.set(float(e["value"]), {"model_version": version, "feature": name, "statistic": e["statistic"]})
             self.m_flag.set(1.0 if e["drift"] else 0.0, {"model_version": version, "feature": name})
 
     def report(self) -> dict[str, Any]:
+        """The current version's windows; also the point where buffered rows reach the log."""
         if self.core is None:
             return {"model_version": None, "windows": []}
-        return {"model_version": self.version, **self.core.report()}
+        self.core.tick()
+        self._publish_closed()
+        if self.log is not None:
+            self.log.flush()
+        return {"model_version": self.version, "log_dir": str(self.log.root) if self.log else None,
+                "restored_rows": self.restored_rows, **self.core.report()}
 
 
 def _svg_bars(ref: list[float], cur: list[float] | None, labels: list[str]) -> str:

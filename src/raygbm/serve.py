@@ -17,6 +17,7 @@
 
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
 
                 # Idempotent per version: the first replica to load a model sets the reference.
                 ray.get(self.monitor.set_reference.remote(self.model.version, self.model.reference, self.model.names,
-                                                          list(self.model.schema.fields)))
+                                                          list(self.model.schema.fields), self.model.name))
 
         def _to_monitor(self, model: Any, features: np.ndarray, scores: np.ndarray, missing: np.ndarray) -> None:
             """Buffer rows for the monitor; they leave in one call per ``FLUSH_ROWS`` rows or ``FLUSH_S``
@@ -182,7 +183,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             features = np.concatenate([b[1] for b in buf])
             scores = np.concatenate([b[2] for b in buf])
             try:
-                self.monitor.observe.remote(model.version, features, scores, missing, self.dropped)
+                self.monitor.observe.remote(model.version, features, scores, missing, self.dropped, time.time())
                 self.dropped = 0
             except PendingCallsLimitExceeded:
                 self.dropped += 1
@@ -270,7 +271,14 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                                      "before drift monitoring); retrain to monitor it"}, status_code=404)
             # This replica's buffered rows first: calls from one caller run in order on the actor.
             self._flush()
-            return JSONResponse(await self.monitor.report.remote())
+            from ray.exceptions import RayActorError
+
+            try:
+                return JSONResponse(await asyncio.wait_for(self.monitor.report.remote(), self.settings.request_timeout_s))
+            except (RayActorError, asyncio.TimeoutError):
+                # ActorUnavailableError is a RayActorError: Ray is restarting the monitor from its log.
+                return JSONResponse({"error": "the drift monitor is restarting; retry shortly"}, status_code=503,
+                                    headers={"retry-after": "1"})
 
         @api.get("/healthz")
         async def healthz(self) -> dict[str, str]:
@@ -410,16 +418,25 @@ def _monitor_handle() -> Any:
     return ray.get_actor(MONITOR_ACTOR, namespace="raygbm")
 
 
+def resolved_monitor(monitor_cfg: MonitorConfig) -> MonitorConfig:
+    """``log_dir`` made absolute where the deploying process runs (the actor's cwd and env are the cluster's)."""
+    from raygbm.paths import home
+
+    log_dir = Path(monitor_cfg.log_dir).expanduser() if monitor_cfg.log_dir else home() / "monitor"
+    return monitor_cfg.model_copy(update={"log_dir": str(log_dir.resolve())})
+
+
 def start_monitor(monitor_cfg: MonitorConfig) -> Any:
-    """The named drift-monitor actor (created once; a redeploy reuses it and keeps its windows)."""
+    """The named drift-monitor actor (created once; a redeploy reuses it and keeps its windows). Ray
+    restarts it if its process dies; it then reloads its windows from ``monitor.log_dir``."""
     import ray
 
     from raygbm.monitor import DriftMonitorActor
 
     actor = ray.remote(DriftMonitorActor).options(
         name=MONITOR_ACTOR, namespace="raygbm", get_if_exists=True, lifetime="detached", num_cpus=0,
-        max_pending_calls=monitor_cfg.max_pending_batches,
-    ).remote(monitor_cfg.model_dump(mode="json"))
+        max_pending_calls=monitor_cfg.max_pending_batches, max_restarts=-1,
+    ).remote(resolved_monitor(monitor_cfg).model_dump(mode="json"))
     ray.get(actor.ping.remote())
     return actor
 

@@ -229,6 +229,43 @@ def test_drift_windows_flag_only_the_shifted_features(served):
     assert "ray_raygbm_monitor_rows_total" in text
 
 
+def test_drift_windows_survive_a_monitor_crash(served):
+    import time
+
+    import ray
+
+    meta, _, _ = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    raw = pq.read_table(meta.run_dir / RAW_TEST)
+    before = _get("/drift")[1]
+    n = 500 + 500 - before["open_window_rows"] - 200  # one more closed window and 300 rows in the open one
+    assert _post("/predict", json.dumps(_records(raw.slice(0, n), fields)).encode())[0] == 200
+    deadline = time.time() + 30
+    while (before := _get("/drift")[1])["open_window_rows"] != 300:
+        assert time.time() < deadline, before
+        time.sleep(0.2)
+    assert before["log_dir"] and before["rows_seen"] > 1000
+    # A crash of the monitor's process: Ray restarts the actor, which reloads its log.
+    ray.kill(ray.get_actor("raygbm-drift-monitor", namespace="raygbm"), no_restart=False)
+    deadline = time.time() + 60
+    while True:
+        status, after = _get("/drift")
+        if status == 200 and after.get("restored_rows") == 300:
+            break
+        assert time.time() < deadline, (status, after)
+        time.sleep(0.5)
+    assert after["windows"] == before["windows"] and after["open_window_rows"] == 300
+    assert after["rows_seen"] == before["rows_seen"]
+    # And it keeps counting: the restored open window closes after 200 more rows.
+    assert _post("/predict", json.dumps(_records(raw.slice(n, 200), fields)).encode())[0] == 200
+    deadline = time.time() + 30
+    while len((report := _get("/drift")[1])["windows"]) == len(before["windows"]):
+        assert time.time() < deadline, report
+        time.sleep(0.2)
+    assert report["windows"][-1]["rows"] == 500 and report["windows"][-1]["index"] == before["windows"][-1]["index"] + 1
+
+
 def test_schemathesis_from_openapi_finds_no_server_error(served):
     """Property-based requests generated from /openapi.json (the model's real request schema):
     negative ones (violating it) and positive ones; every answer must be below 500."""

@@ -75,3 +75,63 @@ def test_html_report_shows_windows_and_histograms(reference):
     page = drift_report_html({"model_version": "3", **core.report()})
     assert page.count("<svg") == 4 and "class='drift'>drift<" in page and "model v3" in page
     assert drift_report_html({"windows": []}).count("<svg") == 1
+
+
+def test_time_windows_close_by_age_and_small_ones_are_not_scored(reference):
+    cfg = MonitorConfig(window_size=10_000, window_seconds=60, min_window_rows=500)
+    core = DriftMonitorCore(reference, NAMES, cfg)
+    X, s = _data(1500, 5)
+    core.observe(X[:1000], s[:1000], ts=1000.0)
+    core.observe(X[1000:1100], s[1000:1100], ts=1030.0)
+    assert list(core.closed) == []  # 30 s old: still open
+    core.observe(X[1100:1200], s[1100:1200], ts=1061.0)  # the first window is 61 s old: closed first
+    core.observe(X[1200:1300], s[1200:1300], ts=1130.0)  # and this one ends the 100-row second window
+    first, second = core.closed
+    assert first["rows"] == 1100 and first["closed_by"] == "time" and first["verdict"] == "ok"
+    assert (first["first_ts"], first["last_ts"]) == (1000.0, 1030.0)
+    assert second["rows"] == 100 and second["verdict"] == "insufficient_data" and second["prediction"] is None
+    assert core.window.rows == 100 and core.window.first_ts == 1130.0
+    core.tick(1150.0)
+    assert core.index == 2
+    core.tick(1190.0)  # no new rows: time alone closes the window (report() ticks with the wall clock)
+    assert core.index == 3 and core.window.rows == 0
+
+
+def test_windows_survive_a_restart_from_the_log(tmp_path, reference):
+    from raygbm.monitor import WindowLog
+
+    cfg = MonitorConfig(window_size=1000, keep_windows=2)
+    fields = ["a", "b", "c"]
+
+    def started():
+        core = DriftMonitorCore(reference, NAMES, cfg, fields)
+        log = WindowLog(tmp_path / "v1", NAMES, fields, keep_windows=cfg.keep_windows)
+        log.save_meta(reference)
+        windows = log.load_windows()
+        core.restore(windows, log.load_rows(windows[-1]["index"] + 1 if windows else 0))
+        core.on_rows, core.on_close = log.add_rows, log.add_window
+        return core, log
+
+    core, log = started()
+    X, s = _data(3700, 6, shift=1.0)
+    mask = np.zeros((3700, 3), dtype=bool)
+    mask[::7, 1] = True
+    for i in range(0, 3700, 300):
+        core.observe(X[i:i + 300], s[i:i + 300], mask[i:i + 300], ts=2000.0 + i)
+    log.flush()
+    before = core.report()
+    assert [w["index"] for w in before["windows"]] == [1, 2] and before["open_window_rows"] == 700
+
+    again, log2 = started()  # a new process: only what is on disk
+    after = again.report()
+    assert after["windows"] == before["windows"]
+    assert after["open_window_rows"] == 700 and again.index == 3
+    assert after["rows_seen"] == 3000 + 700 - 1000  # the first window fell out of the kept ones
+    # Parts holding only windows no longer kept are gone: the log stays bounded.
+    assert all(int(p.name.split("-")[2]) >= 1 for p in (tmp_path / "v1" / "rows").glob("part-*.parquet"))
+    # Both continue identically: the restored open window closes with the same statistics.
+    Y, t = _data(300, 7)
+    core.observe(Y, t, np.zeros((300, 3), dtype=bool), ts=9000.0)
+    again.observe(Y, t, np.zeros((300, 3), dtype=bool), ts=9000.0)
+    assert core.report()["windows"][-1] == again.report()["windows"][-1]
+    assert again.report()["windows"][-1]["rows"] == 1000 and again.report()["windows"][-1]["index"] == 3
