@@ -227,11 +227,21 @@ def predict(
     config: Optional[Path] = _CONFIG,
     set_: list[str] = _SET,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists"),
+    url: Optional[str] = typer.Option(None, "--url", help="score through this running endpoint's /predict/batch "
+                                      "(Arrow IPC, in chunks) instead of a local batch job"),
 ) -> None:
-    """Score a dataset with a registered model as a Ray Data batch job."""
-    from raygbm.predict import predict_dataset
+    """Score a dataset with a registered model as a Ray Data batch job (or through a running endpoint)."""
+    from raygbm.predict import predict_dataset, predict_via_endpoint
     from raygbm.registry import Registry, local_bundle
 
+    if url is not None:
+        try:
+            out = predict_via_endpoint(input, output, url, overwrite=overwrite)
+        except RaygbmError as exc:
+            _fail(str(exc))
+        typer.echo(f"scored {out['rows']:,} rows with model v{out['model_version']} at {url} into {output} "
+                   f"({out['seconds']:.1f}s)")
+        return
     try:
         cfg = _config(config, set_, None, None, None)
         with _progress() as say:

@@ -264,6 +264,12 @@ class ServeConfig(_Section):
         False, description="require 'Authorization: Bearer <token>' (token from RAYGBM_ENDPOINT_TOKEN) on every "
         "route but /healthz and /readyz")
     autoscaling: AutoscalingConfig | None = None
+    batch_input_roots: list[str] = Field(
+        default_factory=list, description="folders or URI prefixes a /predict/batch Parquet job may read (JSON body "
+        "{\"input\": ...}); empty: such jobs are refused")
+    batch_output_dir: str | None = Field(
+        None, description="where /predict/batch jobs write (one folder per job); default <RAYGBM_HOME>/batch-jobs. "
+        "On a multi-node cluster, a shared filesystem")
 
 
 class MonitorConfig(_Section):

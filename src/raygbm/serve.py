@@ -17,6 +17,7 @@
 
 
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,7 +68,12 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
     from ray import serve
 
     from raygbm.evaluate import features_matrix
+    from raygbm.paths import home
     from raygbm.request import RequestError
+
+    # Resolved here, in the deploying process: a replica's cwd and environment are the cluster's.
+    out_dir = Path(serve_cfg.batch_output_dir).expanduser() if serve_cfg.batch_output_dir else home() / "batch-jobs"
+    serve_cfg = serve_cfg.model_copy(update={"batch_output_dir": str(out_dir.resolve())})
 
     api = FastAPI(title="raygbm", description="LightGBM model served by raygbm", version="1")
     served: dict[str, Any] = {"schema": None}  # the loaded model's request schema, for /openapi.json
@@ -229,10 +235,17 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 return JSONResponse({**results[0], "model_version": model.version})
             return JSONResponse({"predictions": results, "model_version": model.version})
 
-        @api.post("/predict/batch", summary="Score a table: Arrow IPC stream or CSV body; the answer has the same format",
+        @api.post("/predict/batch", summary="Score a table (Arrow IPC or CSV body), or start a job over a Parquet dataset",
+                  description="An Arrow IPC stream or CSV body is scored and answered in the same format. A JSON "
+                  "body {\"input\": PARQUET_DIR_OR_URI} starts a Ray Data job over that dataset (under "
+                  "serve.batch_input_roots) and answers 202 with its id; GET /predict/batch/{id} tells its status and "
+                  "output folder (input columns plus prediction and score).",
                   openapi_extra={"requestBody": {"required": True, "content": {
                       ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
-                      "text/csv": {"schema": {"type": "string"}}}}})
+                      "text/csv": {"schema": {"type": "string"}},
+                      "application/json": {"schema": {"type": "object", "required": ["input"],
+                                                      "additionalProperties": False,
+                                                      "properties": {"input": {"type": "string"}}}}}}})
         async def predict_batch(self, request: Request) -> Any:
             from fastapi.responses import Response
 
@@ -240,8 +253,10 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             if model is None:
                 return JSONResponse({"error": "no model loaded yet"}, status_code=503)
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind == "application/json":
+                return _submit_batch_job(await _read_body(request, 64 * 1024), model, self.settings)
             if kind not in (ARROW_STREAM, "text/csv"):
-                raise RequestError(f"content type must be {ARROW_STREAM} or text/csv", 415)
+                raise RequestError(f"content type must be {ARROW_STREAM}, text/csv or application/json (a Parquet job)", 415)
             body = await _read_body(request, self.settings.max_batch_body_bytes)
             table = _read_table(body, kind, model.bundle.preprocessor.schema.types)
             if table.num_rows > self.settings.max_batch_rows:
@@ -261,6 +276,10 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             prediction, score = model.bundle.predictions(scores)
             out = pa.table({"prediction": prediction, "score": score})
             return Response(_write_table(out, kind), media_type=kind, headers={"x-model-version": model.version})
+
+        @api.get("/predict/batch/{job_id}", summary="Status of a Parquet batch job")
+        async def batch_job(self, job_id: str) -> JSONResponse:
+            return _batch_job_status(job_id, self.settings)
 
         @api.get("/drift", summary="Drift windows of served traffic against the training reference")
         async def drift(self) -> JSONResponse:
@@ -304,6 +323,96 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
 
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _batch_dir(settings: ServeConfig) -> Path:
+    return Path(settings.batch_output_dir)  # made absolute by build_app, where the deploying process runs
+
+
+def _allowed_input(source: str, roots: list[str]) -> bool:
+    """``source`` lies under one of ``roots`` (local paths compared after resolving ``..`` and links)."""
+    if "://" in source:
+        return any(r.rstrip("/") and (source == r.rstrip("/") or source.startswith(r.rstrip("/") + "/"))
+                   for r in roots if "://" in r)
+    path = Path(source).resolve()
+    return any(path == Path(r).resolve() or Path(r).resolve() in path.parents for r in roots if "://" not in r)
+
+
+def _submit_batch_job(body: bytes, model: Any, settings: ServeConfig) -> Any:
+    """Start scoring a Parquet dataset as a Ray task running a Ray Data job; answers 202 with the job id."""
+    import json
+
+    import ray
+    from fastapi.responses import JSONResponse
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raygbm.request import RequestError
+
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RequestError("body is not valid JSON", 400) from None
+    if not isinstance(doc, dict) or set(doc) != {"input"} or not isinstance(doc["input"], str) or not doc["input"]:
+        raise RequestError('expected {"input": "<Parquet file, folder or URI>"} and nothing else', 422)
+    source = doc["input"]
+    if not settings.batch_input_roots:
+        raise RequestError("Parquet batch jobs are off: list the folders they may read in serve.batch_input_roots", 403)
+    if not _allowed_input(source, settings.batch_input_roots):
+        raise RequestError("input is outside serve.batch_input_roots", 403)
+    if "://" not in source and not Path(source).exists():
+        raise RequestError("input does not exist", 404)
+    job_id = uuid.uuid4().hex
+    jobs = _batch_dir(settings)
+    jobs.mkdir(parents=True, exist_ok=True)
+    _write_status(jobs / f"{job_id}.json", {"job_id": job_id, "status": "running", "input": source,
+                                            "model_version": model.version, "started": time.time()})
+    # On this replica's node, where the verified bundle is; num_cpus=0 because it only drives the Ray
+    # Data job (whose tasks take the CPUs), so it cannot hold a CPU those tasks wait for.
+    task = ray.remote(_run_batch_job).options(
+        num_cpus=0, max_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+    task.remote(job_id, source, str(jobs), str(model.bundle.path), model.version)
+    return JSONResponse({"job_id": job_id, "status": "running", "status_url": f"/predict/batch/{job_id}"}, status_code=202)
+
+
+def _run_batch_job(job_id: str, source: str, jobs: str, bundle: str, version: str) -> None:
+    from raygbm.predict import predict_dataset
+    from raygbm.runtime import configure_data_context
+
+    status = Path(jobs) / f"{job_id}.json"
+    doc = {"job_id": job_id, "input": source, "model_version": version, "started": time.time()}
+    try:
+        configure_data_context()
+        out = predict_dataset(source, Path(jobs) / job_id, Path(bundle))
+        doc.update(status="succeeded", output=str(Path(jobs) / job_id), rows=out["rows"], files=out["files"],
+                   seconds=round(out["seconds"], 3))
+    except Exception as exc:  # the job's outcome is its status document, never a lost exception
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        doc.update(status="failed", error=msg[:500])
+    doc["finished"] = time.time()
+    _write_status(status, doc)
+
+
+def _write_status(path: Path, doc: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def _batch_job_status(job_id: str, settings: ServeConfig) -> Any:
+    import json
+
+    from fastapi.responses import JSONResponse
+
+    path = _batch_dir(settings) / f"{job_id}.json"
+    if not _JOB_ID.match(job_id) or not path.exists():
+        return JSONResponse({"error": "no such batch job"}, status_code=404)
+    return JSONResponse(json.loads(path.read_text()))
 
 
 def _read_table(body: bytes, kind: str, types: dict[str, str]) -> pa.Table:

@@ -5,11 +5,13 @@ request."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import urllib.error
 import urllib.request
 
 import numpy as np
+from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,7 +29,8 @@ from tests.conftest import make_shards
 pytestmark = pytest.mark.slow
 PORT = 8123
 URL = f"http://127.0.0.1:{PORT}"
-SERVE = ServeConfig(port=PORT, max_rows=2000, max_body_bytes=2_000_000)
+# Parquet jobs may read pytest's temporary folders (the data these tests generate) and nothing else.
+SERVE = ServeConfig(port=PORT, max_rows=2000, max_body_bytes=2_000_000, batch_input_roots=[tempfile.gettempdir()])
 MONITOR = MonitorConfig(window_size=500)
 
 
@@ -153,7 +156,48 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
     # Bad tables: 4xx with a message.
     assert _post_raw("/predict/batch", b"not arrow", "application/vnd.apache.arrow.stream")[0] == 400
     assert _post_raw("/predict/batch", b"a,b\n1,2\n", "text/csv")[0] == 422
-    assert _post_raw("/predict/batch", b"{}", "application/json")[0] == 415
+    assert _post_raw("/predict/batch", b"a,b", "application/x-www-form-urlencoded")[0] == 415
+
+
+def test_batch_job_over_a_parquet_folder_writes_every_row_scored(served, tmp_path):
+    import time
+
+    import pyarrow as pa
+
+    data = make_shards(tmp_path / "in", rows=6000, shards=3, seed=11)
+    status, job = _post("/predict/batch", json.dumps({"input": str(data)}).encode())
+    assert status == 202, job
+    deadline = time.time() + 120
+    while (doc := _get(job["status_url"])[1])["status"] == "running":
+        assert time.time() < deadline, doc
+        time.sleep(0.5)
+    assert doc["status"] == "succeeded", doc
+    assert doc["rows"] == 6000 and doc["model_version"] == "1"
+    first_output = doc["output"]
+    out = pq.read_table(doc["output"]).sort_by("id")
+    src = pq.read_table(data).sort_by("id")
+    assert out.column_names == src.column_names + ["prediction", "score"]
+    _, path = local_bundle(Registry(), "1")
+    bundle = Bundle.load(path)
+    np.testing.assert_array_equal(np.asarray(out["score"]), bundle.scores(bundle.features(src)))
+    # Refused up front: outside the allowed roots, missing, malformed; a bad dataset fails as a job.
+    assert _post("/predict/batch", json.dumps({"input": "/etc"}).encode())[0] == 403
+    assert _post("/predict/batch", json.dumps({"input": str(tmp_path / "in" / ".." / ".." / "nope")}).encode())[0] == 404
+    assert _post("/predict/batch", json.dumps({"input": str(data), "output": "/tmp/x"}).encode())[0] == 422
+    assert _post("/predict/batch", b"{not json", {}) [0] == 400
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"PAR1 this is not parquet")
+    status, job = _post("/predict/batch", json.dumps({"input": str(bad)}).encode())
+    assert status == 202
+    deadline = time.time() + 60
+    while (doc := _get(job["status_url"])[1])["status"] == "running":
+        assert time.time() < deadline, doc
+        time.sleep(0.5)
+    assert doc["status"] == "failed" and "part-0.parquet" in doc["error"], doc
+    jobs = Path(first_output).parent  # nothing half-written from the failed job
+    assert not (jobs / job["job_id"]).exists() and not [p for p in jobs.iterdir() if "staging" in p.name]
+    assert _get("/predict/batch/" + "0" * 32)[0] == 404 and _get("/predict/batch/..%2f..%2fetc")[0] == 404
 
 
 def test_bad_requests_get_4xx_never_5xx(served):
@@ -372,3 +416,27 @@ def test_fuzzed_requests_never_get_a_5xx(served):
         statuses.append(status)
     assert not [s for s in statuses if s >= 500]
     assert sum(400 <= s < 500 for s in statuses) >= 1000
+
+
+def test_cli_predict_through_the_endpoint(served, tmp_path):
+    from typer.testing import CliRunner
+
+    from raygbm.cli import app
+
+    data = make_shards(tmp_path / "in", rows=3000, shards=2, seed=12)
+    out = tmp_path / "scored"
+    result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(data), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "scored 3,000 rows with model v1" in result.output
+    scored = pq.read_table(out).sort_by("id")
+    src = pq.read_table(data).sort_by("id")
+    _, path = local_bundle(Registry(), "1")
+    bundle = Bundle.load(path)
+    np.testing.assert_array_equal(np.asarray(scored["score"]), bundle.scores(bundle.features(src)))
+    # A dataset the endpoint rejects: one line naming the file and the reason, nothing written.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(src.drop_columns(["num_1"]).slice(0, 10), bad / "part-0.parquet")
+    result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(bad), "--output", str(tmp_path / "o2")])
+    assert result.exit_code != 0 and "part-0.parquet" in result.output and "422" in result.output, result.output
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.staging*"))
