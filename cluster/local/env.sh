@@ -12,3 +12,5 @@ export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
 # Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
 # CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.
 export RAYGBM_HOME=${RAYGBM_HOME:-$ROOT/.raygbm}
+# Relative paths in Serve configs (cluster/serve.yaml's `config:`) resolve against the project.
+export RAYGBM_PROJECT=${RAYGBM_PROJECT:-$ROOT}

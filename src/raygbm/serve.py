@@ -600,13 +600,20 @@ def _token_sha256(serve_cfg: ServeConfig) -> str | None:
 def app_builder(args: dict[str, Any]) -> Any:
     """Serve's app builder (``import_path: raygbm.serve:app_builder`` in ``cluster/serve.yaml``).
 
-    ``args``: ``config`` (a pipeline config path), ``set`` (a list of ``key=value`` overrides) and
+    ``args``: ``config`` (a pipeline config path; relative to ``$RAYGBM_PROJECT``, which
+    ``cluster/local`` sets, else to the working directory), ``set`` (a list of ``key=value`` overrides) and
     ``model`` (a version, default the champion). The registry is found as the CLI finds it
     (``RAYGBM_HOME`` / ``MLFLOW_TRACKING_URI`` in the cluster's environment).
     """
+    import os
+
     from raygbm.config import load_config
 
-    cfg = load_config(args.get("config"), list(args.get("set", [])))
+    config = args.get("config")
+    if config and not Path(config).is_absolute():
+        # The Serve controller's working directory is the cluster's, not the project's.
+        config = str(Path(os.environ.get("RAYGBM_PROJECT") or Path.cwd()) / config)
+    cfg = load_config(config, list(args.get("set", [])))
     model = args.get("model", "champion")
     spec = _model_config(cfg.registry, None if model == "champion" else str(model))
     if cfg.monitor.enabled:

@@ -1,4 +1,5 @@
-"""A real local head node (cluster/local/start.sh) and a real `ray job submit` of the whole pipeline.
+"""A real local head node (cluster/local/start.sh), a real `ray job submit` of the whole pipeline, and
+`serve deploy` of cluster/serve.yaml serving the job's champion.
 
 Runs in its own pytest session, after the integration tests have shut their Ray down: never two Ray
 instances on this host at once.
@@ -19,7 +20,7 @@ from tests.conftest import make_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
-PORT, DASHBOARD = 6391, 8276
+PORT, DASHBOARD, SERVE_PORT = 6391, 8276, 8277
 
 
 def _listening(port: int) -> list[str]:
@@ -57,6 +58,38 @@ def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
         )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
+
+        # `serve deploy` of the shipped cluster/serve.yaml (its port and model name adjusted for this
+        # test's registry) serves the job's champion over real HTTP.
+        import json
+        import urllib.request
+
+        import yaml
+
+        spec = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+        spec["http_options"]["port"] = SERVE_PORT
+        spec["applications"][0]["args"]["set"] = ["registry.model_name=raygbm", f"serve.port={SERVE_PORT}"]
+        serve_yaml = tmp_path / "serve.yaml"
+        serve_yaml.write_text(yaml.safe_dump(spec))
+        deployed = subprocess.run([str(local / "serve.sh"), str(serve_yaml)], env=env, capture_output=True,
+                                  text=True, timeout=300, cwd=tmp_path)
+        assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/model", timeout=30) as r:
+            info = json.loads(r.read())
+        assert info["version"] == "1" and info["name"] == "raygbm"
+        fields = list(info["request_schema"]["oneOf"][0]["properties"])
+        import pyarrow.parquet as pq
+
+        row = pq.read_table(data).slice(0, 1).to_pylist()[0]
+        record = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k in fields}
+        req = urllib.request.Request(f"http://127.0.0.1:{SERVE_PORT}/predict", data=json.dumps(record).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+        assert answer["model_version"] == "1" and 0 <= answer["score"] <= 1
+        assert _listening(SERVE_PORT) == ["0100007F"]  # the endpoint binds 127.0.0.1 too
+        assert subprocess.run([str(local / "serve.sh"), "--shutdown"], env=env, capture_output=True,
+                              timeout=120).returncode == 0
 
         # Without the token the job API refuses.
         denied = subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "job", "list", "--address", f"http://127.0.0.1:{DASHBOARD}"],
