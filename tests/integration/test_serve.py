@@ -427,10 +427,11 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
     out = tmp_path / "scored"
     result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(data), "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert "scored 3,000 rows with model v1" in result.output
+    version = _get("/model")[1]["version"]  # whichever the swap test left serving
+    assert f"scored 3,000 rows with model v{version} " in result.output
     scored = pq.read_table(out).sort_by("id")
     src = pq.read_table(data).sort_by("id")
-    _, path = local_bundle(Registry(), "1")
+    _, path = local_bundle(Registry(), version)
     bundle = Bundle.load(path)
     np.testing.assert_array_equal(np.asarray(scored["score"]), bundle.scores(bundle.features(src)))
     # A dataset the endpoint rejects: one line naming the file and the reason, nothing written.
