@@ -188,6 +188,9 @@ class TuneConfig(_Section):
         description="trials train on a seeded sample of this many training (and validation) rows; the "
         "final model uses all of them. null: trials use everything",
     )
+    compare_defaults: bool = Field(
+        True, description="after tuning, also fit LightGBM's defaults (100 rounds) on the full split and keep "
+        "them if they score better on validation than the tuned configuration")
     seed: int = 42
 
     @field_validator("space")

@@ -219,7 +219,7 @@ def save_plots(out: Path, ev: Evaluation, arrays: dict[str, np.ndarray], tuning:
 
 def model_card(*, name: str, version: str | None, ev: Evaluation, params: dict[str, Any], best_iteration: int,
                data_report: dict[str, Any], tuning: dict[str, Any] | None, gate: dict[str, Any] | None,
-               plots: list[str], selection: dict[str, Any] | None) -> str:
+               plots: list[str], selection: dict[str, Any] | None, comparison: dict[str, Any] | None = None) -> str:
     """Markdown model card tying the data report, the parameters and the metrics together."""
     lines = [f"# Model card: {name}" + (f" v{version}" if version else ""), ""]
     lines += [f"- Task: **{ev.task}**; gate metric: **{ev.gate_metric}**",
@@ -243,6 +243,9 @@ def model_card(*, name: str, version: str | None, ev: Evaluation, params: dict[s
         lines += ["", "## Tuning", "",
                   f"- {len(tuning['trials'])} trials ({tuning['trial_mode']}), best validation {tuning['metric']} "
                   f"{tuning['best_score']:.6g}; {sum(t['status'] == 'stopped early' for t in tuning['trials'])} stopped early by ASHA"]
+    if comparison and comparison.get("tuned_validation") is not None and comparison.get("defaults_validation") is not None:
+        lines.append(f"- Against LightGBM's defaults on validation: tuned {comparison['tuned_validation']:.6g}, defaults "
+                     f"{comparison['defaults_validation']:.6g}; kept **{comparison['kept']}**")
     if selection:
         lines += ["", "## Feature selection", "", f"- Dropped (gain share < {selection['min_gain_share']}): "
                   + (", ".join(selection["dropped"]) or "none")]

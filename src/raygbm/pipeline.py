@@ -98,6 +98,8 @@ class Trained:
     result: TrainResult
     meta: RunMeta  # the features the model uses (after selection)
     selection: dict[str, Any] | None
+    # The tuned configuration against LightGBM's defaults on validation (run_pipeline), when compared.
+    comparison: dict[str, Any] | None = None
 
 
 def train_final(meta: RunMeta, train: TrainConfig, evaluate: EvaluateConfig, resources: ResourcesConfig,
@@ -206,6 +208,8 @@ def evaluate_and_register(
             (extra / "tuning.json").write_text(json.dumps(tuning.to_dict(), indent=1, default=str))
         if trained.selection:
             (extra / "selection.json").write_text(json.dumps(trained.selection, indent=1))
+        if trained.comparison:
+            (extra / "defaults_comparison.json").write_text(json.dumps(trained.comparison, indent=1))
 
         say("logging to MLflow and registering")
         parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
@@ -216,6 +220,9 @@ def evaluate_and_register(
         if tuning:
             registry.log(parent, params={"tune_trials": len(tuning.trials), "tune_mode": tuning.trial_mode},
                          metrics={"tune_best_score": tuning.best_score, "tune_wall_s": tuning.wall_s})
+        if trained.comparison:
+            registry.log(parent, params={"kept": trained.comparison["kept"]},
+                         metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
             for t in tuning.trials:
                 child = registry.start_run(f"trial {t['trial_id']}", tags={"raygbm.status": t["status"]}, parent=parent)
                 registry.log(child, params=t["params"], metrics={"score": t["score"] or float("nan"), "iterations": t["iterations"]})
@@ -226,7 +233,7 @@ def evaluate_and_register(
         card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,
                              best_iteration=trained.result.best_iteration, data_report=report,
                              tuning=tuning.to_dict() if tuning else None, gate={"decision": decision, "reason": reason},
-                             plots=plots, selection=trained.selection)
+                             plots=plots, selection=trained.selection, comparison=trained.comparison)
         (extra / "model_card.md").write_text(card_md)
         (extra / "model_card.html").write_text(card_html(card_md))
         registry.log_artifacts(parent, bundle, BUNDLE_PATH)
@@ -287,7 +294,39 @@ def run_pipeline(cfg: PipelineConfig, *, say: Say = _quiet, force: bool = False,
         say(f"best validation {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
         train = cfg.train.model_copy(update={"params": {**cfg.train.params, **_lgb_types(tuning.best_params)}})
     trained = train_final(meta, train, cfg.evaluate, cfg.resources, say)
+    if tuning is not None and cfg.tune.compare_defaults:
+        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.mode, say)
     return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, say), tuning
+
+
+def defaults_config(train: TrainConfig) -> TrainConfig:
+    """LightGBM's default parameters and 100 rounds, as plain ``LGBMClassifier()`` / ``LGBMRegressor()``
+    fit, with the same early stopping on validation as the tuned fit: both then pick their best round on
+    the validation split, so neither score carries a bias the other lacks."""
+    return train.model_copy(update={"params": {}, "num_boost_round": 100})
+
+
+def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfig, cfg: PipelineConfig, mode: str,
+                              say: Say = _quiet) -> tuple[Trained, TrainConfig]:
+    """Fit LightGBM's defaults on the same split; keep whichever scores better on validation.
+
+    Tuning samples rows and stops trials early, so on data where every reasonable configuration is
+    about as good, the tuned one can land just below the defaults: this makes sure the pipeline never
+    registers a model that validates worse than LightGBM out of the box.
+    """
+    defaults = defaults_config(train)
+    say("fitting LightGBM's defaults for comparison")
+    base = train_final(meta, defaults, cfg.evaluate, cfg.resources, say)
+    tuned_score, default_score = trained.result.metrics.get("score"), base.result.metrics.get("score")
+    use_defaults = (tuned_score is not None and default_score is not None
+                    and (default_score > tuned_score if mode == "max" else default_score < tuned_score))
+    comparison = {"tuned_validation": tuned_score, "defaults_validation": default_score,
+                  "kept": "lightgbm defaults" if use_defaults else "tuned"}
+    say(f"validation: tuned {tuned_score:.6g}, LightGBM defaults {default_score:.6g}: keeping {comparison['kept']}"
+        if tuned_score is not None and default_score is not None else "no validation score to compare")
+    chosen, chosen_train = (base, defaults) if use_defaults else (trained, train)
+    chosen.comparison = comparison
+    return chosen, chosen_train
 
 
 def _lgb_types(params: dict[str, Any]) -> dict[str, Any]:

@@ -314,8 +314,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             m = self.model
             if m is None:
                 return JSONResponse({"error": "no model loaded yet"}, status_code=503)
-            return JSONResponse({"name": m.name, "version": m.version, "task": m.task, "metrics": m.metrics,
-                                 "classes": m.classes, "threshold": m.threshold,
+            b = m.bundle
+            return JSONResponse({"name": m.name, "version": m.version, "task": b.task, "metrics": b.metrics,
+                                 "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
                                  "request_schema": m.schema.json_schema(),
                                  "served_rows": self.served, "unseen_categories": self.unseen})
 
@@ -470,31 +471,31 @@ async def _read_body(request: Any, limit: int) -> bytes:
 
 @dataclass
 class ServedModel:
+    """A loaded bundle as a replica serves it: the request schema and the drift reference with it."""
+
     name: str
     version: str
-    booster: Any
-    schema: Any
-    task: str
-    classes: list[Any] | None
-    threshold: float
-    metrics: dict[str, Any]
+    bundle: Any  # raygbm.bundle.Bundle: booster, preprocessor, metrics, threshold, prediction mapping
+    schema: Any  # raygbm.request.RequestSchema
     reference: dict[str, Any] | None
-    names: list[str]
-    bundle: Any = None  # the raygbm.bundle.Bundle (vectorised path for /predict/batch)
+
+    @property
+    def booster(self) -> Any:
+        return self.bundle.booster
+
+    @property
+    def names(self) -> list[str]:
+        return self.bundle.booster.feature_name()
 
     def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
-        out = []
-        for s in scores:
-            if self.task == "binary":
-                p = float(s)
-                pred = self.classes[int(p >= self.threshold)] if self.classes else int(p >= self.threshold)
-                out.append({"prediction": pred, "score": p, "prediction_id": uuid.uuid4().hex})
-            elif self.task == "multiclass":
-                k = int(np.argmax(s))
-                out.append({"prediction": self.classes[k] if self.classes else k, "score": float(s[k]),
-                            "probabilities": [float(x) for x in s], "prediction_id": uuid.uuid4().hex})
-            else:
-                out.append({"prediction": float(s), "score": float(s), "prediction_id": uuid.uuid4().hex})
+        """Per record: prediction (the label's own value), score, an id; and class probabilities for
+        multiclass. The same mapping as the batch path (``Bundle.predictions``)."""
+        prediction, score = self.bundle.predictions(scores)
+        out = [{"prediction": p, "score": s, "prediction_id": uuid.uuid4().hex}
+               for p, s in zip(prediction.to_pylist(), score.to_pylist())]
+        if self.bundle.task == "multiclass":
+            for o, row in zip(out, scores.tolist()):
+                o["probabilities"] = row
         return out
 
 
@@ -517,8 +518,7 @@ def _load_model(user_config: dict[str, Any], settings: ServeConfig) -> ServedMod
 
     # Bundles registered before drift monitoring existed have no reference: served, not monitored.
     reference = json.loads((path / REFERENCE_FILE).read_text()) if (path / REFERENCE_FILE).exists() else None
-    return ServedModel(ref.name, ref.version, b.booster, RequestSchema(b.preprocessor, settings.max_rows), b.task,
-                       b.preprocessor.label_classes_, b.threshold, b.metrics, reference, b.booster.feature_name(), b)
+    return ServedModel(ref.name, ref.version, b, RequestSchema(b.preprocessor, settings.max_rows), reference)
 
 
 def _monitor_handle() -> Any:

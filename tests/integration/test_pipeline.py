@@ -29,6 +29,10 @@ def _default_lgbm_auc(meta: RunMeta, seed: int = 0) -> float:
     return roc_auc_score(np.asarray(te[meta.label]), clf.predict_proba(X(te))[:, 1])
 
 
+def client_params_kept(run_id: str) -> str:
+    return Registry().client.get_run(run_id).data.params["kept"]
+
+
 def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(tmp_path, home):
     data = make_shards(tmp_path / "data", rows=100_000, shards=4, seed=3)
     base = ["data.drop=[id]", "tune.trials=8", "train.num_boost_round=300", "train.report_every=10"]
@@ -41,6 +45,14 @@ def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(t
     assert len(tuning.trials) == 8 and tuning.trial_mode == "in_process"
     assert any(t["status"] == "stopped early" for t in tuning.trials)  # ASHA cut some trials short
     assert all(t["score"] is not None for t in tuning.trials)
+    # LightGBM's defaults were fitted too and the better of the two on validation kept.
+    import json
+
+    cmp = json.loads((outcome.bundle / "defaults_comparison.json").read_text())
+    keep_defaults = cmp["defaults_validation"] > cmp["tuned_validation"]
+    assert cmp["kept"] == ("lightgbm defaults" if keep_defaults else "tuned")
+    assert "LightGBM's defaults on validation" in (outcome.bundle / "model_card.md").read_text()
+    assert client_params_kept(outcome.run_id) == cmp["kept"]
 
     reg = Registry()
     client = reg.client
