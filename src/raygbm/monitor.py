@@ -294,6 +294,7 @@ class WindowLog:
         self._buf: list[tuple[int, float, np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._last_flush = time.time()
         self._seq = 0
+        self.error: str | None = None  # the last write that failed
 
     def save_meta(self, reference: dict[str, Any]) -> None:
         import json
@@ -323,18 +324,26 @@ class WindowLog:
     def add_window(self, doc: dict[str, Any]) -> None:
         import json
 
-        with open(self.root / "windows.jsonl", "a") as f:
-            f.write(json.dumps(doc) + "\n")
-        self._prune(int(doc["index"]) + 1 - self.keep_windows)
+        try:
+            with open(self.root / "windows.jsonl", "a") as f:
+                f.write(json.dumps(doc) + "\n")
+            self._prune(int(doc["index"]) + 1 - self.keep_windows)
+        except OSError as exc:  # e.g. a full disk: monitoring goes on in memory, GET /drift says so
+            self.error = f"{self.root}: {exc.strerror or exc}"
 
     def flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self._last_flush = time.time()
         buf, self._buf = self._buf, []
         if not buf:
             return
+        try:
+            self._write(buf)
+        except OSError as exc:
+            self.error = f"{self.root}: {exc.strerror or exc}"
+
+    def _write(self, buf: list[tuple[int, float, np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
         cols: dict[str, Any] = {
             "window": np.concatenate([np.full(len(b[2]), b[0], dtype=np.int64) for b in buf]),
             "ts": np.concatenate([np.full(len(b[2]), b[1]) for b in buf]),
@@ -428,6 +437,7 @@ class DriftMonitorActor:
         self.m_dropped = Counter("raygbm_monitor_dropped_batches_total", "batches replicas dropped (monitor behind)",
                                  tag_keys=("model_version",))
         self.restored_rows = 0
+        self.log_error: str | None = None
         current = self._root() / "current.json" if self._root() else None
         if current is not None and current.exists():
             import json
@@ -460,10 +470,14 @@ class DriftMonitorActor:
 
         log = WindowLog(root / name / f"v{version}", names, fields, self.config.log_sample_rate,
                         self.config.log_flush_s, self.config.keep_windows)
-        log.save_meta(reference)
-        # The version's earlier windows and its open window's rows (after a restart or a redeploy).
-        windows = log.load_windows()
-        rows = log.load_rows(int(windows[-1]["index"]) + 1 if windows else 0)
+        try:
+            log.save_meta(reference)
+            # The version's earlier windows and its open window's rows (after a restart or a redeploy).
+            windows = log.load_windows()
+            rows = log.load_rows(int(windows[-1]["index"]) + 1 if windows else 0)
+        except OSError as exc:  # monitoring goes on in memory; GET /drift says why nothing is kept
+            self.log_error = f"{root}: {exc.strerror or exc}"
+            return
         self.core.restore(windows, rows)
         self.restored_rows = sum(len(r[1]) for r in rows)
         self.published = max(self.core.index - 1, 0)  # a restarted actor's gauges show the latest window again
@@ -512,7 +526,7 @@ class DriftMonitorActor:
         if self.log is not None:
             self.log.flush()
         return {"model_version": self.version, "log_dir": str(self.log.root) if self.log else None,
-                "restored_rows": self.restored_rows, **self.core.report()}
+                "log_error": self.log_error or (self.log.error if self.log else None), "restored_rows": self.restored_rows, **self.core.report()}
 
 
 def _svg_bars(ref: list[float], cur: list[float] | None, labels: list[str]) -> str:

@@ -327,6 +327,7 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOBS: dict[str, Any] = {}  # this replica's running jobs: id -> the task's ObjectRef
 
 
 def _batch_dir(settings: ServeConfig) -> Path:
@@ -375,7 +376,7 @@ def _submit_batch_job(body: bytes, model: Any, settings: ServeConfig) -> Any:
     task = ray.remote(_run_batch_job).options(
         num_cpus=0, max_retries=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
-    task.remote(job_id, source, str(jobs), str(model.bundle.path), model.version)
+    _JOBS[job_id] = task.remote(job_id, source, str(jobs), str(model.bundle.path), model.version)
     return JSONResponse({"job_id": job_id, "status": "running", "status_url": f"/predict/batch/{job_id}"}, status_code=202)
 
 
@@ -413,7 +414,22 @@ def _batch_job_status(job_id: str, settings: ServeConfig) -> Any:
     path = _batch_dir(settings) / f"{job_id}.json"
     if not _JOB_ID.match(job_id) or not path.exists():
         return JSONResponse({"error": "no such batch job"}, status_code=404)
-    return JSONResponse(json.loads(path.read_text()))
+    doc = json.loads(path.read_text())
+    ref = _JOBS.get(job_id)
+    if doc["status"] == "running" and ref is not None:
+        import ray
+
+        if ray.wait([ref], timeout=0)[0]:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # the job's process died before it could write its outcome
+                doc.update(status="failed", error=f"the job's worker died: {type(exc).__name__}", finished=time.time())
+                _write_status(path, doc)
+            _JOBS.pop(job_id, None)
+        # (a job started by another replica is followed through its status file only)
+    elif ref is not None:
+        _JOBS.pop(job_id, None)
+    return JSONResponse(doc)
 
 
 def _read_table(body: bytes, kind: str, types: dict[str, str]) -> pa.Table:

@@ -135,3 +135,17 @@ def test_windows_survive_a_restart_from_the_log(tmp_path, reference):
     again.observe(Y, t, np.zeros((300, 3), dtype=bool), ts=9000.0)
     assert core.report()["windows"][-1] == again.report()["windows"][-1]
     assert again.report()["windows"][-1]["rows"] == 1000 and again.report()["windows"][-1]["index"] == 3
+
+
+def test_an_unwritable_log_never_stops_the_windows(tmp_path, reference):
+    from raygbm.monitor import WindowLog
+
+    (tmp_path / "file").write_text("not a folder")
+    log = WindowLog(tmp_path / "file" / "v1", NAMES, ["a", "b", "c"], flush_s=0.0)
+    core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=500), ["a", "b", "c"])
+    core.on_rows, core.on_close = log.add_rows, log.add_window
+    X, s = _data(1200, 8)
+    core.observe(X, s, np.zeros((1200, 3), dtype=bool))
+    log.flush()
+    assert core.index == 2 and core.window.rows == 200 and len(core.report()["windows"]) == 2
+    assert log.error is not None and "file" in log.error
