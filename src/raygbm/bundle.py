@@ -73,17 +73,21 @@ class Bundle:
     def scores(self, features: pa.Table) -> np.ndarray:
         return self.booster.predict(features_matrix(self.booster, features), num_threads=0)
 
-    def predictions(self, scores: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    def labelled(self, scores: np.ndarray) -> tuple[list[Any], np.ndarray]:
         """(prediction in the label's own values, score): the positive-class probability for binary,
-        the winning class's probability for multiclass, the value itself for regression."""
+        the winning class's probability for multiclass, the value itself for regression. Plain Python
+        and numpy: the endpoint maps every request through this."""
         classes = self.preprocessor.label_classes_
         if self.task == "binary":
-            idx = (scores >= self.threshold).astype(np.int64)
-            return pa.array([classes[i] for i in idx]), pa.array(scores, pa.float64())
+            return [classes[i] for i in (scores >= self.threshold).tolist()], scores
         if self.task == "multiclass":
-            idx = scores.argmax(axis=1)
-            return pa.array([classes[i] for i in idx]), pa.array(scores.max(axis=1), pa.float64())
-        return pa.array(scores, pa.float64()), pa.array(scores, pa.float64())
+            return [classes[i] for i in scores.argmax(axis=1).tolist()], scores.max(axis=1)
+        return scores.tolist(), scores
+
+    def predictions(self, scores: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """``labelled`` as Arrow columns (the batch paths)."""
+        prediction, score = self.labelled(scores)
+        return pa.array(prediction), pa.array(score, pa.float64())
 
     def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
         """Every task metric on raw labelled rows, through this bundle's own preprocessing."""

@@ -505,10 +505,10 @@ class ServedModel:
 
     def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
         """Per record: prediction (the label's own value), score, an id; and class probabilities for
-        multiclass. The same mapping as the batch path (``Bundle.predictions``)."""
-        prediction, score = self.bundle.predictions(scores)
+        multiclass. The same mapping as the batch path (``Bundle.labelled``)."""
+        prediction, score = self.bundle.labelled(scores)
         out = [{"prediction": p, "score": s, "prediction_id": uuid.uuid4().hex}
-               for p, s in zip(prediction.to_pylist(), score.to_pylist())]
+               for p, s in zip(prediction, score.tolist())]
         if self.bundle.task == "multiclass":
             for o, row in zip(out, scores.tolist()):
                 o["probabilities"] = row
