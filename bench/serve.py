@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--monitor-rounds", type=int, default=3, help="off/on alternations for the monitor's cost")
+    ap.add_argument("--monitor-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="monitor config overrides, e.g. log_sample_rate=0")
     ap.add_argument("--ingress", choices=["proxy", "fast"], default="fast",
                     help="fast: serve.fast_ingress (HAProxy + direct ingress); proxy: Serve's default proxy")
     args = ap.parse_args()
@@ -130,7 +133,11 @@ def main() -> None:
             enable_fast_ingress()
         ensure_ray(cfg.resources)
         serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast")
-        url = deploy(RegistryConfig(), serve_cfg, MonitorConfig(window_size=1000))
+        import yaml
+
+        monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in
+                                                         (kv.split("=", 1) for kv in args.monitor_set)})
+        url = deploy(RegistryConfig(), serve_cfg, monitor_cfg)
         wait_ready(url)
         o1 = wrk(url, body, 1, args.duration)
         oc = wrk(url, body, args.concurrency, args.duration)
@@ -166,10 +173,10 @@ def main() -> None:
         # Monitor off and on again on the same replicas (only user_config changes), alternating, so the
         # comparison is not confounded by new replica processes; the median p50 of each counts.
         on, off = [o1["p50_ms"]], []
-        for _ in range(2):
-            swap_model(RegistryConfig(), serve_cfg, MonitorConfig(window_size=1000), monitor_on=False)
+        for _ in range(args.monitor_rounds):
+            swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=False)
             off.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
-            swap_model(RegistryConfig(), serve_cfg, MonitorConfig(window_size=1000), monitor_on=True)
+            swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=True)
             on.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
         overhead = float(np.median(on)) / float(np.median(off)) - 1
         print(f"monitor on/off: c=1 p50 {', '.join(f'{v:.2f}' for v in on)} ms on, {', '.join(f'{v:.2f}' for v in off)} "
