@@ -335,8 +335,11 @@ def _batch_dir(settings: ServeConfig) -> Path:
 
 
 def _allowed_input(source: str, roots: list[str]) -> bool:
-    """``source`` lies under one of ``roots`` (local paths compared after resolving ``..`` and links)."""
+    """``source`` lies under one of ``roots``: local paths compared after resolving ``..`` and links,
+    URIs by prefix (and never with a ``..`` segment)."""
     if "://" in source:
+        if ".." in source.split("://", 1)[1].split("/"):
+            return False
         return any(r.rstrip("/") and (source == r.rstrip("/") or source.startswith(r.rstrip("/") + "/"))
                    for r in roots if "://" in r)
     path = Path(source).resolve()
@@ -362,10 +365,15 @@ def _submit_batch_job(body: bytes, model: Any, settings: ServeConfig) -> Any:
     source = doc["input"]
     if not settings.batch_input_roots:
         raise RequestError("Parquet batch jobs are off: list the folders they may read in serve.batch_input_roots", 403)
-    if not _allowed_input(source, settings.batch_input_roots):
-        raise RequestError("input is outside serve.batch_input_roots", 403)
-    if "://" not in source and not Path(source).exists():
-        raise RequestError("input does not exist", 404)
+    if "\x00" in source or len(source) > 4096 or ("://" not in source and not source.startswith("/")):
+        raise RequestError("input must be an absolute path or a URI", 422)
+    try:
+        if not _allowed_input(source, settings.batch_input_roots):
+            raise RequestError("input is outside serve.batch_input_roots", 403)
+        if "://" not in source and not Path(source).exists():
+            raise RequestError("input does not exist", 404)
+    except OSError:  # e.g. a name too long for the filesystem
+        raise RequestError("input is not a usable path", 422) from None
     job_id = uuid.uuid4().hex
     jobs = _batch_dir(settings)
     jobs.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,9 @@ def test_batch_job_over_a_parquet_folder_writes_every_row_scored(served, tmp_pat
     assert _post("/predict/batch", json.dumps({"input": "/etc"}).encode())[0] == 403
     assert _post("/predict/batch", json.dumps({"input": str(tmp_path / "in" / ".." / ".." / "nope")}).encode())[0] == 404
     assert _post("/predict/batch", json.dumps({"input": str(data), "output": "/tmp/x"}).encode())[0] == 422
-    assert _post("/predict/batch", b"{not json", {}) [0] == 400
+    assert _post("/predict/batch", b"{not json", {})[0] == 400
+    for hostile in ("relative/path", "/tmp/\x00x", "/tmp/" + "a" * 300, "s3://b/../etc"):
+        assert _post("/predict/batch", json.dumps({"input": hostile}).encode())[0] in (403, 422), hostile
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "part-0.parquet").write_bytes(b"PAR1 this is not parquet")
