@@ -443,3 +443,29 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
     result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(bad), "--output", str(tmp_path / "o2")])
     assert result.exit_code != 0 and "part-0.parquet" in result.output and "422" in result.output, result.output
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.staging*"))
+
+
+def test_batch_job_whose_worker_dies_is_reported_failed(served, tmp_path):
+    import os
+    import signal
+    import time
+
+    from ray.util.state import list_tasks
+
+    data = make_shards(tmp_path / "in", rows=400_000, shards=8, seed=13)
+    status, job = _post("/predict/batch", json.dumps({"input": str(data)}).encode())
+    assert status == 202, job
+    deadline = time.time() + 60
+    while True:  # the job's driving task, once it runs: kill its process as a crash would
+        running = [t for t in list_tasks(filters=[("func_or_class_name", "=", "_run_batch_job"), ("state", "=", "RUNNING")])
+                   if t.worker_pid]
+        if running:
+            os.kill(running[0].worker_pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline and _get(job["status_url"])[1]["status"] == "running"
+        time.sleep(0.05)
+    deadline = time.time() + 60
+    while (doc := _get(job["status_url"])[1])["status"] == "running":
+        assert time.time() < deadline, doc
+        time.sleep(0.5)
+    assert doc["status"] == "failed" and "worker died" in doc["error"], doc
