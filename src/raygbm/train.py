@@ -396,7 +396,9 @@ def train_with_ray(
             num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
         # Every worker evaluates the whole validation split, so early stopping agrees across workers.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # One worker reads train whole too: a streaming split would start a coordinator actor (a new
+        # process) to hand out blocks to a single consumer.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if resources.num_workers > 1 else []),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),

@@ -51,3 +51,15 @@ def test_ray_train_matches_in_process_and_survives_a_killed_worker(meta, tmp_pat
     assert failed.metrics["resumed_from"] in (10, 20, 30)  # the last checkpoint the controller had registered, not 0
     assert failed.booster.current_iteration() == 40
     assert abs(_test_auc(meta, failed.booster) - clean_auc) <= 0.002
+
+
+def test_two_workers_train_one_data_parallel_model_on_all_rows(meta, tmp_path):
+    run = train_with_ray(meta, TC, ResourcesConfig(num_workers=2), tmp_path / "train", "two")
+    assert run.booster.current_iteration() == 40
+    # Each worker holds half of train; the first tree's root still counts every training row, so the
+    # workers grew one model from shared histograms (not two models on two halves).
+    root_count = run.booster.dump_model()["tree_info"][0]["tree_structure"]["internal_count"]
+    rows = meta.rows("train")
+    assert root_count == rows
+    plain = train_in_process(meta, TC)
+    assert abs(_test_auc(meta, run.booster) - _test_auc(meta, plain.booster)) < 0.005
