@@ -65,7 +65,36 @@ def wait_ready(url: str, path: str = "/predict", body: bytes = b"{}", timeout: f
             time.sleep(0.3)
 
 
+def plain_server(bundle_dir: str, port: int) -> None:
+    """The baseline: plain uvicorn + FastAPI serving the same bundle the same way (strict parsing, numpy
+    rows, one LightGBM thread), with no Ray. Runs in its own process (``--plain-server``)."""
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from raygbm.bundle import Bundle
+    from raygbm.request import RequestError, RequestSchema
+
+    bundle = Bundle.load(Path(bundle_dir))
+    schema = RequestSchema(bundle.preprocessor, 1000)
+    booster = bundle.booster
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            parsed = schema.parse(await request.body())
+        except RequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        scores = booster.predict(parsed.features, num_threads=1)
+        return JSONResponse({"predictions": [{"score": float(s)} for s in scores]})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--plain-server"]:
+        return plain_server(sys.argv[2], int(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
@@ -116,7 +145,7 @@ def main() -> None:
               f"wrk -t1, {args.duration}s per run", flush=True)
 
         # --- plain uvicorn + FastAPI (the baseline)
-        plain = subprocess.Popen([sys.executable, str(ROOT / "bench" / "serve_plain.py"), str(bundle_dir), "8431"])
+        plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(bundle_dir), "8431"])
         wait_ready("http://127.0.0.1:8431")
         p1 = wrk("http://127.0.0.1:8431", body, 1, args.duration)
         pc = wrk("http://127.0.0.1:8431", body, args.concurrency, args.duration)
