@@ -384,6 +384,11 @@ def _submit_batch_job(body: bytes, model: Any, settings: ServeConfig) -> Any:
     task = ray.remote(_run_batch_job).options(
         num_cpus=0, max_retries=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+    if len(_JOBS) >= 1000:  # forget finished jobs nobody polled (their status files stay)
+        done, _ = ray.wait(list(_JOBS.values()), num_returns=len(_JOBS), timeout=0)
+        finished = set(done)
+        for k in [k for k, r in _JOBS.items() if r in finished]:
+            _JOBS.pop(k)
     _JOBS[job_id] = task.remote(job_id, source, str(jobs), str(model.bundle.path), model.version)
     return JSONResponse({"job_id": job_id, "status": "running", "status_url": f"/predict/batch/{job_id}"}, status_code=202)
 
