@@ -11,6 +11,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from raygbm.bundle import METRICS_FILE, Bundle
 from raygbm.data import ROW_COL, SHARD_COL, LocalRunner, RayDataRunner
 from raygbm.errors import DataError
 from raygbm.registry import MODEL_FILE, PREPROCESSOR_FILE
-from raygbm.schema import check_shards
+from raygbm.schema import ShardSet, check_shards
 
 OUTPUT_COLUMNS = ("prediction", "score")
 
@@ -75,27 +77,39 @@ def predict_dataset(source: str, output: Path, bundle: Path, *, chunk_rows: int 
                     overwrite: bool = False, runner: RayDataRunner | LocalRunner | None = None) -> dict[str, Any]:
     """Score every row of ``source`` into the Parquet folder ``output``; returns rows, files and seconds."""
     t0 = time.perf_counter()
-    output = Path(output)
+    shards = _input_shards(source, Path(output), overwrite)
+    Bundle.load(bundle).check_columns(shards.schema)
+    with _staged(Path(output)) as staging:
+        written = (runner or RayDataRunner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
+    return {"rows": sum(int(w["rows"]) for w in written), "files": len(written), "seconds": time.perf_counter() - t0}
+
+
+def _input_shards(source: str, output: Path, overwrite: bool) -> ShardSet:
+    """The checked input shards of a scoring run, once ``output`` may be written."""
     if output.exists() and not overwrite:
         raise DataError(f"{output} already exists (use --overwrite to replace it)")
     shards = check_shards(source, label=None)
-    model = Bundle.load(bundle)
     clash = [c for c in OUTPUT_COLUMNS if c in shards.schema.names]
     if clash:
         raise DataError(f"{source}: input already has column(s) {', '.join(clash)}, which prediction adds")
-    model.check_columns(shards.schema)
+    return shards
+
+
+@contextmanager
+def _staged(output: Path) -> Iterator[Path]:
+    """A hidden staging folder beside ``output``, renamed to it only when the block succeeds (replacing
+    what was there); removed on any failure, so nothing half-written is ever at ``output``."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        written = (runner or RayDataRunner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
+        yield staging
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         os.rename(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"rows": sum(int(w["rows"]) for w in written), "files": len(written), "seconds": time.perf_counter() - t0}
 
 
 def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int = 100_000, overwrite: bool = False,
@@ -110,21 +124,12 @@ def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int
     import pyarrow.dataset as pads
 
     t0 = time.perf_counter()
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise DataError(f"{output} already exists (use --overwrite to replace it)")
-    shards = check_shards(source, label=None)
-    clash = [c for c in OUTPUT_COLUMNS if c in shards.schema.names]
-    if clash:
-        raise DataError(f"{source}: input already has column(s) {', '.join(clash)}, which prediction adds")
+    shards = _input_shards(source, Path(output), overwrite)
     headers = {"content-type": "application/vnd.apache.arrow.stream"}
     if os.environ.get("RAYGBM_ENDPOINT_TOKEN"):
         headers["authorization"] = f"Bearer {os.environ['RAYGBM_ENDPOINT_TOKEN']}"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     rows, files, version = 0, 0, None
-    try:
+    with _staged(Path(output)) as staging:
         for shard in shards.shards:
             f = shards.display_path(shard.path)
             for batch in pads.dataset(shard.path, format="parquet", filesystem=shards.filesystem).to_batches(batch_size=chunk_rows):
@@ -150,10 +155,4 @@ def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int
                 pq.write_table(out, staging / f"part-{files:05d}.parquet")
                 rows += out.num_rows
                 files += 1
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"rows": rows, "files": files, "seconds": time.perf_counter() - t0, "model_version": version}
