@@ -357,9 +357,9 @@ def drift_report(
             report = json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         _fail(f"cannot read {url}/drift: {getattr(exc, 'reason', exc)}")
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(drift_report_html(report))
-    tmp.rename(output)
+    from raygbm.paths import write_text_atomic
+
+    write_text_atomic(output, drift_report_html(report))
     verdicts = [w["verdict"] for w in report.get("windows", [])]
     typer.echo(f"{len(verdicts)} windows ({verdicts.count('drift')} with drift); report: {output.resolve()}")
 

@@ -107,8 +107,10 @@ class _Window:
 class DriftMonitorCore:
     """Accumulates served rows into windows and scores each closed window against the reference."""
 
-    def __init__(self, reference: dict[str, Any], names: list[str], config: MonitorConfig, fields: list[str] | None = None):
+    def __init__(self, reference: dict[str, Any], names: list[str], config: MonitorConfig, fields: list[str] | None = None,
+                 labels: dict[str, Any] | None = None):
         self.reference = reference
+        self.labels = labels or {}  # added to every closed window (e.g. its model version)
         self.names = names  # the model's features: the columns of ``features``
         self.fields = fields or []  # the request's raw fields: the columns of the ``missing`` mask
         self.config = config
@@ -241,6 +243,7 @@ class DriftMonitorCore:
         })
 
     def _closed(self, doc: dict[str, Any]) -> None:
+        doc.update(self.labels)
         self.closed.append(doc)
         if self.on_close is not None:
             self.on_close(doc)
@@ -299,10 +302,11 @@ class WindowLog:
     def save_meta(self, reference: dict[str, Any]) -> None:
         import json
 
+        from raygbm.paths import write_text_atomic
+
         (self.root / "rows").mkdir(parents=True, exist_ok=True)
-        tmp = self.root / ".meta.json.tmp"
-        tmp.write_text(json.dumps({"reference": reference, "names": self.names, "fields": self.fields}))
-        tmp.replace(self.root / "meta.json")
+        write_text_atomic(self.root / "meta.json",
+                          json.dumps({"reference": reference, "names": self.names, "fields": self.fields}))
 
     @staticmethod
     def load_meta(root: Path) -> dict[str, Any] | None:
@@ -467,7 +471,7 @@ class DriftMonitorActor:
         if self.log is not None:
             self.log.flush()
         self.version = version
-        self.core = DriftMonitorCore(reference, names, self.config, fields)
+        self.core = DriftMonitorCore(reference, names, self.config, fields, {"model_version": version})
         self.published = 0
         self.log = None
         root = self._root()
@@ -490,9 +494,9 @@ class DriftMonitorActor:
         self.published = max(self.core.index - 1, 0)  # a restarted actor's gauges show the latest window again
         self.core.on_rows, self.core.on_close = log.add_rows, log.add_window
         self.log = log
-        tmp = root / ".current.json.tmp"
-        tmp.write_text(json.dumps({"name": name, "version": version}))
-        tmp.replace(root / "current.json")
+        from raygbm.paths import write_text_atomic
+
+        write_text_atomic(root / "current.json", json.dumps({"name": name, "version": version}))
 
     def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None,
                 dropped: int = 0, ts: float | None = None) -> None:
@@ -508,8 +512,6 @@ class DriftMonitorActor:
 
     def _publish_closed(self) -> None:
         core, version = self.core, self.version
-        for w in core.closed:
-            w.setdefault("model_version", version)
         new = core.index - self.published
         for w in list(core.closed)[-new:] if new else []:  # in order: the gauges end on the latest
             self._publish(w, version)

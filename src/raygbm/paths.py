@@ -15,6 +15,14 @@ def runs_dir() -> Path:
     return home() / "runs"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden file beside ``path`` and rename it over ``path``: readers see the old
+    content or the new, never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     import hashlib

@@ -343,7 +343,8 @@ def _allowed_input(source: str, roots: list[str]) -> bool:
         return any(r.rstrip("/") and (source == r.rstrip("/") or source.startswith(r.rstrip("/") + "/"))
                    for r in roots if "://" in r)
     path = Path(source).resolve()
-    return any(path == Path(r).resolve() or Path(r).resolve() in path.parents for r in roots if "://" not in r)
+    allowed = [Path(r).resolve() for r in roots if "://" not in r]
+    return any(path == root or root in path.parents for root in allowed)
 
 
 def _submit_batch_job(body: bytes, model: Any, settings: ServeConfig) -> Any:
@@ -414,9 +415,9 @@ def _run_batch_job(job_id: str, source: str, jobs: str, bundle: str, version: st
 def _write_status(path: Path, doc: dict[str, Any]) -> None:
     import json
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    from raygbm.paths import write_text_atomic
+
+    write_text_atomic(path, json.dumps(doc))
 
 
 def _batch_job_status(job_id: str, settings: ServeConfig) -> Any:
