@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--replicas", type=int, default=1, help="endpoint replicas (one CPU each) behind the one URL")
     ap.add_argument("--monitor-rounds", type=int, default=3, help="off/on alternations for the monitor's cost")
     ap.add_argument("--monitor-set", action="append", default=[], metavar="KEY=VALUE",
                     help="monitor config overrides, e.g. log_sample_rate=0")
@@ -161,7 +162,7 @@ def main() -> None:
 
             enable_fast_ingress()
         ensure_ray(cfg.resources)
-        serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast")
+        serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast", num_replicas=args.replicas)
         import yaml
 
         monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in
@@ -213,7 +214,7 @@ def main() -> None:
         print(f"RESULT p50_ms={o1['p50_ms']:.3f} p99_ms={o1['p99_ms']:.3f} rps={oc['rps']:.0f} plain_rps={pc['rps']:.0f} "
               f"rps_ratio={oc['rps'] / pc['rps']:.3f} batch_ratio={batch_ratio:.3f} monitor_overhead={overhead:.3f} "
               f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
-              f"concurrency={args.concurrency} ingress={args.ingress}")
+              f"concurrency={args.concurrency} ingress={args.ingress} replicas={args.replicas} cpus={os.cpu_count()}")
     finally:
         if plain is not None:
             plain.terminate()

@@ -56,11 +56,14 @@ def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, An
     }
 
 
-def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any], token_sha256: str | None = None) -> Any:
+def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any], token_sha256: str | None = None,
+              code_version: str | None = None) -> Any:
     """The Serve application: one ingress deployment (autoscaled when ``serve.autoscaling`` is set).
 
     With ``token_sha256`` every route but the probes needs ``Authorization: Bearer <token>``; only the
     token's hash travels in the deployment's arguments (visible in Serve's config), never the token.
+    ``code_version`` (see :func:`code_version`) lets a later ``serve.run`` that changes only the model
+    reconfigure the live replicas instead of replacing them.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -320,7 +323,12 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                                  "request_schema": m.schema.json_schema(),
                                  "served_rows": self.served, "unseen_categories": self.unseen})
 
-    return ModelServer.options(user_config=model).bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"))
+    server = ModelServer.options(user_config=model)
+    if code_version:
+        # Ray 2.60 took ``version`` out of ``options()`` but still sends ``_version`` to the controller,
+        # which compares it to decide between reconfiguring live replicas and replacing them.
+        server._version = code_version
+    return server.bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"))
 
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -589,8 +597,27 @@ def deploy(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig
     if monitor_cfg.enabled:
         start_monitor(monitor_cfg)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    _run(build_app(serve_cfg, monitor_cfg, model, token))
+    _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
     return f"http://{serve_cfg.host}:{serve_cfg.port}"
+
+
+def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha256: str | None) -> str:
+    """What a replica is built from (raygbm's code, the serve and monitor config, the token's hash), hashed.
+
+    ``serve.run`` gives a deployment without an explicit version a random one, so every run would be a
+    rolling update: new replica processes, each reloading the model, and (with HAProxy) about 30 s of
+    draining the old ones. With this version a run that changes only ``user_config`` (the model) is a
+    lightweight update: Serve calls ``reconfigure`` on the live replicas.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    h.update(json.dumps([serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256],
+                        sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 def _run(app: Any) -> None:
@@ -611,7 +638,8 @@ def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorCo
     only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas. ``monitor_on``
     pauses or resumes drift monitoring the same way."""
     model = {**_model_config(registry_cfg, version), "monitor": monitor_on}
-    _run(build_app(serve_cfg, monitor_cfg, model, _token_sha256(serve_cfg)))
+    token = _token_sha256(serve_cfg)
+    _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
     return model["version"]
 
 

@@ -349,6 +349,7 @@ def test_model_swap_under_load_fails_no_request(served):
             status, out = _post("/predict", body)
             results.append((status, out.get("model_version", "")))
 
+    replicas_before = _model_server_actors()
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
@@ -369,6 +370,15 @@ def test_model_swap_under_load_fails_no_request(served):
     versions = [v for _, v in results]
     assert versions[0] == "1" and versions[-1] == "2"
     assert _get("/readyz")[1]["model_version"] == "2"
+    # The live replicas were reconfigured in place, not replaced by new processes (a rolling update).
+    assert _model_server_actors() == replicas_before
+
+
+def _model_server_actors() -> dict[str, str]:
+    """Every ModelServer replica actor this Ray has had, dead or alive: id → state."""
+    from ray.util.state import list_actors
+
+    return {a.actor_id: a.state for a in list_actors(limit=10_000) if "ModelServer" in a.class_name}
 
 
 def _fuzz_corpus(good: dict, seed: int = 0) -> list[tuple[bytes, dict[str, str]]]:

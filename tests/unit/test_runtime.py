@@ -24,3 +24,14 @@ def test_import_does_nothing():
     code = "import raygbm, raygbm.cli, raygbm.data, raygbm.features, raygbm.schema, sys; print('ray' in sys.modules and __import__('ray').is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False"
+
+
+def test_code_version_changes_with_what_replicas_are_built_from_only():
+    from raygbm.config import MonitorConfig, ServeConfig
+    from raygbm.serve import code_version
+
+    base = code_version(ServeConfig(), MonitorConfig(), None)
+    assert base == code_version(ServeConfig(), MonitorConfig(), None)  # a model swap keeps the replicas
+    assert len({base, code_version(ServeConfig(max_rows=10), MonitorConfig(), None),
+                code_version(ServeConfig(), MonitorConfig(window_size=50), None),
+                code_version(ServeConfig(), MonitorConfig(), "ab" * 32)}) == 4
