@@ -256,6 +256,9 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a lone request waits for others to batch with (0: requests that arrive "
         "while a batch is being scored form the next one)")
+    champion_poll_s: float = Field(
+        10.0, ge=0, description="replicas serving the champion check the registry's alias this often and switch "
+        "to a newly promoted version without downtime; 0: only a redeploy changes the model")
     num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     fast_ingress: bool = Field(

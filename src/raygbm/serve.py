@@ -8,7 +8,9 @@
   metrics, request schema with allowed categories), OpenAPI at ``/docs``.
 - Model swaps: the model to serve is the deployment's ``user_config`` (name, version, pinned manifest
   hash); changing it calls ``reconfigure`` on each replica in place, which loads and verifies the new
-  bundle before switching, so requests in flight finish on the old model and none fail.
+  bundle before switching, so requests in flight finish on the old model and none fail. Deployed as
+  "the champion", replicas also poll the registry's alias (``serve.champion_poll_s``) and switch the
+  same way when a promotion moves it.
 - Hardening: bodies over ``max_body_bytes`` get 413 (checked on Content-Length and while reading, Serve
   itself has no limit); invalid input gets 4xx with a message that never echoes the input; every
   request has a time budget (``request_timeout_s``) enforced in the handler, whatever timeout header
@@ -53,6 +55,8 @@ def _model_config(registry_cfg: Any, version: str | None = None) -> dict[str, An
         "manifest_sha256": ref.tags.get("manifest_sha256"),
         "tracking_uri": tracking_uri(),
         "home": str(home().resolve()),
+        # Deployed as "the champion": replicas keep following the alias (serve.champion_poll_s).
+        "follow": version is None or version == "champion",
     }
 
 
@@ -145,15 +149,76 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self._flusher: Any = None
             self._batched.set_max_batch_size(self.settings.max_batch_size)
             self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+            import threading
+
+            self._switch_lock = threading.Lock()
+            self.user_config: dict[str, Any] = {}
+            self.champion_check: dict[str, Any] = {"checked_at": None, "error": None}
+            if self.settings.champion_poll_s > 0:
+                # A thread, not a task on Serve's event loop: registry calls and model loading block, and
+                # requests must keep being answered by the current model meanwhile.
+                threading.Thread(target=self._follow_champion, name="raygbm-champion", daemon=True).start()
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
             """Load (and verify) the named model, then switch to it: in-flight requests keep the old one.
-            ``monitor: false`` pauses sending to the drift monitor without restarting replicas."""
+            ``monitor: false`` pauses sending to the drift monitor without restarting replicas;
+            ``follow: true`` (deployed as "the champion") keeps following the registry's alias."""
             self.monitor_on = self.monitor is not None and bool(user_config.get("monitor", True))
-            if user_config.get("version") == self.version:
-                return
-            self.model = _load_model(user_config, self.settings)
-            self.version = user_config["version"]
+            if user_config.get("follow") and self.settings.champion_poll_s > 0:
+                # A replica started after a promotion (autoscaling, a restart) gets the deployment's
+                # original user_config: start on the alias's current version, like its peers.
+                user_config = self._current_champion(user_config)
+            with self._switch_lock:
+                self.user_config = user_config
+                if user_config.get("version") != self.version:
+                    self._switch(_load_model(user_config, self.settings))
+
+        def _current_champion(self, user_config: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
+            """``user_config`` pointed at the registry's current champion (unchanged if there is none)."""
+            from raygbm.config import RegistryConfig
+            from raygbm.registry import Registry
+
+            key = (user_config["model_name"], user_config["tracking_uri"])
+            try:
+                if getattr(self, "_registry_key", None) != key:
+                    self._registry = Registry(RegistryConfig(model_name=key[0]), uri=key[1])
+                    self._registry_key = key
+                ref = self._registry.get(None)
+            except Exception:
+                if not quiet:
+                    raise
+                return user_config  # unreachable registry: serve what was deployed; the follower retries
+            if ref is None or ref.version == user_config.get("version"):
+                return user_config
+            return {**user_config, "version": ref.version, "manifest_sha256": ref.tags.get("manifest_sha256")}
+
+        def _follow_champion(self) -> None:
+            """Every ``serve.champion_poll_s``: when this replica serves "the champion" and the registry's
+            alias has moved, load and verify that version beside the current one, then switch (no request
+            fails: a request holds the model it started with). A failed check keeps the current model and
+            shows in ``GET /model``."""
+            import time
+
+            while True:
+                time.sleep(self.settings.champion_poll_s)
+                uc = self.user_config
+                if not uc.get("follow"):
+                    continue
+                try:
+                    target = self._current_champion(uc, quiet=False)
+                    if target["version"] != self.version:
+                        model = _load_model(target, self.settings)
+                        with self._switch_lock:
+                            if self.user_config is uc:  # no redeploy or pinning happened meanwhile
+                                self.user_config = target
+                                self._switch(model)
+                    self.champion_check = {"checked_at": time.time(), "error": None}
+                except Exception as exc:  # keep serving the current model; report why the check failed
+                    self.champion_check = {"checked_at": time.time(), "error": f"{type(exc).__name__}: {exc}"}
+
+        def _switch(self, model: Any) -> None:
+            self.model = model
+            self.version = model.version
             served["schema"] = self.model.schema
             api.openapi_schema = None  # regenerate /docs for the new model
             if self.monitor is not None and self.model.reference is not None:
@@ -321,7 +386,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             return JSONResponse({"name": m.name, "version": m.version, "task": b.task, "metrics": b.metrics,
                                  "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
                                  "request_schema": m.schema.json_schema(),
-                                 "served_rows": self.served, "unseen_categories": self.unseen})
+                                 "served_rows": self.served, "unseen_categories": self.unseen,
+                                 "follows_champion": bool(self.user_config.get("follow")) and self.settings.champion_poll_s > 0,
+                                 "champion_check": self.champion_check})
 
     server = ModelServer.options(user_config=model)
     if code_version:

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 PORT = 8123
 URL = f"http://127.0.0.1:{PORT}"
 # Parquet jobs may read pytest's temporary folders (the data these tests generate) and nothing else.
-SERVE = ServeConfig(port=PORT, max_rows=2000, max_body_bytes=2_000_000, batch_input_roots=[tempfile.gettempdir()])
+SERVE = ServeConfig(port=PORT, max_rows=2000, max_body_bytes=2_000_000, batch_input_roots=[tempfile.gettempdir()],
+                    champion_poll_s=1.0)
 MONITOR = MonitorConfig(window_size=500)
 
 
@@ -336,8 +337,10 @@ def test_schemathesis_from_openapi_finds_no_server_error(served):
     assert len(statuses) >= 200 and any(400 <= s < 500 for s in statuses)
 
 
-def test_model_swap_under_load_fails_no_request(served):
-    meta, _, _ = served
+def _switch_under_load(meta, change, version: str, threads: int = 4) -> list[tuple[int, str]]:
+    """Requests from ``threads`` clients while ``change()`` runs, until ``version`` answers: (status, version) each."""
+    import time
+
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     body = json.dumps(_records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 20), fields)).encode()
@@ -349,29 +352,55 @@ def test_model_swap_under_load_fails_no_request(served):
             status, out = _post("/predict", body)
             results.append((status, out.get("model_version", "")))
 
-    replicas_before = _model_server_actors()
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
+    clients = [threading.Thread(target=load) for _ in range(threads)]
+    for t in clients:
         t.start()
     try:
-        assert swap_model(RegistryConfig(), SERVE, MONITOR, "2") == "2"
-        import time
-
+        time.sleep(0.5)
+        change()
         deadline = time.time() + 60
-        while not any(v == "2" for _, v in results[-20:]):
-            assert time.time() < deadline, "the swap never reached the replicas"
+        while not any(v == version for _, v in results[-20:]):
+            assert time.time() < deadline, f"v{version} never reached the replicas"
             time.sleep(0.2)
         time.sleep(1)
     finally:
         stop.set()
-        for t in threads:
+        for t in clients:
             t.join()
     assert results and all(s == 200 for s, _ in results), [r for r in results if r[0] != 200][:5]
-    versions = [v for _, v in results]
-    assert versions[0] == "1" and versions[-1] == "2"
+    return results
+
+
+def test_model_swap_under_load_fails_no_request(served):
+    meta, _, _ = served
+    replicas_before = _model_server_actors()
+    results = _switch_under_load(meta, lambda: swap_model(RegistryConfig(), SERVE, MONITOR, "2"), "2")
+    assert results[0][1] == "1" and results[-1][1] == "2"
     assert _get("/readyz")[1]["model_version"] == "2"
     # The live replicas were reconfigured in place, not replaced by new processes (a rolling update).
     assert _model_server_actors() == replicas_before
+
+
+def test_replicas_follow_the_champion_alias_under_load(served):
+    """Deployed as "the champion", the replicas switch by themselves when the alias moves (no redeploy),
+    with no failed request; a pinned version stops following."""
+    import time
+
+    meta, _, _ = served
+    reg = Registry()
+    reg.promote(reg.get("1"))
+    swap_model(RegistryConfig(), SERVE, MONITOR)  # the champion again, after the pinned swap above
+    status, info = _get("/model")
+    assert status == 200 and info["version"] == "1" and info["follows_champion"] is True
+    results = _switch_under_load(meta, lambda: reg.promote(reg.get("2")), "2", threads=3)
+    assert results[0][1] == "1" and results[-1][1] == "2"
+    info = _get("/model")[1]
+    assert info["champion_check"]["error"] is None and info["champion_check"]["checked_at"] is not None
+
+    swap_model(RegistryConfig(), SERVE, MONITOR, "1")  # pinned: the alias (still v2) is no longer followed
+    time.sleep(3)
+    info = _get("/model")[1]
+    assert info["version"] == "1" and info["follows_champion"] is False
 
 
 def _model_server_actors() -> dict[str, str]:
