@@ -35,7 +35,7 @@ from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfi
 from raygbm.errors import DataError, RaygbmError
 from raygbm.features import Preprocessor, add_derived
 from raygbm.paths import runs_dir, sha256_file
-from raygbm.schema import DatasetSchema, Shard, ShardSet, check_shards, infer_schema
+from raygbm.schema import DatasetSchema, ShardSet, check_shards, infer_schema
 from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
 from raygbm.stats import CategoricalStats, NumericStats, TableStats
 

@@ -21,7 +21,6 @@ from raygbm.bundle import METRICS_FILE, Bundle
 from raygbm.config import EvaluateConfig, PipelineConfig, RegistryConfig, ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
 from raygbm.evaluate import (
-    Evaluation,
     better,
     card_html,
     evaluate_model,
@@ -34,7 +33,6 @@ from raygbm.evaluate import (
 from raygbm.paths import home
 from raygbm.registry import (
     BUNDLE_PATH,
-    MANIFEST_FILE,
     MODEL_FILE,
     PREPROCESSOR_FILE,
     ModelRef,

@@ -163,8 +163,6 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
 def test_batch_job_over_a_parquet_folder_writes_every_row_scored(served, tmp_path):
     import time
 
-    import pyarrow as pa
-
     data = make_shards(tmp_path / "in", rows=6000, shards=3, seed=11)
     status, job = _post("/predict/batch", json.dumps({"input": str(data)}).encode())
     assert status == 202, job

@@ -9,7 +9,6 @@ import pytest
 from raygbm.config import DataConfig, SplitConfig
 from raygbm.errors import DataError
 from raygbm.schema import check_shards, infer_schema, list_shards
-from tests.conftest import make_shards
 
 
 def _retype(path: Path, column: str, type_: pa.DataType) -> None:
