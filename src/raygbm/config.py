@@ -256,6 +256,8 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a lone request waits for others to batch with (0: requests that arrive "
         "while a batch is being scored form the next one)")
+    access_log: bool = Field(
+        False, description="Serve's per-request access log in the replica logs (costs throughput and tail latency)")
     champion_poll_s: float = Field(
         10.0, ge=0, description="replicas serving the champion check the registry's alias this often and switch "
         "to a newly promoted version without downtime; 0: only a redeploy changes the model")

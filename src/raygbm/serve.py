@@ -129,6 +129,10 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
         health_check_period_s=2,
+        # Serve writes an access-log line per request from the replica's event loop, buffered and flushed
+        # 1,000 at a time with a rollover check per line: a ~20-30 ms stall of every request in flight,
+        # once a second at 1,000 requests/s (the p99 at concurrency 1). Off unless asked for.
+        logging_config={"enable_access_log": serve_cfg.access_log},
         **({"autoscaling_config": serve_cfg.autoscaling.model_dump()} if serve_cfg.autoscaling
            else {"num_replicas": serve_cfg.num_replicas}),
     )
