@@ -401,6 +401,18 @@ def test_replicas_follow_the_champion_alias_under_load(served):
     assert info["version"] == "1" and info["follows_champion"] is False
 
 
+def test_replicas_write_no_access_log_by_default(served):
+    """serve.access_log is off: Serve's per-request log lines (and their once-a-second flush stalls)
+    never reach the replica logs, while the replicas still log (their startup lines)."""
+    import ray
+
+    assert _post("/predict", b"{}")[0] == 422 and _get("/model")[0] == 200
+    logs = list((Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve").glob("replica_raygbm_ModelServer_*.log"))
+    assert logs and any(p.stat().st_size > 0 for p in logs)
+    lines = [ln for p in logs for ln in p.read_text(errors="replace").splitlines()]
+    assert not [ln for ln in lines if "POST /predict" in ln or "GET /model" in ln], lines[-3:]
+
+
 def _model_server_actors() -> dict[str, str]:
     """Every ModelServer replica actor this Ray has had, dead or alive: id → state."""
     from ray.util.state import list_actors
