@@ -667,7 +667,9 @@ def deploy(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig
     token = _token_sha256(serve_cfg)
     if monitor_cfg.enabled:
         start_monitor(monitor_cfg)
-    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+    # The proxy logs every request too (see the deployment's logging_config).
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port},
+                logging_config={"enable_access_log": serve_cfg.access_log})
     _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
     return f"http://{serve_cfg.host}:{serve_cfg.port}"
 
