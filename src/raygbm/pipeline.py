@@ -218,14 +218,14 @@ def evaluate_and_register(
         if tuning:
             registry.log(parent, params={"tune_trials": len(tuning.trials), "tune_mode": tuning.trial_mode},
                          metrics={"tune_best_score": tuning.best_score, "tune_wall_s": tuning.wall_s})
-        if trained.comparison:
-            registry.log(parent, params={"kept": trained.comparison["kept"]},
-                         metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
             for t in tuning.trials:
                 child = registry.start_run(f"trial {t['trial_id']}", tags={"raygbm.status": t["status"]}, parent=parent)
                 registry.log(child, params=t["params"], metrics={"score": t["score"] or float("nan"), "iterations": t["iterations"]})
                 registry.log_history(child, "validation_score", t["history"])
                 registry.end_run(child)
+        if trained.comparison:
+            registry.log(parent, params={"kept": trained.comparison["kept"]},
+                         metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
         ref = registry.register(parent, manifest_sha, {"task": meta.task, "gate_metric": metric,
                                                         f"test_{metric}": f"{new_value:.6g}", "decision": decision})
         card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,

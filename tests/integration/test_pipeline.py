@@ -71,6 +71,18 @@ def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(t
     assert reg.get().version == "1"
 
 
+def test_every_trial_is_logged_without_the_defaults_comparison(tmp_path, home):
+    data = make_shards(tmp_path / "data", rows=20_000, shards=2, seed=5)
+    cfg = load_config(None, ["data.drop=[id]", "tune.trials=2", "tune.compare_defaults=false",
+                             "train.num_boost_round=40"], {"data.source": str(data), "data.label": "label"})
+    outcome, tuning = run_pipeline(cfg)
+    client = Registry().client
+    parent = client.get_run(outcome.run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
+    assert len(tuning.trials) == 2 and len(children) == 2
+    assert "kept" not in parent.data.params and not (outcome.bundle / "defaults_comparison.json").exists()
+
+
 def test_breast_cancer_with_cross_validation(tmp_path, home):
     from sklearn.datasets import load_breast_cancer
 
