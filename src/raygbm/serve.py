@@ -158,6 +158,8 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             self._switch_lock = threading.Lock()
             self.user_config: dict[str, Any] = {}
             self.champion_check: dict[str, Any] = {"checked_at": None, "error": None}
+            self._registry: Any = None  # the registry the follower reads, for (model name, tracking URI) ...
+            self._registry_key: tuple[str, str] | None = None  # ... this key
             if self.settings.champion_poll_s > 0:
                 # A thread, not a task on Serve's event loop: registry calls and model loading block, and
                 # requests must keep being answered by the current model meanwhile.
@@ -168,7 +170,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             ``monitor: false`` pauses sending to the drift monitor without restarting replicas;
             ``follow: true`` (deployed as "the champion") keeps following the registry's alias."""
             self.monitor_on = self.monitor is not None and bool(user_config.get("monitor", True))
-            if user_config.get("follow") and self.settings.champion_poll_s > 0:
+            if self._follows(user_config):
                 # A replica started after a promotion (autoscaling, a restart) gets the deployment's
                 # original user_config: start on the alias's current version, like its peers.
                 user_config = self._current_champion(user_config)
@@ -177,6 +179,9 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                 if user_config.get("version") != self.version:
                     self._switch(_load_model(user_config, self.settings))
 
+        def _follows(self, user_config: dict[str, Any]) -> bool:
+            return bool(user_config.get("follow")) and self.settings.champion_poll_s > 0
+
         def _current_champion(self, user_config: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
             """``user_config`` pointed at the registry's current champion (unchanged if there is none)."""
             from raygbm.config import RegistryConfig
@@ -184,7 +189,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
 
             key = (user_config["model_name"], user_config["tracking_uri"])
             try:
-                if getattr(self, "_registry_key", None) != key:
+                if self._registry_key != key:
                     self._registry = Registry(RegistryConfig(model_name=key[0]), uri=key[1])
                     self._registry_key = key
                 ref = self._registry.get(None)
@@ -206,7 +211,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
             while True:
                 time.sleep(self.settings.champion_poll_s)
                 uc = self.user_config
-                if not uc.get("follow"):
+                if not self._follows(uc):
                     continue
                 try:
                     target = self._current_champion(uc, quiet=False)
@@ -391,7 +396,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
                                  "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
                                  "request_schema": m.schema.json_schema(),
                                  "served_rows": self.served, "unseen_categories": self.unseen,
-                                 "follows_champion": bool(self.user_config.get("follow")) and self.settings.champion_poll_s > 0,
+                                 "follows_champion": self._follows(self.user_config),
                                  "champion_check": self.champion_check})
 
     server = ModelServer.options(user_config=model)
@@ -670,7 +675,7 @@ def deploy(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig
     # The proxy logs every request too (see the deployment's logging_config).
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port},
                 logging_config={"enable_access_log": serve_cfg.access_log})
-    _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
+    _run_pinned(serve_cfg, monitor_cfg, model, token)
     return f"http://{serve_cfg.host}:{serve_cfg.port}"
 
 
@@ -693,6 +698,12 @@ def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha25
     return h.hexdigest()[:16]
 
 
+def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any], token: str | None) -> None:
+    """``serve.run`` of the app under its :func:`code_version`, so a run that changes only the model
+    reconfigures the live replicas."""
+    _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
+
+
 def _run(app: Any) -> None:
     """``serve.run``, with a failed deployment reported as one line (the replica's own error)."""
     from ray import serve
@@ -711,8 +722,7 @@ def swap_model(registry_cfg: Any, serve_cfg: ServeConfig, monitor_cfg: MonitorCo
     only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas. ``monitor_on``
     pauses or resumes drift monitoring the same way."""
     model = {**_model_config(registry_cfg, version), "monitor": monitor_on}
-    token = _token_sha256(serve_cfg)
-    _run(build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token)))
+    _run_pinned(serve_cfg, monitor_cfg, model, _token_sha256(serve_cfg))
     return model["version"]
 
 

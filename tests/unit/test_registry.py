@@ -1,7 +1,6 @@
 """MLflow tracking + registry on an embedded sqlite store, the champion gate, bundles and batch
 prediction through the local (no-Ray) runner."""
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
