@@ -73,7 +73,7 @@ def plain_server(bundle_dir: str, port: int) -> None:
     from fastapi.responses import JSONResponse
 
     from raygbm.bundle import Bundle
-    from raygbm.request import RequestError, RequestSchema
+    from raygbm.serving.request import RequestError, RequestSchema
 
     bundle = Bundle.load(Path(bundle_dir))
     schema = RequestSchema(bundle.preprocessor, 1000)
@@ -121,7 +121,7 @@ def main() -> None:
     from raygbm.pipeline import Trained, evaluate_and_register
     from raygbm.registry import Registry, local_bundle
     from raygbm.runtime import ensure_ray
-    from raygbm.serve import deploy, swap_model
+    from raygbm.serving.deploy import deploy, swap_model
     from raygbm.split import RAW_TEST
     from raygbm.train import RunMeta, train_in_process
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from raygbm.monitor import drift_report_html
     from raygbm.paths import home
     from raygbm.runtime import ensure_ray
-    from raygbm.serve import deploy
+    from raygbm.serving.deploy import deploy
     from raygbm.split import RAW_TEST
 
     try:

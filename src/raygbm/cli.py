@@ -308,7 +308,7 @@ def serve(
     """Deploy a registered model (default: the champion) as the HTTP endpoint and print its URL."""
     import os
 
-    from raygbm.serve import deploy
+    from raygbm.serving.deploy import deploy
 
     try:
         cfg = _config(config, set_, None, None, None, **{"serve.host": host, "serve.port": port})

@@ -21,10 +21,11 @@ from raygbm.data import preprocess
 from raygbm.pipeline import Trained, evaluate_and_register
 from raygbm.registry import Registry, local_bundle
 from raygbm.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
-from raygbm.serve import deploy, swap_model
+from raygbm.serving.deploy import MONITOR_ACTOR, deploy, swap_model
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards
+from tests.helpers import raygbm_home, wait_until
 
 pytestmark = pytest.mark.slow
 PORT = 8123
@@ -71,32 +72,53 @@ def served(tmp_path_factory):
 
     from ray import serve
 
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("RAYGBM_HOME")
-    os.environ["RAYGBM_HOME"] = str(home)
-    data = make_shards(tmp_path_factory.mktemp("data"), rows=80_000, shards=3, seed=4)
-    cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
-                      {"data.source": str(data), "data.label": "label"})
-    meta = RunMeta.load(preprocess(cfg).run_dir)
-    for rounds in (40, 80):  # v1 (champion), v2 (its own, registered as candidate or champion)
-        train = TrainConfig(num_boost_round=rounds, early_stopping_rounds=None)
-        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
-                              EvaluateConfig(permutation_rows=500), RegistryConfig(), None)
-    Registry().promote(Registry().get("1"))
-    url = deploy(RegistryConfig(), SERVE, MONITOR)
-    yield meta, url, tmp_path_factory.mktemp("drifted")
-    serve.shutdown()
-    import ray
+    with raygbm_home(tmp_path_factory.mktemp("home")):
+        data = make_shards(tmp_path_factory.mktemp("data"), rows=80_000, shards=3, seed=4)
+        cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
+                          {"data.source": str(data), "data.label": "label"})
+        meta = RunMeta.load(preprocess(cfg).run_dir)
+        for rounds in (40, 80):  # v1 (champion), v2 (its own, registered as candidate or champion)
+            train = TrainConfig(num_boost_round=rounds, early_stopping_rounds=None)
+            evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                                  EvaluateConfig(permutation_rows=500), RegistryConfig(), None)
+        Registry().promote(Registry().get("1"))
+        url = deploy(RegistryConfig(), SERVE, MONITOR, "1")
+        try:
+            yield meta, url, tmp_path_factory.mktemp("drifted")
+        finally:
+            serve.shutdown()
+            import ray
 
-    ray.kill(ray.get_actor("raygbm-drift-monitor", namespace="raygbm"))
-    if old is None:
-        os.environ.pop("RAYGBM_HOME", None)
-    else:
-        os.environ["RAYGBM_HOME"] = old
+            ray.kill(ray.get_actor(MONITOR_ACTOR, namespace="raygbm"))
+
+
+def _serving(version: str) -> None:
+    """Each test states the model it needs: pin ``version`` (a no-op when it is already pinned)."""
+    swap_model(RegistryConfig(), SERVE, MONITOR, version)
+    wait_until(lambda: _get("/model")[1].get("version") == version, 30, message=f"v{version} serving")
+
+
+def _job_done(job: dict, timeout: float) -> dict:
+    """The status document of a Parquet job once it stopped running."""
+    def finished() -> dict | None:
+        doc = _get(job["status_url"])[1]
+        return doc if doc["status"] != "running" else None
+
+    return wait_until(finished, timeout, interval=0.5, message=f"batch job {job['job_id']}")
+
+
+def _drift_when(cond, timeout: float = 30) -> dict:
+    """GET /drift once ``cond(report)`` holds (the monitor is fed asynchronously)."""
+    def report() -> dict | None:
+        status, doc = _get("/drift")
+        return doc if status == 200 and cond(doc) else None
+
+    return wait_until(report, timeout, interval=0.2, message="the drift report")
 
 
 def test_http_scores_equal_the_batch_path_on_10k_rows(served):
     meta, _, _ = served
+    _serving("1")
     assert _get("/healthz") == (200, {"status": "ok"})
     status, ready = _get("/readyz")
     assert status == 200 and ready["model_version"] == "1"
@@ -138,6 +160,7 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
     import pyarrow.csv as pacsv
 
     meta, _, _ = served
+    _serving("1")
     raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
     ref, path = local_bundle(Registry(), "1")
     expected = Bundle.load(path).scores(Bundle.load(path).features(raw))
@@ -161,15 +184,11 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
 
 
 def test_batch_job_over_a_parquet_folder_writes_every_row_scored(served, tmp_path):
-    import time
-
+    _serving("1")
     data = make_shards(tmp_path / "in", rows=6000, shards=3, seed=11)
     status, job = _post("/predict/batch", json.dumps({"input": str(data)}).encode())
     assert status == 202, job
-    deadline = time.time() + 120
-    while (doc := _get(job["status_url"])[1])["status"] == "running":
-        assert time.time() < deadline, doc
-        time.sleep(0.5)
+    doc = _job_done(job, 120)
     assert doc["status"] == "succeeded", doc
     assert doc["rows"] == 6000 and doc["model_version"] == "1"
     first_output = doc["output"]
@@ -191,10 +210,7 @@ def test_batch_job_over_a_parquet_folder_writes_every_row_scored(served, tmp_pat
     (bad / "part-0.parquet").write_bytes(b"PAR1 this is not parquet")
     status, job = _post("/predict/batch", json.dumps({"input": str(bad)}).encode())
     assert status == 202
-    deadline = time.time() + 60
-    while (doc := _get(job["status_url"])[1])["status"] == "running":
-        assert time.time() < deadline, doc
-        time.sleep(0.5)
+    doc = _job_done(job, 60)
     assert doc["status"] == "failed" and "part-0.parquet" in doc["error"], doc
     jobs = Path(first_output).parent  # nothing half-written from the failed job
     assert not (jobs / job["job_id"]).exists() and not [p for p in jobs.iterdir() if "staging" in p.name]
@@ -226,9 +242,8 @@ def test_bad_requests_get_4xx_never_5xx(served):
 
 
 def test_drift_windows_flag_only_the_shifted_features(served):
-    import time
-
     meta, _, tmp = served
+    _serving("1")
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     before = _get("/drift")[1]
@@ -244,10 +259,7 @@ def test_drift_windows_flag_only_the_shifted_features(served):
     drifted = _records(pq.read_table(drifted_dir).take(list(range(0, 60_000, 60))), fields)
     for i in range(0, len(drifted), 250):
         assert _post("/predict", json.dumps(drifted[i:i + 250]).encode())[0] == 200
-    deadline = time.time() + 30
-    while len((report := _get("/drift")[1])["windows"]) < start + 4:  # the monitor is fed asynchronously
-        assert time.time() < deadline, report
-        time.sleep(0.2)
+    report = _drift_when(lambda r: len(r["windows"]) >= start + 4)
     windows = report["windows"][start:start + 4]
     assert [w["verdict"] for w in windows] == ["ok", "ok", "drift", "drift"], [w["drifted_features"] for w in windows]
     expected = set(DRIFT_SHIFTED_NUMERIC + DRIFT_SHIFTED_CATEGORICAL)
@@ -261,53 +273,39 @@ def test_drift_windows_flag_only_the_shifted_features(served):
     import ray
 
     port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
-    deadline = time.time() + 60
-    while True:
+
+    def flags() -> tuple[str, list[str]] | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
-        flags = [ln for ln in text.splitlines() if ln.startswith("ray_raygbm_drift_flag{") and 'model_version="1"' in ln]
-        if any('feature="num_1"' in ln and ln.endswith(" 1.0") for ln in flags):
-            break
-        assert time.time() < deadline, [ln for ln in text.splitlines() if "raygbm" in ln][:10]
-        time.sleep(1)
+        found = [ln for ln in text.splitlines() if ln.startswith("ray_raygbm_drift_flag{") and 'model_version="1"' in ln]
+        return (text, found) if any('feature="num_1"' in ln and ln.endswith(" 1.0") for ln in found) else None
+
+    text, flags = wait_until(flags, 60, interval=1, message="num_1's drift flag in Prometheus")
     assert any('feature="num_5"' in ln and ln.endswith(" 0.0") for ln in flags)
     assert "ray_raygbm_monitor_rows_total" in text
 
 
 def test_drift_windows_survive_a_monitor_crash(served):
-    import time
-
     import ray
 
     meta, _, _ = served
+    _serving("1")
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     raw = pq.read_table(meta.run_dir / RAW_TEST)
     before = _get("/drift")[1]
     n = 500 + 500 - before["open_window_rows"] - 200  # one more closed window and 300 rows in the open one
     assert _post("/predict", json.dumps(_records(raw.slice(0, n), fields)).encode())[0] == 200
-    deadline = time.time() + 30
-    while (before := _get("/drift")[1])["open_window_rows"] != 300:
-        assert time.time() < deadline, before
-        time.sleep(0.2)
+    before = _drift_when(lambda r: r["open_window_rows"] == 300)
     assert before["log_dir"] and before["rows_seen"] > 1000
     # A crash of the monitor's process: Ray restarts the actor, which reloads its log.
-    ray.kill(ray.get_actor("raygbm-drift-monitor", namespace="raygbm"), no_restart=False)
-    deadline = time.time() + 60
-    while True:
-        status, after = _get("/drift")
-        if status == 200 and after.get("restored_rows") == 300:
-            break
-        assert time.time() < deadline, (status, after)
-        time.sleep(0.5)
+    ray.kill(ray.get_actor(MONITOR_ACTOR, namespace="raygbm"), no_restart=False)
+    after = _drift_when(lambda r: r.get("restored_rows") == 300, 60)  # 503 while Ray restarts it
     assert after["windows"] == before["windows"] and after["open_window_rows"] == 300
     assert after["rows_seen"] == before["rows_seen"]
     # And it keeps counting: the restored open window closes after 200 more rows.
     assert _post("/predict", json.dumps(_records(raw.slice(n, 200), fields)).encode())[0] == 200
-    deadline = time.time() + 30
-    while len((report := _get("/drift")[1])["windows"]) == len(before["windows"]):
-        assert time.time() < deadline, report
-        time.sleep(0.2)
+    report = _drift_when(lambda r: len(r["windows"]) > len(before["windows"]))
     assert report["windows"][-1]["rows"] == 500 and report["windows"][-1]["index"] == before["windows"][-1]["index"] + 1
 
 
@@ -337,8 +335,6 @@ def test_schemathesis_from_openapi_finds_no_server_error(served):
 
 def _switch_under_load(meta, change, version: str, threads: int = 4) -> list[tuple[int, str]]:
     """Requests from ``threads`` clients while ``change()`` runs, until ``version`` answers: (status, version) each."""
-    import time
-
     _, info = _get("/model")
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
     body = json.dumps(_records(pq.read_table(meta.run_dir / RAW_TEST).slice(0, 20), fields)).encode()
@@ -354,13 +350,12 @@ def _switch_under_load(meta, change, version: str, threads: int = 4) -> list[tup
     for t in clients:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: len(results) >= 2 * threads, 30, message="answers before the change")
         change()
-        deadline = time.time() + 60
-        while not any(v == version for _, v in results[-20:]):
-            assert time.time() < deadline, f"v{version} never reached the replicas"
-            time.sleep(0.2)
-        time.sleep(1)
+        wait_until(lambda: any(v == version for _, v in results[-20:]), 60, interval=0.2,
+                   message=f"v{version} reaching the replicas")
+        switched = len(results)
+        wait_until(lambda: len(results) >= switched + 10 * threads, 30, message="answers after the change")
     finally:
         stop.set()
         for t in clients:
@@ -371,6 +366,7 @@ def _switch_under_load(meta, change, version: str, threads: int = 4) -> list[tup
 
 def test_model_swap_under_load_fails_no_request(served):
     meta, _, _ = served
+    _serving("1")
     replicas_before = _model_server_actors()
     results = _switch_under_load(meta, lambda: swap_model(RegistryConfig(), SERVE, MONITOR, "2"), "2")
     assert results[0][1] == "1" and results[-1][1] == "2"
@@ -382,8 +378,6 @@ def test_model_swap_under_load_fails_no_request(served):
 def test_replicas_follow_the_champion_alias_under_load(served):
     """Deployed as "the champion", the replicas switch by themselves when the alias moves (no redeploy),
     with no failed request; a pinned version stops following."""
-    import time
-
     meta, _, _ = served
     reg = Registry()
     reg.promote(reg.get("1"))
@@ -396,9 +390,19 @@ def test_replicas_follow_the_champion_alias_under_load(served):
     assert info["champion_check"]["error"] is None and info["champion_check"]["checked_at"] is not None
 
     swap_model(RegistryConfig(), SERVE, MONITOR, "1")  # pinned: the alias (still v2) is no longer followed
-    time.sleep(3)
-    info = _get("/model")[1]
-    assert info["version"] == "1" and info["follows_champion"] is False
+    # A steady state, not an event: v1 must hold through several of the follower's polls (champion_poll_s 1 s).
+    polls = [_get("/model")[1] for _ in _for_seconds(3 * SERVE.champion_poll_s)]
+    assert polls and all(p["version"] == "1" and p["follows_champion"] is False for p in polls), polls[-1]
+
+
+def _for_seconds(seconds: float, interval: float = 0.25):
+    """Yield every ``interval`` seconds until ``seconds`` have passed (a check that must hold throughout)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield
+        time.sleep(interval)
 
 
 def test_replicas_write_no_access_log_by_default(served):
@@ -474,11 +478,12 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
 
     from raygbm.cli import app
 
+    _serving("2")
+    version = "2"
     data = make_shards(tmp_path / "in", rows=3000, shards=2, seed=12)
     out = tmp_path / "scored"
     result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(data), "--output", str(out)])
     assert result.exit_code == 0, result.output
-    version = _get("/model")[1]["version"]  # whichever the swap test left serving
     assert f"scored 3,000 rows with model v{version} " in result.output
     scored = pq.read_table(out).sort_by("id")
     src = pq.read_table(data).sort_by("id")
@@ -497,24 +502,19 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
 def test_batch_job_whose_worker_dies_is_reported_failed(served, tmp_path):
     import os
     import signal
-    import time
 
     from ray.util.state import list_tasks
 
     data = make_shards(tmp_path / "in", rows=400_000, shards=8, seed=13)
     status, job = _post("/predict/batch", json.dumps({"input": str(data)}).encode())
     assert status == 202, job
-    deadline = time.time() + 60
-    while True:  # the job's driving task, once it runs: kill its process as a crash would
-        running = [t for t in list_tasks(filters=[("func_or_class_name", "=", "_run_batch_job"), ("state", "=", "RUNNING")])
-                   if t.worker_pid]
-        if running:
-            os.kill(running[0].worker_pid, signal.SIGKILL)
-            break
-        assert time.time() < deadline and _get(job["status_url"])[1]["status"] == "running"
-        time.sleep(0.05)
-    deadline = time.time() + 60
-    while (doc := _get(job["status_url"])[1])["status"] == "running":
-        assert time.time() < deadline, doc
-        time.sleep(0.5)
+
+    def running_pid() -> int | None:
+        assert _get(job["status_url"])[1]["status"] == "running", "the job ended before it could be killed"
+        tasks = list_tasks(filters=[("func_or_class_name", "=", "run_batch_job"), ("state", "=", "RUNNING")])
+        return next((t.worker_pid for t in tasks if t.worker_pid), None)
+
+    # The job's driving task, once it runs: kill its process as a crash would.
+    os.kill(wait_until(running_pid, 60, interval=0.05, message="the job's task running"), signal.SIGKILL)
+    doc = _job_done(job, 60)
     assert doc["status"] == "failed" and "worker died" in doc["error"], doc

@@ -15,7 +15,7 @@ import pytest
 from raygbm.config import AutoscalingConfig, EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
 from raygbm.data import preprocess
 from raygbm.pipeline import Trained, evaluate_and_register
-from raygbm.serve import APP_NAME, deploy
+from raygbm.serving.deploy import APP_NAME, deploy
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards

@@ -13,7 +13,7 @@ def test_serve_config_is_a_valid_serve_deploy_file():
     doc = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
     schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
     app = schema.applications[0]
-    assert app.import_path == "raygbm.serve:app_builder" and schema.http_options.host == "127.0.0.1"
+    assert app.import_path == "raygbm.serving.deploy:app_builder" and schema.http_options.host == "127.0.0.1"
     from raygbm.config import load_config
 
     load_config(ROOT / app.args["config"], app.args["set"])  # the config it names is valid

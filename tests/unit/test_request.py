@@ -8,7 +8,7 @@ import pytest
 from raygbm.config import load_config
 from raygbm.data import LocalRunner, preprocess
 from raygbm.features import Preprocessor
-from raygbm.request import RequestError, RequestSchema
+from raygbm.serving.request import RequestError, RequestSchema
 from tests.conftest import make_shards
 
 

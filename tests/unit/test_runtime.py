@@ -28,7 +28,7 @@ def test_import_does_nothing():
 
 def test_code_version_changes_with_what_replicas_are_built_from_only():
     from raygbm.config import MonitorConfig, ServeConfig
-    from raygbm.serve import code_version
+    from raygbm.serving.deploy import code_version
 
     base = code_version(ServeConfig(), MonitorConfig(), None)
     assert base == code_version(ServeConfig(), MonitorConfig(), None)  # a model swap keeps the replicas

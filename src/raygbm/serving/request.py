@@ -1,4 +1,5 @@
-"""Strict parsing of prediction requests, built from the training schema (no Ray, no FastAPI here).
+"""Strict parsing of prediction requests, built from the training schema, and bounded body reads
+(no Ray, no FastAPI here).
 
 A request body is one JSON object or a list of them, each carrying every raw feature column the model
 reads (``null`` is allowed and means missing, as in training). Rejected with a 4xx and a message that
@@ -157,6 +158,25 @@ class RequestSchema:
                 props[name] = {"type": ["number", "null"], "description": f"numeric ({kind}); null = missing"}
         record = {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
         return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The body of a Starlette request, refused with 413 past ``limit`` bytes: on the declared
+    Content-Length first, then while reading (Serve itself sets no limit)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestError(f"body larger than {limit} bytes", 413)
+        except ValueError:
+            raise RequestError("bad Content-Length", 400) from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"body larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_type(v: Any) -> str:

@@ -1,0 +1,197 @@
+"""The model a replica serves: which registered version, loaded and verified, and how it changes.
+
+A deployment names its model in Serve's ``user_config`` (model name, version, pinned manifest hash,
+tracking URI, home, and whether it follows "the champion"). :class:`ModelSlot` loads and verifies that
+version *beside* the current one and only then switches, so a request holds the model it started with
+and none fails during a swap. Deployed as "the champion", the slot also follows the registry's alias.
+Plain Python (threads, no Ray): unit-tested against a real MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from raygbm.bundle import Bundle
+from raygbm.errors import RaygbmError
+from raygbm.serving.request import RequestError, RequestSchema
+
+
+@dataclass
+class ServedModel:
+    """A loaded bundle as a replica serves it: the request schema and the drift reference with it."""
+
+    name: str
+    version: str
+    bundle: Bundle  # booster, preprocessor, metrics, threshold, prediction mapping
+    schema: RequestSchema
+    reference: dict[str, Any] | None  # None: registered before drift monitoring, served but not monitored
+
+    @property
+    def booster(self) -> Any:
+        return self.bundle.booster
+
+    @property
+    def names(self) -> list[str]:
+        return self.bundle.booster.feature_name()
+
+    def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Per record: prediction (the label's own value), score, an id; and class probabilities for
+        multiclass. The same mapping as the batch path (``Bundle.labelled``)."""
+        prediction, score = self.bundle.labelled(scores)
+        out = [{"prediction": p, "score": s, "prediction_id": uuid.uuid4().hex}
+               for p, s in zip(prediction, score.tolist())]
+        if self.bundle.task == "multiclass":
+            for o, row in zip(out, scores.tolist()):
+                o["probabilities"] = row
+        return out
+
+    def table_matrix(self, table: pa.Table) -> np.ndarray:
+        """Raw rows of a request table → the booster's feature matrix (a bad table is a 422)."""
+        from raygbm.evaluate import features_matrix
+
+        try:
+            feats = self.bundle.features(table)
+        except RaygbmError as exc:
+            raise RequestError(str(exc), 422) from None
+        return features_matrix(self.booster, feats)
+
+    def prediction_table(self, scores: np.ndarray) -> pa.Table:
+        prediction, score = self.bundle.predictions(scores)
+        return pa.table({"prediction": prediction, "score": score})
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /model`` says about the model itself."""
+        b = self.bundle
+        return {"name": self.name, "version": self.version, "task": b.task, "metrics": b.metrics,
+                "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
+                "request_schema": self.schema.json_schema()}
+
+
+def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
+    """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
+    from raygbm.config import RegistryConfig
+    from raygbm.monitor import REFERENCE_FILE
+    from raygbm.registry import Registry, local_bundle
+
+    # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
+    reg = Registry(RegistryConfig(model_name=user_config["model_name"]), uri=user_config["tracking_uri"])
+    ref, path = local_bundle(reg, user_config["version"], Path(user_config["home"]) / "models")
+    pinned = user_config.get("manifest_sha256")
+    if pinned and ref.tags.get("manifest_sha256") != pinned:
+        raise RaygbmError(f"model v{ref.version}: registry manifest hash differs from the one deployed")
+    bundle = Bundle.load(path, pinned)
+    reference = json.loads((path / REFERENCE_FILE).read_text()) if (path / REFERENCE_FILE).exists() else None
+    return ServedModel(ref.name, ref.version, bundle, RequestSchema(bundle.preprocessor, max_rows), reference)
+
+
+class ChampionLookup:
+    """The registry's current champion for a deployed ``user_config`` (one registry client kept per
+    model name and store)."""
+
+    def __init__(self) -> None:
+        self._registry: Any = None
+        self._key: tuple[str, str] | None = None
+
+    def __call__(self, user_config: dict[str, Any]) -> dict[str, Any]:
+        """``user_config`` pointed at the current champion (unchanged if there is none or it is the same)."""
+        from raygbm.config import RegistryConfig
+        from raygbm.registry import Registry
+
+        key = (user_config["model_name"], user_config["tracking_uri"])
+        if self._key != key:
+            self._registry = Registry(RegistryConfig(model_name=key[0]), uri=key[1])
+            self._key = key
+        ref = self._registry.get(None)
+        if ref is None or ref.version == user_config.get("version"):
+            return user_config
+        return {**user_config, "version": ref.version, "manifest_sha256": ref.tags.get("manifest_sha256")}
+
+
+class ModelSlot:
+    """The current model of one replica, switched under a lock.
+
+    ``poll_s`` > 0 lets a slot deployed as "the champion" (``follow: true``) follow the registry's alias;
+    ``on_switch`` runs (under the lock) after each switch, e.g. to hand the drift monitor the new reference.
+    """
+
+    def __init__(self, max_rows: int, poll_s: float, on_switch: Callable[[ServedModel], None] | None = None,
+                 loader: Callable[[dict[str, Any], int], ServedModel] = load_served_model):
+        self.max_rows, self.poll_s = max_rows, poll_s
+        self.on_switch = on_switch
+        self.loader = loader
+        self.model: ServedModel | None = None
+        self.user_config: dict[str, Any] = {}
+        self.champion_check: dict[str, Any] = {"checked_at": None, "error": None}
+        self.champion = ChampionLookup()
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version if self.model is not None else None
+
+    def follows(self, user_config: dict[str, Any] | None = None) -> bool:
+        """Deployed as "the champion" (and following is on)."""
+        uc = self.user_config if user_config is None else user_config
+        return bool(uc.get("follow")) and self.poll_s > 0
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve model ``user_config`` names: load and verify it, then switch (a failure keeps the
+        current model and raises)."""
+        if self.follows(user_config):
+            # A replica started after a promotion (autoscaling, a restart) gets the deployment's original
+            # user_config: start on the alias's current version, like its peers.
+            try:
+                user_config = self.champion(user_config)
+            except Exception:
+                pass  # unreachable registry: serve what was deployed; the follower retries
+        with self._lock:
+            self.user_config = user_config
+            if user_config.get("version") != self.version:
+                self._switch(self.loader(user_config, self.max_rows))
+
+    def check_champion(self) -> None:
+        """One step of following: when the alias has moved, load and verify that version beside the
+        current one, then switch. A failed check keeps the current model and is kept in ``champion_check``."""
+        uc = self.user_config
+        if not self.follows(uc):
+            return
+        try:
+            target = self.champion(uc)
+            if target["version"] != self.version:
+                model = self.loader(target, self.max_rows)
+                with self._lock:
+                    if self.user_config is uc:  # no redeploy or pinning happened meanwhile
+                        self.user_config = target
+                        self._switch(model)
+            self.champion_check = {"checked_at": time.time(), "error": None}
+        except Exception as exc:
+            self.champion_check = {"checked_at": time.time(), "error": f"{type(exc).__name__}: {exc}"}
+
+    def start_following(self) -> threading.Thread | None:
+        """Check the alias every ``poll_s`` seconds in a daemon thread: registry calls and model loading
+        block, and the replica's event loop must keep answering with the current model meanwhile."""
+        if self.poll_s <= 0:
+            return None
+
+        def follow() -> None:
+            while True:
+                time.sleep(self.poll_s)
+                self.check_champion()
+
+        thread = threading.Thread(target=follow, name="raygbm-champion", daemon=True)
+        thread.start()
+        return thread
+
+    def _switch(self, model: ServedModel) -> None:
+        self.model = model
+        if self.on_switch is not None:
+            self.on_switch(model)
