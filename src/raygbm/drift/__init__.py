@@ -6,6 +6,6 @@ scores each closed window against the reference (``windows``, with ``scoring`` a
 windows and rows on disk so they survive a restart (``window_log``), and exports the verdicts as
 Prometheus metrics; ``GET /drift`` returns the windows, which ``report`` renders as an HTML page.
 
-Importing this package (or any module in it but ``actor``'s functions) starts nothing and imports
-neither Ray nor scipy.
+Importing this package or any of its modules starts nothing and imports neither Ray nor scipy: Ray
+is imported when the actor is started or created, scipy when a window is scored.
 """

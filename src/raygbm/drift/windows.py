@@ -135,7 +135,7 @@ class DriftMonitorCore:
             doc = self._document(by, "insufficient_data", [], {}, {}, None)
         else:
             doc = self._scored(by)
-        doc.update(self.labels)  # type: ignore[typeddict-item]
+        doc.update(self.labels)
         self.closed.append(doc)
         if self.on_close is not None:
             self.on_close(doc)
