@@ -1,10 +1,16 @@
-"""Drift statistics and windows (the monitor's core, without Ray)."""
+"""Drift windows without Ray: the core's windows and verdicts, their JSON documents, the on-disk log and
+the HTML report."""
+
+import json
 
 import numpy as np
 import pytest
 
 from raygbm.config import MonitorConfig
-from raygbm.monitor import DriftMonitorCore, chi_square_pvalue, js_distance, psi, reference_profile
+from raygbm.drift.reference import reference_profile
+from raygbm.drift.report import drift_report_html
+from raygbm.drift.window_log import WindowLog
+from raygbm.drift.windows import DriftMonitorCore, window_from_json, window_to_json
 
 NAMES = ["a", "b", "c"]
 
@@ -22,16 +28,6 @@ def _data(n, seed, shift=0.0, swap_cats=False):
 def reference():
     X, s = _data(20_000, 0)
     return reference_profile(X, NAMES, ["c"], s, {"a": 0.0, "b": 0.0, "c": 0.0})
-
-
-def test_statistics():
-    p = np.array([0.25, 0.25, 0.5])
-    assert psi(p, p) == pytest.approx(0) and js_distance(p, p) == pytest.approx(0)
-    q = np.array([0.5, 0.25, 0.25])
-    assert psi(p, q) > 0.1 and 0 < js_distance(p, q) < 1
-    assert js_distance(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
-    assert chi_square_pvalue(p, np.array([250.0, 250.0, 500.0])) > 0.9
-    assert chi_square_pvalue(p, np.array([500.0, 250.0, 250.0])) < 1e-6
 
 
 def test_clean_traffic_is_not_drift_and_shifted_features_are(reference):
@@ -67,8 +63,6 @@ def test_per_feature_thresholds(reference):
 
 
 def test_html_report_shows_windows_and_histograms(reference):
-    from raygbm.monitor import drift_report_html
-
     core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=1000))
     X, s = _data(1000, 4, shift=2.0)
     core.observe(X, s)
@@ -98,8 +92,6 @@ def test_time_windows_close_by_age_and_small_ones_are_not_scored(reference):
 
 
 def test_windows_survive_a_restart_from_the_log(tmp_path, reference):
-    from raygbm.monitor import WindowLog
-
     cfg = MonitorConfig(window_size=1000, keep_windows=2)
     fields = ["a", "b", "c"]
 
@@ -138,8 +130,6 @@ def test_windows_survive_a_restart_from_the_log(tmp_path, reference):
 
 
 def test_an_unwritable_log_never_stops_the_windows(tmp_path, reference):
-    from raygbm.monitor import WindowLog
-
     (tmp_path / "file").write_text("not a folder")
     log = WindowLog(tmp_path / "file" / "v1", NAMES, ["a", "b", "c"], flush_s=0.0)
     core = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=500), ["a", "b", "c"])
@@ -149,3 +139,93 @@ def test_an_unwritable_log_never_stops_the_windows(tmp_path, reference):
     log.flush()
     assert core.index == 2 and core.window.rows == 200 and len(core.report()["windows"]) == 2
     assert log.error is not None and "file" in log.error
+
+
+# A reference and two windows.jsonl lines as written before the monitor was split into raygbm.drift:
+# a scored window, then one closed by time with too few rows. Such logs must still load.
+OLD_REFERENCE = json.loads(
+    '{"format": "raygbm.reference/1", "features": {"x": {"kind": "numeric", "cuts": [-0.5, 0.5], "probs": [0.3, 0.4, 0.3]},'
+    ' "k": {"kind": "categorical", "codes": [2, 1], "probs": [0.5, 0.4, 0.1]}}, "prediction": {"cuts": [0.3, 0.7],'
+    ' "probs": [0.3, 0.4, 0.3]}, "missing_rate": {"x": 0.0}, "rows": 400}')
+OLD_LINES = [
+    '{"index": 0, "rows": 10, "first_ts": 5.0, "last_ts": 5.0, "closed_by": "rows", "verdict": "drift", '
+    '"drifted_features": ["x", "x (missing)"], "features": {"x": {"statistic": "psi", "value": 1.0128207810347198, '
+    '"threshold": 0.2, "drift": true, "js_distance": 0.41729571218608374, "current": [0.111111, 0.111111, 0.777778]}, '
+    '"k": {"statistic": "chi2_pvalue", "value": 0.13199384318783022, "threshold": 0.01, "drift": false, '
+    '"js_distance": 0.3077566948228586, "current": [0.8, 0.1, 0.1]}}, "missing": {"x": {"statistic": '
+    '"missing_rate_delta", "value": 0.3, "rate": 0.3, "threshold": 0.1, "drift": true}}, "prediction": {"statistic": '
+    '"psi", "value": 0.1714798428091927, "threshold": 0.2, "drift": false, "js_distance": 0.17509683779086044, '
+    '"current": [0.2, 0.3, 0.5]}, "model_version": "2"}',
+    '{"index": 1, "rows": 2, "first_ts": 6.0, "last_ts": 6.0, "closed_by": "time", "verdict": "insufficient_data", '
+    '"drifted_features": [], "features": {}, "missing": {}, "prediction": null, "model_version": "2"}',
+]
+OLD_CONFIG = MonitorConfig(window_size=10, window_seconds=60, min_window_rows=10)
+
+
+def _old_inputs():
+    """The rows the old code scored into OLD_LINES: 10 rows at ts 5 (x missing in 3), then 2 at ts 6."""
+    x = [-1, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 0.0, np.nan]
+    k = [2, 2, 2, 2, 2, 2, 2, 2, 1, 3]
+    scores = np.array([0.1, 0.5, 0.5, 0.8, 0.9, 0.9, 0.9, 0.95, 0.2, 0.6])
+    missing = np.zeros((10, 1), dtype=bool)
+    missing[:3] = True
+    return np.column_stack([x, k]), scores, missing
+
+
+def _same_shape(new, old):
+    """Equal up to float rounding, with the same keys in the same order at every level."""
+    if isinstance(old, dict):
+        assert list(new) == list(old)
+        for key in old:
+            _same_shape(new[key], old[key])
+    elif isinstance(old, list):
+        assert len(new) == len(old)
+        for a, b in zip(new, old):
+            _same_shape(a, b)
+    elif isinstance(old, float):
+        assert new == pytest.approx(old, rel=1e-9)
+    else:
+        assert new == old and type(new) is type(old)
+
+
+def test_closed_windows_keep_the_json_the_old_code_wrote():
+    core = DriftMonitorCore(OLD_REFERENCE, ["x", "k"], OLD_CONFIG, ["x"], {"model_version": "2"})
+    lines = []
+    core.on_close = lambda doc: lines.append(window_to_json(doc))
+    X, s, missing = _old_inputs()
+    core.observe(X, s, missing, ts=5.0)
+    core.observe(X[:2], s[:2], None, ts=6.0)
+    core.tick(100.0)
+    assert len(lines) == 2
+    for new, old in zip(lines, OLD_LINES):
+        _same_shape(json.loads(new), json.loads(old))
+    assert lines[1] == OLD_LINES[1]  # no floats computed: byte for byte
+
+
+def test_a_closed_window_round_trips_through_json():
+    for line in OLD_LINES:
+        doc = window_from_json(line)
+        assert window_to_json(doc) == line
+    assert window_from_json(OLD_LINES[0])["features"]["k"]["drift"] is False
+    with pytest.raises(ValueError):
+        window_from_json(OLD_LINES[0][:40])
+
+
+def test_a_log_written_by_the_old_code_loads_and_continues(tmp_path):
+    root = tmp_path / "v2"
+    root.mkdir()
+    # The two lines, with one cut short by a crash between them (skipped).
+    (root / "windows.jsonl").write_text(f"{OLD_LINES[0]}\n{OLD_LINES[0][:50]}\n{OLD_LINES[1]}\n")
+    log = WindowLog(root, ["x", "k"], ["x"])
+    windows = log.load_windows()
+    assert [window_to_json(w) for w in windows] == OLD_LINES
+    core = DriftMonitorCore(OLD_REFERENCE, ["x", "k"], OLD_CONFIG, ["x"], {"model_version": "2"})
+    core.restore(windows, log.load_rows(windows[-1]["index"] + 1))
+    assert core.index == 2 and core.rows_seen == 12 and core.window.rows == 0
+    assert core.report()["windows"] == windows
+    core.on_close = log.add_window
+    X, s, missing = _old_inputs()
+    core.observe(X, s, missing, ts=200.0)
+    new = log.load_windows()[-1]
+    assert new["index"] == 2 and new["first_ts"] == 200.0
+    _same_shape({**new, "index": 0, "first_ts": 5.0, "last_ts": 5.0}, json.loads(OLD_LINES[0]))
