@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from raygbm.data import preprocess
     from raygbm.errors import RaygbmError
     from raygbm.generate import DriftSpec, GeneratorSpec, generate_dataset
-    from raygbm.monitor import drift_report_html
+    from raygbm.drift.report import drift_report_html
     from raygbm.paths import home
     from raygbm.runtime import ensure_ray
     from raygbm.serving.deploy import deploy

@@ -350,7 +350,7 @@ def drift_report(
     import urllib.error
     import urllib.request
 
-    from raygbm.monitor import drift_report_html
+    from raygbm.drift.report import drift_report_html
 
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/drift", timeout=30) as r:

@@ -41,7 +41,7 @@ from raygbm.registry import (
     local_bundle,
     write_manifest,
 )
-from raygbm.monitor import REFERENCE_FILE
+from raygbm.drift.reference import REFERENCE_FILE
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, TrainResult, best_metrics, boost, lgb_datasets, lgb_params, train_with_ray
 from raygbm.tune import TuneResult, trial_mode
@@ -254,7 +254,7 @@ def evaluate_and_register(
 def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows: int = 100_000) -> dict[str, Any]:
     """The drift monitor's reference: training features (a seeded sample) and validation scores."""
     from raygbm.evaluate import features_matrix
-    from raygbm.monitor import reference_profile
+    from raygbm.drift.reference import reference_profile
     from raygbm.tune import sample_table
 
     train = sample_table(meta.split("train"), rows, 0)

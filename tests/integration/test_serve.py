@@ -21,7 +21,8 @@ from raygbm.data import preprocess
 from raygbm.pipeline import Trained, evaluate_and_register
 from raygbm.registry import Registry, local_bundle
 from raygbm.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
-from raygbm.serving.deploy import MONITOR_ACTOR, deploy, swap_model
+from raygbm.drift.actor import MONITOR_ACTOR
+from raygbm.serving.deploy import deploy, swap_model
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards

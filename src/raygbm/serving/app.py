@@ -125,7 +125,7 @@ class ModelServer:
     # ---- wiring
 
     def _monitor_actor(self) -> Any:
-        from raygbm.serving.deploy import monitor_handle
+        from raygbm.drift.actor import monitor_handle
 
         return monitor_handle() if self.monitor_cfg.enabled else None
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import MonitorConfig, RegistryConfig, ServeConfig
+from raygbm.drift.actor import start_monitor
 from raygbm.errors import RaygbmError
 
 APP_NAME = "raygbm"
-MONITOR_ACTOR = "raygbm-drift-monitor"
 
 
 def model_user_config(registry_cfg: RegistryConfig, version: str | None = None) -> dict[str, Any]:
@@ -158,34 +158,3 @@ def app_builder(args: dict[str, Any]) -> Any:
     if cfg.monitor.enabled:
         start_monitor(cfg.monitor)
     return build_app(cfg.serve, cfg.monitor, spec, token_sha256(cfg.serve))
-
-
-# ---- the drift monitor's actor (moves to raygbm.drift)
-
-def monitor_handle() -> Any:
-    import ray
-
-    return ray.get_actor(MONITOR_ACTOR, namespace="raygbm")
-
-
-def resolved_monitor(monitor_cfg: MonitorConfig) -> MonitorConfig:
-    """``log_dir`` made absolute where the deploying process runs (the actor's cwd and env are the cluster's)."""
-    from raygbm.paths import home
-
-    log_dir = Path(monitor_cfg.log_dir).expanduser() if monitor_cfg.log_dir else home() / "monitor"
-    return monitor_cfg.model_copy(update={"log_dir": str(log_dir.resolve())})
-
-
-def start_monitor(monitor_cfg: MonitorConfig) -> Any:
-    """The named drift-monitor actor (created once; a redeploy reuses it and keeps its windows). Ray
-    restarts it if its process dies; it then reloads its windows from ``monitor.log_dir``."""
-    import ray
-
-    from raygbm.monitor import DriftMonitorActor
-
-    actor = ray.remote(DriftMonitorActor).options(
-        name=MONITOR_ACTOR, namespace="raygbm", get_if_exists=True, lifetime="detached", num_cpus=0,
-        max_pending_calls=monitor_cfg.max_pending_batches, max_restarts=-1,
-    ).remote(resolved_monitor(monitor_cfg).model_dump(mode="json"))
-    ray.get(actor.ping.remote())
-    return actor

@@ -79,7 +79,7 @@ class ServedModel:
 def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
     """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
     from raygbm.config import RegistryConfig
-    from raygbm.monitor import REFERENCE_FILE
+    from raygbm.drift.reference import REFERENCE_FILE
     from raygbm.registry import Registry, local_bundle
 
     # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
