@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,25 @@ def _listening(port: int) -> list[str]:
     return out
 
 
+def _get_status(url: str, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
     data = make_shards(tmp_path / "data", rows=20_000, shards=2, seed=9)
     home = tmp_path / "home"
     token = tmp_path / "token"
+    # The scripts run Ray from the venv running this test (not ROOT/.venv, absent in a git worktree).
     env = {**os.environ, "RAYGBM_HOME": str(home), "RAY_PORT": str(PORT), "RAY_DASHBOARD_PORT": str(DASHBOARD),
-           "RAY_NUM_CPUS": "2", "RAY_AUTH_TOKEN_PATH": str(token)}
+           "RAY_NUM_CPUS": "2", "RAY_AUTH_TOKEN_PATH": str(token), "RAYGBM_VENV": sys.prefix}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)
     local = ROOT / "cluster" / "local"
@@ -91,9 +105,16 @@ def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
         assert subprocess.run([str(local / "serve.sh"), "--shutdown"], env=env, capture_output=True,
                               timeout=120).returncode == 0
 
-        # Without the token the job API refuses.
-        denied = subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "job", "list", "--address", f"http://127.0.0.1:{DASHBOARD}"],
-                                env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "nope")},
+        # Without the token the job API refuses: 401 with no token, 403 with a wrong one, 200 with the
+        # head's (so the refusals are about the token, not a broken API).
+        jobs = f"http://127.0.0.1:{DASHBOARD}/api/jobs/"
+        assert _get_status(jobs, None) == 401
+        assert _get_status(jobs, "0" * 64) == 403
+        assert _get_status(jobs, token.read_text().strip()) == 200
+        wrong = tmp_path / "wrong-token"
+        wrong.write_text("0" * 64)
+        denied = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "list", "--address", f"http://127.0.0.1:{DASHBOARD}"],
+                                env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)},
                                 capture_output=True, text=True, timeout=60)
         assert denied.returncode != 0
     finally:

@@ -108,7 +108,6 @@ def test_missing_labels_dropped_and_duplicates_counted_then_dropped(tmp_path, ho
     data = make_shards(tmp_path / "data", rows=6000, shards=3)
     p0 = data / "part-00000.parquet"
     t = pq.read_table(p0)
-    label = t["label"].to_numpy().astype(float)
     t = t.set_column(t.column_names.index("label"), "label", pa.array(np.asarray(t["label"]), mask=np.arange(t.num_rows) < 25))
     pq.write_table(t, p0)
     # 40 rows of shard 1 appear again in shard 2 (exact duplicates across shards), 10 of them twice more.
@@ -121,7 +120,25 @@ def test_missing_labels_dropped_and_duplicates_counted_then_dropped(tmp_path, ho
     assert counted.report["rows_out_total"] == 6050 - 25
     dropped = preprocess(_cfg(data, "data.duplicates=drop"))
     assert dropped.report["rows_out_total"] == 6050 - 25 - 50
-    assert label.size  # the label column was numeric before masking
+    # Exactly the unlabelled rows went, and every kept row kept its own label: with no data.drop the row
+    # id is a feature, so the runs' (id, label) pairs must be the labelled raw rows' pairs (once each when
+    # duplicates are dropped).
+    raw = pq.read_table(data)
+    labelled = _id_label_pairs(raw.filter(raw["label"].is_valid()))
+    assert len(labelled) == 6050 - 25 and not {i for i, _ in labelled} & set(range(25))
+    assert _id_label_pairs(_all_splits(counted.run_dir)) == labelled
+    assert _id_label_pairs(_all_splits(dropped.run_dir)) == sorted(set(labelled))
+
+
+def _all_splits(run: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(run / name) for name in SPLIT_NAMES])
+
+
+def _id_label_pairs(t: pa.Table) -> list[tuple[int, int]]:
+    ids = np.asarray(t["id"], dtype=np.float64)
+    labels = t["label"]
+    assert labels.null_count == 0
+    return sorted(zip(ids.astype(np.int64).tolist(), np.asarray(labels, dtype=np.int64).tolist()))
 
 
 def test_quarantine_skips_bad_shards(tmp_path, home):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -19,6 +18,7 @@ from raygbm.serving.deploy import APP_NAME, deploy
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 PORT = 8124
@@ -80,11 +80,15 @@ def test_autoscaling_and_bearer_token(tmp_path, home, monkeypatch):
         assert _running_replicas() == 1
 
         stop = threading.Event()
-        failures: list[int] = []
+        failures: list[object] = []  # non-200 statuses, and errors that would otherwise end a thread unseen
 
         def load() -> None:
             while not stop.is_set():
-                status, _ = _call("/predict", body)
+                try:
+                    status, _ = _call("/predict", body)
+                except Exception as exc:
+                    failures.append(repr(exc))
+                    return
                 if status != 200:
                     failures.append(status)
 
@@ -92,18 +96,13 @@ def test_autoscaling_and_bearer_token(tmp_path, home, monkeypatch):
         for t in threads:
             t.start()
         try:
-            deadline = time.time() + 60
-            while _running_replicas() < 2:
-                assert time.time() < deadline, "did not scale up under load"
-                time.sleep(0.5)
+            wait_until(lambda: _running_replicas() >= 2, 60, interval=0.5, message="a second replica under load")
         finally:
             stop.set()
             for t in threads:
                 t.join()
         assert not failures
-        deadline = time.time() + 60
-        while _running_replicas() > 1:
-            assert time.time() < deadline, "did not scale back down after the load stopped"
-            time.sleep(0.5)
+        wait_until(lambda: _running_replicas() <= 1, 60, interval=0.5,
+                   message="scaling back down to one replica after the load stopped")
     finally:
         serve.shutdown()

@@ -11,25 +11,18 @@ from raygbm.config import ResourcesConfig, TrainConfig, load_config
 from raygbm.data import preprocess
 from raygbm.train import RunMeta, train_in_process, train_with_ray
 from tests.conftest import make_shards
+from tests.helpers import raygbm_home
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("RAYGBM_HOME")
-    os.environ["RAYGBM_HOME"] = str(home)
-    data = make_shards(tmp_path_factory.mktemp("data"), rows=30_000, shards=3)
-    cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
-    run = preprocess(cfg).run_dir
-    yield RunMeta.load(run)
-    if old is None:
-        os.environ.pop("RAYGBM_HOME", None)
-    else:
-        os.environ["RAYGBM_HOME"] = old
+    with raygbm_home(tmp_path_factory.mktemp("home")):
+        data = make_shards(tmp_path_factory.mktemp("data"), rows=30_000, shards=3)
+        cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
+        run = preprocess(cfg).run_dir
+        yield RunMeta.load(run)
 
 
 def _test_auc(meta: RunMeta, booster) -> float:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from raygbm.config import load_config
 from raygbm.train import RunMeta
 from raygbm.tune import tune_search
 from tests.conftest import make_shards
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +58,16 @@ def test_killed_tuning_driver_is_restored(tmp_path, home):
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAYGBM_HOME": str(home),
            "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cli = Path(sys.executable).with_name("raygbm")
-    proc = subprocess.Popen([str(cli), "tune", "--data", str(data), "--label", "label", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    err = tmp_path / "tune.stderr"  # a file, not a pipe nobody reads while the driver runs
+    with err.open("wb") as err_file:
+        proc = subprocess.Popen([str(cli), "tune", "--data", str(data), "--label", "label", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     try:
-        deadline = time.time() + 240
         # Kill once Tune's saved state records three trials as finished (a restore keeps those).
-        while len(done := _terminated_in_saved_state(home / "tune")) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.3)
+        wait_until(lambda: proc.poll() is not None or len(_terminated_in_saved_state(home / "tune")) >= 3, 240,
+                   interval=0.3, message="Tune's saved state to record three finished trials")
+        assert proc.poll() is None, err.read_text()[-2000:]
+        done = _terminated_in_saved_state(home / "tune")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

@@ -10,26 +10,17 @@ from raygbm.data import LocalRunner, preprocess
 from raygbm.features import Preprocessor
 from raygbm.serving.request import RequestError, RequestSchema
 from tests.conftest import make_shards
+from tests.helpers import raygbm_home
 
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("RAYGBM_HOME")
-    os.environ["RAYGBM_HOME"] = str(home)
-    try:
+    with raygbm_home(tmp_path_factory.mktemp("home")):
         data = make_shards(tmp_path_factory.mktemp("data"), rows=3000, shards=1)
         cfg = load_config(None, ["data.drop=[id]", "split.time=event_time",
                                  "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
                           {"data.source": str(data), "data.label": "label"})
         run = preprocess(cfg, runner=LocalRunner()).run_dir
-    finally:
-        if old is None:
-            os.environ.pop("RAYGBM_HOME", None)
-        else:
-            os.environ["RAYGBM_HOME"] = old
     pre = Preprocessor.from_json((run / "preprocessor.json").read_text())
     return RequestSchema(pre, max_rows=5)
 

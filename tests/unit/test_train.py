@@ -29,10 +29,31 @@ def test_in_process_training_learns_and_stops_early(run_dir):
     auc = roc_auc_score(np.asarray(test["label"]), r.booster.predict(X))
     assert auc > 0.75
     assert r.metrics["validation-auc"] > 0.75
-    # Categorical features reached LightGBM as categorical.
+
+
+def _splits(node: dict):
+    if "split_feature" in node:
+        yield node
+        yield from _splits(node["left_child"])
+        yield from _splits(node["right_child"])
+
+
+def test_categorical_features_are_split_as_categories(run_dir):
+    # The generator gives every cat_0 and cat_1 category its own effect on the label, so a model that
+    # sees them as categorical splits on them by category sets ('=='), never by threshold ('<=').
+    meta = RunMeta.load(run_dir)
+    r = train_in_process(meta, TrainConfig(num_boost_round=60, early_stopping_rounds=None, params={"learning_rate": 0.3}))
     dumped = r.booster.dump_model()
-    assert any(f == "cat_0" for f in dumped["feature_names"])
-    assert dumped["pandas_categorical"] is None
+    names = dumped["feature_names"]
+    splits = [(names[n["split_feature"]], n["decision_type"]) for t in dumped["tree_info"] for n in _splits(t["tree_structure"])]
+    assert {f for f, kind in splits if kind == "=="} >= {"cat_0", "cat_1"}
+    assert all(kind == "==" for f, kind in splits if f in meta.categorical)
+    assert all(kind == "<=" for f, kind in splits if f not in meta.categorical)
+    # LightGBM records the categorical columns (by index) and their category codes in the model itself.
+    indices = ",".join(str(names.index(c)) for c in meta.categorical)
+    assert f"[categorical_feature: {indices}]" in r.booster.model_to_string()
+    assert all(dumped["feature_infos"][c]["values"] for c in meta.categorical)
+    assert dumped["pandas_categorical"] is None  # codes come from our preprocessor, not pandas categories
 
 
 def test_report_every_k_rounds_only(run_dir):
@@ -69,19 +90,22 @@ def test_not_a_run_dir(tmp_path):
 
 
 def test_background_reporter_keeps_order_and_surfaces_errors():
-    import time
+    import threading
 
     from raygbm.train import BackgroundReporter
 
     seen = []
+    release = threading.Event()
 
-    def slow_send(metrics, text):
-        time.sleep(0.01)
+    def blocked_send(metrics, text):
+        assert release.wait(10), "the test never released the sender"
         seen.append((metrics["i"], text))
 
-    r = BackgroundReporter(slow_send)
+    r = BackgroundReporter(blocked_send)
     for i in range(5):
-        r.submit({"i": i}, "m" if i % 2 else None)
+        r.submit({"i": i}, "m" if i % 2 else None)  # returns while the first send is still blocked
+    assert seen == []
+    release.set()
     r.close()
     assert seen == [(0, None), (1, "m"), (2, None), (3, "m"), (4, None)]
 
