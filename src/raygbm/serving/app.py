@@ -246,8 +246,8 @@ class ModelServer:
             return JSONResponse({"error": "drift monitoring is off (monitor.enabled: false)"}, status_code=404)
         model = self.slot.model
         if model is not None and model.reference is None:
-            return JSONResponse({"error": f"model v{model.version} has no reference profile (registered "
-                                 "before drift monitoring); retrain to monitor it"}, status_code=404)
+            return JSONResponse({"error": f"model v{model.version} has no drift reference profile in its bundle; "
+                                 "retrain it to monitor it"}, status_code=404)
         self.buffer.flush()  # this replica's rows first: calls from one caller run in order on the actor
         try:
             return JSONResponse(await asyncio.wait_for(self.monitor.report.remote(), self.settings.request_timeout_s))

@@ -33,7 +33,7 @@ class ServedModel:
     version: str
     bundle: Bundle  # booster, preprocessor, metrics, threshold, prediction mapping
     schema: RequestSchema
-    reference: dict[str, Any] | None  # None: registered before drift monitoring, served but not monitored
+    reference: dict[str, Any] | None  # None: the bundle has no drift reference: served, not monitored
 
     @property
     def booster(self) -> Any:

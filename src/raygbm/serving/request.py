@@ -99,6 +99,7 @@ class RequestSchema:
         return Parsed(features, unseen, missing)
 
     def _check(self, r: Any, index: int | None) -> int:
+        """One record's fields and types; returns how many of its category values are unseen."""
         where = f"record {index}: " if index is not None else ""
         if not isinstance(r, dict):
             raise RequestError(f"{where}expected a JSON object, got {_json_type(r)}")
@@ -114,30 +115,12 @@ class RequestSchema:
             if v is None:
                 continue
             if kind in ("number", "integer", "bool") and name not in self.categorical:
-                if isinstance(v, bool) and kind != "bool" or not isinstance(v, (int, float)):
-                    raise RequestError(f"{where}field {name!r}: expected a number or null, got {_json_type(v)}")
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise RequestError(f"{where}field {name!r}: number out of range")
-                if isinstance(v, int) and abs(v) > 2**53:
-                    raise RequestError(f"{where}field {name!r}: number out of range")
+                _check_number(v, kind, f"{where}field {name!r}")
             elif kind == "timestamp":
-                if isinstance(v, str):
-                    try:
-                        datetime.fromisoformat(v)
-                    except ValueError:
-                        raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time") from None
-                elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise RequestError(f"{where}field {name!r}: expected an ISO 8601 time or epoch seconds, got {_json_type(v)}")
-                elif not -62135596800 <= v <= 253402300799:  # years 1 to 9999
-                    raise RequestError(f"{where}field {name!r}: epoch seconds out of range")
-            else:  # categorical: the training column's own type
-                ok = isinstance(v, str) if kind == "string" else (
-                    isinstance(v, bool) if kind == "bool" else isinstance(v, int) and not isinstance(v, bool))
-                if not ok:
-                    want = {"string": "a string", "bool": "true/false", "integer": "an integer"}.get(kind, "a number")
-                    raise RequestError(f"{where}field {name!r}: expected {want} or null, got {_json_type(v)}")
-                if name in self._codes and v not in self._codes[name]:
-                    unseen += 1
+                _check_time(v, f"{where}field {name!r}")
+            else:
+                _check_category(v, kind, f"{where}field {name!r}")
+                unseen += int(name in self._codes and v not in self._codes[name])
         return unseen
 
     # ---- documentation
@@ -158,6 +141,36 @@ class RequestSchema:
                 props[name] = {"type": ["number", "null"], "description": f"numeric ({kind}); null = missing"}
         record = {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
         return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
+
+
+def _check_number(v: Any, kind: str, what: str) -> None:
+    if isinstance(v, bool) and kind != "bool" or not isinstance(v, (int, float)):
+        raise RequestError(f"{what}: expected a number or null, got {_json_type(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise RequestError(f"{what}: number out of range")
+    if isinstance(v, int) and abs(v) > 2**53:
+        raise RequestError(f"{what}: number out of range")
+
+
+def _check_time(v: Any, what: str) -> None:
+    if isinstance(v, str):
+        try:
+            datetime.fromisoformat(v)
+        except ValueError:
+            raise RequestError(f"{what}: expected an ISO 8601 time") from None
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise RequestError(f"{what}: expected an ISO 8601 time or epoch seconds, got {_json_type(v)}")
+    elif not -62135596800 <= v <= 253402300799:  # years 1 to 9999
+        raise RequestError(f"{what}: epoch seconds out of range")
+
+
+def _check_category(v: Any, kind: str, what: str) -> None:
+    """A categorical value of the training column's own type."""
+    ok = isinstance(v, str) if kind == "string" else (
+        isinstance(v, bool) if kind == "bool" else isinstance(v, int) and not isinstance(v, bool))
+    if not ok:
+        want = {"string": "a string", "bool": "true/false", "integer": "an integer"}.get(kind, "a number")
+        raise RequestError(f"{what}: expected {want} or null, got {_json_type(v)}")
 
 
 async def read_body(request: Any, limit: int) -> bytes:
