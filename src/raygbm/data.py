@@ -37,37 +37,12 @@ from raygbm.features import Preprocessor, add_derived
 from raygbm.paths import runs_dir, sha256_file
 from raygbm.schema import DatasetSchema, ShardSet, check_shards, infer_schema
 from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
-from raygbm.stats import CategoricalStats, NumericStats, TableStats
+from raygbm.stats import CategoricalStats, TableStats
+from raygbm.task import label_is_numeric, resolve_task
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
 STAGE_FORMAT = 2  # bump when outputs of the same inputs and config would change
-
-
-# ------------------------------------------------------------------------------------------- task choice
-
-MAX_CLASSES = 50
-
-
-def infer_task(label_type: pa.DataType, label_stats: CategoricalStats | NumericStats | None) -> str:
-    """binary for two classes, multiclass for up to 50 integer or string classes, else regression."""
-    if isinstance(label_stats, CategoricalStats):
-        k = len(label_stats.counts)
-        if k < 2:
-            raise DataError(f"the label has {k} distinct value(s); need at least 2")
-        if k == 2:
-            return "binary"
-        if k <= MAX_CLASSES and not pa.types.is_floating(label_type):
-            return "multiclass"
-        if pa.types.is_integer(label_type):
-            return "regression"
-        raise DataError(f"the label has {k} classes (more than {MAX_CLASSES}); set data.task explicitly")
-    return "regression"
-
-
-def _label_is_numeric(label_type: pa.DataType, task: str) -> bool:
-    """Float labels are profiled as numbers; everything else by class counts."""
-    return pa.types.is_floating(label_type) or (task == "regression" and pa.types.is_integer(label_type))
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -371,8 +346,7 @@ def preprocess(
         return PreprocessResult(final, json.loads((final / "data_report.json").read_text()), cached=True, timings=timings)
 
     label_type = shards.schema.field(schema.label).type
-    task_hint = config.data.task if config.data.task != "auto" else "regression" if pa.types.is_floating(label_type) else "auto"
-    label_numeric = _label_is_numeric(label_type, task_hint)
+    label_numeric = label_is_numeric(label_type, config.data.task)
     total = max(shards.num_rows, 1)
     plan = BlockPlan(
         schema=schema,
@@ -412,12 +386,7 @@ def preprocess(
     if train.rows == 0:
         raise DataError("the training split is empty: check split fractions and the key/time column")
 
-    task = config.data.task if config.data.task != "auto" else infer_task(label_type, everything.label)
-    if task != "regression" and isinstance(everything.label, NumericStats):
-        raise DataError(f"task {task} needs a discrete label, but {schema.label!r} is {label_type}")
-    classes = sorted(everything.label.counts) if task != "regression" else None  # type: ignore[union-attr]
-    if task == "binary" and classes is not None and len(classes) != 2:
-        raise DataError(f"task binary needs 2 label classes, found {len(classes)}")
+    task, classes = resolve_task(config.data.task, schema.label, label_type, everything.label)
     pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(train, classes, task)
 
     say("transforming and writing splits")

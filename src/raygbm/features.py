@@ -22,6 +22,7 @@ from raygbm.config import DerivedFeature, FeaturesConfig
 from raygbm.errors import DataError
 from raygbm.schema import DatasetSchema
 from raygbm.stats import TableStats
+from raygbm.task import infer_task, label_classes
 
 FORMAT = "raygbm.preprocessor/1"
 UNSEEN = 0  # the reserved code for missing and unseen categories
@@ -168,8 +169,6 @@ class Preprocessor:
 
     def fit(self, table: pa.Table, task: str | None = None) -> "Preprocessor":
         """Fit on an in-memory training table (the distributed path merges block statistics instead)."""
-        from raygbm.data import infer_task  # local: data imports this module
-
         table = add_derived(table, self.config.derived)
         label_numeric = pa.types.is_floating(table.schema.field(self.schema.label).type)
         stats = TableStats.of(
@@ -177,8 +176,7 @@ class Preprocessor:
             np.ones(table.num_rows, dtype=bool),
         )
         task = task or infer_task(table.schema.field(self.schema.label).type, stats.label)
-        classes = sorted(stats.label.counts) if task != "regression" else None  # type: ignore[union-attr]
-        return self.fit_stats(stats, classes, task)
+        return self.fit_stats(stats, label_classes(task, stats.label), task)
 
     def _index(self) -> None:
         self._code = {c: {v: i + 1 for i, v in enumerate(vals)} for c, vals in self.categories_.items()}
