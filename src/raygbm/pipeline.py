@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from raygbm.bundle import METRICS_FILE, Bundle
 from raygbm.config import EvaluateConfig, PipelineConfig, RegistryConfig, ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
+from raygbm.direction import better
 from raygbm.evaluate import (
-    better,
     card_html,
     evaluate_model,
     gain_importance,
@@ -293,7 +293,7 @@ def run_pipeline(cfg: PipelineConfig, *, say: Say = _quiet, force: bool = False,
         train = cfg.train.model_copy(update={"params": {**cfg.train.params, **_lgb_types(tuning.best_params)}})
     trained = train_final(meta, train, cfg.evaluate, cfg.resources, say)
     if tuning is not None and cfg.tune.compare_defaults:
-        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.mode, say)
+        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.metric, say)
     return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, say), tuning
 
 
@@ -304,9 +304,10 @@ def defaults_config(train: TrainConfig) -> TrainConfig:
     return train.model_copy(update={"params": {}, "num_boost_round": 100})
 
 
-def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfig, cfg: PipelineConfig, mode: str,
+def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfig, cfg: PipelineConfig, metric: str,
                               say: Say = _quiet) -> tuple[Trained, TrainConfig]:
-    """Fit LightGBM's defaults on the same split; keep whichever scores better on validation.
+    """Fit LightGBM's defaults on the same split; keep whichever scores better on validation (on
+    ``metric``, the LightGBM metric both were early-stopped on).
 
     Tuning samples rows and stops trials early, so on data where every reasonable configuration is
     about as good, the tuned one can land just below the defaults: this makes sure the pipeline never
@@ -317,7 +318,7 @@ def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfi
     base = train_final(meta, defaults, cfg.evaluate, cfg.resources, say)
     tuned_score, default_score = trained.result.metrics.get("score"), base.result.metrics.get("score")
     use_defaults = (tuned_score is not None and default_score is not None
-                    and (default_score > tuned_score if mode == "max" else default_score < tuned_score))
+                    and better(metric, default_score, tuned_score))
     comparison = {"tuned_validation": tuned_score, "defaults_validation": default_score,
                   "kept": "lightgbm defaults" if use_defaults else "tuned"}
     say(f"validation: tuned {tuned_score:.6g}, LightGBM defaults {default_score:.6g}: keeping {comparison['kept']}"

@@ -36,16 +36,9 @@ def objective_params(task: str, num_classes: int | None, metric: str | None = No
     return out
 
 
-_HIGHER_IS_BETTER = ("auc", "average_precision", "ndcg", "map", "auc_mu")
-
-
 def metric_name(task: str, metric: str | None = None) -> str:
     """The LightGBM metric early stopping and tuning optimise."""
     return metric or {"binary": "auc", "multiclass": "multi_logloss", "regression": "rmse"}[task]
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric.split("@")[0] in _HIGHER_IS_BETTER
 
 
 def lgb_params(train: TrainConfig, task: str, num_classes: int | None, num_threads: int) -> dict[str, Any]:

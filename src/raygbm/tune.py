@@ -30,6 +30,7 @@ import lightgbm as lgb
 import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
+from raygbm.direction import best, tune_mode
 from raygbm.errors import ConfigError
 from raygbm.paths import home
 from raygbm.train import (
@@ -37,7 +38,6 @@ from raygbm.train import (
     RunMeta,
     best_metrics,
     boost,
-    higher_is_better,
     lgb_dataset,
     lgb_datasets,
     lgb_params,
@@ -167,8 +167,7 @@ def tune_trial(params: dict[str, Any], setup: TrialSetup) -> None:
                       stratified=meta.task != "regression", shuffle=True, seed=setup.cv_seed, callbacks=callbacks)
         key = next(k for k in hist if k.endswith("-mean"))
         values = hist[key]
-        best_i = max(range(len(values)), key=values.__getitem__) if higher_is_better(lgbp["metric"]) else min(
-            range(len(values)), key=values.__getitem__)
+        best_i = best(lgbp["metric"], range(len(values)), key=values.__getitem__)
         final = {"score": float(values[best_i]), f"cv-{lgbp['metric']}": float(values[best_i]),
                  f"cv-{lgbp['metric']}-stdv": float(hist[key.replace("-mean", "-stdv")][best_i]),
                  "iteration": len(values), "best_iteration": best_i + 1}
@@ -239,7 +238,7 @@ def tune_search(
         return TuneResult.from_dict(json.loads((path / BEST_FILE).read_text()))
 
     metric = metric_name(meta.task, train.metric)
-    mode = "max" if higher_is_better(metric) else "min"
+    mode = tune_mode(metric)
     train_rows = meta.rows("train")
     kind = trial_mode(min(train_rows, tune_cfg.sample_rows or train_rows), resources)
     if kind == "ray_train" and tune_cfg.cv_folds:
@@ -330,7 +329,7 @@ def tune_search(
         trials.append({
             "trial_id": m.get("trial_id"),
             "params": {k: v for k, v in (r.config or {}).items()},
-            "score": _best_of(history, mode) if history else None,
+            "score": best(metric, [s for _, s in history]) if history else None,
             "iterations": int(m.get("iteration", 0) or 0),
             "time_s": float(m.get("time_total_s", 0.0) or 0.0),
             "status": "error" if r.error else ("complete" if _completed(m, train) else "stopped early"),
@@ -340,8 +339,8 @@ def tune_search(
     if not scored:
         first_error = next((r.error for r in grid_result if r.error), None)
         raise ConfigError(f"every tuning trial failed: {first_error}")
-    best = (max if mode == "max" else min)(scored, key=lambda t: t["score"])
-    result = TuneResult(name=name, path=path, best_params=best["params"], best_score=best["score"], metric=metric,
+    top = best(metric, scored, key=lambda t: t["score"])
+    result = TuneResult(name=name, path=path, best_params=top["params"], best_score=top["score"], metric=metric,
                         mode=mode, trials=trials, wall_s=time.perf_counter() - t0, trial_mode=kind, restored=restored,
                         fit_s=fit_s, concurrency=concurrency)
     tmp = path / (BEST_FILE + ".tmp")
@@ -353,11 +352,6 @@ def tune_search(
 def _completed(m: dict[str, Any], train: TrainConfig) -> bool:
     """Ran to its end: the final report (it carries best_iteration) or ASHA's max_t."""
     return "best_iteration" in m or int(m.get("iteration", 0) or 0) >= train.num_boost_round
-
-
-def _best_of(history: list[list[float]], mode: str) -> float:
-    scores = [s for _, s in history]
-    return max(scores) if mode == "max" else min(scores)
 
 
 def _nan(v: Any) -> bool:
