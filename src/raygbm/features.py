@@ -182,6 +182,15 @@ class Preprocessor:
         self._code = {c: {v: i + 1 for i, v in enumerate(vals)} for c, vals in self.categories_.items()}
         self._label_code = {v: i for i, v in enumerate(self.label_classes_)} if self.label_classes_ is not None else None
 
+    @property
+    def category_codes(self) -> dict[str, dict[Any, int]]:
+        """Per categorical column, category value → code (1..K; absent values get ``UNSEEN``).
+
+        The preprocessor's own lookup tables, shared rather than copied (the endpoint reads them for
+        every request): read them, never change them."""
+        self._check_fitted()
+        return self._code
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "feature_names_"):
             raise RuntimeError("Preprocessor is not fitted")

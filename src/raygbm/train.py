@@ -21,10 +21,9 @@ import lightgbm as lgb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygbm.bundle import MODEL_FILE
 from raygbm.config import ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
-
-MODEL_FILE = "model.txt"
 
 
 def objective_params(task: str, num_classes: int | None, metric: str | None = None) -> dict[str, Any]:

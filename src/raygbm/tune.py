@@ -46,8 +46,13 @@ from raygbm.train import (
 )
 
 BEST_FILE = "best.json"
-# Tune's tuning parameters are given to LightGBM as these types.
-_INT_PARAMS = {"num_leaves", "min_data_in_leaf", "max_bin", "bagging_freq", "max_depth", "min_data_in_bin"}
+# LightGBM wants these as integers; Tune's samplers (and a search's saved results) may hand back floats.
+_INT_PARAMS = frozenset({"num_leaves", "min_data_in_leaf", "max_bin", "bagging_freq", "max_depth", "min_data_in_bin"})
+
+
+def typed_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled parameters with the types LightGBM takes them as."""
+    return {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
 
 
 def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
@@ -108,8 +113,7 @@ class TrialSetup:
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
-    sampled = {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
-    return TrainConfig.model_validate({**base, "params": {**base["params"], **sampled}})
+    return TrainConfig.model_validate({**base, "params": {**base["params"], **typed_params(params)}})
 
 
 _TABLES: dict[tuple[Any, ...], tuple[pa.Table, pa.Table]] = {}
