@@ -133,10 +133,11 @@ def best_metrics(booster: lgb.Booster) -> dict[str, float]:
 
 def metrics_of(results: list[tuple]) -> dict[str, float]:
     """LightGBM's evaluation list as a dict; ``score`` is the first metric (the one early stopping and
-    tuning use). ``lgb.cv`` names its entries ``cv_agg``/``valid <metric>``: reported as ``cv-<metric>``."""
+    tuning use). ``lgb.cv``'s fold means (entries with a fifth field, the spread over the folds) are
+    reported as ``cv-<metric>``, ``lgb.train``'s as ``<dataset>-<metric>``."""
     out: dict[str, float] = {}
     for r in results or []:
-        name = f"cv-{r[1].removeprefix('valid ')}" if r[0] == "cv_agg" else f"{r[0]}-{r[1]}"
+        name = f"cv-{r[1]}" if len(r) == 5 else f"{r[0]}-{r[1]}"
         out[name] = float(r[2])
     if results:
         out["score"] = float(results[0][2])

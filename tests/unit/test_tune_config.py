@@ -100,3 +100,24 @@ def test_trial_record_keeps_the_best_score_and_the_last_reported_metrics():
     assert low["score"] == 2.0 and low["status"] == "complete" and low["last_metrics"] == {"validation-rmse": 2.0}
     failed = trial_record(_Result({}, None, error=RuntimeError("x")), train, "auc")
     assert failed["score"] is None and failed["status"] == "error" and failed["last_metrics"] == {}
+
+
+def test_cross_validation_reports_are_named_cv_and_holdout_reports_by_dataset():
+    import lightgbm as lgb
+    import numpy as np
+
+    from raygbm.train import ReportEveryK
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(int)
+    params = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": 1}
+    reports = []
+    lgb.cv(params, lgb.Dataset(X, y), num_boost_round=4, nfold=3,
+           callbacks=[ReportEveryK(2, 10**9, lambda m, _model: reports.append(m))])
+    assert [r["iteration"] for r in reports] == [2, 4]
+    assert all(set(r) == {"cv-auc", "score", "iteration"} for r in reports)
+    reports.clear()
+    lgb.train(params, lgb.Dataset(X, y), num_boost_round=2, valid_sets=[lgb.Dataset(X, y)], valid_names=["validation"],
+              callbacks=[ReportEveryK(2, 10**9, lambda m, _model: reports.append(m))])
+    assert set(reports[0]) == {"validation-auc", "score", "iteration"}
