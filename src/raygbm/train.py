@@ -1,9 +1,9 @@
 """Training LightGBM on the preprocessed splits: in-process, or with Ray Train's LightGBMTrainer.
 
-Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round; each call is a
-cross-worker barrier that cost ~2 s here (60 rounds: 132 s against 1.1 s for plain ``lgb.train``). So
+Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round, and each call is a
+barrier across the workers that waits on the Train controller, far slower than a boosting round. So
 workers report every ``report_every`` rounds, checkpoint every ``checkpoint_every`` rounds, and LightGBM's
-own early stopping decides when to stop. After a worker failure Ray Train restarts the group and
+own early stopping decides when to stop (README's benchmark section has the figures). After a worker failure Ray Train restarts the group and
 ``train_fn_per_worker`` resumes from the last checkpoint with ``init_model``, not from round 0.
 """
 
@@ -332,9 +332,10 @@ def _read_part(path: str, columns: list[str]) -> pa.Table:
 def _split_dataset(split_dir: Path, columns: list[str]) -> Any:
     """A split as a materialised Ray Dataset, one block per part file, read by plain Ray tasks.
 
-    ``read_parquet(...).materialize()`` took ~2-5 s for 200k rows here (planning, metadata and
-    executor start-up); one task per file that returns its table takes ~0.1 s. The blocks live in the
-    object store, so workers on any node can read their shards; nothing passes through the driver.
+    Not ``read_parquet(...).materialize()``: that plans the read, fetches metadata and starts Ray
+    Data's streaming executor, a fixed cost larger than reading these few files; a plain task per file
+    that returns its table has none of it. The blocks live in the object store, so workers on any node
+    can read their shards; nothing passes through the driver.
     """
     import ray
     import ray.data
