@@ -114,6 +114,8 @@ def train_final(meta: RunMeta, train: TrainConfig, evaluate: EvaluateConfig, res
 
 @dataclass(frozen=True)
 class Gate:
+    """The champion gate's verdict on a new model, and why."""
+
     decision: str  # "champion" or "candidate"
     reason: str
 
@@ -322,6 +324,8 @@ def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: st
 
 def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force: bool = False, tune: bool = True,
                  shards: Any = None) -> tuple[Outcome, TuneResult | None]:
+    """Preprocess, tune (unless ``tune`` is false), train with the best parameters (or LightGBM's
+    defaults, when they validate better), evaluate and register; returns the outcome and the search."""
     pre = preprocess(cfg, progress=progress, force=force, shards=shards)
     meta = RunMeta.load(pre.run_dir)
     train = cfg.train
