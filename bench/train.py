@@ -47,7 +47,7 @@ def main() -> None:
         tc = TrainConfig(num_boost_round=args.rounds, early_stopping_rounds=None,
                          report_every=args.report_every, checkpoint_every=args.checkpoint_every)
 
-        # Two plain runs, the faster counts: this 2-core machine's timings vary by ~20% run to run.
+        # Two plain runs, the faster counts: on a shared machine one run alone is noisy.
         plain = min((train_in_process(meta, tc, num_threads=args.threads) for _ in range(2)), key=lambda r: r.timings["boost_s"])
         plain_loop = plain.timings["boost_s"]
         print(f"plain lgb.train     : loop {plain_loop:6.2f}s  ({args.rounds} rounds, {args.threads} thread(s))", flush=True)

@@ -1,22 +1,80 @@
-"""A model bundle on disk: what batch prediction, the gate and the endpoint load (text and JSON only)."""
+"""The model bundle: its file format, its manifest, writing one, and loading one (text and JSON only).
+
+A bundle is a folder: the LightGBM text model, the preprocessor JSON, the schema, the test metrics, the
+LightGBM parameters, the drift monitor's reference profile, and ``manifest.json`` with the sha256 of
+every other file. The registry stores the manifest's own sha256 as a tag on the model version, so a
+bundle read back is verified end to end. Nothing is ever unpickled. Batch prediction, the champion
+gate and the endpoint all load a ``Bundle``.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
-from raygbm.errors import DataError
-from raygbm.evaluate import features_matrix, task_metrics
-from raygbm.features import Preprocessor
-from raygbm.registry import MODEL_FILE, PREPROCESSOR_FILE, verify_bundle
+from raygbm.errors import DataError, RegistryError
+from raygbm.drift.reference import REFERENCE_FILE
+from raygbm.paths import sha256_file
 
+if TYPE_CHECKING:  # lightgbm and the preprocessor load on first use: the registry imports this module
+    import lightgbm as lgb
+
+    from raygbm.features import Preprocessor
+
+MODEL_FILE = "model.txt"
+PREPROCESSOR_FILE = "preprocessor.json"
+SCHEMA_FILE = "schema.json"
 METRICS_FILE = "metrics.json"
+PARAMS_FILE = "params.json"
+MANIFEST_FILE = "manifest.json"
+BUNDLE_FORMAT = "raygbm.bundle/1"
+
+
+def write_manifest(bundle: Path) -> str:
+    """Write ``manifest.json`` over every other file in the bundle; returns the manifest's sha256."""
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    manifest = {"format": BUNDLE_FORMAT, "sha256": {str(p.relative_to(bundle)): sha256_file(p) for p in files}}
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return sha256_file(bundle / MANIFEST_FILE)
+
+
+def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
+    """Check the manifest (against the pinned hash) and every file it lists; returns the manifest."""
+    mpath = bundle / MANIFEST_FILE
+    if not mpath.exists():
+        raise RegistryError(f"{bundle}: no {MANIFEST_FILE}: not a raygbm model bundle")
+    if manifest_sha256 and sha256_file(mpath) != manifest_sha256:
+        raise RegistryError(f"{bundle}: {MANIFEST_FILE} does not match the sha256 pinned in the registry")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise RegistryError(f"{bundle}: unknown bundle format {manifest.get('format')!r}")
+    for rel, digest in manifest["sha256"].items():
+        p = bundle / rel
+        if not p.exists():
+            raise RegistryError(f"{bundle}: {rel} is missing")
+        if sha256_file(p) != digest:
+            raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest")
+    return manifest
+
+
+def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[str, Any], reference: dict[str, Any],
+                 params: dict[str, Any]) -> str:
+    """Write a new bundle folder ``dest``: the model, the preprocess run's preprocessor and schema, the
+    test metrics, the drift reference and the parameters, then the manifest. Returns the manifest's sha256."""
+    dest.mkdir()
+    booster.save_model(str(dest / MODEL_FILE))
+    shutil.copy(run_dir / PREPROCESSOR_FILE, dest / PREPROCESSOR_FILE)
+    shutil.copy(run_dir / SCHEMA_FILE, dest / SCHEMA_FILE)
+    (dest / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    (dest / REFERENCE_FILE).write_text(json.dumps(reference, allow_nan=False))
+    (dest / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
+    return write_manifest(dest)
 
 
 @dataclass
@@ -28,6 +86,10 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path, manifest_sha256: str | None = None) -> "Bundle":
+        import lightgbm as lgb
+
+        from raygbm.features import Preprocessor
+
         path = Path(path)
         verify_bundle(path, manifest_sha256)
         booster = lgb.Booster(model_file=str(path / MODEL_FILE))
@@ -71,6 +133,8 @@ class Bundle:
         return self.preprocessor.transform_table(raw)
 
     def scores(self, features: pa.Table) -> np.ndarray:
+        from raygbm.evaluate import features_matrix
+
         return self.booster.predict(features_matrix(self.booster, features), num_threads=0)
 
     def labelled(self, scores: np.ndarray) -> tuple[list[Any], np.ndarray]:
@@ -91,6 +155,8 @@ class Bundle:
 
     def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
         """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
+        from raygbm.evaluate import task_metrics
+
         feats = self.features(raw)
         y = np.asarray(feats.column(self.preprocessor.schema.label))
         if self.task != "regression" and (y < 0).any():

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from raygbm.errors import RaygbmError
+from raygbm.progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray.")
@@ -87,8 +88,8 @@ def preprocess(
     """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report."""
     try:
         cfg = _config(config, set_, data, label, task, **({"data.quarantine": True} if quarantine else {}))
-        with _progress(json_out) as say:
-            result = _prepare(cfg, say, force)
+        with _progress(json_out) as progress:
+            result = _run_data_stage(cfg, progress, force)
     except RaygbmError as exc:
         _fail(str(exc))
     if json_out:
@@ -119,9 +120,9 @@ def tune(
 
     try:
         cfg = _config(config, set_, data, label, task, **{"tune.trials": trials})
-        with _progress() as say:
-            meta = RunMeta.load(_prepare(cfg, say, force).run_dir)
-            result = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=say, force=force)
+        with _progress() as progress:
+            meta = RunMeta.load(_run_data_stage(cfg, progress, force).run_dir)
+            result = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
     except RaygbmError as exc:
         _fail(str(exc))
     print_tuning(result)
@@ -144,10 +145,10 @@ def train(
 
     try:
         cfg = _config(config, set_, data, label, task)
-        with _progress() as say:
-            meta = RunMeta.load(_prepare(cfg, say, force).run_dir)
-            trained = train_final(meta, cfg.train, cfg.evaluate, cfg.resources, say)
-            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, say)
+        with _progress() as progress:
+            meta = RunMeta.load(_run_data_stage(cfg, progress, force).run_dir)
+            trained = train_final(meta, cfg.train, cfg.evaluate, cfg.resources, progress)
+            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, progress)
     except RaygbmError as exc:
         _fail(str(exc))
     print_outcome(outcome)
@@ -169,9 +170,9 @@ def evaluate(
 
     try:
         cfg = _config(config, set_, data, label, task)
-        with _progress(json_out) as say:
-            meta = RunMeta.load(_prepare(cfg, say, False).run_dir)
-            say(f"evaluating model {model}")
+        with _progress(json_out) as progress:
+            meta = RunMeta.load(_run_data_stage(cfg, progress, False).run_dir)
+            progress(f"evaluating model {model}")
             ref, metrics = evaluate_registered(meta, cfg.registry, model)
     except RaygbmError as exc:
         _fail(str(exc))
@@ -202,11 +203,11 @@ def run(
 
     try:
         cfg = _config(config, set_, data, label, task, **{"tune.trials": trials or None})
-        with _progress(json_out) as say:
+        with _progress(json_out) as progress:
             shards = _check(cfg)
-            say("starting Ray")
+            progress("starting Ray")
             _ray(cfg)
-            outcome, tuning = run_pipeline(cfg, say=say, force=force, tune=trials != 0, shards=shards)
+            outcome, tuning = run_pipeline(cfg, progress=progress, force=force, tune=trials != 0, shards=shards)
     except RaygbmError as exc:
         _fail(str(exc))
     if json_out:
@@ -244,12 +245,12 @@ def predict(
         return
     try:
         cfg = _config(config, set_, None, None, None)
-        with _progress() as say:
-            say(f"loading model {model}")
+        with _progress() as progress:
+            progress(f"loading model {model}")
             ref, bundle = local_bundle(Registry(cfg.registry), model)
-            say("starting Ray")
+            progress("starting Ray")
             _ray(cfg)
-            say(f"scoring {input}")
+            progress(f"scoring {input}")
             out = predict_dataset(input, output, bundle, chunk_rows=cfg.resources.read_chunk_rows, overwrite=overwrite)
     except RaygbmError as exc:
         _fail(str(exc))
@@ -318,10 +319,10 @@ def serve(
             from raygbm.runtime import enable_fast_ingress
 
             enable_fast_ingress()
-        with _progress() as say:
-            say("starting Ray")
+        with _progress() as progress:
+            progress("starting Ray")
             _ray(cfg)
-            say(f"deploying model {model}")
+            progress(f"deploying model {model}")
             url = deploy(cfg.registry, cfg.serve, cfg.monitor, None if model == "champion" else model)
     except RaygbmError as exc:
         _fail(str(exc))
@@ -365,9 +366,10 @@ def drift_report(
 
 
 def _progress(quiet: bool = False) -> Any:
-    from raygbm.report import progress
+    """The progress display (``report.progress_display``), imported on use: rich loads slowly."""
+    from raygbm.report import progress_display
 
-    return progress(quiet)
+    return progress_display(quiet)
 
 
 def _check(cfg: Any) -> Any:
@@ -385,14 +387,14 @@ def _ray(cfg: Any) -> None:
     ensure_ray(cfg.resources)
 
 
-def _prepare(cfg: Any, say: Any, force: bool) -> Any:
+def _run_data_stage(cfg: Any, progress: Progress, force: bool) -> Any:
     """Check the shards, start Ray, run (or reuse) the data stage."""
     from raygbm.data import preprocess as preprocess_stage
 
     shards = _check(cfg)
-    say("starting Ray")
+    progress("starting Ray")
     _ray(cfg)
-    return preprocess_stage(cfg, progress=say, force=force, shards=shards)
+    return preprocess_stage(cfg, progress=progress, force=force, shards=shards)
 
 
 def main() -> None:

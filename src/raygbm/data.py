@@ -35,39 +35,15 @@ from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfi
 from raygbm.errors import DataError, RaygbmError
 from raygbm.features import Preprocessor, add_derived
 from raygbm.paths import runs_dir, sha256_file
+from raygbm.progress import Progress, no_progress
 from raygbm.schema import DatasetSchema, ShardSet, check_shards, infer_schema
 from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
-from raygbm.stats import CategoricalStats, NumericStats, TableStats
+from raygbm.stats import CategoricalStats, TableStats
+from raygbm.task import label_is_numeric, resolve_task
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
 STAGE_FORMAT = 2  # bump when outputs of the same inputs and config would change
-
-
-# ------------------------------------------------------------------------------------------- task choice
-
-MAX_CLASSES = 50
-
-
-def infer_task(label_type: pa.DataType, label_stats: CategoricalStats | NumericStats | None) -> str:
-    """binary for two classes, multiclass for up to 50 integer or string classes, else regression."""
-    if isinstance(label_stats, CategoricalStats):
-        k = len(label_stats.counts)
-        if k < 2:
-            raise DataError(f"the label has {k} distinct value(s); need at least 2")
-        if k == 2:
-            return "binary"
-        if k <= MAX_CLASSES and not pa.types.is_floating(label_type):
-            return "multiclass"
-        if pa.types.is_integer(label_type):
-            return "regression"
-        raise DataError(f"the label has {k} classes (more than {MAX_CLASSES}); set data.task explicitly")
-    return "regression"
-
-
-def _label_is_numeric(label_type: pa.DataType, task: str) -> bool:
-    """Float labels are profiled as numbers; everything else by class counts."""
-    return pa.types.is_floating(label_type) or (task == "regression" and pa.types.is_integer(label_type))
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -206,7 +182,8 @@ class BlockPlan:
     cutoffs: tuple[float, float] | None = None
 
 
-def _labelled(table: pa.Table, label: str) -> tuple[pa.Table, int]:
+def _drop_unlabelled(table: pa.Table, label: str) -> tuple[pa.Table, int]:
+    """The rows with a label (not null, not NaN), and how many were dropped."""
     y = table.column(label)
     valid = pc.is_valid(y)
     if pa.types.is_floating(y.type):
@@ -215,9 +192,9 @@ def _labelled(table: pa.Table, label: str) -> tuple[pa.Table, int]:
     return (table.filter(valid) if missing else table), int(missing or 0)
 
 
-def _prepare(table: pa.Table, plan: BlockPlan) -> tuple[pa.Table, np.ndarray, np.ndarray, int]:
-    """Labelled rows, their row hashes and split codes."""
-    table, missing = _labelled(table, plan.schema.label)
+def _split_block(table: pa.Table, plan: BlockPlan) -> tuple[pa.Table, np.ndarray, np.ndarray, int]:
+    """A block's labelled rows, their row hashes and split codes, and how many rows had no label."""
+    table, missing = _drop_unlabelled(table, plan.schema.label)
     h = row_hash(table, plan.hash_columns)
     codes = assign_split(table, plan.split, row_hashes=h, cutoffs=plan.cutoffs)
     return table, h, codes, missing
@@ -229,7 +206,7 @@ def _row_ids(table: pa.Table) -> np.ndarray:
 
 
 def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
-    table, h, codes, missing = _prepare(table, plan)
+    table, h, codes, missing = _split_block(table, plan)
     derived = add_derived(table, plan.features.derived)
     sample = to_unit(h, plan.split.seed ^ _SAMPLE_SALT) < plan.sample_rate
     numeric = plan.schema.numeric + [d.name for d in plan.features.derived]
@@ -253,7 +230,7 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
 def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: tuple[np.ndarray, np.ndarray] | None, out_dir: str) -> dict[str, list]:
     shard = int(table.column(SHARD_COL)[0].as_py()) if table.num_rows else -1
     first = int(table.column(ROW_COL)[0].as_py()) if table.num_rows else -1
-    table, h, codes, _ = _prepare(table, plan)
+    table, h, codes, _ = _split_block(table, plan)
     if drop is not None and len(drop[0]):
         dup_hashes, keepers = drop
         pos = np.searchsorted(dup_hashes, h).clip(max=len(dup_hashes) - 1)
@@ -288,7 +265,7 @@ def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: t
 
 
 def time_block(table: pa.Table, label: str, column: str) -> dict[str, list]:
-    table, _ = _labelled(table, label)
+    table, _ = _drop_unlabelled(table, label)
     return {"t": [time_values(table.column(column)).tobytes()]}
 
 
@@ -320,7 +297,7 @@ def _duplicates(blocks: list[dict[str, Any]], drop: bool) -> tuple[int, tuple[np
     if hashes.size == 0:
         return 0, None
     if not drop:
-        hashes = np.sort(hashes)  # a sort beats np.unique's hash table here by ~8x
+        hashes = np.sort(hashes)  # duplicates are equal neighbours once sorted
         return int((hashes[1:] == hashes[:-1]).sum()), None
     ids = np.concatenate([np.frombuffer(b["ids"], dtype=np.int64) for b in blocks])
     order = np.lexsort((ids, hashes))  # by hash, then position: the first occurrence comes first
@@ -333,10 +310,22 @@ def _duplicates(blocks: list[dict[str, Any]], drop: bool) -> tuple[int, tuple[np
     return dup_count, (h[first][repeated].copy(), i[first][repeated].copy())
 
 
+@dataclass
+class Profile:
+    """The profile pass merged over every block."""
+
+    everything: TableStats  # every labelled row
+    train: TableStats  # the training split's rows
+    missing_label: int
+    split_rows: np.ndarray  # rows per split, before de-duplication
+    duplicates: int
+    drop: tuple[np.ndarray, np.ndarray] | None  # what transform_block needs to drop duplicates
+
+
 def preprocess(
     config: PipelineConfig,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = no_progress,
     force: bool = False,
     runner: RayDataRunner | LocalRunner | None = None,
     shards: ShardSet | None = None,
@@ -348,56 +337,78 @@ def preprocess(
     A finished run with the same input content and config is found by its key and reused. ``shards``
     passes in the result of an earlier ``check_shards`` on the same source, so footers are read once.
     """
-    say = progress or (lambda _msg: None)
     runner = runner or RayDataRunner()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    shards, schema = _checked_input(config, shards, progress)
+    timings["check_s"] = time.perf_counter() - t0
+
+    key = _stage_key(shards, config)
+    final = runs_dir() / f"preprocess-{key[:16]}"
+    if (final / "data_report.json").exists() and not force:
+        progress(f"reusing finished run {final}")
+        return PreprocessResult(final, json.loads((final / "data_report.json").read_text()), cached=True, timings=timings)
+
+    label_type = shards.schema.field(schema.label).type
+    plan = _block_plan(config, shards, schema, label_type)
+    if config.split.time is not None:
+        progress("finding time cut-offs")
+        t = time.perf_counter()
+        plan = replace(plan, cutoffs=_time_cutoffs(runner, shards, config, schema.label))
+        timings["time_cutoffs_s"] = time.perf_counter() - t
+    progress(f"profiling {shards.num_rows:,} rows in {len(shards.shards)} shards")
+    t = time.perf_counter()
+    profile = _profile(runner, shards, plan, config)
+    timings["profile_s"] = time.perf_counter() - t
+
+    task, classes = resolve_task(config.data.task, schema.label, label_type, profile.everything.label)
+    pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(profile.train, classes, task)
+    progress("transforming and writing splits")
+    report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0)
+    timings["total_s"] = time.perf_counter() - t0
+    return PreprocessResult(final, report, cached=False, timings=timings)
+
+
+def _checked_input(config: PipelineConfig, shards: ShardSet | None, progress: Progress) -> tuple[ShardSet, DatasetSchema]:
+    """The checked shards (``shards`` when already checked for this source) and the dataset schema."""
     if not config.data.source:
         raise DataError("no data source given (use --data PATH_OR_URI or data.source in the config)")
     if shards is None or shards.source != config.data.source:
-        say("checking shards")
+        progress("checking shards")
         shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine)
     derived_inputs = [c for d in config.features.derived for c in d.inputs]
     schema = infer_schema(shards.schema, config.data, config.split, derived_inputs)
     for d in config.features.derived:
         if d.name in shards.schema.names:
             raise DataError(f"derived feature {d.name!r} clashes with an existing column")
-    timings["check_s"] = time.perf_counter() - t0
+    return shards, schema
 
-    key = _stage_key(shards, config)
-    final = runs_dir() / f"preprocess-{key[:16]}"
-    if (final / "data_report.json").exists() and not force:
-        say(f"reusing finished run {final}")
-        return PreprocessResult(final, json.loads((final / "data_report.json").read_text()), cached=True, timings=timings)
 
-    label_type = shards.schema.field(schema.label).type
-    task_hint = config.data.task if config.data.task != "auto" else "regression" if pa.types.is_floating(label_type) else "auto"
-    label_numeric = _label_is_numeric(label_type, task_hint)
-    total = max(shards.num_rows, 1)
-    plan = BlockPlan(
+def _block_plan(config: PipelineConfig, shards: ShardSet, schema: DatasetSchema, label_type: pa.DataType) -> BlockPlan:
+    return BlockPlan(
         schema=schema,
         data=config.data,
         split=config.split,
         features=config.features,
-        label_numeric=label_numeric,
+        label_numeric=label_is_numeric(label_type, config.data.task),
         hash_columns=list(shards.schema.names),
-        sample_rate=min(1.0, config.features.quantile_sample_rows / total),
+        sample_rate=min(1.0, config.features.quantile_sample_rows / max(shards.num_rows, 1)),
     )
-    chunk = config.resources.read_chunk_rows
 
-    if config.split.time is not None:
-        say("finding time cut-offs")
-        t = time.perf_counter()
-        cols = [schema.label, config.split.time]
-        rows = runner.map_blocks(shards, chunk, time_block, (schema.label, config.split.time), list(dict.fromkeys(cols)))
-        times = np.concatenate([np.frombuffer(r["t"], dtype=np.float64) for r in rows]) if rows else np.empty(0)
-        plan = replace(plan, cutoffs=time_cutoffs(times, config.split))
-        timings["time_cutoffs_s"] = time.perf_counter() - t
 
-    say(f"profiling {shards.num_rows:,} rows in {len(shards.shards)} shards")
-    t = time.perf_counter()
-    blocks = runner.map_blocks(shards, chunk, profile_block, (plan,))
-    timings["profile_s"] = time.perf_counter() - t
+def _time_cutoffs(runner: RayDataRunner | LocalRunner, shards: ShardSet, config: PipelineConfig,
+                  label: str) -> tuple[float, float]:
+    """The time split's cut-offs, from a pass that reads the label and the time column alone."""
+    column = config.split.time
+    rows = runner.map_blocks(shards, config.resources.read_chunk_rows, time_block, (label, column),
+                             list(dict.fromkeys([label, column])))
+    times = np.concatenate([np.frombuffer(r["t"], dtype=np.float64) for r in rows]) if rows else np.empty(0)
+    return time_cutoffs(times, config.split)
+
+
+def _profile(runner: RayDataRunner | LocalRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig) -> Profile:
+    """The profile pass: every block's statistics merged, label and duplicate counts, split sizes."""
+    blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,))
     everything = TableStats()
     train = TableStats()
     for b in blocks:
@@ -406,28 +417,26 @@ def preprocess(
     missing_label = sum(int(b["missing_label"]) for b in blocks)
     split_rows = np.sum([b["splits"] for b in blocks], axis=0) if blocks else np.zeros(3, dtype=int)
     duplicates, drop = _duplicates(blocks, config.data.duplicates == "drop")
-    del blocks
     if everything.rows == 0:
         raise DataError(f"{config.data.source}: no rows with a label (read {shards.num_rows} rows)")
     if train.rows == 0:
         raise DataError("the training split is empty: check split fractions and the key/time column")
+    return Profile(everything, train, missing_label, split_rows, duplicates, drop)
 
-    task = config.data.task if config.data.task != "auto" else infer_task(label_type, everything.label)
-    if task != "regression" and isinstance(everything.label, NumericStats):
-        raise DataError(f"task {task} needs a discrete label, but {schema.label!r} is {label_type}")
-    classes = sorted(everything.label.counts) if task != "regression" else None  # type: ignore[union-attr]
-    if task == "binary" and classes is not None and len(classes) != 2:
-        raise DataError(f"task binary needs 2 label classes, found {len(classes)}")
-    pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(train, classes, task)
 
-    say("transforming and writing splits")
+def _write_run(final: Path, key: str, runner: RayDataRunner | LocalRunner, shards: ShardSet, plan: BlockPlan,
+               pre: Preprocessor, profile: Profile, task: str, config: PipelineConfig, timings: dict[str, float],
+               t0: float) -> dict[str, Any]:
+    """The transform pass into a staging folder, then the run's files, then the folder renamed to
+    ``final`` (readers see a whole run or none). Returns the data report."""
     runs_dir().mkdir(parents=True, exist_ok=True)
     staging = runs_dir() / f".staging-{key[:16]}-{uuid.uuid4().hex[:8]}"
     try:
         for name in (*SPLIT_NAMES, RAW_TEST):
             (staging / name).mkdir(parents=True)
         t = time.perf_counter()
-        written = runner.map_blocks(shards, chunk, transform_block, (plan, pre, drop, str(staging)))
+        written = runner.map_blocks(shards, config.resources.read_chunk_rows, transform_block,
+                                    (plan, pre, profile.drop, str(staging)))
         timings["transform_s"] = time.perf_counter() - t
         rows_out = {name: 0 for name in SPLIT_NAMES}
         manifest: dict[str, str] = {}
@@ -435,25 +444,29 @@ def preprocess(
             if w["split"] in rows_out:
                 rows_out[w["split"]] += int(w["rows"])
             manifest[w["file"]] = w["sha256"]
-        report = build_report(
-            shards, schema, pre, everything, task, missing_label, duplicates, config, rows_out, split_rows
-        )
+        report = build_report(shards, plan.schema, pre, profile.everything, task, profile.missing_label,
+                              profile.duplicates, config, rows_out, profile.split_rows)
         report["timings"] = {**timings, "total_s": time.perf_counter() - t0}
-        _write_json(staging / "schema.json", schema.to_dict())
-        (staging / "preprocessor.json").write_text(pre.to_json())
-        (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        _write_json(staging / "data_report.json", report)
-        for name in ("schema.json", "preprocessor.json", "config.yaml", "data_report.json"):
-            manifest[name] = sha256_file(str(staging / name))
-        _write_json(staging / "manifest.json", {"sha256": dict(sorted(manifest.items())), "raygbm": __version__})
+        _write_run_files(staging, plan.schema, pre, config, report, manifest)
         if final.exists():  # an unfinished or forced older copy: replace it whole
             shutil.rmtree(final)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    timings["total_s"] = time.perf_counter() - t0
-    return PreprocessResult(final, report, cached=False, timings=timings)
+    return report
+
+
+def _write_run_files(staging: Path, schema: DatasetSchema, pre: Preprocessor, config: PipelineConfig,
+                     report: dict[str, Any], manifest: dict[str, str]) -> None:
+    """Schema, preprocessor, config and data report, then the manifest over them and the split files."""
+    _write_json(staging / "schema.json", schema.to_dict())
+    (staging / "preprocessor.json").write_text(pre.to_json())
+    (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    _write_json(staging / "data_report.json", report)
+    for name in ("schema.json", "preprocessor.json", "config.yaml", "data_report.json"):
+        manifest[name] = sha256_file(str(staging / name))
+    _write_json(staging / "manifest.json", {"sha256": dict(sorted(manifest.items())), "raygbm": __version__})
 
 
 def _write_json(path: Path, obj: Any) -> None:

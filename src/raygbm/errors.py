@@ -11,3 +11,7 @@ class ConfigError(RaygbmError):
 
 class DataError(RaygbmError):
     """Bad input data: a missing, corrupt or mismatched shard, a missing column."""
+
+
+class RegistryError(RaygbmError):
+    """No such model or version, a tampered bundle, or an unreachable store."""

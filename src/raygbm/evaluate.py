@@ -17,20 +17,15 @@ import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
+from raygbm.direction import higher_is_better
 from raygbm.errors import DataError
 
-# The gate's default metric per task, and whether higher is better.
+# The gate's default metric per task (raygbm.direction says which way each one is better).
 DEFAULT_GATE_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
-LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 
 
 def gate_metric(task: str, metric: str | None) -> str:
     return metric or DEFAULT_GATE_METRIC[task]
-
-
-def better(metric: str, new: float, old: float, margin: float = 0.0) -> bool:
-    """``new`` beats ``old`` by more than ``margin``."""
-    return new < old - margin if metric in LOWER_IS_BETTER else new > old + margin
 
 
 def features_matrix(booster: lgb.Booster, table: pa.Table) -> np.ndarray:
@@ -97,7 +92,7 @@ def permutation_importance(booster: lgb.Booster, table: pa.Table, label: str, ta
     X = features_matrix(booster, table)
     y = np.asarray(table.column(label))
     base = task_metrics(task, y, predict_scores(booster, X), num_classes=num_classes)[metric]
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sign = 1.0 if higher_is_better(metric) else -1.0
     out: dict[str, float] = {}
     for j, name in enumerate(booster.feature_name()):
         saved = X[:, j].copy()

@@ -22,6 +22,7 @@ from raygbm.config import DerivedFeature, FeaturesConfig
 from raygbm.errors import DataError
 from raygbm.schema import DatasetSchema
 from raygbm.stats import TableStats
+from raygbm.task import infer_task, label_classes
 
 FORMAT = "raygbm.preprocessor/1"
 UNSEEN = 0  # the reserved code for missing and unseen categories
@@ -168,8 +169,6 @@ class Preprocessor:
 
     def fit(self, table: pa.Table, task: str | None = None) -> "Preprocessor":
         """Fit on an in-memory training table (the distributed path merges block statistics instead)."""
-        from raygbm.data import infer_task  # local: data imports this module
-
         table = add_derived(table, self.config.derived)
         label_numeric = pa.types.is_floating(table.schema.field(self.schema.label).type)
         stats = TableStats.of(
@@ -177,12 +176,20 @@ class Preprocessor:
             np.ones(table.num_rows, dtype=bool),
         )
         task = task or infer_task(table.schema.field(self.schema.label).type, stats.label)
-        classes = sorted(stats.label.counts) if task != "regression" else None  # type: ignore[union-attr]
-        return self.fit_stats(stats, classes, task)
+        return self.fit_stats(stats, label_classes(task, stats.label), task)
 
     def _index(self) -> None:
         self._code = {c: {v: i + 1 for i, v in enumerate(vals)} for c, vals in self.categories_.items()}
         self._label_code = {v: i for i, v in enumerate(self.label_classes_)} if self.label_classes_ is not None else None
+
+    @property
+    def category_codes(self) -> dict[str, dict[Any, int]]:
+        """Per categorical column, category value → code (1..K; absent values get ``UNSEEN``).
+
+        The preprocessor's own lookup tables, shared rather than copied (the endpoint reads them for
+        every request): read them, never change them."""
+        self._check_fitted()
+        return self._code
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "feature_names_"):

@@ -12,18 +12,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightgbm as lgb
 import pyarrow.parquet as pq
 
-from raygbm.bundle import METRICS_FILE, Bundle
+from raygbm.bundle import Bundle, write_bundle
 from raygbm.config import EvaluateConfig, PipelineConfig, RegistryConfig, ResourcesConfig, TrainConfig
+from raygbm.data import preprocess
+from raygbm.direction import better
+from raygbm.drift.reference import reference_profile
 from raygbm.errors import DataError
 from raygbm.evaluate import (
-    better,
+    Evaluation,
     card_html,
     evaluate_model,
+    features_matrix,
     gain_importance,
     gate_metric,
     model_card,
@@ -31,26 +35,13 @@ from raygbm.evaluate import (
     selected_features,
 )
 from raygbm.paths import home
-from raygbm.registry import (
-    BUNDLE_PATH,
-    MODEL_FILE,
-    PREPROCESSOR_FILE,
-    ModelRef,
-    Registry,
-    RegistryError,
-    local_bundle,
-    write_manifest,
-)
-from raygbm.drift.reference import REFERENCE_FILE
+from raygbm.progress import Progress, no_progress
+from raygbm.registry import BUNDLE_PATH, ModelRef, Registry, local_bundle
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, TrainResult, best_metrics, boost, lgb_datasets, lgb_params, train_with_ray
-from raygbm.tune import TuneResult, trial_mode
+from raygbm.tune import TuneResult, sample_table, trial_mode, tune_search, typed_params
 
-Say = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
+CARD_FILE = "model_card.md"
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -73,17 +64,18 @@ def _node_cpus() -> int:
     return max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")) or 1
 
 
-def fit_model(meta: RunMeta, train: TrainConfig, resources: ResourcesConfig, say: Say = _quiet) -> TrainResult:
+def fit_model(meta: RunMeta, train: TrainConfig, resources: ResourcesConfig,
+              progress: Progress = no_progress) -> TrainResult:
     """One model with fixed params: a Ray task using a whole node's CPUs when the data fits one worker,
     else a data-parallel LightGBMTrainer."""
     import ray
 
     rows = meta.rows("train")
     if trial_mode(rows, resources) == "ray_train":
-        say(f"training on {resources.num_workers} Ray Train worker(s)")
+        progress(f"training on {resources.num_workers} Ray Train worker(s)")
         return train_with_ray(meta, train, resources, home() / "train", f"train-{uuid.uuid4().hex[:8]}")
     threads = _node_cpus()
-    say(f"training ({rows:,} rows, {threads} threads)")
+    progress(f"training ({rows:,} rows, {threads} threads)")
     fit = ray.remote(num_cpus=threads)(_fit_in_task)
     text, metrics, best, boost_s = ray.get(fit.remote(
         str(meta.run_dir), meta.features, meta.label, meta.task, meta.num_classes, meta.categorical,
@@ -101,9 +93,9 @@ class Trained:
 
 
 def train_final(meta: RunMeta, train: TrainConfig, evaluate: EvaluateConfig, resources: ResourcesConfig,
-                say: Say = _quiet) -> Trained:
+                progress: Progress = no_progress) -> Trained:
     """Train with ``train.params``; with feature selection on, drop low-gain features and fit again."""
-    result = fit_model(meta, train, resources, say)
+    result = fit_model(meta, train, resources, progress)
     sel = evaluate.selection
     if not sel.enabled:
         return Trained(result, meta, None)
@@ -112,32 +104,38 @@ def train_final(meta: RunMeta, train: TrainConfig, evaluate: EvaluateConfig, res
     selection = {"min_gain_share": sel.min_gain_share, "dropped": dropped, "kept": keep}
     if not dropped:
         return Trained(result, meta, selection)
-    say(f"feature selection dropped {len(dropped)} feature(s); training again")
+    progress(f"feature selection dropped {len(dropped)} feature(s); training again")
     reduced = meta.with_features(keep)
-    return Trained(fit_model(reduced, train, resources, say), reduced, selection)
+    return Trained(fit_model(reduced, train, resources, progress), reduced, selection)
 
 
-# ------------------------------------------------------------------------------- evaluation + registry
+# ------------------------------------------------------------------------------------ the champion gate
 
 
-@dataclass
-class Outcome:
-    version: str
-    run_id: str
+@dataclass(frozen=True)
+class Gate:
+    """The champion gate's verdict on a new model, and why."""
+
     decision: str  # "champion" or "candidate"
     reason: str
-    metrics: dict[str, Any]
-    gate_metric: str
-    champion_score: float | None
-    bundle: Path
-    card: Path
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
-def champion_score(registry: Registry, meta: RunMeta, metric: str) -> tuple[ModelRef | None, float | None, str]:
+def gate_decision(metric: str, new_value: float, champion_version: str | None, champion_value: float | None,
+                  why: str, margin: float) -> Gate:
+    """Whether a new model (test ``metric`` = ``new_value``) becomes champion. ``champion_value`` is the
+    current champion's metric on the same test rows, None when there is no champion or it cannot be
+    scored on this data; ``why`` says which of the two."""
+    if champion_version is None:
+        return Gate("champion", "first model: " + why)
+    if champion_value is None:
+        return Gate("candidate", why)
+    if better(metric, new_value, champion_value, margin):
+        return Gate("champion", f"test {metric} {new_value:.6g} beats champion v{champion_version}'s {champion_value:.6g}")
+    return Gate("candidate", f"test {metric} {new_value:.6g} does not beat champion v{champion_version}'s "
+                             f"{champion_value:.6g} by more than {margin:g}")
+
+
+def score_champion(registry: Registry, meta: RunMeta, metric: str) -> tuple[ModelRef | None, float | None, str]:
     """The current champion's metric on *this* run's test rows, through its own preprocessor."""
     ref = registry.get()
     if ref is None:
@@ -151,6 +149,111 @@ def champion_score(registry: Registry, meta: RunMeta, metric: str) -> tuple[Mode
         return ref, None, f"champion v{ref.version} cannot be scored on this data ({exc})"
 
 
+# ------------------------------------------------------------------------------- evaluation + registry
+
+
+@dataclass
+class Outcome:
+    """What evaluating and registering one model came to (``raygbm run --json`` prints its ``to_dict``)."""
+
+    version: str  # the registered model version
+    run_id: str  # the MLflow parent run
+    decision: str  # "champion" or "candidate"
+    reason: str
+    metrics: dict[str, Any]  # test metrics
+    gate_metric: str
+    champion_score: float | None  # the earlier champion's gate metric on the same test rows
+    report_dir: Path  # the local copy of the report: model card, plots, evaluation.json, ...
+    card_path: Path  # the model card (Markdown) inside report_dir
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def registered_params(train: TrainConfig, meta: RunMeta, trained: Trained) -> dict[str, Any]:
+    """The LightGBM parameters a model was trained with, and its boosting rounds (threads left out)."""
+    params = {**lgb_params(train, meta.task, meta.num_classes, 1), "num_boost_round": trained.result.best_iteration}
+    params.pop("num_threads", None)
+    return params
+
+
+def write_report(report_dir: Path, ev: Evaluation, arrays: dict[str, Any], data_report: dict[str, Any],
+                 tuning: TuneResult | None, trained: Trained) -> list[str]:
+    """The report folder, all but the model card: plots, evaluation, data report, tuning, feature
+    selection and the defaults comparison. Returns the plots' file names."""
+    plots = save_plots(report_dir / "plots", ev, arrays, tuning.trials if tuning else None)
+    (report_dir / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=1))
+    (report_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
+    if tuning:
+        (report_dir / "tuning.json").write_text(json.dumps(tuning.to_dict(), indent=1, default=str))
+    if trained.selection:
+        (report_dir / "selection.json").write_text(json.dumps(trained.selection, indent=1))
+    if trained.comparison:
+        (report_dir / "defaults_comparison.json").write_text(json.dumps(trained.comparison, indent=1))
+    return plots
+
+
+def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str, Any], trained: Trained,
+               data_report: dict[str, Any], tuning: TuneResult | None, gate: Gate, plots: list[str]) -> Path:
+    """The model card, as Markdown and HTML, in the report folder; returns the Markdown file."""
+    card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,
+                         best_iteration=trained.result.best_iteration, data_report=data_report,
+                         tuning=tuning.to_dict() if tuning else None,
+                         gate={"decision": gate.decision, "reason": gate.reason},
+                         plots=plots, selection=trained.selection, comparison=trained.comparison)
+    (report_dir / CARD_FILE).write_text(card_md)
+    (report_dir / "model_card.html").write_text(card_html(card_md))
+    return report_dir / CARD_FILE
+
+
+def log_training_run(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
+                     data_report: dict[str, Any], tuning: TuneResult | None) -> str:
+    """An MLflow parent run with the parameters and metrics, a child run per tuning trial and the
+    defaults comparison; returns the parent run's id (left open for the artifacts)."""
+    parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
+                                tags={"raygbm.task": meta.task, "raygbm.data": str(data_report.get("source"))})
+    registry.log(parent, params={**params, "features": len(trained.meta.features), "data_run": meta.run_dir.name},
+                 metrics={f"test_{k}": v for k, v in ev.metrics.items()} | {
+                     f"valid_{k}": v for k, v in trained.result.metrics.items()})
+    if tuning:
+        registry.log(parent, params={"tune_trials": len(tuning.trials), "tune_mode": tuning.trial_mode},
+                     metrics={"tune_best_score": tuning.best_score, "tune_wall_s": tuning.wall_s})
+        log_trials(registry, parent, tuning)
+    if trained.comparison:
+        registry.log(parent, params={"kept": trained.comparison["kept"]},
+                     metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
+    return parent
+
+
+def log_trials(registry: Registry, parent: str, tuning: TuneResult) -> None:
+    """One MLflow child run per tuning trial: its parameters, score and validation history."""
+    for t in tuning.trials:
+        child = registry.start_run(f"trial {t['trial_id']}", tags={"raygbm.status": t["status"]}, parent=parent)
+        registry.log(child, params=t["params"], metrics={"score": t["score"] or float("nan"), "iterations": t["iterations"]})
+        registry.log_history(child, "validation_score", t["history"])
+        registry.end_run(child)
+
+
+def publish(registry: Registry, parent: str, ref: ModelRef, gate: Gate, bundle_dir: Path, report_dir: Path) -> None:
+    """Attach the bundle and the report to the run, close it, and move the champion alias if the gate says so."""
+    registry.log_artifacts(parent, bundle_dir, BUNDLE_PATH)
+    registry.log_artifacts(parent, report_dir, "report")
+    registry.end_run(parent)
+    if gate.decision == "champion":
+        registry.promote(ref)
+    registry.set_tags(ref, {"gate_reason": gate.reason})
+
+
+def keep_report(report_dir: Path, ref: ModelRef) -> Path:
+    """A local copy of the report next to the cached bundle, for people (and `make demo`) to open."""
+    out = home() / "models" / ref.name / f"{ref.version}-report"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(report_dir, out)
+    return out
+
+
 def evaluate_and_register(
     meta: RunMeta,
     trained: Trained,
@@ -158,105 +261,46 @@ def evaluate_and_register(
     evaluate: EvaluateConfig,
     registry_cfg: RegistryConfig,
     tuning: TuneResult | None,
-    say: Say = _quiet,
+    progress: Progress = no_progress,
 ) -> Outcome:
     """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins."""
-    used = trained.meta
     booster = trained.result.booster
     metric = gate_metric(meta.task, registry_cfg.metric)
-    say("evaluating on the test split")
-    ev, arrays = evaluate_model(booster, used.split("test"), used.split("validation"), meta.label, meta.task,
-                                meta.num_classes, metric, evaluate.permutation_rows)
+    progress("evaluating on the test split")
+    ev, arrays = evaluate_model(booster, trained.meta.split("test"), trained.meta.split("validation"), meta.label,
+                                meta.task, meta.num_classes, metric, evaluate.permutation_rows)
     if metric not in ev.metrics:
         raise DataError(f"registry.metric {metric!r} is not a {meta.task} metric (have: {', '.join(ev.metrics)})")
     registry = Registry(registry_cfg)
-    say("comparing with the champion")
-    champ, champ_value, why = champion_score(registry, meta, metric)
+    progress("comparing with the champion")
+    champ, champ_value, why = score_champion(registry, meta, metric)
     new_value = float(ev.metrics[metric])
-    if champ is None:
-        decision, reason = "champion", "first model: " + why
-    elif champ_value is None:
-        decision, reason = "candidate", why
-    elif better(metric, new_value, champ_value, registry_cfg.margin):
-        decision, reason = "champion", f"test {metric} {new_value:.6g} beats champion v{champ.version}'s {champ_value:.6g}"
-    else:
-        decision, reason = "candidate", (f"test {metric} {new_value:.6g} does not beat champion v{champ.version}'s "
-                                         f"{champ_value:.6g} by more than {registry_cfg.margin:g}")
+    gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, registry_cfg.margin)
 
-    report = json.loads((meta.run_dir / "data_report.json").read_text())
-    params = {**lgb_params(train, meta.task, meta.num_classes, 1), "num_boost_round": trained.result.best_iteration}
-    params.pop("num_threads", None)
+    data_report = json.loads((meta.run_dir / "data_report.json").read_text())
+    params = registered_params(train, meta, trained)
     work = Path(tempfile.mkdtemp(prefix="raygbm-register-"))
     try:
-        bundle = work / BUNDLE_PATH
-        bundle.mkdir()
-        booster.save_model(str(bundle / MODEL_FILE))
-        shutil.copy(meta.run_dir / PREPROCESSOR_FILE, bundle / PREPROCESSOR_FILE)
-        shutil.copy(meta.run_dir / "schema.json", bundle / "schema.json")
-        (bundle / METRICS_FILE).write_text(json.dumps(ev.metrics, indent=1))
-        (bundle / REFERENCE_FILE).write_text(json.dumps(_reference(booster, used, report), allow_nan=False))
-        (bundle / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
-        manifest_sha = write_manifest(bundle)
-
-        extra = work / "report"
-        plots = save_plots(extra / "plots", ev, arrays, tuning.trials if tuning else None)
-        (extra / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=1))
-        (extra / "data_report.json").write_text(json.dumps(report, indent=1))
-        if tuning:
-            (extra / "tuning.json").write_text(json.dumps(tuning.to_dict(), indent=1, default=str))
-        if trained.selection:
-            (extra / "selection.json").write_text(json.dumps(trained.selection, indent=1))
-        if trained.comparison:
-            (extra / "defaults_comparison.json").write_text(json.dumps(trained.comparison, indent=1))
-
-        say("logging to MLflow and registering")
-        parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
-                                    tags={"raygbm.task": meta.task, "raygbm.data": str(report.get("source"))})
-        registry.log(parent, params={**params, "features": len(used.features), "data_run": meta.run_dir.name},
-                     metrics={f"test_{k}": v for k, v in ev.metrics.items()} | {
-                         f"valid_{k}": v for k, v in trained.result.metrics.items()})
-        if tuning:
-            registry.log(parent, params={"tune_trials": len(tuning.trials), "tune_mode": tuning.trial_mode},
-                         metrics={"tune_best_score": tuning.best_score, "tune_wall_s": tuning.wall_s})
-            for t in tuning.trials:
-                child = registry.start_run(f"trial {t['trial_id']}", tags={"raygbm.status": t["status"]}, parent=parent)
-                registry.log(child, params=t["params"], metrics={"score": t["score"] or float("nan"), "iterations": t["iterations"]})
-                registry.log_history(child, "validation_score", t["history"])
-                registry.end_run(child)
-        if trained.comparison:
-            registry.log(parent, params={"kept": trained.comparison["kept"]},
-                         metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
+        bundle_dir, report_dir = work / BUNDLE_PATH, work / "report"
+        manifest_sha = write_bundle(bundle_dir, booster, meta.run_dir, ev.metrics,
+                                    _reference(booster, trained.meta, data_report), params)
+        plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
+        progress("logging to MLflow and registering")
+        parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning)
         ref = registry.register(parent, manifest_sha, {"task": meta.task, "gate_metric": metric,
-                                                        f"test_{metric}": f"{new_value:.6g}", "decision": decision})
-        card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,
-                             best_iteration=trained.result.best_iteration, data_report=report,
-                             tuning=tuning.to_dict() if tuning else None, gate={"decision": decision, "reason": reason},
-                             plots=plots, selection=trained.selection, comparison=trained.comparison)
-        (extra / "model_card.md").write_text(card_md)
-        (extra / "model_card.html").write_text(card_html(card_md))
-        registry.log_artifacts(parent, bundle, BUNDLE_PATH)
-        registry.log_artifacts(parent, extra, "report")
-        registry.end_run(parent)
-        if decision == "champion":
-            registry.promote(ref)
-        registry.set_tags(ref, {"gate_reason": reason})
-
-        # A local copy of the report next to the cached bundle, for people (and `make demo`) to open.
-        out = home() / "models" / ref.name / f"{ref.version}-report"
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(extra, out)
+                                                        f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision})
+        write_card(report_dir, ref, ev, params, trained, data_report, tuning, gate, plots)
+        publish(registry, parent, ref, gate, bundle_dir, report_dir)
+        kept = keep_report(report_dir, ref)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Outcome(ref.version, parent, decision, reason, ev.metrics, metric, champ_value, out, out / "model_card.md", params)
+    return Outcome(version=ref.version, run_id=parent, decision=gate.decision, reason=gate.reason, metrics=ev.metrics,
+                   gate_metric=metric, champion_score=champ_value, report_dir=kept, card_path=kept / CARD_FILE,
+                   params=params)
 
 
 def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows: int = 100_000) -> dict[str, Any]:
     """The drift monitor's reference: training features (a seeded sample) and validation scores."""
-    from raygbm.evaluate import features_matrix
-    from raygbm.drift.reference import reference_profile
-    from raygbm.tune import sample_table
-
     train = sample_table(meta.split("train"), rows, 0)
     valid = sample_table(meta.split("validation"), rows, 1)
     missing = {c: float(v.get("null_frac", 0.0)) for c, v in report.get("columns", {}).items() if v.get("role") in ("numeric", "categorical")}
@@ -278,23 +322,22 @@ def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: st
 # ------------------------------------------------------------------------------------------- the whole
 
 
-def run_pipeline(cfg: PipelineConfig, *, say: Say = _quiet, force: bool = False, tune: bool = True,
+def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force: bool = False, tune: bool = True,
                  shards: Any = None) -> tuple[Outcome, TuneResult | None]:
-    from raygbm.data import preprocess
-    from raygbm.tune import tune_search
-
-    pre = preprocess(cfg, progress=say, force=force, shards=shards)
+    """Preprocess, tune (unless ``tune`` is false), train with the best parameters (or LightGBM's
+    defaults, when they validate better), evaluate and register; returns the outcome and the search."""
+    pre = preprocess(cfg, progress=progress, force=force, shards=shards)
     meta = RunMeta.load(pre.run_dir)
     train = cfg.train
     tuning = None
     if tune:
-        tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=say, force=force)
-        say(f"best validation {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
-        train = cfg.train.model_copy(update={"params": {**cfg.train.params, **_lgb_types(tuning.best_params)}})
-    trained = train_final(meta, train, cfg.evaluate, cfg.resources, say)
+        tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
+        progress(f"best validation {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
+        train = cfg.train.model_copy(update={"params": {**cfg.train.params, **typed_params(tuning.best_params)}})
+    trained = train_final(meta, train, cfg.evaluate, cfg.resources, progress)
     if tuning is not None and cfg.tune.compare_defaults:
-        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.mode, say)
-    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, say), tuning
+        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.metric, progress)
+    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress), tuning
 
 
 def defaults_config(train: TrainConfig) -> TrainConfig:
@@ -304,35 +347,25 @@ def defaults_config(train: TrainConfig) -> TrainConfig:
     return train.model_copy(update={"params": {}, "num_boost_round": 100})
 
 
-def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfig, cfg: PipelineConfig, mode: str,
-                              say: Say = _quiet) -> tuple[Trained, TrainConfig]:
-    """Fit LightGBM's defaults on the same split; keep whichever scores better on validation.
+def keep_better_than_defaults(meta: RunMeta, trained: Trained, train: TrainConfig, cfg: PipelineConfig, metric: str,
+                              progress: Progress = no_progress) -> tuple[Trained, TrainConfig]:
+    """Fit LightGBM's defaults on the same split; keep whichever scores better on validation (on
+    ``metric``, the LightGBM metric both were early-stopped on).
 
     Tuning samples rows and stops trials early, so on data where every reasonable configuration is
     about as good, the tuned one can land just below the defaults: this makes sure the pipeline never
     registers a model that validates worse than LightGBM out of the box.
     """
     defaults = defaults_config(train)
-    say("fitting LightGBM's defaults for comparison")
-    base = train_final(meta, defaults, cfg.evaluate, cfg.resources, say)
+    progress("fitting LightGBM's defaults for comparison")
+    base = train_final(meta, defaults, cfg.evaluate, cfg.resources, progress)
     tuned_score, default_score = trained.result.metrics.get("score"), base.result.metrics.get("score")
     use_defaults = (tuned_score is not None and default_score is not None
-                    and (default_score > tuned_score if mode == "max" else default_score < tuned_score))
+                    and better(metric, default_score, tuned_score))
     comparison = {"tuned_validation": tuned_score, "defaults_validation": default_score,
                   "kept": "lightgbm defaults" if use_defaults else "tuned"}
-    say(f"validation: tuned {tuned_score:.6g}, LightGBM defaults {default_score:.6g}: keeping {comparison['kept']}"
+    progress(f"validation: tuned {tuned_score:.6g}, LightGBM defaults {default_score:.6g}: keeping {comparison['kept']}"
         if tuned_score is not None and default_score is not None else "no validation score to compare")
     chosen, chosen_train = (base, defaults) if use_defaults else (trained, train)
     chosen.comparison = comparison
     return chosen, chosen_train
-
-
-def _lgb_types(params: dict[str, Any]) -> dict[str, Any]:
-    from raygbm.tune import _INT_PARAMS
-
-    return {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
-
-
-def ensure_champion(registry_cfg: RegistryConfig) -> None:
-    if Registry(registry_cfg).get() is None:
-        raise RegistryError("no champion model yet: run `raygbm run` first")

@@ -20,10 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygbm.bundle import METRICS_FILE, Bundle
+from raygbm.bundle import METRICS_FILE, MODEL_FILE, PREPROCESSOR_FILE, Bundle
 from raygbm.data import ROW_COL, SHARD_COL, LocalRunner, RayDataRunner
 from raygbm.errors import DataError
-from raygbm.registry import MODEL_FILE, PREPROCESSOR_FILE
 from raygbm.schema import ShardSet, check_shards
 
 OUTPUT_COLUMNS = ("prediction", "score")

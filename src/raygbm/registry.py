@@ -1,15 +1,13 @@
-"""MLflow tracking and model registry, and the model bundle the registry stores.
+"""MLflow tracking and the model registry.
 
 The store is ``MLFLOW_TRACKING_URI`` when set (any remote tracking server), else an embedded sqlite file
-and artifact folder under ``$RAYGBM_HOME`` (no server to start). A model is registered as a *bundle*:
-LightGBM text model, preprocessor JSON, schema, metrics and a sha256 manifest of those files; the
-manifest's own sha256 is stored as a tag on the model version, so a bundle read back is verified end to
-end. Nothing is ever unpickled.
+and artifact folder under ``$RAYGBM_HOME`` (no server to start). A model is registered as a *bundle*
+(``raygbm.bundle``); the sha256 of its manifest is stored as a tag on the model version, and every
+bundle downloaded is verified against it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,54 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raygbm.bundle import verify_bundle
 from raygbm.config import RegistryConfig
-from raygbm.errors import RaygbmError
-from raygbm.paths import home, sha256_file
+from raygbm.errors import RegistryError  # also importable from here, where callers expect it
+from raygbm.paths import home
 
 CHAMPION = "champion"
-MODEL_FILE = "model.txt"
-PREPROCESSOR_FILE = "preprocessor.json"
-MANIFEST_FILE = "manifest.json"
 BUNDLE_PATH = "model"  # artifact path of the bundle inside an MLflow run
-BUNDLE_FORMAT = "raygbm.bundle/1"
-
-
-class RegistryError(RaygbmError):
-    """No such model or version, a tampered bundle, or an unreachable store."""
-
-
-def write_manifest(bundle: Path) -> str:
-    """Write ``manifest.json`` over every other file in the bundle; returns the manifest's sha256."""
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-    manifest = {"format": BUNDLE_FORMAT, "sha256": {str(p.relative_to(bundle)): sha256_file(p) for p in files}}
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return sha256_file(bundle / MANIFEST_FILE)
-
-
-def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
-    """Check the manifest (against the pinned hash) and every file it lists; returns the manifest."""
-    mpath = bundle / MANIFEST_FILE
-    if not mpath.exists():
-        raise RegistryError(f"{bundle}: no {MANIFEST_FILE}: not a raygbm model bundle")
-    if manifest_sha256 and sha256_file(mpath) != manifest_sha256:
-        raise RegistryError(f"{bundle}: {MANIFEST_FILE} does not match the sha256 pinned in the registry")
-    manifest = json.loads(mpath.read_text())
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise RegistryError(f"{bundle}: unknown bundle format {manifest.get('format')!r}")
-    for rel, digest in manifest["sha256"].items():
-        p = bundle / rel
-        if not p.exists():
-            raise RegistryError(f"{bundle}: {rel} is missing")
-        if sha256_file(p) != digest:
-            raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest")
-    return manifest
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home().resolve() / 'mlflow.db'}"
 
 
-def _quiet() -> None:
+def _silence_mlflow_logging() -> None:
     # MLflow logs schema migrations and experiment creation at INFO on first use, and draws a progress
     # bar for every artifact download.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -94,7 +58,7 @@ class Registry:
     @property
     def client(self) -> Any:
         if not hasattr(self, "_client"):
-            _quiet()
+            _silence_mlflow_logging()
             from mlflow import MlflowClient
 
             uri = self._uri or tracking_uri()

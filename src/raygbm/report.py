@@ -1,14 +1,16 @@
-"""Showing a data report (and progress) on the terminal."""
+"""Showing a data report, tuning results, an outcome and progress on the terminal."""
 
 from __future__ import annotations
 
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.table import Table
+
+from raygbm.progress import Progress, no_progress
 
 
 def _fmt(v: Any) -> str:
@@ -57,29 +59,30 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 
 @contextmanager
-def progress(quiet: bool = False) -> Iterator[Callable[[str], None]]:
-    """A status display on a terminal; plain timestamped lines on stdout otherwise (logs, CI), so that
-    stderr carries nothing but the one error line of a failed command. ``quiet``: no output at all."""
+def progress_display(quiet: bool = False) -> Iterator[Progress]:
+    """A progress callback that shows each step: a status display on a terminal; plain timestamped
+    lines on stdout otherwise (logs, CI), so that stderr carries nothing but the one error line of a
+    failed command. ``quiet``: no output at all."""
     start = time.perf_counter()
     if quiet:
-        yield lambda _msg: None
+        yield no_progress
     elif sys.stderr.isatty():
         console = Console(stderr=True)
         last: list[Any] = []  # (message, started) of the step in progress
         with console.status("starting") as status:
-            def say(msg: str) -> None:
+            def show(msg: str) -> None:
                 now = time.perf_counter()
                 if last:  # the step before is done: keep it on screen with its time
                     console.print(f"[green]✓[/] {last[0]} [dim]{now - last[1]:.1f}s[/]")
                 last[:] = [msg, now]
                 status.update(f"{msg}  [dim]{now - start:.1f}s[/]")
-            yield say
+            yield show
             if last:
                 console.print(f"[green]✓[/] {last[0]} [dim]{time.perf_counter() - last[1]:.1f}s[/]")
     else:
-        def say(msg: str) -> None:
+        def show_line(msg: str) -> None:
             print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
-        yield say
+        yield show_line
 
 
 def print_metrics(title: str, metrics: dict[str, Any], console: Console | None = None) -> None:
@@ -111,4 +114,4 @@ def print_outcome(outcome: Any, console: Console | None = None) -> None:
     print_metrics(f"model v{outcome.version}: test metrics", outcome.metrics, console)
     colour = "green" if outcome.decision == "champion" else "yellow"
     console.print(f"[{colour}]{outcome.decision}[/]: {outcome.reason}")
-    console.print(f"model card: {outcome.card}")
+    console.print(f"model card: {outcome.card_path}")

@@ -1,9 +1,9 @@
 """Training LightGBM on the preprocessed splits: in-process, or with Ray Train's LightGBMTrainer.
 
-Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round; each call is a
-cross-worker barrier that cost ~2 s here (60 rounds: 132 s against 1.1 s for plain ``lgb.train``). So
+Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round, and each call is a
+barrier across the workers that waits on the Train controller, far slower than a boosting round. So
 workers report every ``report_every`` rounds, checkpoint every ``checkpoint_every`` rounds, and LightGBM's
-own early stopping decides when to stop. After a worker failure Ray Train restarts the group and
+own early stopping decides when to stop (README's benchmark section has the figures). After a worker failure Ray Train restarts the group and
 ``train_fn_per_worker`` resumes from the last checkpoint with ``init_model``, not from round 0.
 """
 
@@ -21,10 +21,9 @@ import lightgbm as lgb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygbm.bundle import MODEL_FILE
 from raygbm.config import ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
-
-MODEL_FILE = "model.txt"
 
 
 def objective_params(task: str, num_classes: int | None, metric: str | None = None) -> dict[str, Any]:
@@ -36,16 +35,9 @@ def objective_params(task: str, num_classes: int | None, metric: str | None = No
     return out
 
 
-_HIGHER_IS_BETTER = ("auc", "average_precision", "ndcg", "map", "auc_mu")
-
-
 def metric_name(task: str, metric: str | None = None) -> str:
     """The LightGBM metric early stopping and tuning optimise."""
     return metric or {"binary": "auc", "multiclass": "multi_logloss", "regression": "rmse"}[task]
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric.split("@")[0] in _HIGHER_IS_BETTER
 
 
 def lgb_params(train: TrainConfig, task: str, num_classes: int | None, num_threads: int) -> dict[str, Any]:
@@ -141,10 +133,11 @@ def best_metrics(booster: lgb.Booster) -> dict[str, float]:
 
 def metrics_of(results: list[tuple]) -> dict[str, float]:
     """LightGBM's evaluation list as a dict; ``score`` is the first metric (the one early stopping and
-    tuning use). ``lgb.cv`` names its entries ``cv_agg``/``valid <metric>``: reported as ``cv-<metric>``."""
+    tuning use). ``lgb.cv``'s fold means (entries with a fifth field, the spread over the folds) are
+    reported as ``cv-<metric>``, ``lgb.train``'s as ``<dataset>-<metric>``."""
     out: dict[str, float] = {}
     for r in results or []:
-        name = f"cv-{r[1].removeprefix('valid ')}" if r[0] == "cv_agg" else f"{r[0]}-{r[1]}"
+        name = f"cv-{r[1]}" if len(r) == 5 else f"{r[0]}-{r[1]}"
         out[name] = float(r[2])
     if results:
         out["score"] = float(results[0][2])
@@ -339,9 +332,10 @@ def _read_part(path: str, columns: list[str]) -> pa.Table:
 def _split_dataset(split_dir: Path, columns: list[str]) -> Any:
     """A split as a materialised Ray Dataset, one block per part file, read by plain Ray tasks.
 
-    ``read_parquet(...).materialize()`` took ~2-5 s for 200k rows here (planning, metadata and
-    executor start-up); one task per file that returns its table takes ~0.1 s. The blocks live in the
-    object store, so workers on any node can read their shards; nothing passes through the driver.
+    Not ``read_parquet(...).materialize()``: that plans the read, fetches metadata and starts Ray
+    Data's streaming executor, a fixed cost larger than reading these few files; a plain task per file
+    that returns its table has none of it. The blocks live in the object store, so workers on any node
+    can read their shards; nothing passes through the driver.
     """
     import ray
     import ray.data

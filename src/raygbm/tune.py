@@ -2,9 +2,9 @@
 
 Two kinds of trial, picked by data size (``resources.trial_mode``):
 
-- ``in_process``: the trial is a Tune function actor that runs ``lgb.train`` itself. Reporting to Tune
-  every K rounds is cheap (the ~2 s per-round tax is Ray Train's cross-worker report, not Tune's), and
-  there is no Train worker group to start per trial. Trial actors are reused, and each caches the
+- ``in_process``: the trial is a Tune function actor that runs ``lgb.train`` itself. A Tune report is a
+  local call (unlike Ray Train's, which is a barrier across workers), and there is no Train worker
+  group to start per trial. Trial actors are reused, and each caches the
   split tables it read, so a trial after the first pays only for building its ``lgb.Dataset``.
 - ``ray_train``: the trial builds a multi-worker ``LightGBMTrainer`` (Train V2 inside Tune) whose workers'
   every-K-rounds reports reach Tune, and so ASHA, through ``TuneReportCallback``.
@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -30,14 +31,15 @@ import lightgbm as lgb
 import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
+from raygbm.direction import best, tune_mode
 from raygbm.errors import ConfigError
-from raygbm.paths import home
+from raygbm.paths import home, write_text_atomic
+from raygbm.progress import Progress, no_progress
 from raygbm.train import (
     ReportEveryK,
     RunMeta,
     best_metrics,
     boost,
-    higher_is_better,
     lgb_dataset,
     lgb_datasets,
     lgb_params,
@@ -46,8 +48,13 @@ from raygbm.train import (
 )
 
 BEST_FILE = "best.json"
-# Tune's tuning parameters are given to LightGBM as these types.
-_INT_PARAMS = {"num_leaves", "min_data_in_leaf", "max_bin", "bagging_freq", "max_depth", "min_data_in_bin"}
+# LightGBM wants these as integers; Tune's samplers (and a search's saved results) may hand back floats.
+_INT_PARAMS = frozenset({"num_leaves", "min_data_in_leaf", "max_bin", "bagging_freq", "max_depth", "min_data_in_bin"})
+
+
+def typed_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled parameters with the types LightGBM takes them as."""
+    return {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
 
 
 def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
@@ -97,19 +104,26 @@ class TrialSetup:
     num_classes: int | None
     train: dict[str, Any]
     resources: dict[str, Any]
-    mode: str
+    trial_mode: str  # "in_process" or "ray_train"
     cv_folds: int | None
     cv_seed: int
     sample_rows: int | None
     storage: str
+
+    @classmethod
+    def of(cls, meta: RunMeta, train: TrainConfig, tune_cfg: TuneConfig, resources: ResourcesConfig, trial_mode: str,
+           storage: Path) -> "TrialSetup":
+        return cls(run_dir=str(meta.run_dir), features=meta.features, categorical=meta.categorical, label=meta.label,
+                   task=meta.task, num_classes=meta.num_classes, train=train.model_dump(mode="json"),
+                   resources=resources.model_dump(mode="json"), trial_mode=trial_mode, cv_folds=tune_cfg.cv_folds,
+                   cv_seed=tune_cfg.seed, sample_rows=tune_cfg.sample_rows, storage=str(storage))
 
     def meta(self) -> RunMeta:
         return RunMeta(Path(self.run_dir), self.label, self.task, self.num_classes, self.categorical, self.features)
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
-    sampled = {k: int(v) if k in _INT_PARAMS else v for k, v in params.items()}
-    return TrainConfig.model_validate({**base, "params": {**base["params"], **sampled}})
+    return TrainConfig.model_validate({**base, "params": {**base["params"], **typed_params(params)}})
 
 
 _TABLES: dict[tuple[Any, ...], tuple[pa.Table, pa.Table]] = {}
@@ -141,43 +155,51 @@ def tune_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
     meta = setup.meta()
     train = trial_train_config(setup.train, params)
-    if setup.mode == "ray_train":
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from raygbm.runtime import configure_data_context
-
-        configure_data_context()  # a trial is a fresh process: no Ray Data progress bars here either
-        trial_id = ray.tune.get_context().get_trial_id()
-        # The workers report every K rounds and at the end; TuneReportCallback forwards each report.
-        train_with_ray(meta, train, ResourcesConfig.model_validate(setup.resources), Path(setup.storage) / "train",
-                       f"trial-{trial_id}", callbacks=[TuneReportCallback()])
+    if setup.trial_mode == "ray_train":
+        _ray_train_trial(meta, train, setup)
         return
-
-    threads = setup.resources["cpus_per_trial"]
-    lgbp = lgb_params(train, meta.task, meta.num_classes, threads)
+    lgbp = lgb_params(train, meta.task, meta.num_classes, setup.resources["cpus_per_trial"])
     tr, va = _split_tables(meta, setup.sample_rows, setup.cv_seed)
     reporter = ReportEveryK(train.report_every, 10**9, lambda m, _model: ray.tune.report(m))
     if setup.cv_folds:
-        full = pa.concat_tables([tr, va])
-        dfull = lgb_dataset(full, meta.label, meta.categorical)
-        callbacks: list[Any] = [reporter]
-        if train.early_stopping_rounds:
-            callbacks.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
-        hist = lgb.cv(lgbp, dfull, num_boost_round=train.num_boost_round, nfold=setup.cv_folds,
-                      stratified=meta.task != "regression", shuffle=True, seed=setup.cv_seed, callbacks=callbacks)
-        key = next(k for k in hist if k.endswith("-mean"))
-        values = hist[key]
-        best_i = max(range(len(values)), key=values.__getitem__) if higher_is_better(lgbp["metric"]) else min(
-            range(len(values)), key=values.__getitem__)
-        final = {"score": float(values[best_i]), f"cv-{lgbp['metric']}": float(values[best_i]),
-                 f"cv-{lgbp['metric']}-stdv": float(hist[key.replace("-mean", "-stdv")][best_i]),
-                 "iteration": len(values), "best_iteration": best_i + 1}
+        final = _cv_trial(lgbp, pa.concat_tables([tr, va]), meta, train, setup, reporter)
     else:
         dtrain, dvalid = lgb_datasets(tr, va, meta.label, meta.categorical)
         booster = boost(lgbp, dtrain, dvalid, train, [reporter])
         final = {**best_metrics(booster), "iteration": booster.current_iteration(),
                  "best_iteration": booster.best_iteration or booster.current_iteration()}
     ray.tune.report(final)
+
+
+def _ray_train_trial(meta: RunMeta, train: TrainConfig, setup: TrialSetup) -> None:
+    """A trial that drives a multi-worker LightGBMTrainer; the workers' reports are the trial's."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raygbm.runtime import configure_data_context
+
+    configure_data_context()  # a trial is a fresh process: no Ray Data progress bars here either
+    trial_id = ray.tune.get_context().get_trial_id()
+    # The workers report every K rounds and at the end; TuneReportCallback forwards each report.
+    train_with_ray(meta, train, ResourcesConfig.model_validate(setup.resources), Path(setup.storage) / "train",
+                   f"trial-{trial_id}", callbacks=[TuneReportCallback()])
+
+
+def _cv_trial(lgbp: dict[str, Any], full: pa.Table, meta: RunMeta, train: TrainConfig, setup: TrialSetup,
+              reporter: ReportEveryK) -> dict[str, float]:
+    """k-fold CV over train + validation; the final report: the best round's fold mean (and its spread)."""
+    callbacks: list[Any] = [reporter]
+    if train.early_stopping_rounds:
+        callbacks.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
+    hist = lgb.cv(lgbp, lgb_dataset(full, meta.label, meta.categorical), num_boost_round=train.num_boost_round,
+                  nfold=setup.cv_folds, stratified=meta.task != "regression", shuffle=True, seed=setup.cv_seed,
+                  callbacks=callbacks)
+    key = next(k for k in hist if k.endswith("-mean"))
+    values = hist[key]
+    best_i = best(lgbp["metric"], range(len(values)), key=values.__getitem__)
+    return {"score": float(values[best_i]), f"cv-{lgbp['metric']}": float(values[best_i]),
+            f"cv-{lgbp['metric']}-stdv": float(hist[key.replace("-mean", "-stdv")][best_i]),
+            "iteration": len(values), "best_iteration": best_i + 1}
 
 
 # ------------------------------------------------------------------------------------------- the search
@@ -189,9 +211,9 @@ class TuneResult:
     path: Path
     best_params: dict[str, Any]
     best_score: float
-    metric: str
-    mode: str
-    trials: list[dict[str, Any]]  # one per trial: id, params, score, iterations, status, history
+    metric: str  # the LightGBM metric the trials were scored on
+    mode: str  # Tune's mode for that metric: "max" or "min"
+    trials: list[dict[str, Any]]  # one per trial (trial_record): id, params, score, iterations, status, history
     wall_s: float
     trial_mode: str
     restored: bool = False
@@ -215,39 +237,23 @@ def experiment_name(meta: RunMeta, train: TrainConfig, tune: TuneConfig, resourc
     return f"tune-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def tune_search(
-    meta: RunMeta,
-    train: TrainConfig,
-    tune_cfg: TuneConfig,
-    resources: ResourcesConfig,
-    *,
-    progress: Any = None,
-    force: bool = False,
-) -> TuneResult:
-    """Run (or resume, or reuse) the search; Ray must be initialised."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+@dataclass(frozen=True)
+class TrialPlan:
+    """How the trials run on this cluster."""
 
-    say = progress or (lambda _m: None)
-    t0 = time.perf_counter()
-    name = experiment_name(meta, train, tune_cfg, resources)
-    root = home() / "tune"
-    path = root / name
-    if (path / BEST_FILE).exists() and not force:
-        say(f"reusing finished search {path}")
-        return TuneResult.from_dict(json.loads((path / BEST_FILE).read_text()))
+    trial_mode: str  # "in_process" or "ray_train"
+    resources: dict[str, float]  # what each trial asks Tune for
+    concurrency: int  # trials at a time
 
-    metric = metric_name(meta.task, train.metric)
-    mode = "max" if higher_is_better(metric) else "min"
-    train_rows = meta.rows("train")
+
+def plan_trials(train_rows: int, tune_cfg: TuneConfig, resources: ResourcesConfig, cluster_cpus: int) -> TrialPlan:
+    """The kind of trial for the (sampled) data size, its resource request, and how many fit at once."""
     kind = trial_mode(min(train_rows, tune_cfg.sample_rows or train_rows), resources)
     if kind == "ray_train" and tune_cfg.cv_folds:
         raise ConfigError("tune.cv_folds needs in-process trials (resources.trial_mode: in_process): "
                           "k-fold CV is meant for data small enough to fit one worker")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
     if kind == "in_process":
-        per_trial = {"CPU": resources.cpus_per_trial}
+        per_trial: dict[str, float] = {"CPU": resources.cpus_per_trial}
         need = resources.cpus_per_trial
     else:
         # The trial itself only drives a LightGBMTrainer; its workers hold the CPUs. Capping concurrency
@@ -255,109 +261,142 @@ def tune_search(
         # (Tune refuses an empty request, so the driver asks for a little memory and no CPU.)
         per_trial = {"CPU": 0, "memory": 64 * 1024 * 1024}
         need = resources.num_workers * resources.cpus_per_worker
-    if need > cpus:
-        raise ConfigError(f"a trial needs {need} CPUs but the cluster has {cpus}: lower resources.num_workers, "
+    if need > cluster_cpus:
+        raise ConfigError(f"a trial needs {need} CPUs but the cluster has {cluster_cpus}: lower resources.num_workers, "
                           "cpus_per_worker or cpus_per_trial")
-    concurrency = min(resources.max_concurrent_trials or cpus // need, cpus // need) or 1
+    fits = cluster_cpus // need
+    return TrialPlan(kind, per_trial, min(resources.max_concurrent_trials or fits, fits) or 1)
 
-    setup = TrialSetup(
-        run_dir=str(meta.run_dir), features=meta.features, categorical=meta.categorical, label=meta.label,
-        task=meta.task, num_classes=meta.num_classes, train=train.model_dump(mode="json"),
-        resources=resources.model_dump(mode="json"), mode=kind, cv_folds=tune_cfg.cv_folds, cv_seed=tune_cfg.seed,
-        sample_rows=tune_cfg.sample_rows,
-        storage=str(path),
-    )
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), per_trial)
-    restored = False
+
+def _search_algorithm(tune_cfg: TuneConfig) -> Any:
+    """Optuna TPE, or Tune's random search; None (Tune's own variant generator) for a grid."""
+    if has_grid(tune_cfg.space):
+        return None
+    if tune_cfg.search == "tpe":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed,
+                                                               n_startup_trials=min(8, tune_cfg.trials)))
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=tune_cfg.seed)
+
+
+def _open_tuner(trainable: Any, path: Path, train: TrainConfig, tune_cfg: TuneConfig, mode: str, plan: TrialPlan,
+                force: bool, progress: Progress) -> tuple[Any, bool]:
+    """The interrupted search saved at ``path`` restored, or a new one there; returns (tuner, restored)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
     if path.exists() and tune.Tuner.can_restore(str(path)) and not force:
-        say(f"resuming interrupted search {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        restored = True
-    else:
-        if path.exists():
-            import shutil
+        progress(f"resuming interrupted search {path}")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True), True
+    if path.exists():
+        shutil.rmtree(path)
+    scheduler = (
+        ASHAScheduler(time_attr="iteration", max_t=train.num_boost_round,
+                      grace_period=min(tune_cfg.grace_period, train.num_boost_round),
+                      reduction_factor=tune_cfg.reduction_factor)
+        if tune_cfg.asha else FIFOScheduler()
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(tune_cfg.space),
+        tune_config=tune.TuneConfig(
+            metric="score", mode=mode, num_samples=tune_cfg.trials, search_alg=_search_algorithm(tune_cfg),
+            scheduler=scheduler, max_concurrent_trials=plan.concurrency, reuse_actors=plan.trial_mode == "in_process",
+        ),
+        run_config=tune.RunConfig(
+            name=path.name, storage_path=str(path.parent), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+            # Trials are cheap to rerun; Tune keeps only the experiment state it needs to restore.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner, False
 
-            shutil.rmtree(path)
-        grid = has_grid(tune_cfg.space)
-        if grid:
-            search_alg = None  # grid_search needs Tune's own variant generator
-        elif tune_cfg.search == "tpe":
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            search_alg = OptunaSearch(
-                sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(8, tune_cfg.trials)),
-            )
-        else:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            search_alg = BasicVariantGenerator(random_state=tune_cfg.seed)
-        scheduler = (
-            ASHAScheduler(time_attr="iteration", max_t=train.num_boost_round, grace_period=min(tune_cfg.grace_period, train.num_boost_round),
-                          reduction_factor=tune_cfg.reduction_factor)
-            if tune_cfg.asha else FIFOScheduler()
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(tune_cfg.space),
-            tune_config=tune.TuneConfig(
-                metric="score", mode=mode, num_samples=tune_cfg.trials, search_alg=search_alg, scheduler=scheduler,
-                max_concurrent_trials=concurrency, reuse_actors=kind == "in_process",
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(root), verbose=0,
-                failure_config=tune.FailureConfig(max_failures=1),
-                # Trials are cheap to rerun; Tune keeps only the experiment state it needs to restore.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
+def _fit(tuner: Any) -> tuple[Any, float]:
+    """``tuner.fit()`` and its wall time."""
     # Tune's own console tables would interleave with our progress display.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    say(f"tuning: {tune_cfg.trials} trials, {kind.replace('_', '-')}, {concurrency} at a time")
     with warnings.catch_warnings():
         # Optuna warns for every intermediate value a restored trial reports again.
         warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
-        t_fit = time.perf_counter()
-        grid_result = tuner.fit()
-        fit_s = time.perf_counter() - t_fit
-    trials = []
-    for r in grid_result:
-        m = r.metrics or {}
-        hist = r.metrics_dataframe
-        history = [] if hist is None or "score" not in hist else [
-            [int(i), float(s)] for i, s in zip(hist["iteration"], hist["score"]) if not _nan(s)]
-        trials.append({
-            "trial_id": m.get("trial_id"),
-            "params": {k: v for k, v in (r.config or {}).items()},
-            "score": _best_of(history, mode) if history else None,
-            "iterations": int(m.get("iteration", 0) or 0),
-            "time_s": float(m.get("time_total_s", 0.0) or 0.0),
-            "status": "error" if r.error else ("complete" if _completed(m, train) else "stopped early"),
-            "history": history,
-        })
+        t = time.perf_counter()
+        grid = tuner.fit()
+        return grid, time.perf_counter() - t
+
+
+def trial_record(result: Any, train: TrainConfig, metric: str) -> dict[str, Any]:
+    """One finished (or stopped, or failed) trial as a plain dict: what TuneResult keeps of it."""
+    m = result.metrics or {}
+    hist = result.metrics_dataframe
+    history = [] if hist is None or "score" not in hist else [
+        [int(i), float(s)] for i, s in zip(hist["iteration"], hist["score"]) if not _nan(s)]
+    return {
+        "trial_id": m.get("trial_id"),
+        "params": {k: v for k, v in (result.config or {}).items()},
+        "score": best(metric, [s for _, s in history]) if history else None,
+        "iterations": int(m.get("iteration", 0) or 0),
+        "time_s": float(m.get("time_total_s", 0.0) or 0.0),
+        "status": "error" if result.error else ("complete" if _completed(m, train) else "stopped early"),
+        "history": history,
+        # The LightGBM metrics of the trial's last report: validation-<metric>, or cv-<metric> when it
+        # cross-validated.
+        "last_metrics": {k: float(v) for k, v in m.items() if k.startswith(("validation-", "cv-")) and not _nan(v)},
+    }
+
+
+def _best_trial(trials: list[dict[str, Any]], grid: Any, metric: str) -> dict[str, Any]:
     scored = [t for t in trials if t["score"] is not None]
     if not scored:
-        first_error = next((r.error for r in grid_result if r.error), None)
+        first_error = next((r.error for r in grid if r.error), None)
         raise ConfigError(f"every tuning trial failed: {first_error}")
-    best = (max if mode == "max" else min)(scored, key=lambda t: t["score"])
-    result = TuneResult(name=name, path=path, best_params=best["params"], best_score=best["score"], metric=metric,
-                        mode=mode, trials=trials, wall_s=time.perf_counter() - t0, trial_mode=kind, restored=restored,
-                        fit_s=fit_s, concurrency=concurrency)
-    tmp = path / (BEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
-    tmp.rename(path / BEST_FILE)
+    return best(metric, scored, key=lambda t: t["score"])
+
+
+def tune_search(
+    meta: RunMeta,
+    train: TrainConfig,
+    tune_cfg: TuneConfig,
+    resources: ResourcesConfig,
+    *,
+    progress: Progress = no_progress,
+    force: bool = False,
+) -> TuneResult:
+    """Run (or resume, or reuse) the search; Ray must be initialised."""
+    import ray
+    from ray import tune
+
+    t0 = time.perf_counter()
+    path = home() / "tune" / experiment_name(meta, train, tune_cfg, resources)
+    if (path / BEST_FILE).exists() and not force:
+        progress(f"reusing finished search {path}")
+        return TuneResult.from_dict(json.loads((path / BEST_FILE).read_text()))
+
+    metric = metric_name(meta.task, train.metric)
+    mode = tune_mode(metric)
+    plan = plan_trials(meta.rows("train"), tune_cfg, resources, int(ray.cluster_resources().get("CPU", 1)))
+    setup = TrialSetup.of(meta, train, tune_cfg, resources, plan.trial_mode, path)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), plan.resources)
+    tuner, restored = _open_tuner(trainable, path, train, tune_cfg, mode, plan, force, progress)
+    progress(f"tuning: {tune_cfg.trials} trials, {plan.trial_mode.replace('_', '-')}, {plan.concurrency} at a time")
+    grid, fit_s = _fit(tuner)
+    trials = [trial_record(r, train, metric) for r in grid]
+    top = _best_trial(trials, grid, metric)
+    result = TuneResult(name=path.name, path=path, best_params=top["params"], best_score=top["score"], metric=metric,
+                        mode=mode, trials=trials, wall_s=time.perf_counter() - t0,
+                        trial_mode=plan.trial_mode, restored=restored, fit_s=fit_s, concurrency=plan.concurrency)
+    write_text_atomic(path / BEST_FILE, json.dumps(result.to_dict(), indent=1, default=str))
     return result
 
 
 def _completed(m: dict[str, Any], train: TrainConfig) -> bool:
     """Ran to its end: the final report (it carries best_iteration) or ASHA's max_t."""
     return "best_iteration" in m or int(m.get("iteration", 0) or 0) >= train.num_boost_round
-
-
-def _best_of(history: list[list[float]], mode: str) -> float:
-    scores = [s for _, s in history]
-    return max(scores) if mode == "max" else min(scores)
 
 
 def _nan(v: Any) -> bool:

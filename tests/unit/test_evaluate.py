@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 from sklearn import metrics as skm
 
+from raygbm.direction import best, better, higher_is_better, tune_mode
 from raygbm.evaluate import (
-    better,
     card_html,
     choose_threshold,
     evaluate_model,
@@ -64,6 +64,23 @@ def test_better_respects_direction_and_margin():
     assert better("roc_auc", 0.81, 0.80) and not better("roc_auc", 0.81, 0.80, margin=0.02)
     assert better("rmse", 1.0, 1.1) and not better("rmse", 1.1, 1.0)
     assert not better("roc_auc", 0.8, 0.8)  # a tie does not beat the champion
+
+
+def test_one_direction_rule_for_lightgbm_and_test_metric_names():
+    for higher in ("auc", "average_precision", "ndcg@5", "map@3", "roc_auc", "pr_auc", "f1_macro", "r2"):
+        assert higher_is_better(higher) and tune_mode(higher) == "max", higher
+    for lower in ("binary_logloss", "multi_logloss", "rmse", "l2", "mae", "log_loss", "multi_error"):
+        assert not higher_is_better(lower) and tune_mode(lower) == "min", lower
+    assert better("binary_logloss", 0.2, 0.3) and better("auc", 0.9, 0.8)
+
+
+def test_best_picks_the_first_of_equals_in_the_metric_direction():
+    trials = [{"id": 1, "score": 0.7}, {"id": 2, "score": 0.9}, {"id": 3, "score": 0.9}, {"id": 4, "score": 0.1}]
+    assert best("auc", trials, key=lambda t: t["score"])["id"] == 2
+    assert best("rmse", trials, key=lambda t: t["score"])["id"] == 4
+    assert best("rmse", [3.0, 1.0, 1.0, 2.0]) == 1.0
+    with pytest.raises(ValueError):
+        best("auc", [])
 
 
 def test_importance_finds_the_signal_and_selection_drops_noise(model, tmp_path):

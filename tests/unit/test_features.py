@@ -81,6 +81,9 @@ def test_categories_codes_and_unseen(tmp_path):
     assert pre.transform_record({"cat_0": "zzz"})[pre.feature_names_.index("cat_0")] == UNSEEN
     top = pre.categories_["cat_0"][0]
     assert pre.transform_record({"cat_0": top})[pre.feature_names_.index("cat_0")] == 1
+    # The public lookup table gives the same codes: 1..K in the order of categories_.
+    assert pre.category_codes["cat_3"] == {v: i + 1 for i, v in enumerate(pre.categories_["cat_3"])}
+    assert set(pre.category_codes) == set(pre.categorical_features_)
 
 
 def test_imputation_uses_training_statistics(tmp_path):

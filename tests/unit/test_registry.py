@@ -5,13 +5,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.bundle import Bundle
+from raygbm.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_bundle, write_manifest
 from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
 from raygbm.data import LocalRunner, preprocess
 from raygbm.errors import DataError
-from raygbm.pipeline import Trained, evaluate_and_register, evaluate_registered
+from raygbm.pipeline import Gate, Trained, evaluate_and_register, evaluate_registered, gate_decision
 from raygbm.predict import predict_dataset
-from raygbm.registry import Registry, RegistryError, local_bundle, verify_bundle, write_manifest
+from raygbm.registry import Registry, RegistryError, local_bundle
 from raygbm.split import RAW_TEST
 from raygbm.train import RunMeta, train_in_process
 from tests.conftest import make_shards
@@ -105,3 +105,46 @@ def test_missing_model_and_wrong_columns(meta, tmp_path):
     with pytest.raises(DataError, match="column 'cat_0' is int64"):
         predict_dataset(str(tmp_path / "typed.parquet"), tmp_path / "o", bundle, runner=LocalRunner())
     assert not (tmp_path / "o").exists()
+
+
+# ---- the gate decision alone: no Ray, no MLflow
+
+
+def test_the_first_model_is_champion():
+    assert gate_decision("roc_auc", 0.7, None, None, "no champion yet", 0.0) == Gate("champion", "first model: no champion yet")
+
+
+def test_a_champion_that_cannot_be_scored_keeps_the_new_model_a_candidate():
+    why = "champion v3 cannot be scored on this data (input lacks column(s) the model needs: x)"
+    assert gate_decision("roc_auc", 0.99, "3", None, why, 0.0) == Gate("candidate", why)
+
+
+def test_a_better_model_beats_the_champion():
+    gate = gate_decision("roc_auc", 0.81, "2", 0.80, "", 0.0)
+    assert gate == Gate("champion", "test roc_auc 0.81 beats champion v2's 0.8")
+
+
+def test_a_tie_or_a_gain_within_the_margin_does_not_beat_the_champion():
+    tie = gate_decision("roc_auc", 0.8, "2", 0.8, "", 0.0)
+    assert tie.decision == "candidate" and tie.reason == "test roc_auc 0.8 does not beat champion v2's 0.8 by more than 0"
+    within = gate_decision("roc_auc", 0.805, "2", 0.8, "", 0.01)
+    assert within.decision == "candidate" and "by more than 0.01" in within.reason
+    assert gate_decision("roc_auc", 0.811, "2", 0.8, "", 0.01).decision == "champion"
+
+
+def test_lower_is_better_metrics_gate_the_other_way():
+    assert gate_decision("rmse", 0.9, "1", 1.0, "", 0.0).decision == "champion"
+    assert gate_decision("rmse", 1.1, "1", 1.0, "", 0.0).decision == "candidate"
+    assert gate_decision("log_loss", 0.45, "1", 0.5, "", 0.1).decision == "candidate"  # better, not by the margin
+
+
+def test_write_bundle_writes_a_verified_loadable_bundle(meta, tmp_path):
+    train = TrainConfig(num_boost_round=5, early_stopping_rounds=None)
+    booster = train_in_process(meta, train).booster
+    sha = write_bundle(tmp_path / "b", booster, meta.run_dir, {"threshold": 0.4}, {"features": {}}, {"num_leaves": 31})
+    manifest = verify_bundle(tmp_path / "b", sha)
+    assert set(manifest["sha256"]) == {"model.txt", "preprocessor.json", "schema.json", "metrics.json",
+                                       "reference.json", "params.json"}
+    assert MANIFEST_FILE not in manifest["sha256"]
+    loaded = Bundle.load(tmp_path / "b", sha)
+    assert loaded.threshold == 0.4 and loaded.booster.num_trees() == 5 and loaded.task == "binary"

@@ -4,7 +4,8 @@ import pytest
 
 from raygbm.config import ResourcesConfig, TrainConfig, load_config
 from raygbm.errors import ConfigError
-from raygbm.tune import has_grid, search_space, trial_mode, trial_train_config
+from raygbm.config import TuneConfig
+from raygbm.tune import has_grid, plan_trials, search_space, trial_mode, trial_record, trial_train_config, typed_params
 
 
 def test_default_space_becomes_tune_domains():
@@ -54,3 +55,69 @@ def test_trial_params_typed_and_merged_over_fixed_params():
     assert t.params["num_leaves"] == 31 and isinstance(t.params["num_leaves"], int)
     assert t.params["lambda_l2"] == 1.0 and t.params["learning_rate"] == 0.2
 
+
+
+def test_typed_params_makes_integer_params_ints():
+    typed = typed_params({"num_leaves": 31.0, "max_bin": 255.0, "learning_rate": 0.1})
+    assert typed == {"num_leaves": 31, "max_bin": 255, "learning_rate": 0.1}
+    assert isinstance(typed["num_leaves"], int) and isinstance(typed["learning_rate"], float)
+
+
+def test_plan_in_process_trials_fill_the_cluster_up_to_the_cap():
+    plan = plan_trials(10_000, TuneConfig(), ResourcesConfig(cpus_per_trial=2), cluster_cpus=8)
+    assert (plan.trial_mode, plan.resources, plan.concurrency) == ("in_process", {"CPU": 2}, 4)
+    capped = plan_trials(10_000, TuneConfig(), ResourcesConfig(max_concurrent_trials=3), cluster_cpus=8)
+    assert capped.concurrency == 3
+
+
+def test_plan_ray_train_trials_leave_the_cpus_to_their_workers():
+    plan = plan_trials(10, TuneConfig(), ResourcesConfig(num_workers=2, cpus_per_worker=2), cluster_cpus=8)
+    assert plan.trial_mode == "ray_train" and plan.resources["CPU"] == 0 and plan.concurrency == 2
+    with pytest.raises(ConfigError, match="needs 4 CPUs but the cluster has 2"):
+        plan_trials(10, TuneConfig(), ResourcesConfig(num_workers=2, cpus_per_worker=2), cluster_cpus=2)
+    with pytest.raises(ConfigError, match="cv_folds needs in-process trials"):
+        plan_trials(10, TuneConfig(cv_folds=3), ResourcesConfig(num_workers=2), cluster_cpus=8)
+
+
+class _Result:
+    """The parts of a Ray Tune Result that trial_record reads."""
+
+    def __init__(self, metrics, history, error=None):
+        import pandas as pd
+
+        self.metrics, self.error, self.config = metrics, error, {"num_leaves": 15}
+        self.metrics_dataframe = pd.DataFrame(history, columns=["iteration", "score"]) if history else None
+
+
+def test_trial_record_keeps_the_best_score_and_the_last_reported_metrics():
+    train = TrainConfig(num_boost_round=100)
+    r = _Result({"trial_id": "a", "iteration": 30, "time_total_s": 1.5, "score": 0.8, "cv-auc": 0.8,
+                 "cv-auc-stdv": 0.01, "time_this_iter_s": 0.1}, [[10, 0.7], [20, 0.85], [30, 0.8]])
+    t = trial_record(r, train, "auc")
+    assert t["score"] == 0.85 and t["status"] == "stopped early" and t["iterations"] == 30
+    assert t["last_metrics"] == {"cv-auc": 0.8, "cv-auc-stdv": 0.01}
+    low = trial_record(_Result({"iteration": 100, "validation-rmse": 2.0}, [[50, 3.0], [100, 2.0]]), train, "rmse")
+    assert low["score"] == 2.0 and low["status"] == "complete" and low["last_metrics"] == {"validation-rmse": 2.0}
+    failed = trial_record(_Result({}, None, error=RuntimeError("x")), train, "auc")
+    assert failed["score"] is None and failed["status"] == "error" and failed["last_metrics"] == {}
+
+
+def test_cross_validation_reports_are_named_cv_and_holdout_reports_by_dataset():
+    import lightgbm as lgb
+    import numpy as np
+
+    from raygbm.train import ReportEveryK
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(int)
+    params = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": 1}
+    reports = []
+    lgb.cv(params, lgb.Dataset(X, y), num_boost_round=4, nfold=3,
+           callbacks=[ReportEveryK(2, 10**9, lambda m, _model: reports.append(m))])
+    assert [r["iteration"] for r in reports] == [2, 4]
+    assert all(set(r) == {"cv-auc", "score", "iteration"} for r in reports)
+    reports.clear()
+    lgb.train(params, lgb.Dataset(X, y), num_boost_round=2, valid_sets=[lgb.Dataset(X, y)], valid_names=["validation"],
+              callbacks=[ReportEveryK(2, 10**9, lambda m, _model: reports.append(m))])
+    assert set(reports[0]) == {"validation-auc", "score", "iteration"}

@@ -64,7 +64,7 @@ class RequestSchema:
         inputs = list(dict.fromkeys(s.features + s.derived_inputs + [c for d in pre.config.derived for c in d.inputs]))
         self.fields: dict[str, str] = {c: _kind(s.types.get(c, "double")) for c in inputs}
         self.categorical = set(s.categorical)
-        self._codes = pre._code  # value → code per categorical column
+        self._codes = pre.category_codes  # value → code per categorical column
 
     # ---- parsing
 
