@@ -82,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygbm.config import load_config
-    from raygbm.data import LocalRunner, preprocess
-    from raygbm.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.preprocess import LocalRunner, preprocess
 
     data = Path(args.data_dir) / f"rows{args.rows}-shards{args.shards}"
     if not (data / f"part-{args.shards - 1:05d}.parquet").exists():

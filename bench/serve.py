@@ -72,7 +72,7 @@ def plain_server(bundle_dir: str, port: int) -> None:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from raygbm.bundle import Bundle
+    from raygbm.registry.bundle import Bundle
     from raygbm.serving.request import RequestError, RequestSchema
 
     bundle = Bundle.load(Path(bundle_dir))
@@ -114,16 +114,17 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raygbm.bundle import Bundle
     from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
-    from raygbm.data import LocalRunner, preprocess
-    from raygbm.generate import GeneratorSpec, generate_dataset
-    from raygbm.pipeline import Trained, evaluate_and_register
-    from raygbm.registry import Registry, local_bundle
+    from raygbm.data.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.preprocess import LocalRunner, preprocess
+    from raygbm.data.split import RAW_TEST
+    from raygbm.registry.bundle import Bundle
+    from raygbm.registry.register import evaluate_and_register
+    from raygbm.registry.store import Registry, local_bundle
     from raygbm.runtime import ensure_ray
     from raygbm.serving.deploy import deploy, swap_model
-    from raygbm.split import RAW_TEST
-    from raygbm.train import RunMeta, train_in_process
+    from raygbm.training.fit import Trained
+    from raygbm.training.train import RunMeta, train_in_process
 
     work = Path(tempfile.mkdtemp(prefix="raygbm-bench-serve-"))
     os.environ["RAYGBM_HOME"] = str(work / "home")

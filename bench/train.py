@@ -34,9 +34,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygbm.config import ResourcesConfig, TrainConfig, load_config
-    from raygbm.data import LocalRunner, preprocess
-    from raygbm.generate import GeneratorSpec, generate_dataset
-    from raygbm.train import RunMeta, train_in_process, train_with_ray
+    from raygbm.data.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.preprocess import LocalRunner, preprocess
+    from raygbm.training.train import RunMeta, train_in_process, train_with_ray
 
     work = Path(tempfile.mkdtemp(prefix="raygbm-bench-train-"))
     os.environ["RAYGBM_HOME"] = str(work / "home")

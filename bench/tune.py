@@ -32,11 +32,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygbm.config import load_config
-    from raygbm.data import preprocess
-    from raygbm.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.generate import GeneratorSpec, generate_dataset
+    from raygbm.data.preprocess import preprocess
     from raygbm.runtime import ensure_ray
-    from raygbm.train import RunMeta
-    from raygbm.tune import tune_search
+    from raygbm.training.train import RunMeta
+    from raygbm.training.tune import tune_search
 
     work = Path(tempfile.mkdtemp(prefix="raygbm-bench-tune-"))
     os.environ["RAYGBM_HOME"] = str(work / "home")

@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     from ray import serve
 
     from raygbm.config import load_config
-    from raygbm.data import preprocess
-    from raygbm.errors import RaygbmError
-    from raygbm.generate import DriftSpec, GeneratorSpec, generate_dataset
+    from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
+    from raygbm.data.preprocess import preprocess
+    from raygbm.data.split import RAW_TEST
     from raygbm.drift.report import drift_report_html
+    from raygbm.errors import RaygbmError
     from raygbm.paths import home
     from raygbm.runtime import ensure_ray
     from raygbm.serving.deploy import deploy
-    from raygbm.split import RAW_TEST
 
     try:
         cfg = load_config(args.config, args.sets, {"data.source": args.data})

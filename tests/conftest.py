@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raygbm.generate import GeneratorSpec, generate_dataset
+from raygbm.data.generate import GeneratorSpec, generate_dataset
 
 
 @pytest.fixture

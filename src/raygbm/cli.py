@@ -37,7 +37,7 @@ def generate(
     concept_drift: bool = typer.Option(False, "--concept-drift", help="also change the label relation"),
 ) -> None:
     """Write a synthetic tabular dataset (deterministic by seed) as Parquet shards."""
-    from raygbm.generate import DriftSpec, GeneratorSpec, generate_dataset
+    from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
 
     try:
         if drift_from_row is not None and drift_at is not None:
@@ -115,8 +115,8 @@ def tune(
 ) -> None:
     """Search LightGBM hyperparameters with Ray Tune (Optuna TPE + ASHA). Prints the best params."""
     from raygbm.report import print_tuning
-    from raygbm.train import RunMeta
-    from raygbm.tune import tune_search
+    from raygbm.training.train import RunMeta
+    from raygbm.training.tune import tune_search
 
     try:
         cfg = _config(config, set_, data, label, task, **{"tune.trials": trials})
@@ -139,9 +139,10 @@ def train(
     force: bool = _FORCE,
 ) -> None:
     """Train with fixed params (train.params), evaluate on the test split and register the model."""
-    from raygbm.pipeline import evaluate_and_register, train_final
+    from raygbm.registry.register import evaluate_and_register
     from raygbm.report import print_outcome
-    from raygbm.train import RunMeta
+    from raygbm.training.fit import train_final
+    from raygbm.training.train import RunMeta
 
     try:
         cfg = _config(config, set_, data, label, task)
@@ -165,8 +166,8 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Score a registered model on the data's test split (raw rows, through the model's own preprocessor)."""
-    from raygbm.pipeline import evaluate_registered
-    from raygbm.train import RunMeta
+    from raygbm.registry.register import evaluate_registered
+    from raygbm.training.train import RunMeta
 
     try:
         cfg = _config(config, set_, data, label, task)
@@ -233,7 +234,7 @@ def predict(
 ) -> None:
     """Score a dataset with a registered model as a Ray Data batch job (or through a running endpoint)."""
     from raygbm.predict import predict_dataset, predict_via_endpoint
-    from raygbm.registry import Registry, local_bundle
+    from raygbm.registry.store import Registry, local_bundle
 
     if url is not None:
         try:
@@ -263,7 +264,7 @@ def models(
     set_: list[str] = _SET,
 ) -> None:
     """List registered model versions, their test metric and which one is the champion."""
-    from raygbm.registry import Registry
+    from raygbm.registry.store import Registry
 
     try:
         reg = Registry(_config(config, set_, None, None, None).registry)
@@ -285,7 +286,7 @@ def promote(
     set_: list[str] = _SET,
 ) -> None:
     """Move the champion alias to a version by hand (a rollback, or a candidate you trust)."""
-    from raygbm.registry import Registry
+    from raygbm.registry.store import Registry
 
     try:
         reg = Registry(_config(config, set_, None, None, None).registry)
@@ -376,7 +377,7 @@ def _check(cfg: Any) -> Any:
     """Fail fast, silently, on bad shards before paying for a Ray start."""
     if not cfg.data.source:
         return None
-    from raygbm.schema import check_shards
+    from raygbm.data.schema import check_shards
 
     return check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
 
@@ -389,7 +390,7 @@ def _ray(cfg: Any) -> None:
 
 def _run_data_stage(cfg: Any, progress: Progress, force: bool) -> Any:
     """Check the shards, start Ray, run (or reuse) the data stage."""
-    from raygbm.data import preprocess as preprocess_stage
+    from raygbm.data.preprocess import preprocess as preprocess_stage
 
     shards = _check(cfg)
     progress("starting Ray")

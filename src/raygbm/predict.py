@@ -20,10 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygbm.bundle import METRICS_FILE, MODEL_FILE, PREPROCESSOR_FILE, Bundle
-from raygbm.data import ROW_COL, SHARD_COL, LocalRunner, RayDataRunner
+from raygbm.data.preprocess import ROW_COL, SHARD_COL, LocalRunner, RayDataRunner
+from raygbm.data.schema import ShardSet, check_shards
 from raygbm.errors import DataError
-from raygbm.schema import ShardSet, check_shards
+from raygbm.registry.bundle import METRICS_FILE, MODEL_FILE, PREPROCESSOR_FILE, Bundle
 
 OUTPUT_COLUMNS = ("prediction", "score")
 
@@ -49,7 +49,7 @@ class ModelTexts:
 
             import lightgbm as lgb
 
-            from raygbm.features import Preprocessor
+            from raygbm.data.features import Preprocessor
 
             _CACHE.clear()
             _CACHE[key] = Bundle(Path("."), lgb.Booster(model_str=self.model),

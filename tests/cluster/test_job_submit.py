@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raygbm.config import RegistryConfig
-from raygbm.registry import Registry
+from raygbm.registry.store import Registry
 from tests.conftest import make_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from raygbm.config import load_config
 from raygbm.pipeline import run_pipeline
-from raygbm.registry import Registry
-from raygbm.train import RunMeta
+from raygbm.registry.store import Registry
+from raygbm.training.train import RunMeta
 from tests.conftest import make_shards
 
 pytestmark = pytest.mark.slow

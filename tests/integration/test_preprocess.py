@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.config import load_config
-from raygbm.data import preprocess
+from raygbm.data.features import Preprocessor
+from raygbm.data.preprocess import preprocess
+from raygbm.data.split import SPLIT_NAMES, assign_split, row_hash, time_cutoffs, time_values
 from raygbm.errors import DataError
-from raygbm.features import Preprocessor
-from raygbm.split import SPLIT_NAMES, assign_split, row_hash, time_cutoffs, time_values
 from tests.conftest import make_shards
 
 
@@ -195,7 +195,7 @@ def test_job_entry_point(tmp_path, home, capsys):
 
 
 def test_ray_and_local_runners_write_identical_runs(tmp_path, home):
-    from raygbm.data import LocalRunner
+    from raygbm.data.preprocess import LocalRunner
 
     data = make_shards(tmp_path / "data", rows=6000, shards=3)
     cfg = _cfg(data, "split.time=event_time", "data.duplicates=drop")

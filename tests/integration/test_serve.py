@@ -15,16 +15,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.bundle import Bundle
 from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
-from raygbm.data import preprocess
-from raygbm.pipeline import Trained, evaluate_and_register
-from raygbm.registry import Registry, local_bundle
-from raygbm.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
+from raygbm.data.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
+from raygbm.data.preprocess import preprocess
+from raygbm.data.split import RAW_TEST
 from raygbm.drift.actor import MONITOR_ACTOR
+from raygbm.registry.bundle import Bundle
+from raygbm.registry.register import evaluate_and_register
+from raygbm.registry.store import Registry, local_bundle
 from raygbm.serving.deploy import deploy, swap_model
-from raygbm.split import RAW_TEST
-from raygbm.train import RunMeta, train_in_process
+from raygbm.training.fit import Trained
+from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home, wait_until
 
@@ -69,8 +70,6 @@ def _records(raw, schema_fields) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import os
-
     from ray import serve
 
     with raygbm_home(tmp_path_factory.mktemp("home")):

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.config import AutoscalingConfig, EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
-from raygbm.data import preprocess
-from raygbm.pipeline import Trained, evaluate_and_register
+from raygbm.data.preprocess import preprocess
+from raygbm.data.split import RAW_TEST
+from raygbm.registry.register import evaluate_and_register
 from raygbm.serving.deploy import APP_NAME, deploy
-from raygbm.split import RAW_TEST
-from raygbm.train import RunMeta, train_in_process
+from raygbm.training.fit import Trained
+from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
 from tests.helpers import wait_until
 

@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from raygbm.config import ResourcesConfig, TrainConfig, load_config
-from raygbm.data import preprocess
-from raygbm.train import RunMeta, train_in_process, train_with_ray
+from raygbm.data.preprocess import preprocess
+from raygbm.training.train import RunMeta, train_in_process, train_with_ray
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home
 

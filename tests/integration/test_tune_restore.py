@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from raygbm.config import load_config
-from raygbm.train import RunMeta
-from raygbm.tune import tune_search
+from raygbm.training.train import RunMeta
+from raygbm.training.tune import tune_search
 from tests.conftest import make_shards
 from tests.helpers import wait_until
 

@@ -6,16 +6,16 @@ import pyarrow as pa
 import pytest
 from sklearn import metrics as skm
 
-from raygbm.direction import best, better, higher_is_better, tune_mode
-from raygbm.evaluate import (
+from raygbm.registry.evaluate import (
     card_html,
     choose_threshold,
     evaluate_model,
     model_card,
     save_plots,
-    selected_features,
     task_metrics,
 )
+from raygbm.training.direction import best, better, higher_is_better, tune_mode
+from raygbm.training.fit import selected_features
 
 
 def _data(n=4000, seed=0):

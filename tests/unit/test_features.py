@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.config import DataConfig, DerivedFeature, FeaturesConfig, SplitConfig
+from raygbm.data.features import UNSEEN, Preprocessor
+from raygbm.data.schema import infer_schema
 from raygbm.errors import DataError
-from raygbm.features import UNSEEN, Preprocessor
-from raygbm.schema import infer_schema
 from tests.conftest import make_shards
 
 DERIVED = [
@@ -131,7 +131,7 @@ def test_unfitted_raises(tmp_path):
 
 
 def test_ratio_by_zero_is_missing():
-    from raygbm.features import derived_record
+    from raygbm.data.features import derived_record
 
     d = [DerivedFeature(name="r", op="ratio", inputs=["a", "b"])]
     assert math.isnan(derived_record({"a": 1.0, "b": 0.0}, d, {})["r"])

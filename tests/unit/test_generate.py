@@ -5,10 +5,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.errors import ConfigError
-from raygbm.generate import (
+from raygbm.data.generate import (
     CATEGORICAL, DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, NUMERIC, DriftSpec, GeneratorSpec, generate_dataset,
 )
+from raygbm.errors import ConfigError
 
 
 def test_deterministic_and_independent_of_shard_count(tmp_path):

@@ -5,15 +5,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_bundle, write_manifest
 from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
-from raygbm.data import LocalRunner, preprocess
+from raygbm.data.preprocess import LocalRunner, preprocess
+from raygbm.data.split import RAW_TEST
 from raygbm.errors import DataError
-from raygbm.pipeline import Gate, Trained, evaluate_and_register, evaluate_registered, gate_decision
 from raygbm.predict import predict_dataset
-from raygbm.registry import Registry, RegistryError, local_bundle
-from raygbm.split import RAW_TEST
-from raygbm.train import RunMeta, train_in_process
+from raygbm.registry.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_bundle, write_manifest
+from raygbm.registry.gate import Gate, gate_decision
+from raygbm.registry.register import evaluate_and_register, evaluate_registered
+from raygbm.registry.store import Registry, RegistryError, local_bundle
+from raygbm.training.fit import Trained
+from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from raygbm.config import load_config
-from raygbm.data import LocalRunner, preprocess
-from raygbm.features import Preprocessor
+from raygbm.data.features import Preprocessor
+from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.serving.request import RequestError, RequestSchema
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.config import DataConfig, SplitConfig
+from raygbm.data.schema import check_shards, infer_schema, list_shards
 from raygbm.errors import DataError
-from raygbm.schema import check_shards, infer_schema, list_shards
 
 
 def _retype(path: Path, column: str, type_: pa.DataType) -> None:

@@ -9,18 +9,19 @@ import json
 import numpy as np
 import pytest
 
-from raygbm.bundle import Bundle
 from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
-from raygbm.data import LocalRunner, preprocess
-from raygbm.pipeline import Trained, evaluate_and_register
+from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.errors import RaygbmError
-from raygbm.registry import Registry, RegistryError
+from raygbm.registry.bundle import Bundle
+from raygbm.registry.register import evaluate_and_register
+from raygbm.registry.store import Registry, RegistryError
 from raygbm.serving.batch_jobs import allowed_input, job_input
 from raygbm.serving.deploy import model_user_config
 from raygbm.serving.model_slot import ModelSlot
 from raygbm.serving.monitor_buffer import MonitorBuffer
 from raygbm.serving.request import RequestError
-from raygbm.train import RunMeta, train_in_process
+from raygbm.training.fit import Trained
+from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
 
 

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygbm.config import SplitConfig
-from raygbm.split import TEST, TRAIN, VALIDATION, assign_split, column_hash, row_hash, time_cutoffs, time_values
+from raygbm.data.split import TEST, TRAIN, VALIDATION, assign_split, column_hash, row_hash, time_cutoffs, time_values
 from tests.conftest import make_shards
 
 

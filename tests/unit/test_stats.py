@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 
 from raygbm.config import Bounds
-from raygbm.stats import TableStats
+from raygbm.data.stats import TableStats
 
 
 def _t(n, seed):

@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from raygbm.config import TrainConfig, load_config
-from raygbm.data import LocalRunner, preprocess
+from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.errors import ConfigError
-from raygbm.train import ReportEveryK, RunMeta, lgb_datasets, lgb_params, train_in_process
+from raygbm.training.train import ReportEveryK, RunMeta, lgb_datasets, lgb_params, train_in_process
 from tests.conftest import make_shards
 
 
@@ -92,7 +92,7 @@ def test_not_a_run_dir(tmp_path):
 def test_background_reporter_keeps_order_and_surfaces_errors():
     import threading
 
-    from raygbm.train import BackgroundReporter
+    from raygbm.training.train import BackgroundReporter
 
     seen = []
     release = threading.Event()

@@ -3,9 +3,9 @@
 import pytest
 
 from raygbm.config import ResourcesConfig, TrainConfig, load_config
-from raygbm.errors import ConfigError
 from raygbm.config import TuneConfig
-from raygbm.tune import has_grid, plan_trials, search_space, trial_mode, trial_record, trial_train_config, typed_params
+from raygbm.errors import ConfigError
+from raygbm.training.tune import has_grid, plan_trials, search_space, trial_mode, trial_record, trial_train_config, typed_params
 
 
 def test_default_space_becomes_tune_domains():
@@ -106,7 +106,7 @@ def test_cross_validation_reports_are_named_cv_and_holdout_reports_by_dataset():
     import lightgbm as lgb
     import numpy as np
 
-    from raygbm.train import ReportEveryK
+    from raygbm.training.train import ReportEveryK
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))

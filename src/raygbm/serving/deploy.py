@@ -24,7 +24,7 @@ APP_NAME = "raygbm"
 def model_user_config(registry_cfg: RegistryConfig, version: str | None = None) -> dict[str, Any]:
     """The ``user_config`` naming the model a deployment serves (resolved now, pinned by hash)."""
     from raygbm.paths import home
-    from raygbm.registry import Registry, RegistryError, tracking_uri
+    from raygbm.registry.store import Registry, RegistryError, tracking_uri
 
     ref = Registry(registry_cfg).get(version)
     if ref is None:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from raygbm.bundle import Bundle
 from raygbm.errors import RaygbmError
+from raygbm.registry.bundle import Bundle
 from raygbm.serving.request import RequestError, RequestSchema
 
 
@@ -56,7 +56,7 @@ class ServedModel:
 
     def table_matrix(self, table: pa.Table) -> np.ndarray:
         """Raw rows of a request table → the booster's feature matrix (a bad table is a 422)."""
-        from raygbm.evaluate import features_matrix
+        from raygbm.registry.evaluate import features_matrix
 
         try:
             feats = self.bundle.features(table)
@@ -80,7 +80,7 @@ def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel
     """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
     from raygbm.config import RegistryConfig
     from raygbm.drift.reference import REFERENCE_FILE
-    from raygbm.registry import Registry, local_bundle
+    from raygbm.registry.store import Registry, local_bundle
 
     # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
     reg = Registry(RegistryConfig(model_name=user_config["model_name"]), uri=user_config["tracking_uri"])
@@ -104,7 +104,7 @@ class ChampionLookup:
     def __call__(self, user_config: dict[str, Any]) -> dict[str, Any]:
         """``user_config`` pointed at the current champion (unchanged if there is none or it is the same)."""
         from raygbm.config import RegistryConfig
-        from raygbm.registry import Registry
+        from raygbm.registry.store import Registry
 
         key = (user_config["model_name"], user_config["tracking_uri"])
         if self._key != key:

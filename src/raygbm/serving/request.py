@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from raygbm.data.features import Preprocessor
 from raygbm.errors import DataError
-from raygbm.features import Preprocessor
 
 
 class RequestError(ValueError):

@@ -10,8 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from raygbm.data.stats import CategoricalStats, NumericStats
 from raygbm.errors import DataError
-from raygbm.stats import CategoricalStats, NumericStats
 
 MAX_CLASSES = 50
 

@@ -21,9 +21,10 @@ import lightgbm as lgb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygbm.bundle import MODEL_FILE
 from raygbm.config import ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
+
+CHECKPOINT_FILE = "model.txt"  # the LightGBM text model inside a Ray Train checkpoint
 
 
 def objective_params(task: str, num_classes: int | None, metric: str | None = None) -> dict[str, Any]:
@@ -121,6 +122,12 @@ class ReportEveryK:
         metrics["iteration"] = done
         self.last_reported = done
         self.report(metrics, env.model if (done % self.checkpoint_every == 0 or final) else None)
+
+
+def gain_importance(booster: lgb.Booster) -> dict[str, float]:
+    """Each feature's total split gain in the model."""
+    gains = booster.feature_importance("gain")
+    return {n: float(g) for n, g in zip(booster.feature_name(), gains)}
 
 
 def best_metrics(booster: lgb.Booster) -> dict[str, float]:
@@ -222,13 +229,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            init_model = lgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+            init_model = lgb.Booster(model_file=str(Path(d) / CHECKPOINT_FILE))
 
     def send(metrics: dict[str, float], model_text: str | None) -> None:
         # Every worker must call report (it is a barrier); only rank 0 uploads the checkpoint.
         if model_text is not None and rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                Path(d, MODEL_FILE).write_text(model_text)
+                Path(d, CHECKPOINT_FILE).write_text(model_text)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -410,7 +417,7 @@ def train_with_ray(
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
-        booster = lgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+        booster = lgb.Booster(model_file=str(Path(d) / CHECKPOINT_FILE))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     timings = {"materialize_s": t1 - t0, "fit_s": t2 - t1}
     if "worker_started_at" in metrics:

@@ -32,14 +32,14 @@ import yaml
 
 from raygbm import __version__
 from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
+from raygbm.data.features import Preprocessor, add_derived
+from raygbm.data.schema import DatasetSchema, ShardSet, check_shards, infer_schema
+from raygbm.data.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
+from raygbm.data.stats import CategoricalStats, TableStats
+from raygbm.data.task import label_is_numeric, resolve_task
 from raygbm.errors import DataError, RaygbmError
-from raygbm.features import Preprocessor, add_derived
 from raygbm.paths import runs_dir, sha256_file
 from raygbm.progress import Progress, no_progress
-from raygbm.schema import DatasetSchema, ShardSet, check_shards, infer_schema
-from raygbm.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
-from raygbm.stats import CategoricalStats, TableStats
-from raygbm.task import label_is_numeric, resolve_task
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E

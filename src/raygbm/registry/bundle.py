@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from raygbm.errors import DataError, RegistryError
 from raygbm.drift.reference import REFERENCE_FILE
+from raygbm.errors import DataError, RegistryError
 from raygbm.paths import sha256_file
 
 if TYPE_CHECKING:  # lightgbm and the preprocessor load on first use: the registry imports this module
     import lightgbm as lgb
 
-    from raygbm.features import Preprocessor
+    from raygbm.data.features import Preprocessor
 
 MODEL_FILE = "model.txt"
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -88,7 +88,7 @@ class Bundle:
     def load(cls, path: Path, manifest_sha256: str | None = None) -> "Bundle":
         import lightgbm as lgb
 
-        from raygbm.features import Preprocessor
+        from raygbm.data.features import Preprocessor
 
         path = Path(path)
         verify_bundle(path, manifest_sha256)
@@ -133,7 +133,7 @@ class Bundle:
         return self.preprocessor.transform_table(raw)
 
     def scores(self, features: pa.Table) -> np.ndarray:
-        from raygbm.evaluate import features_matrix
+        from raygbm.registry.evaluate import features_matrix
 
         return self.booster.predict(features_matrix(self.booster, features), num_threads=0)
 
@@ -155,7 +155,7 @@ class Bundle:
 
     def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
         """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
-        from raygbm.evaluate import task_metrics
+        from raygbm.registry.evaluate import task_metrics
 
         feats = self.features(raw)
         y = np.asarray(feats.column(self.preprocessor.schema.label))

@@ -17,10 +17,11 @@ import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
-from raygbm.direction import higher_is_better
 from raygbm.errors import DataError
+from raygbm.training.direction import higher_is_better
+from raygbm.training.train import gain_importance
 
-# The gate's default metric per task (raygbm.direction says which way each one is better).
+# The gate's default metric per task (raygbm.training.direction says which way each one is better).
 DEFAULT_GATE_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 
 
@@ -100,18 +101,6 @@ def permutation_importance(booster: lgb.Booster, table: pa.Table, label: str, ta
         out[name] = sign * (base - task_metrics(task, y, predict_scores(booster, X), num_classes=num_classes)[metric])
         X[:, j] = saved
     return out
-
-
-def gain_importance(booster: lgb.Booster) -> dict[str, float]:
-    gains = booster.feature_importance("gain")
-    return {n: float(g) for n, g in zip(booster.feature_name(), gains)}
-
-
-def selected_features(gain: dict[str, float], min_share: float) -> list[str]:
-    """Features whose share of the total gain is at least ``min_share`` (never fewer than one)."""
-    total = sum(gain.values()) or 1.0
-    keep = [n for n, g in gain.items() if g / total >= min_share]
-    return keep or [max(gain, key=gain.__getitem__)]
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The store is ``MLFLOW_TRACKING_URI`` when set (any remote tracking server), else an embedded sqlite file
 and artifact folder under ``$RAYGBM_HOME`` (no server to start). A model is registered as a *bundle*
-(``raygbm.bundle``); the sha256 of its manifest is stored as a tag on the model version, and every
+(``raygbm.registry.bundle``); the sha256 of its manifest is stored as a tag on the model version, and every
 bundle downloaded is verified against it.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raygbm.bundle import verify_bundle
 from raygbm.config import RegistryConfig
 from raygbm.errors import RegistryError  # also importable from here, where callers expect it
 from raygbm.paths import home
+from raygbm.registry.bundle import verify_bundle
 
 CHAMPION = "champion"
 BUNDLE_PATH = "model"  # artifact path of the bundle inside an MLflow run

@@ -31,11 +31,11 @@ import lightgbm as lgb
 import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
-from raygbm.direction import best, tune_mode
 from raygbm.errors import ConfigError
 from raygbm.paths import home, write_text_atomic
 from raygbm.progress import Progress, no_progress
-from raygbm.train import (
+from raygbm.training.direction import best, tune_mode
+from raygbm.training.train import (
     ReportEveryK,
     RunMeta,
     best_metrics,

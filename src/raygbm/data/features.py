@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raygbm.config import DerivedFeature, FeaturesConfig
+from raygbm.data.schema import DatasetSchema
+from raygbm.data.stats import TableStats
+from raygbm.data.task import infer_task, label_classes
 from raygbm.errors import DataError
-from raygbm.schema import DatasetSchema
-from raygbm.stats import TableStats
-from raygbm.task import infer_task, label_classes
 
 FORMAT = "raygbm.preprocessor/1"
 UNSEEN = 0  # the reserved code for missing and unseen categories

@@ -1,0 +1,199 @@
+"""Evaluate and register a trained model: test metrics, the bundle, the report and model card, the MLflow
+runs (a parent per model, a child per tuning trial), the registered version, and the champion alias
+moved when the gate says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import pyarrow.parquet as pq
+
+from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig
+from raygbm.data.split import RAW_TEST
+from raygbm.drift.reference import reference_profile
+from raygbm.errors import DataError
+from raygbm.paths import home
+from raygbm.progress import Progress, no_progress
+from raygbm.registry.bundle import Bundle, write_bundle
+from raygbm.registry.evaluate import Evaluation, card_html, evaluate_model, features_matrix, gate_metric, model_card, save_plots
+from raygbm.registry.gate import Gate, gate_decision, score_champion
+from raygbm.registry.store import BUNDLE_PATH, ModelRef, Registry, local_bundle
+from raygbm.training.fit import Trained
+from raygbm.training.train import RunMeta, lgb_params
+from raygbm.training.tune import TuneResult, sample_table
+
+CARD_FILE = "model_card.md"
+
+
+@dataclass
+class Outcome:
+    """What evaluating and registering one model came to (``raygbm run --json`` prints its ``to_dict``)."""
+
+    version: str  # the registered model version
+    run_id: str  # the MLflow parent run
+    decision: str  # "champion" or "candidate"
+    reason: str
+    metrics: dict[str, Any]  # test metrics
+    gate_metric: str
+    champion_score: float | None  # the earlier champion's gate metric on the same test rows
+    report_dir: Path  # the local copy of the report: model card, plots, evaluation.json, ...
+    card_path: Path  # the model card (Markdown) inside report_dir
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def registered_params(train: TrainConfig, meta: RunMeta, trained: Trained) -> dict[str, Any]:
+    """The LightGBM parameters a model was trained with, and its boosting rounds (threads left out)."""
+    params = {**lgb_params(train, meta.task, meta.num_classes, 1), "num_boost_round": trained.result.best_iteration}
+    params.pop("num_threads", None)
+    return params
+
+
+def write_report(report_dir: Path, ev: Evaluation, arrays: dict[str, Any], data_report: dict[str, Any],
+                 tuning: TuneResult | None, trained: Trained) -> list[str]:
+    """The report folder, all but the model card: plots, evaluation, data report, tuning, feature
+    selection and the defaults comparison. Returns the plots' file names."""
+    plots = save_plots(report_dir / "plots", ev, arrays, tuning.trials if tuning else None)
+    (report_dir / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=1))
+    (report_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
+    if tuning:
+        (report_dir / "tuning.json").write_text(json.dumps(tuning.to_dict(), indent=1, default=str))
+    if trained.selection:
+        (report_dir / "selection.json").write_text(json.dumps(trained.selection, indent=1))
+    if trained.comparison:
+        (report_dir / "defaults_comparison.json").write_text(json.dumps(trained.comparison, indent=1))
+    return plots
+
+
+def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str, Any], trained: Trained,
+               data_report: dict[str, Any], tuning: TuneResult | None, gate: Gate, plots: list[str]) -> Path:
+    """The model card, as Markdown and HTML, in the report folder; returns the Markdown file."""
+    card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,
+                         best_iteration=trained.result.best_iteration, data_report=data_report,
+                         tuning=tuning.to_dict() if tuning else None,
+                         gate={"decision": gate.decision, "reason": gate.reason},
+                         plots=plots, selection=trained.selection, comparison=trained.comparison)
+    (report_dir / CARD_FILE).write_text(card_md)
+    (report_dir / "model_card.html").write_text(card_html(card_md))
+    return report_dir / CARD_FILE
+
+
+def log_training_run(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
+                     data_report: dict[str, Any], tuning: TuneResult | None) -> str:
+    """An MLflow parent run with the parameters and metrics, a child run per tuning trial and the
+    defaults comparison; returns the parent run's id (left open for the artifacts)."""
+    parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
+                                tags={"raygbm.task": meta.task, "raygbm.data": str(data_report.get("source"))})
+    registry.log(parent, params={**params, "features": len(trained.meta.features), "data_run": meta.run_dir.name},
+                 metrics={f"test_{k}": v for k, v in ev.metrics.items()} | {
+                     f"valid_{k}": v for k, v in trained.result.metrics.items()})
+    if tuning:
+        registry.log(parent, params={"tune_trials": len(tuning.trials), "tune_mode": tuning.trial_mode},
+                     metrics={"tune_best_score": tuning.best_score, "tune_wall_s": tuning.wall_s})
+        log_trials(registry, parent, tuning)
+    if trained.comparison:
+        registry.log(parent, params={"kept": trained.comparison["kept"]},
+                     metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
+    return parent
+
+
+def log_trials(registry: Registry, parent: str, tuning: TuneResult) -> None:
+    """One MLflow child run per tuning trial: its parameters, score and validation history."""
+    for t in tuning.trials:
+        child = registry.start_run(f"trial {t['trial_id']}", tags={"raygbm.status": t["status"]}, parent=parent)
+        registry.log(child, params=t["params"], metrics={"score": t["score"] or float("nan"), "iterations": t["iterations"]})
+        registry.log_history(child, "validation_score", t["history"])
+        registry.end_run(child)
+
+
+def publish(registry: Registry, parent: str, ref: ModelRef, gate: Gate, bundle_dir: Path, report_dir: Path) -> None:
+    """Attach the bundle and the report to the run, close it, and move the champion alias if the gate says so."""
+    registry.log_artifacts(parent, bundle_dir, BUNDLE_PATH)
+    registry.log_artifacts(parent, report_dir, "report")
+    registry.end_run(parent)
+    if gate.decision == "champion":
+        registry.promote(ref)
+    registry.set_tags(ref, {"gate_reason": gate.reason})
+
+
+def keep_report(report_dir: Path, ref: ModelRef) -> Path:
+    """A local copy of the report next to the cached bundle, for people (and `make demo`) to open."""
+    out = home() / "models" / ref.name / f"{ref.version}-report"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(report_dir, out)
+    return out
+
+
+def evaluate_and_register(
+    meta: RunMeta,
+    trained: Trained,
+    train: TrainConfig,
+    evaluate: EvaluateConfig,
+    registry_cfg: RegistryConfig,
+    tuning: TuneResult | None,
+    progress: Progress = no_progress,
+) -> Outcome:
+    """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins."""
+    booster = trained.result.booster
+    metric = gate_metric(meta.task, registry_cfg.metric)
+    progress("evaluating on the test split")
+    ev, arrays = evaluate_model(booster, trained.meta.split("test"), trained.meta.split("validation"), meta.label,
+                                meta.task, meta.num_classes, metric, evaluate.permutation_rows)
+    if metric not in ev.metrics:
+        raise DataError(f"registry.metric {metric!r} is not a {meta.task} metric (have: {', '.join(ev.metrics)})")
+    registry = Registry(registry_cfg)
+    progress("comparing with the champion")
+    champ, champ_value, why = score_champion(registry, meta, metric)
+    new_value = float(ev.metrics[metric])
+    gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, registry_cfg.margin)
+
+    data_report = json.loads((meta.run_dir / "data_report.json").read_text())
+    params = registered_params(train, meta, trained)
+    work = Path(tempfile.mkdtemp(prefix="raygbm-register-"))
+    try:
+        bundle_dir, report_dir = work / BUNDLE_PATH, work / "report"
+        manifest_sha = write_bundle(bundle_dir, booster, meta.run_dir, ev.metrics,
+                                    _reference(booster, trained.meta, data_report), params)
+        plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
+        progress("logging to MLflow and registering")
+        parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning)
+        ref = registry.register(parent, manifest_sha, {"task": meta.task, "gate_metric": metric,
+                                                        f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision})
+        write_card(report_dir, ref, ev, params, trained, data_report, tuning, gate, plots)
+        publish(registry, parent, ref, gate, bundle_dir, report_dir)
+        kept = keep_report(report_dir, ref)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Outcome(version=ref.version, run_id=parent, decision=gate.decision, reason=gate.reason, metrics=ev.metrics,
+                   gate_metric=metric, champion_score=champ_value, report_dir=kept, card_path=kept / CARD_FILE,
+                   params=params)
+
+
+def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows: int = 100_000) -> dict[str, Any]:
+    """The drift monitor's reference: training features (a seeded sample) and validation scores."""
+    train = sample_table(meta.split("train"), rows, 0)
+    valid = sample_table(meta.split("validation"), rows, 1)
+    missing = {c: float(v.get("null_frac", 0.0)) for c, v in report.get("columns", {}).items() if v.get("role") in ("numeric", "categorical")}
+    return reference_profile(features_matrix(booster, train), booster.feature_name(), meta.categorical,
+                             booster.predict(features_matrix(booster, valid)), missing)
+
+
+def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: str | None) -> tuple[ModelRef, dict[str, Any]]:
+    """A registered model's metrics on this run's raw test rows (``raygbm evaluate``)."""
+    registry = Registry(registry_cfg)
+    ref, path = local_bundle(registry, version)
+    bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
+    raw = pq.read_table(meta.run_dir / RAW_TEST)
+    metrics = bundle.test_metrics(raw)
+    metrics["test_rows"] = raw.num_rows
+    return ref, metrics
+
