@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,9 +93,7 @@ def plain_server(bundle_dir: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--plain-server"]:
-        return plain_server(sys.argv[2], int(sys.argv[3]))
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
@@ -106,70 +105,135 @@ def main() -> None:
                     help="monitor config overrides, e.g. log_sample_rate=0")
     ap.add_argument("--ingress", choices=["proxy", "fast"], default="fast",
                     help="fast: serve.fast_ingress (HAProxy + direct ingress); proxy: Serve's default proxy")
-    args = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("bench/serve.py needs wrk: apt-get install wrk")
+    return ap.parse_args()
 
-    import numpy as np
-    import pyarrow as pa
+
+def register_model(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any, Any]:
+    """Generated data, preprocessed without Ray, one model registered: (config, run meta, bundle, raw test rows)."""
     import pyarrow.parquet as pq
 
-    from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
+    from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
     from raygbm.data.generate import GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import LocalRunner, preprocess
     from raygbm.data.split import RAW_TEST
     from raygbm.registry.bundle import Bundle
     from raygbm.registry.register import evaluate_and_register
     from raygbm.registry.store import Registry, local_bundle
-    from raygbm.runtime import ensure_ray
-    from raygbm.serving.deploy import deploy, swap_model
     from raygbm.training.fit import Trained
     from raygbm.training.train import RunMeta, train_in_process
 
-    work = Path(tempfile.mkdtemp(prefix="raygbm-bench-serve-"))
-    os.environ["RAYGBM_HOME"] = str(work / "home")
-    plain = None
-    try:
-        generate_dataset(work / "data", GeneratorSpec(rows=args.rows, shards=4, seed=5))
-        cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(work / "data"), "data.label": "label"})
-        meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
-        train = TrainConfig(num_boost_round=args.trees, early_stopping_rounds=None, params={"num_leaves": 31})
-        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
-                              EvaluateConfig(permutation_rows=1000), RegistryConfig(), None)
-        _, bundle_dir = local_bundle(Registry())
-        bundle = Bundle.load(bundle_dir)
-        raw = pq.read_table(meta.run_dir / RAW_TEST)
-        fields = list(dict.fromkeys(bundle.preprocessor.schema.features))
-        record = {c: raw.column(c)[0].as_py() for c in fields}
-        body = work / "one.json"
-        body.write_text(json.dumps(record))
-        print(f"model: {bundle.booster.num_trees()} trees on {len(bundle.booster.feature_name())} features; "
-              f"wrk -t1, {args.duration}s per run", flush=True)
+    generate_dataset(work / "data", GeneratorSpec(rows=args.rows, shards=4, seed=5))
+    cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(work / "data"), "data.label": "label"})
+    meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
+    train = TrainConfig(num_boost_round=args.trees, early_stopping_rounds=None, params={"num_leaves": 31})
+    evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                          EvaluateConfig(permutation_rows=1000), RegistryConfig(), None)
+    _, bundle_dir = local_bundle(Registry())
+    return cfg, meta, Bundle.load(bundle_dir), pq.read_table(meta.run_dir / RAW_TEST)
 
-        # --- plain uvicorn + FastAPI (the baseline)
-        plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(bundle_dir), "8431"])
+
+def bench_plain(bundle_dir: Path, body: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """The baseline in its own process: wrk at concurrency 1 and ``--concurrency``."""
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(bundle_dir), "8431"])
+    try:
         wait_ready("http://127.0.0.1:8431")
         p1 = wrk("http://127.0.0.1:8431", body, 1, args.duration)
         pc = wrk("http://127.0.0.1:8431", body, args.concurrency, args.duration)
+    finally:
         plain.terminate()
         plain.wait()
-        plain = None
-        print(f"plain uvicorn : c=1 p50 {p1['p50_ms']:.2f} ms p99 {p1['p99_ms']:.2f} ms {p1['rps']:.0f} rps; "
-              f"c={args.concurrency} {pc['rps']:.0f} rps", flush=True)
+    print(f"plain uvicorn : c=1 p50 {p1['p50_ms']:.2f} ms p99 {p1['p99_ms']:.2f} ms {p1['rps']:.0f} rps; "
+          f"c={args.concurrency} {pc['rps']:.0f} rps", flush=True)
+    return p1, pc
 
-        # --- ours: Ray Serve, validation and drift monitoring on, then monitoring off
-        if args.ingress == "fast":
-            from raygbm.runtime import enable_fast_ingress
 
-            enable_fast_ingress()
-        ensure_ray(cfg.resources)
-        serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast", num_replicas=args.replicas)
-        import yaml
+def deploy_ours(cfg: Any, args: argparse.Namespace) -> tuple[str, Any, Any]:
+    """Ray Serve with validation and drift monitoring on: (url, serve config, monitor config)."""
+    import yaml
 
-        monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in
-                                                         (kv.split("=", 1) for kv in args.monitor_set)})
-        url = deploy(RegistryConfig(), serve_cfg, monitor_cfg)
-        wait_ready(url)
+    from raygbm.config import MonitorConfig, RegistryConfig, ServeConfig
+    from raygbm.runtime import ensure_ray
+    from raygbm.serving.deploy import deploy
+
+    if args.ingress == "fast":
+        from raygbm.runtime import enable_fast_ingress
+
+        enable_fast_ingress()
+    ensure_ray(cfg.resources)
+    serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast", num_replicas=args.replicas)
+    monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in
+                                                     (kv.split("=", 1) for kv in args.monitor_set)})
+    url = deploy(RegistryConfig(), serve_cfg, monitor_cfg)
+    wait_ready(url)
+    return url, serve_cfg, monitor_cfg
+
+
+def bench_batch(url: str, meta: Any, bundle: Any, raw: Any) -> float:
+    """10,000 rows through /predict/batch (Arrow IPC) against raw Booster.predict on the same rows: the ratio."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = raw.slice(0, 10_000)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as w:
+        w.write_table(rows)
+    payload = sink.getvalue().to_pybytes()
+    X = np.column_stack([np.asarray(meta.split("test").slice(0, 10_000)[c], dtype=np.float64)
+                         for c in bundle.booster.feature_name()])
+    batch_s, raw_s = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        req = urllib.request.Request(url + "/predict/batch", data=payload, method="POST",
+                                     headers={"content-type": "application/vnd.apache.arrow.stream"})
+        urllib.request.urlopen(req, timeout=60).read()
+        batch_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bundle.booster.predict(X, num_threads=1)
+        raw_s.append(time.perf_counter() - t)
+    batch_ratio = min(raw_s) / min(batch_s)
+    print(f"10k-row batch : {10_000 / min(batch_s):,.0f} rows/s through HTTP vs {10_000 / min(raw_s):,.0f} "
+          f"rows/s raw Booster.predict (ratio {batch_ratio:.2f})", flush=True)
+    return batch_ratio
+
+
+def bench_monitor(url: str, body: Path, first_on_p50: float, serve_cfg: Any, monitor_cfg: Any,
+                  args: argparse.Namespace) -> float:
+    """Monitor off and on again on the same replicas (only user_config changes), alternating, so the
+    comparison is not confounded by new replica processes; the median p50 of each counts."""
+    import numpy as np
+
+    from raygbm.config import RegistryConfig
+    from raygbm.serving.deploy import swap_model
+
+    on, off = [first_on_p50], []
+    for _ in range(args.monitor_rounds):
+        swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=False)
+        off.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
+        swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=True)
+        on.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
+    overhead = float(np.median(on)) / float(np.median(off)) - 1
+    print(f"monitor on/off: c=1 p50 {', '.join(f'{v:.2f}' for v in on)} ms on, {', '.join(f'{v:.2f}' for v in off)} "
+          f"ms off → monitor adds {overhead:+.1%} to the median p50", flush=True)
+    return overhead
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--plain-server"]:
+        return plain_server(sys.argv[2], int(sys.argv[3]))
+    args = parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench/serve.py needs wrk: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="raygbm-bench-serve-"))
+    os.environ["RAYGBM_HOME"] = str(work / "home")
+    try:
+        cfg, meta, bundle, raw = register_model(args, work)
+        fields = list(dict.fromkeys(bundle.preprocessor.schema.features))
+        body = work / "one.json"
+        body.write_text(json.dumps({c: raw.column(c)[0].as_py() for c in fields}))
+        print(f"model: {bundle.booster.num_trees()} trees on {len(bundle.booster.feature_name())} features; "
+              f"wrk -t1, {args.duration}s per run", flush=True)
+        p1, pc = bench_plain(bundle.path, body, args)
+        url, serve_cfg, monitor_cfg = deploy_ours(cfg, args)
         o1 = wrk(url, body, 1, args.duration)
         oc = wrk(url, body, args.concurrency, args.duration)
         print(f"raygbm serve  : c=1 p50 {o1['p50_ms']:.2f} ms p99 {o1['p99_ms']:.2f} ms {o1['rps']:.0f} rps; "
@@ -178,47 +242,13 @@ def main() -> None:
             drift = json.loads(r.read())
         print(f"  monitor: {drift['rows_seen']:,} rows seen, {len(drift['windows'])} windows, "
               f"{drift['dropped_batches']} batches dropped", flush=True)
-
-        # 10,000 rows through /predict/batch (Arrow IPC) against raw Booster.predict on the same rows.
-        rows = raw.slice(0, 10_000)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, rows.schema) as w:
-            w.write_table(rows)
-        payload = sink.getvalue().to_pybytes()
-        X = np.column_stack([np.asarray(meta.split("test").slice(0, 10_000)[c], dtype=np.float64)
-                             for c in bundle.booster.feature_name()])
-        batch_s, raw_s = [], []
-        for _ in range(5):
-            t = time.perf_counter()
-            req = urllib.request.Request(url + "/predict/batch", data=payload, method="POST",
-                                         headers={"content-type": "application/vnd.apache.arrow.stream"})
-            urllib.request.urlopen(req, timeout=60).read()
-            batch_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            bundle.booster.predict(X, num_threads=1)
-            raw_s.append(time.perf_counter() - t)
-        batch_ratio = min(raw_s) / min(batch_s)
-        print(f"10k-row batch : {10_000 / min(batch_s):,.0f} rows/s through HTTP vs {10_000 / min(raw_s):,.0f} "
-              f"rows/s raw Booster.predict (ratio {batch_ratio:.2f})", flush=True)
-
-        # Monitor off and on again on the same replicas (only user_config changes), alternating, so the
-        # comparison is not confounded by new replica processes; the median p50 of each counts.
-        on, off = [o1["p50_ms"]], []
-        for _ in range(args.monitor_rounds):
-            swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=False)
-            off.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
-            swap_model(RegistryConfig(), serve_cfg, monitor_cfg, monitor_on=True)
-            on.append(wrk(url, body, 1, max(args.duration // 2, 3))["p50_ms"])
-        overhead = float(np.median(on)) / float(np.median(off)) - 1
-        print(f"monitor on/off: c=1 p50 {', '.join(f'{v:.2f}' for v in on)} ms on, {', '.join(f'{v:.2f}' for v in off)} "
-              f"ms off → monitor adds {overhead:+.1%} to the median p50", flush=True)
+        batch_ratio = bench_batch(url, meta, bundle, raw)
+        overhead = bench_monitor(url, body, o1["p50_ms"], serve_cfg, monitor_cfg, args)
         print(f"RESULT p50_ms={o1['p50_ms']:.3f} p99_ms={o1['p99_ms']:.3f} rps={oc['rps']:.0f} plain_rps={pc['rps']:.0f} "
               f"rps_ratio={oc['rps'] / pc['rps']:.3f} batch_ratio={batch_ratio:.3f} monitor_overhead={overhead:.3f} "
               f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
               f"concurrency={args.concurrency} ingress={args.ingress} replicas={args.replicas} cpus={os.cpu_count()}")
     finally:
-        if plain is not None:
-            plain.terminate()
         try:
             from ray import serve
 
