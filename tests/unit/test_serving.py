@@ -184,3 +184,38 @@ def test_job_input_checks(tmp_path):
     assert err.value.status == 403
     assert not allowed_input(str(tmp_path / "in" / ".." / ".." / "x"), [str(tmp_path)])
     assert allowed_input("s3://bucket/data", roots) and not allowed_input("s3://bucket/database", roots)
+
+
+def test_bearer_token_middleware_guards_every_route_but_the_probes():
+    import hashlib
+
+    from raygbm.serving.app import BearerToken, Replica
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(path: str, token: str | None) -> int:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token is not None else []
+        asyncio.run(BearerToken(inner)({"type": "http", "path": path, "headers": headers}, receive, send))
+        return sent[0]["status"]
+
+    secret = "s" * 16
+    old = Replica.token_sha256
+    try:
+        Replica.token_sha256 = None  # no token asked for: everything passes
+        assert call("/model", None) == 200
+        Replica.token_sha256 = hashlib.sha256(secret.encode()).hexdigest()
+        assert call("/model", None) == 401 and call("/openapi.json", "wrong") == 401 and call("/predict", "") == 401
+        assert call("/model", secret) == 200 and call("/docs", secret) == 200
+        assert call("/healthz", None) == 200 and call("/readyz", None) == 200
+    finally:
+        Replica.token_sha256 = old

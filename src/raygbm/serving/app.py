@@ -86,13 +86,28 @@ def token_ok(authorization: str, token_sha256: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), token_sha256)
 
 
-@api.middleware("http")
-async def _auth(request: Request, call_next: Any) -> Any:
-    expected = Replica.token_sha256
-    if expected and request.url.path not in PROBES and not token_ok(request.headers.get("authorization", ""), expected):
-        return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                            headers={"www-authenticate": "Bearer"})
-    return await call_next(request)
+class BearerToken:
+    """Every route but the probes needs ``Authorization: Bearer <token>`` when the replica was given the
+    token's hash. A plain ASGI middleware: Starlette's ``@app.middleware("http")`` wraps every request in
+    extra tasks and streams, which costs the endpoint a third of a millisecond per request even when no
+    token is asked for."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        expected = Replica.token_sha256
+        if expected and scope["type"] == "http" and scope["path"] not in PROBES:
+            given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+            if not token_ok(given, expected):
+                response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                        headers={"www-authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BearerToken)
 
 
 _BATCH_BODY = {"required": True, "content": {
