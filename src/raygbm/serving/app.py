@@ -194,9 +194,10 @@ class ModelServer:
             model = items[idx[0]][0]
             rows = np.concatenate([items[i][1] for i in idx])
             scores = model.booster.predict(rows, num_threads=1)
-            bounds = np.cumsum([0] + [len(items[i][1]) for i in idx])
-            for i, start, end in zip(idx, bounds[:-1], bounds[1:]):
-                out[i] = scores[start:end]
+            start = 0
+            for i in idx:
+                out[i] = scores[start:start + len(items[i][1])]
+                start += len(items[i][1])
             if self._monitored(model):
                 self.buffer.add(model.version, rows, scores, np.concatenate([items[i][2] for i in idx]))
         return out
