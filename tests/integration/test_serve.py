@@ -236,9 +236,65 @@ def test_bad_requests_get_4xx_never_5xx(served):
         assert "error" in out
     status, _ = _post("/predict", b"x" * 10, headers={"content-length": "99999999"})
     assert status in (400, 413)
+    status, out = _post("/predict", b"[" + b"1," * 1_100_000 + b"1]")  # an honest Content-Length over the limit
+    assert status == 413 and "larger than" in out["error"]
     # A client asking Serve for no timeout still gets an answer (and a normal one).
     status, _ = _post("/predict", json.dumps(good).encode(), headers={"x-request-timeout-seconds": "0"})
     assert status == 200
+
+
+def _table_body(table, kind: str) -> bytes:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    sink = pa.BufferOutputStream()
+    if kind == "text/csv":
+        pacsv.write_csv(table, sink)
+    else:
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_hostile_bodies_of_every_format_get_4xx_without_echo(served):
+    """The classes a hostile-input probe found answering 500 or echoing input: each gets a 4xx whose
+    message holds none of the body, and a valid request is answered after each class."""
+    import pyarrow as pa
+
+    meta, _, _ = served
+    _, info = _get("/model")
+    fields = list(info["request_schema"]["oneOf"][0]["properties"])
+    raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 5).drop_columns(["label"])
+    good = _records(raw.slice(0, 1), fields)[0]
+    text = json.dumps(good)
+    num = raw.column_names.index("num_0")
+    arrow, csv = "application/vnd.apache.arrow.stream", "text/csv"
+    classes = {
+        "json numbers beyond float": [("/predict", text.replace(f'"{k}": {json.dumps(good[k])}', f'"{k}": {"9" * 400}').encode(), None)
+                                      for k in ("num_0", "event_time")],
+        "json field names": [("/predict", (text[:-1] + ', "\\ud800sentinel": 1}').encode(), None),
+                             ("/predict", json.dumps({**good, "sentinel" + "x" * 900_000: 1}).encode(), None)],
+        "job body nesting and encoding": [("/predict/batch", b'{"input": ' * 100_000, None),
+                                          ("/predict/batch", b"\xff\xfesentinel", None)],
+        "duplicated columns": [("/predict/batch", _table_body(raw.append_column("num_0", raw.column("num_0")), k), k)
+                               for k in (arrow, csv)],
+        "numbers json would refuse": [
+            ("/predict/batch", _table_body(raw.set_column(num, "num_0", pa.array(v, t)), arrow), arrow)
+            for v, t in (([float("nan")] * 5, pa.float64()), ([float("inf")] * 5, pa.float64()), ([2**60] * 5, pa.int64()))],
+        "csv that is not utf-8 or not a table": [
+            ("/predict/batch", _table_body(raw, csv).replace(b"\n", b"\n\xff\xfesentinel", 1), csv),
+            ("/predict/batch", _table_body(raw, csv) + b"sentinel,secret\n", csv)],
+        "width": [("/predict/batch", ",".join(f"c{i}" for i in range(100_000)).encode() + b"\n" + b"1," * 99_999 + b"1\n", csv),
+                  ("/predict/batch", _table_body(pa.table({f"c{i}": [1] for i in range(5_000)}), arrow), arrow)],
+    }
+    for name, requests in classes.items():
+        for path, body, kind in requests:
+            status, answer = _post_raw(path, body, kind or "application/json")
+            assert 400 <= status < 500, (name, status, answer[:200])
+            assert b"sentinel" not in answer and len(answer) < 500, (name, answer[:200])
+        assert _post("/predict", text.encode())[0] == 200, name
+    status, one = _post("/predict", b"\xef\xbb\xbf" + text.encode())  # a BOM before one record: still one answer
+    assert status == 200 and "prediction_id" in one
 
 
 def test_drift_windows_flag_only_the_shifted_features(served):

@@ -51,7 +51,7 @@ def test_a_good_record_and_a_list(schema):
         (lambda r: json.dumps({**r, "num_0": True}), 422, "field 'num_0': expected a number"),
         (lambda r: json.dumps({**r, "num_0": 1e308 * 10}), 400, "Infinity"),
         (lambda r: json.dumps({**r, "cat_0": 3}), 422, "field 'cat_0': expected a string or null, got number"),
-        (lambda r: json.dumps({**r, "surprise": 1}), 422, "unknown field(s): surprise"),
+        (lambda r: json.dumps({**r, "surprise": 1}), 422, "1 unknown field(s)"),
         (lambda r: json.dumps({k: v for k, v in r.items() if k != "num_7"}), 422, "missing field(s): num_7"),
         (lambda r: json.dumps({**r, "event_time": "yesterday"}), 422, "expected an ISO 8601 time"),
         (lambda r: json.dumps([r] * 6), 413, "the limit is 5"),
@@ -91,3 +91,89 @@ def test_times_out_of_range_are_rejected(schema):
         with pytest.raises(RequestError, match="out of range"):
             schema.parse(json.dumps({**r, "event_time": v}).encode())
     assert schema.parse(json.dumps({**r, "event_time": 1767261600}).encode()).features.shape[0] == 1
+
+
+def test_unknown_field_names_are_counted_never_echoed(schema):
+    r = _record(schema)
+    for body in (json.dumps({**r, "sentinel-" + "x" * 900_000: 1}).encode(),
+                 json.dumps(r)[:-1].encode() + b', "\\ud800": 1, "\\udfff": 2}'):  # lone surrogates
+        with pytest.raises(RequestError) as err:
+            schema.parse(body)
+        message = str(err.value)
+        assert err.value.status == 422 and "sentinel" not in message and len(message) < 200
+        message.encode("utf-8")  # answerable: no lone surrogate in the message
+
+
+def test_integers_too_large_for_a_float_are_out_of_range_not_errors(schema):
+    r = _record(schema)
+    huge = "9" * 400  # json gives a Python int; float(huge) would overflow
+    for name in ("num_0", "event_time"):
+        body = json.dumps({**r, name: 0}).replace(f'"{name}": 0', f'"{name}": {huge}').encode()
+        with pytest.raises(RequestError, match="out of range") as err:
+            schema.parse(body)
+        assert err.value.status == 422
+
+
+def test_one_object_is_answered_as_one_whatever_precedes_it(schema):
+    r = json.dumps(_record(schema)).encode()
+    assert schema.parse(r).single and schema.parse(b"\xef\xbb\xbf" + r).single and schema.parse(b" \n" + r).single
+    assert not schema.parse(b"[" + r + b"]").single
+
+
+def _table(schema, rows=3):
+    import pyarrow as pa
+
+    r = _record(schema)
+    cols = {k: [r[k]] * rows for k in schema.fields}
+    cols["event_time"] = [np.datetime64("2026-03-01T10:00:00")] * rows
+    return pa.table(cols)
+
+
+def test_tables_are_held_to_the_rules_of_json_records(schema):
+    import pyarrow as pa
+
+    good = _table(schema)
+    schema.check_table(good.append_column("label", pa.array([1, 0, 1])), 10)  # extra columns are ignored
+    num = good.column_names.index("num_0")
+    cases = {
+        "duplicated field(s): num_0": good.append_column("num_0", good.column("num_0")),
+        "missing field(s): num_0": good.remove_column(num),
+        "field 'num_0': NaN or infinite value": good.set_column(num, "num_0", pa.array([1.0, float("nan"), None])),
+        "field 'num_0': NaN or infinite value; send null": good.set_column(num, "num_0", pa.array([float("-inf"), 1.0, 2.0])),
+        "field 'num_0': number out of range": good.set_column(num, "num_0", pa.array([2**60, 1, None], pa.int64())),
+        "4 rows; the limit is 3": pa.concat_tables([good, good.slice(0, 1)]),
+    }
+    for message, table in cases.items():
+        with pytest.raises(RequestError) as err:
+            schema.check_table(table, 3)
+        assert message in str(err.value), (message, str(err.value))
+        assert err.value.status == (413 if "limit" in message else 422)
+    schema.check_table(good.set_column(num, "num_0", pa.array([None, 2**53, -(2**53)], pa.int64())), 10)
+
+
+def test_table_bodies_are_bounded_in_width_before_parsing_and_never_echoed(schema):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from raygbm.serving.tables import ARROW_STREAM, CSV, read_table, write_table
+
+    types = schema.pre.schema.types
+    wide = ",".join(f"c{i}" for i in range(100_000)).encode() + b"\n" + b",".join([b"1"] * 100_000) + b"\n"
+    with pytest.raises(RequestError) as err:
+        read_table(wide, CSV, types, schema.max_columns)
+    assert err.value.status == 413 and f"the limit is {schema.max_columns}" in str(err.value)
+    wide_arrow = write_table(pa.table({f"c{i}": [1] for i in range(schema.max_columns + 1)}), ARROW_STREAM)
+    with pytest.raises(RequestError) as err:
+        read_table(wide_arrow, ARROW_STREAM, types, schema.max_columns)
+    assert err.value.status == 413
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(_table(schema), sink)
+    csv = sink.getvalue().to_pybytes()
+    assert read_table(csv, CSV, types, schema.max_columns).num_rows == 3
+    for bad in (csv + b"sentinel-secret,x\n", csv.replace(b"\n", b"\n\xff\xfesentinel", 1), b"sentinel\x00" * 10):
+        with pytest.raises(RequestError) as err:
+            read_table(bad, CSV, types, schema.max_columns)
+        assert err.value.status == 400 and "sentinel" not in str(err.value) and "\ufffd" not in str(err.value)
+    with pytest.raises(RequestError) as err:
+        read_table(b"sentinel", ARROW_STREAM, types, schema.max_columns)
+    assert err.value.status == 400 and "sentinel" not in str(err.value)

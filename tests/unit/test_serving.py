@@ -171,7 +171,7 @@ def test_job_input_checks(tmp_path):
     roots = [str(tmp_path), "s3://bucket/data"]
     assert job_input(json.dumps({"input": str(tmp_path / "in")}).encode(), roots) == str(tmp_path / "in")
     assert job_input(json.dumps({"input": "s3://bucket/data/x"}).encode(), roots) == "s3://bucket/data/x"
-    cases = {b"{nope": 400, b'{"input": "x", "more": 1}': 422, json.dumps({"input": "/etc"}).encode(): 403,
+    cases = {b"{nope": 400, b'{"input": ' * 100_000: 400, b"\xff\xfe": 400, b'{"input": "x", "more": 1}': 422, json.dumps({"input": "/etc"}).encode(): 403,
              json.dumps({"input": str(tmp_path / "missing")}).encode(): 404,
              json.dumps({"input": "relative"}).encode(): 422, json.dumps({"input": "s3://bucket/data/../x"}).encode(): 403,
              json.dumps({"input": str(tmp_path / "a\x00b")}).encode(): 422}

@@ -113,6 +113,9 @@ class Bundle:
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise DataError(f"input lacks column(s) the model needs: {', '.join(missing[:8])}")
+        duplicated = [c for c in wanted if schema.names.count(c) > 1]
+        if duplicated:
+            raise DataError(f"input has duplicated column(s) the model needs: {', '.join(duplicated[:8])}")
         for c in wanted:
             got, trained = schema.field(c).type, s.types.get(c)
             if pa.types.is_dictionary(got):

@@ -215,7 +215,7 @@ class ModelServer:
         self.served_rows += len(parsed.features)
         self.unseen += parsed.unseen
         results = model.results(scores)
-        if body.lstrip()[:1] == b"{":
+        if parsed.single:
             return JSONResponse({**results[0], "model_version": model.version})
         return JSONResponse({"predictions": results, "model_version": model.version})
 
@@ -233,19 +233,22 @@ class ModelServer:
             return JSONResponse(job, status_code=202)
         if kind not in TABLE_TYPES:
             raise RequestError(f"content type must be {ARROW_STREAM}, {CSV} or application/json (a Parquet job)", 415)
-        table = read_table(await read_body(request, self.settings.max_batch_body_bytes), kind,
-                           model.bundle.preprocessor.schema.types)
-        if table.num_rows > self.settings.max_batch_rows:
-            raise RequestError(f"{table.num_rows} rows; the limit is {self.settings.max_batch_rows}", 413)
-        X = model.table_matrix(table)
-        # Off the event loop: a large table would otherwise block every other request.
-        scores = await self._within_budget(asyncio.to_thread(model.booster.predict, X, num_threads=1))
+        body = await read_body(request, self.settings.max_batch_body_bytes)
+        # Off the event loop: parsing and scoring a large table would otherwise block every other request.
+        table, X, scores = await self._within_budget(asyncio.to_thread(self._score_table, model, body, kind))
         if self._monitored(model):
             missing = np.column_stack([np.asarray(table.column(c).is_null()) for c in model.schema.fields])
             self.buffer.add(model.version, X, scores, missing)
         self.served_rows += table.num_rows
         return Response(write_table(model.prediction_table(scores), kind), media_type=kind,
                         headers={"x-model-version": model.version})
+
+    def _score_table(self, model: ServedModel, body: bytes, kind: str) -> tuple[Any, np.ndarray, np.ndarray]:
+        """A table body read, checked by the same rules as JSON records, transformed and scored."""
+        table = read_table(body, kind, model.bundle.preprocessor.schema.types, model.schema.max_columns)
+        model.schema.check_table(table, self.settings.max_batch_rows)
+        X = model.table_matrix(table)
+        return table, X, model.booster.predict(X, num_threads=1)
 
     @api.get("/predict/batch/{job_id}", summary="Status of a Parquet batch job")
     async def batch_job(self, job_id: str) -> JSONResponse:

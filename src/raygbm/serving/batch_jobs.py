@@ -38,8 +38,10 @@ def job_input(body: bytes, roots: list[str]) -> str:
     """The dataset a job request names, checked against ``roots`` (a :class:`RequestError` otherwise)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise RequestError("body is not valid JSON", 400) from None
+    except RecursionError:
+        raise RequestError("body is nested too deeply", 400) from None
     if not isinstance(doc, dict) or set(doc) != {"input"} or not isinstance(doc["input"], str) or not doc["input"]:
         raise RequestError('expected {"input": "<Parquet file, folder or URI>"} and nothing else', 422)
     source = doc["input"]

@@ -3,9 +3,11 @@
 
 A request body is one JSON object or a list of them, each carrying every raw feature column the model
 reads (``null`` is allowed and means missing, as in training). Rejected with a 4xx and a message that
-names fields and types but never echoes values: NaN/Infinity (not JSON), strings for numbers, numbers
-for string categories, unknown fields, missing fields, too many rows. Unknown category values are
-accepted: they map to the reserved "unseen" code, and are counted.
+names the model's fields, types and limits but never echoes request content (values, unknown field
+names): NaN/Infinity (not JSON), strings for numbers, numbers for string categories, integers beyond
+±2^53, unknown fields, missing fields, too many rows. Unknown category values are accepted: they map to
+the reserved "unseen" code, and are counted. Table bodies (``/predict/batch``) are held to the same
+rules by :meth:`RequestSchema.check_table`, and their width is bounded before they are parsed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raygbm.data.features import Preprocessor
 from raygbm.errors import DataError
@@ -47,11 +51,16 @@ def _kind(arrow_type: str) -> str:
     return "number"
 
 
+MAX_SAFE_INTEGER = 2**53  # integers beyond this do not survive the float64 features exactly
+EXTRA_COLUMNS = 64  # columns a table body may carry beyond the model's fields (ids, the label, ...)
+
+
 @dataclass
 class Parsed:
     features: np.ndarray  # rows × model features, float64
     unseen: int  # category values never seen in training (mapped to the "unseen" code)
     missing: np.ndarray  # rows × fields: null in the request (for the drift monitor's missing rates)
+    single: bool = False  # the body was one object (answered with one object)
 
 
 class RequestSchema:
@@ -77,7 +86,8 @@ class RequestSchema:
             raise RequestError("body is not valid JSON", 400) from None
         except RecursionError:
             raise RequestError("body is nested too deeply", 400) from None
-        if isinstance(obj, dict):
+        single = isinstance(obj, dict)
+        if single:
             records = [obj]
         elif isinstance(obj, list):
             records = obj
@@ -96,16 +106,16 @@ class RequestSchema:
             features = self.pre.transform_records(records)
         except (ValueError, OverflowError, OSError, DataError) as exc:  # e.g. a time no calendar has
             raise RequestError(f"a record could not be transformed: {type(exc).__name__}") from None
-        return Parsed(features, unseen, missing)
+        return Parsed(features, unseen, missing, single)
 
     def _check(self, r: Any, index: int | None) -> int:
         """One record's fields and types; returns how many of its category values are unseen."""
         where = f"record {index}: " if index is not None else ""
         if not isinstance(r, dict):
             raise RequestError(f"{where}expected a JSON object, got {_json_type(r)}")
-        extra = [k for k in r if k not in self.fields]
-        if extra:
-            raise RequestError(f"{where}unknown field(s): {', '.join(sorted(extra)[:10])}")
+        extra = sum(k not in self.fields for k in r)
+        if extra:  # counted, never named: a name is request content
+            raise RequestError(f"{where}{extra} unknown field(s); GET /model lists the fields")
         missing = [k for k in self.fields if k not in r]
         if missing:
             raise RequestError(f"{where}missing field(s): {', '.join(missing[:10])}")
@@ -122,6 +132,36 @@ class RequestSchema:
                 _check_category(v, kind, f"{where}field {name!r}")
                 unseen += int(name in self._codes and v not in self._codes[name])
         return unseen
+
+    # ---- tables
+
+    @property
+    def max_columns(self) -> int:
+        return len(self.fields) + EXTRA_COLUMNS
+
+    def check_width(self, columns: int) -> None:
+        """A table body's column count, checked before anything is allocated per column."""
+        if columns > self.max_columns:
+            raise RequestError(f"{columns} columns; the limit is {self.max_columns} (the model reads "
+                               f"{len(self.fields)} fields)", 413)
+
+    def check_table(self, table: pa.Table, max_rows: int) -> None:
+        """A table body by the rules of JSON records: every field once, numbers finite, integers within
+        ±2^53. Columns the model does not read are ignored (a table may carry ids or the label); the
+        column types are checked where the bundle transforms the table."""
+        self.check_width(table.num_columns)
+        if table.num_rows > max_rows:
+            raise RequestError(f"{table.num_rows} rows; the limit is {max_rows}", 413)
+        names = table.column_names
+        duplicated = [k for k in self.fields if names.count(k) > 1]
+        if duplicated:
+            raise RequestError(f"duplicated field(s): {', '.join(duplicated[:10])}")
+        missing = [k for k in self.fields if k not in names]
+        if missing:
+            raise RequestError(f"missing field(s): {', '.join(missing[:10])}")
+        for name, kind in self.fields.items():
+            if name not in self.categorical and kind in ("number", "integer", "bool"):
+                _check_numbers(table.column(name), f"field {name!r}")
 
     # ---- documentation
 
@@ -148,8 +188,20 @@ def _check_number(v: Any, kind: str, what: str) -> None:
         raise RequestError(f"{what}: expected a number or null, got {_json_type(v)}")
     if isinstance(v, float) and not math.isfinite(v):
         raise RequestError(f"{what}: number out of range")
-    if isinstance(v, int) and abs(v) > 2**53:
+    if isinstance(v, int) and abs(v) > MAX_SAFE_INTEGER:
         raise RequestError(f"{what}: number out of range")
+
+
+def _check_numbers(col: pa.ChunkedArray, what: str) -> None:
+    """A numeric column: no NaN or infinity (null is missing), integers within ±2^53."""
+    t = col.type
+    if pa.types.is_floating(t):
+        if col.null_count < len(col) and not pc.all(pc.is_finite(col)).as_py():
+            raise RequestError(f"{what}: NaN or infinite value; send null for a missing value")
+    elif pa.types.is_integer(t) and col.null_count < len(col):
+        lo, hi = pc.min_max(col).values()
+        if max(abs(lo.as_py()), abs(hi.as_py())) > MAX_SAFE_INTEGER:
+            raise RequestError(f"{what}: number out of range")
 
 
 def _check_time(v: Any, what: str) -> None:
@@ -158,7 +210,7 @@ def _check_time(v: Any, what: str) -> None:
             datetime.fromisoformat(v)
         except ValueError:
             raise RequestError(f"{what}: expected an ISO 8601 time") from None
-    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
         raise RequestError(f"{what}: expected an ISO 8601 time or epoch seconds, got {_json_type(v)}")
     elif not -62135596800 <= v <= 253402300799:  # years 1 to 9999
         raise RequestError(f"{what}: epoch seconds out of range")
@@ -178,11 +230,10 @@ async def read_body(request: Any, limit: int) -> bytes:
     Content-Length first, then while reading (Serve itself sets no limit)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise RequestError(f"body larger than {limit} bytes", 413)
-        except ValueError:
-            raise RequestError("bad Content-Length", 400) from None
+        if not (declared.isascii() and declared.isdigit()):
+            raise RequestError("bad Content-Length", 400)
+        if len(declared) > 15 or int(declared) > limit:
+            raise RequestError(f"body larger than {limit} bytes", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

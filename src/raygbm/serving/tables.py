@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -18,14 +19,19 @@ def content_type(headers: Mapping[str, str]) -> str:
     return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def read_table(body: bytes, kind: str, types: dict[str, str]) -> pa.Table:
-    """An Arrow IPC stream or CSV body as a table; CSV columns are read with the training types."""
+def read_table(body: bytes, kind: str, types: dict[str, str], max_columns: int) -> pa.Table:
+    """An Arrow IPC stream or CSV body as a table (CSV columns read with the training types). The width is
+    checked first, from the Arrow schema message or the CSV header line, so a body with a huge number of
+    columns is refused before anything is allocated per column."""
     try:
         if kind == ARROW_STREAM:
             with pa.ipc.open_stream(body) as reader:
+                _check_width(len(reader.schema), max_columns)
                 return reader.read_all()
         import pyarrow.csv as pacsv
 
+        header = body[:body.find(b"\n")] if b"\n" in body else body
+        _check_width(header.count(b",") + 1, max_columns)
         column_types = {}
         for c, t in types.items():
             try:
@@ -33,9 +39,36 @@ def read_table(body: bytes, kind: str, types: dict[str, str]) -> pa.Table:
             except ValueError:
                 pass  # e.g. timestamps with a zone: let the CSV reader infer them
         return pacsv.read_csv(pa.BufferReader(body), convert_options=pacsv.ConvertOptions(column_types=column_types))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise RequestError(f"body is not a valid {'Arrow IPC stream' if kind == ARROW_STREAM else 'CSV table'}: "
-                           f"{str(exc).splitlines()[0][:200]}", 400) from None
+    except (pa.ArrowException, OSError, ValueError, UnicodeError) as exc:
+        if isinstance(exc, RequestError):
+            raise
+        raise RequestError(_why_unreadable(kind, exc), 400) from None
+
+
+def _check_width(columns: int, max_columns: int) -> None:
+    if columns > max_columns:
+        raise RequestError(f"{columns} columns; the limit is {max_columns}", 413)
+
+
+_CSV_SAFE = [  # what of pyarrow's CSV errors can be said without echoing the body
+    (re.compile(r"Expected (\d+) columns, got (\d+)"), "expected {0} columns, got {1}"),
+    (re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+)"), "column {0} is not all {1}"),
+    (re.compile(r"CSV file had duplicate column names|Duplicate column"), "duplicated column names"),
+]
+
+
+def _why_unreadable(kind: str, exc: BaseException) -> str:
+    """Why a body could not be read, without any of its content (pyarrow's messages quote the bad row)."""
+    if kind == ARROW_STREAM:
+        return "body is not a valid Arrow IPC stream"
+    text = str(exc)
+    for pattern, say in _CSV_SAFE:
+        m = pattern.search(text)
+        if m:
+            return "body is not a valid CSV table: " + say.format(*m.groups())
+    if isinstance(exc, UnicodeError) or "UTF8" in text or "utf8" in text.lower():
+        return "body is not a valid CSV table: not UTF-8 text"
+    return "body is not a valid CSV table"
 
 
 def write_table(table: pa.Table, kind: str) -> bytes:
