@@ -310,6 +310,7 @@ def serve(
     """Deploy a registered model (default: the champion) as the HTTP endpoint and print its URL."""
     import os
 
+    from raygbm.runtime import StopSignals, stop_serving
     from raygbm.serving.deploy import deploy
 
     try:
@@ -323,6 +324,7 @@ def serve(
         with _progress() as progress:
             progress("starting Ray")
             _ray(cfg)
+            stop = StopSignals()
             progress(f"deploying model {model}")
             url = deploy(cfg.registry, cfg.serve, cfg.monitor, None if model == "champion" else model)
     except RaygbmError as exc:
@@ -331,15 +333,8 @@ def serve(
     if detach:
         return
     typer.echo("press Ctrl-C to stop")
-    import time
-
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve as ray_serve
-
-        ray_serve.shutdown()
+    typer.echo(f"{stop.wait()}: draining the endpoint and stopping Ray")
+    stop_serving()
 
 
 @app.command("drift-report")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
+import threading
 from pathlib import Path
 
 from raygbm.config import ResourcesConfig
@@ -92,3 +94,36 @@ def configure_data_context() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
+
+
+class StopSignals:
+    """SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl-C) caught from construction on, for an entry
+    point that runs until stopped. Construct it after ``ray.init``: Ray's core installs handlers in this
+    process that, on SIGTERM, print a native stack dump and abort instead of letting the entry point shut
+    down; these Python handlers replace them."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signal.Signals(signum).name)
+        self._stop.set()
+
+    def wait(self) -> str:
+        """Block until a stop signal has come (at once if one came already); returns its name."""
+        while not self._stop.wait(1.0):
+            pass
+        return self.received[0]
+
+
+def stop_serving() -> None:
+    """Serve's applications shut down (replicas drain their requests in flight), then Ray: an embedded
+    Ray stops with this process; a cluster named by ``RAY_ADDRESS`` keeps running."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
