@@ -361,7 +361,8 @@ def preprocess(
     profile = _profile(runner, shards, plan, config)
     timings["profile_s"] = time.perf_counter() - t
 
-    task, classes = resolve_task(config.data.task, schema.label, label_type, profile.everything.label)
+    task, classes, why = resolve_task(config.data.task, schema.label, label_type, profile.everything.label)
+    progress(f"task: {task} ({why})")
     pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(profile.train, classes, task)
     progress("transforming and writing splits")
     report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0)

@@ -19,6 +19,9 @@ import pyarrow.compute as pc
 # Cap on distinct values tracked per categorical column and block, so a free-text column cannot blow up
 # the driver; the report says when a column hit it.
 MAX_TRACKED_CATEGORIES = 100_000
+# A numeric label's distinct values are kept while there are at most this many (to tell a 0.0/1.0 or an
+# integral few-class label from a continuous one); past it they are dropped and the label is continuous.
+MAX_TRACKED_LABEL_VALUES = 64
 
 
 @dataclass
@@ -33,6 +36,7 @@ class NumericStats:
     below: int = 0  # under the declared bound
     above: int = 0
     sample: np.ndarray = field(default_factory=lambda: np.empty(0))
+    distinct: list[float] | None = None  # finite values, sorted, when tracked and few (labels only)
 
     def merge(self, o: "NumericStats") -> None:
         self.count += o.count
@@ -45,6 +49,8 @@ class NumericStats:
         self.below += o.below
         self.above += o.above
         self.sample = np.concatenate([self.sample, o.sample])
+        both = None if self.distinct is None or o.distinct is None else sorted(set(self.distinct) | set(o.distinct))
+        self.distinct = both if both is not None and len(both) <= MAX_TRACKED_LABEL_VALUES else None
 
     @property
     def mean(self) -> float | None:
@@ -84,7 +90,8 @@ def _as_float(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), np.nan), dtype=np.float64)
 
 
-def numeric_stats(arr: pa.ChunkedArray | pa.Array, sample_mask: np.ndarray | None, bounds: Any = None) -> NumericStats:
+def numeric_stats(arr: pa.ChunkedArray | pa.Array, sample_mask: np.ndarray | None, bounds: Any = None,
+                  distinct: bool = False) -> NumericStats:
     x = _as_float(arr)
     nan = np.isnan(x)
     inf = np.isinf(x)
@@ -106,6 +113,9 @@ def numeric_stats(arr: pa.ChunkedArray | pa.Array, sample_mask: np.ndarray | Non
     if sample_mask is not None:
         picked = x[sample_mask]
         s.sample = picked[np.isfinite(picked)]
+    if distinct:
+        values = np.unique(finite)
+        s.distinct = [float(v) for v in values] if len(values) <= MAX_TRACKED_LABEL_VALUES else None
     return s
 
 
@@ -155,7 +165,7 @@ class TableStats:
             out.categorical[c] = categorical_stats(table.column(c))
         if label is not None:
             col = table.column(label)
-            out.label = numeric_stats(col, sample_mask) if label_is_numeric else categorical_stats(col)
+            out.label = numeric_stats(col, sample_mask, distinct=True) if label_is_numeric else categorical_stats(col)
         return out
 
     def merge(self, o: "TableStats") -> "TableStats":
@@ -186,6 +196,7 @@ def _enc_num(s: NumericStats) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in ("count", "nulls", "nonfinite", "total", "total_sq", "below", "above")}
     d["min"], d["max"] = repr(s.min), repr(s.max)
     d["sample"] = base64.b64encode(np.ascontiguousarray(s.sample, dtype="<f8").tobytes()).decode()
+    d["distinct"] = s.distinct
     return {"kind": "num", **d}
 
 
@@ -199,6 +210,7 @@ def _dec(d: dict[str, Any]) -> NumericStats | CategoricalStats:
     s = NumericStats(**{k: d[k] for k in ("count", "nulls", "nonfinite", "total", "total_sq", "below", "above")})
     s.min, s.max = float(d["min"]), float(d["max"])
     s.sample = np.frombuffer(base64.b64decode(d["sample"]), dtype="<f8").copy()
+    s.distinct = d.get("distinct")
     return s
 
 
