@@ -18,6 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 EXIT_USER_ERROR = 2
 
 
+def _version(show: bool) -> None:
+    if show:
+        from raygbm import __version__
+
+        typer.echo(f"raygbm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print raygbm's version and exit")) -> None:
+    """raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray."""
+
+
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)
@@ -342,15 +356,18 @@ def drift_report(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the endpoint's base URL"),
     output: Path = typer.Option(Path("drift-report.html"), "--output", help="HTML file to write"),
 ) -> None:
-    """Fetch GET /drift from a running endpoint and write an HTML report (reference vs current histograms)."""
+    """Fetch GET /drift from a running endpoint and write an HTML report (reference vs current histograms).
+    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set."""
     import json
     import urllib.error
     import urllib.request
 
     from raygbm.drift.report import drift_report_html
+    from raygbm.predict import endpoint_auth
 
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/drift", timeout=30) as r:
+        request = urllib.request.Request(url.rstrip("/") + "/drift", headers=endpoint_auth())
+        with urllib.request.urlopen(request, timeout=30) as r:
             report = json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         _fail(f"cannot read {url}/drift: {getattr(exc, 'reason', exc)}")
@@ -369,10 +386,14 @@ def _progress(quiet: bool = False) -> Any:
 
 
 def _check(cfg: Any) -> Any:
-    """Fail fast, silently, on bad shards before paying for a Ray start."""
-    if not cfg.data.source:
-        return None
+    """Fail fast, silently, on missing inputs and bad shards before paying for a Ray start."""
     from raygbm.data.schema import check_shards
+    from raygbm.errors import DataError
+
+    if not cfg.data.source:
+        raise DataError("no data source given (use --data PATH_OR_URI or data.source in the config)")
+    if not cfg.data.label:
+        raise DataError("no label column given (use --label NAME or data.label in the config)")
 
     return check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
 

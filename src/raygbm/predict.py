@@ -111,6 +111,12 @@ def _staged(output: Path) -> Iterator[Path]:
         raise
 
 
+def endpoint_auth() -> dict[str, str]:
+    """``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` for a client of the endpoint, when that is set."""
+    token = os.environ.get("RAYGBM_ENDPOINT_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int = 100_000, overwrite: bool = False,
                          timeout_s: float = 300) -> dict[str, Any]:
     """Score a local Parquet dataset through a running endpoint's ``/predict/batch`` (Arrow IPC, one request
@@ -124,9 +130,7 @@ def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int
 
     t0 = time.perf_counter()
     shards = _input_shards(source, Path(output), overwrite)
-    headers = {"content-type": "application/vnd.apache.arrow.stream"}
-    if os.environ.get("RAYGBM_ENDPOINT_TOKEN"):
-        headers["authorization"] = f"Bearer {os.environ['RAYGBM_ENDPOINT_TOKEN']}"
+    headers = {"content-type": "application/vnd.apache.arrow.stream", **endpoint_auth()}
     rows, files, version = 0, 0, None
     with _staged(Path(output)) as staging:
         for shard in shards.shards:

@@ -108,3 +108,17 @@ def test_pipeline_commands_fail_with_one_line(tmp_path, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("command", ["preprocess", "run"])
+@pytest.mark.parametrize("missing", ["--data", "--label"])
+def test_missing_data_or_label_fails_before_ray_starts(tmp_path, command, missing):
+    data = make_shards(tmp_path / "data", rows=500, shards=1)
+    given = {"--data": str(data), "--label": "label"}
+    given.pop(missing)
+    home = tmp_path / "home"
+    r = _run(command, *[x for kv in given.items() for x in kv], home=home)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: no ") and missing in line
+    assert "starting Ray" not in r.stdout + r.stderr and not home.exists()

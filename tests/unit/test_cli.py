@@ -1,0 +1,51 @@
+"""CLI behaviour that needs no Ray: --version, and clients of the endpoint sending its bearer token."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from typer.testing import CliRunner
+
+from raygbm import __version__
+from raygbm.cli import app
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"raygbm {__version__}"
+
+
+def test_drift_report_sends_the_endpoint_token(tmp_path, monkeypatch):
+    token = "t" * 24
+
+    class Drift(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            ok = self.path == "/drift" and self.headers.get("authorization") == f"Bearer {token}"
+            window = {"index": 0, "rows": 5, "verdict": "ok", "drifted_features": [], "features": {}, "missing": {},
+                      "prediction": None}
+            body = json.dumps({"windows": [window]} if ok
+                              else {"error": "missing or wrong bearer token"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drift)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        out = tmp_path / "drift.html"
+        monkeypatch.delenv("RAYGBM_ENDPOINT_TOKEN", raising=False)
+        refused = CliRunner().invoke(app, ["drift-report", "--url", url, "--output", str(out)])
+        assert refused.exit_code == 2 and not out.exists()
+        monkeypatch.setenv("RAYGBM_ENDPOINT_TOKEN", token)
+        result = CliRunner().invoke(app, ["drift-report", "--url", url, "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "1 windows (0 with drift)" in result.output and out.read_text().startswith("<!doctype html>")
+    finally:
+        server.shutdown()
