@@ -12,8 +12,12 @@ import typer
 from raygbm.errors import RaygbmError
 from raygbm.progress import Progress
 
+ENVIRONMENT = ("Environment: RAYGBM_HOME (where runs, models and the MLflow store live; default ./.raygbm), "
+               "MLFLOW_TRACKING_URI (a tracking server instead of the embedded store), RAY_ADDRESS (join that "
+               "cluster instead of starting a local Ray), RAYGBM_ENDPOINT_TOKEN (the endpoint's bearer token, "
+               "for serve.require_token, predict --url and drift-report).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray.")
+                  help="raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray.", epilog=ENVIRONMENT)
 
 EXIT_USER_ERROR = 2
 
@@ -76,6 +80,7 @@ _DATA = typer.Option(None, "--data", help="directory, glob or URI of Parquet sha
 _LABEL = typer.Option(None, "--label", help="label column")
 _CONFIG = typer.Option(None, "--config", help="pipeline config YAML")
 _SET = typer.Option([], "--set", help="override a config key: --set train.num_boost_round=300")
+_SET_SERVE = typer.Option([], "--set", help="override a config key: --set serve.num_replicas=2")
 _TASK = typer.Option(None, "--task", help="binary, multiclass, regression (default: inferred)")
 _FORCE = typer.Option(False, "--force", help="recompute even if a finished run matches")
 
@@ -316,7 +321,7 @@ def promote(
 def serve(
     model: str = typer.Option("champion", "--model", help="registered version number, or champion"),
     config: Optional[Path] = _CONFIG,
-    set_: list[str] = _SET,
+    set_: list[str] = _SET_SERVE,
     host: Optional[str] = typer.Option(None, "--host", help="bind address (serve.host; default 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, "--port", help="port (serve.port; default 8000)"),
     detach: bool = typer.Option(False, "--detach", help="return after deploying (on a cluster given by RAY_ADDRESS)"),

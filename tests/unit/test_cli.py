@@ -49,3 +49,27 @@ def test_drift_report_sends_the_endpoint_token(tmp_path, monkeypatch):
         assert "1 windows (0 with drift)" in result.output and out.read_text().startswith("<!doctype html>")
     finally:
         server.shutdown()
+
+
+def _help(*args: str) -> str:
+    """A command's help as plain words (rich draws boxes and wraps lines)."""
+    import re
+
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", CliRunner().invoke(app, [*args, "--help"]).output).split())
+
+
+def test_help_names_the_environment_and_serve_shows_a_serve_key():
+    text = _help()
+    for name in ("RAYGBM_HOME", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYGBM_ENDPOINT_TOKEN"):
+        assert name in text
+    serve_help = _help("serve")
+    assert "--set serve." in serve_help and "train." not in serve_help
+
+
+def test_the_demo_registers_under_the_name_the_cli_reads_by_default():
+    from pathlib import Path
+
+    from raygbm.config import RegistryConfig, load_config
+
+    demo = load_config(Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "demo.yaml", [])
+    assert demo.registry.model_name == RegistryConfig().model_name  # `raygbm models` after `make demo`
