@@ -137,6 +137,12 @@ class Preprocessor:
     def numeric_features(self) -> list[str]:
         return self.schema.numeric + [d.name for d in self.config.derived]
 
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns an input must carry: the features and every derived feature's inputs."""
+        s = self.schema
+        return list(dict.fromkeys(s.features + s.derived_inputs + [c for d in self.config.derived for c in d.inputs]))
+
     def fit_stats(self, train: TableStats, label_classes: list[Any] | None, task: str) -> "Preprocessor":
         """Learn from the training split's statistics (merged from every block)."""
         self.task_ = task

@@ -109,7 +109,7 @@ class Bundle:
         """Every raw column the model reads is present, numeric where it was numeric, and of the
         training type for categorical columns (codes are looked up by value)."""
         s = self.preprocessor.schema
-        wanted = list(dict.fromkeys(s.features + s.derived_inputs + [c for d in self.preprocessor.config.derived for c in d.inputs]))
+        wanted = self.preprocessor.input_columns
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise DataError(f"input lacks column(s) the model needs: {', '.join(missing[:8])}")

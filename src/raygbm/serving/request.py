@@ -70,8 +70,7 @@ class RequestSchema:
         self.pre = pre
         self.max_rows = max_rows
         s = pre.schema
-        inputs = list(dict.fromkeys(s.features + s.derived_inputs + [c for d in pre.config.derived for c in d.inputs]))
-        self.fields: dict[str, str] = {c: _kind(s.types.get(c, "double")) for c in inputs}
+        self.fields: dict[str, str] = {c: _kind(s.types.get(c, "double")) for c in pre.input_columns}
         self.categorical = set(s.categorical)
         self._codes = pre.category_codes  # value → code per categorical column
 
