@@ -159,8 +159,8 @@ def deploy_ours(cfg: Any, args: argparse.Namespace) -> tuple[str, Any, Any]:
         from raygbm.runtime import enable_fast_ingress
 
         enable_fast_ingress()
-    ensure_ray(cfg.resources)
     serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast", num_replicas=args.replicas)
+    ensure_ray(cfg.resources, serve_cfg)
     monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in
                                                      (kv.split("=", 1) for kv in args.monitor_set)})
     url = deploy(RegistryConfig(), serve_cfg, monitor_cfg)

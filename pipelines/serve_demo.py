@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             from raygbm.runtime import enable_fast_ingress
 
             enable_fast_ingress()
-        ensure_ray(cfg.resources)
+        ensure_ray(cfg.resources, cfg.serve)
         run_dir = preprocess(cfg).run_dir  # the finished run is found and reused
         url = deploy(cfg.registry, cfg.serve, cfg.monitor)
     except RaygbmError as exc:

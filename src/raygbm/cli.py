@@ -406,7 +406,7 @@ def _check(cfg: Any) -> Any:
 def _ray(cfg: Any) -> None:
     from raygbm.runtime import ensure_ray
 
-    ensure_ray(cfg.resources)
+    ensure_ray(cfg.resources, cfg.serve)
 
 
 def _run_data_stage(cfg: Any, progress: Progress, force: bool) -> Any:

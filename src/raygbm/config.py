@@ -252,6 +252,11 @@ class ServeConfig(_Section):
     max_batch_rows: int = Field(1_000_000, ge=1, description="rows per /predict/batch request")
     max_batch_body_bytes: int = Field(256_000_000, ge=1024, description="/predict/batch bodies larger than this get 413")
     request_timeout_s: float = Field(5.0, gt=0, description="handler time budget, whatever the client asks Serve for")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="a request's headers and body must arrive within this long of its first byte; "
+        "slower or incomplete requests get 408 and their connection is closed")
+    max_headers: int = Field(100, ge=8, description="requests with more headers get 431")
+    max_header_bytes: int = Field(16_384, ge=1024, description="requests whose headers are larger get 431")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a lone request waits for others to batch with (0: requests that arrive "

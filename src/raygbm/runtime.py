@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -9,15 +10,25 @@ import signal
 import threading
 from pathlib import Path
 
-from raygbm.config import ResourcesConfig
+from raygbm.config import ResourcesConfig, ServeConfig
 
 
-def ensure_ray(resources: ResourcesConfig | None = None) -> None:
+# Ray's switch between a single-node local instance (its macOS and Windows default) and a node that other
+# nodes may join (its Linux default). Read once, when ``ray`` is first imported.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (or the job's own), else start an embedded local Ray.
 
-    Token auth is on by default and the dashboard binds 127.0.0.1: the dashboard stays on because Ray
-    Train's placement-group cleanup polls its State API (ray-project/ray#54305).
+    Token auth is on by default, and an embedded Ray listens on 127.0.0.1 only (see ``loopback_node``)
+    and bounds the HTTP reads of the endpoint it will serve with ``serve``'s limits (see
+    ``serving.http_guard``); the dashboard stays on because Ray Train's placement-group cleanup polls
+    its State API (ray-project/ray#54305).
     """
+    if not os.environ.get("RAY_ADDRESS"):
+        loopback_node()
+        bounded_http_reads(serve or ServeConfig())
     import ray
 
     if ray.is_initialized():
@@ -39,6 +50,57 @@ def ensure_ray(resources: ResourcesConfig | None = None) -> None:
             log_to_driver=False,
         )
     configure_data_context()
+
+
+def loopback_node() -> None:
+    """Make the local Ray this process is about to start a single-node instance on 127.0.0.1.
+
+    Ray binds its gRPC servers (GCS, raylet, every worker and actor), its agents and its metrics
+    exporters on loopback only when the node's IP is 127.0.0.1; but on Linux it turns a local node's
+    127.0.0.1 into the host's network address so that other nodes can join. An embedded Ray never has
+    other nodes, so take Ray's single-node mode unless the user set the variable. It must be in the
+    environment before ``ray`` is imported, and the processes Ray starts inherit it.
+    """
+    os.environ.setdefault(SINGLE_NODE_ENV, "0")
+
+
+# Serve calls the function this names in each process that starts an HTTP server, before starting it.
+HTTP_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+HTTP_CALLBACK = "raygbm.serving.http_guard:install"
+HTTP_LIMITS_ENV = "RAYGBM_HTTP_LIMITS"
+HTTP_LIMIT_FIELDS = ("read_timeout_s", "max_headers", "max_header_bytes", "max_body_bytes", "max_batch_body_bytes")
+
+
+def bounded_http_reads(serve: ServeConfig) -> None:
+    """``serve``'s HTTP read limits for every HTTP server Serve will start on the Ray this process is
+    about to start: Ray's processes inherit this environment (see ``serving.http_guard``)."""
+    os.environ.setdefault(HTTP_CALLBACK_ENV, HTTP_CALLBACK)
+    os.environ[HTTP_LIMITS_ENV] = json.dumps(serve.model_dump(include=set(HTTP_LIMIT_FIELDS)))
+
+
+def loopback_replica_grpc() -> None:
+    """In a Serve replica on a loopback node: bind the replica's inter-deployment gRPC server on
+    127.0.0.1 instead of every interface.
+
+    Serve starts that server after the deployment's constructor returns, on the hard-coded address
+    ``[::]:0`` (Ray 2.60, ``ray.serve._private.replica``); every other server of the node follows the
+    node's IP. Callers reach the replica at the node's IP, so on a loopback node nothing else changes.
+    Call from the deployment's constructor; a no-op on a node with a network address.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    if ray.util.get_node_ip_address() != "127.0.0.1" or getattr(replica, "_raygbm_loopback", False):
+        return
+    bind = replica.add_port_to_grpc_server
+
+    def loopback(server: object, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.removeprefix("[::]:")
+        return bind(server, address)
+
+    replica.add_port_to_grpc_server = loopback
+    replica._raygbm_loopback = True
 
 
 def enable_fast_ingress() -> None:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,7 +49,9 @@ def _ray_processes() -> list[str]:
     return out.stdout.split()
 
 
-def test_serve_stops_cleanly_on_sigterm(tmp_path):
+@contextmanager
+def _serving(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``raygbm serve`` on its own embedded Ray, ready; stopped on the way out if still running."""
     wait_until(lambda: not _ray_processes(), 30, message="no other Ray on this host (the head test stops its own)")
     home = tmp_path / "home"
     _register_a_model(home, tmp_path / "data")
@@ -52,20 +59,91 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     env.pop("RAY_ADDRESS", None)
     raygbm = str(Path(sys.executable).with_name("raygbm"))
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([raygbm, "serve", "--port", str(PORT)], stdout=out, stderr=err, env=env, cwd=tmp_path)
+        proc = subprocess.Popen([raygbm, "serve", "--port", str(PORT), *args], stdout=out, stderr=err, env=env,
+                                cwd=tmp_path)
     try:
         wait_until(lambda: "press Ctrl-C" in (tmp_path / "out").read_text() or proc.poll() is not None, 120,
                    interval=0.5, message="raygbm serve to deploy")
         assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
         with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=10) as r:
             assert json.loads(r.read())["status"] == "ready"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, (tmp_path / "err").read_text()[-2000:]
+        yield proc
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        wait_until(lambda: not _ray_processes(), 30, message="the embedded Ray's processes to exit")
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process name) of every listening TCP socket of these processes."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', fields[-1]):
+            if int(pid) in pids:
+                found.append((fields[3], name))
+    return found
+
+
+def _process_tree(root: int) -> set[int]:
+    """``root`` and its descendants (Ray's processes are children of the serve process)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _closed_within(request: bytes, seconds: float) -> tuple[bytes, float]:
+    with socket.create_connection(("127.0.0.1", PORT), timeout=seconds + 5) as sock:
+        start = time.monotonic()
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received, time.monotonic() - start
+
+
+def test_serve_listens_on_loopback_only_and_bounds_every_read(tmp_path):
+    read_timeout = 2.0
+    with _serving(tmp_path, "--set", f"serve.read_timeout_s={read_timeout}") as proc:
+        listeners = _listeners(_process_tree(proc.pid))
+        print("listening:", *sorted(listeners), sep="\n  ")
+        names = {name for _, name in listeners}
+        # The endpoint, the dashboard, GCS, the raylet, the Serve proxy, controller and replica, the monitor.
+        assert {"raylet", "gcs_server"} <= names and any("ServeRepli" in n for n in names), names
+        exposed = [(addr, name) for addr, name in listeners
+                   if not addr.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))]
+        assert not exposed, exposed
+        for request in (b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-le",
+                        b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{",
+                        b"POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n"):
+            response, seconds = _closed_within(request, read_timeout)
+            print(f"{request[:40]!r}... closed after {seconds:.2f} s: {response[:12]!r}")
+            assert seconds <= read_timeout + 1 and response.startswith(b"HTTP/1.1 408"), (response[:200], seconds)
+        response, _ = _closed_within(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" +
+                                     b"".join(b"x-h%d: v\r\n" % i for i in range(200)) + b"\r\n", read_timeout)
+        assert response.startswith(b"HTTP/1.1 431"), response[:200]
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=10) as r:
+            assert r.status == 200
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    with _serving(tmp_path) as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, (tmp_path / "err").read_text()[-2000:]
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert "SIGTERM: draining the endpoint and stopping Ray" in stdout
     assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-2000:]
-    wait_until(lambda: not _ray_processes(), 15, message="the embedded Ray's processes to exit")

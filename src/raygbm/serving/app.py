@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raygbm.config import MonitorConfig, ServeConfig
+from raygbm.runtime import loopback_replica_grpc
 from raygbm.serving.batch_jobs import BatchJobs
 from raygbm.serving.model_slot import ModelSlot, ServedModel
 from raygbm.serving.monitor_buffer import MonitorBuffer
@@ -136,6 +137,7 @@ class ModelServer:
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         Replica.token_sha256 = token_sha256
         self.slot.start_following()
+        loopback_replica_grpc()
 
     # ---- wiring
 
