@@ -9,10 +9,12 @@ import pytest
 def ray_session():
     import ray
 
-    from raygbm.config import ResourcesConfig
+    from raygbm.config import ResourcesConfig, ServeConfig
     from raygbm.runtime import ensure_ray
 
-    ensure_ray(ResourcesConfig(num_cpus=2))
+    # Serve's proxy takes its HTTP limits when Ray starts; the deployments of this session check their own
+    # (smaller) body limits in the replica, so the proxy's are a ceiling above every test's.
+    ensure_ray(ResourcesConfig(num_cpus=2), ServeConfig(max_body_bytes=8_000_000))
     yield
     ray.shutdown()
 

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from raygbm.config import ServeConfig
-from raygbm.serving.http_guard import BATCH_PATH, GuardedHttpTools
+from raygbm.serving.http_guard import BATCH_PATH, DRAIN_S, GuardedHttpTools
 from tests.helpers import wait_until
 
 TIMEOUT_S = 1.0
@@ -53,9 +53,11 @@ def port() -> Iterator[int]:
     GuardedHttpTools.limits = ServeConfig()
 
 
-def _exchange(port: int, *parts: bytes, pause_s: float = 0.0, wait_s: float = TIMEOUT_S + 3) -> tuple[bytes, float]:
+def _exchange(port: int, *parts: bytes, pause_s: float = 0.0, wait_s: float = DRAIN_S + 3,
+              answered: list[float] | None = None) -> tuple[bytes, float]:
     """Send ``parts`` (pausing between them), then read until the server closes; returns what came back
-    and the seconds from the first byte sent to the close."""
+    and the seconds from the first byte sent to the close (and appends to ``answered`` the seconds to
+    the answer's first byte)."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
         start = time.monotonic()
         for i, part in enumerate(parts):
@@ -68,6 +70,8 @@ def _exchange(port: int, *parts: bytes, pause_s: float = 0.0, wait_s: float = TI
         received = b""
         try:
             while chunk := sock.recv(65536):
+                if not received and answered is not None:
+                    answered.append(time.monotonic() - start)
                 received += chunk
         except ConnectionResetError:
             pass
@@ -125,27 +129,107 @@ def test_a_request_completed_in_time_is_served_and_the_next_one_gets_its_own_dea
     pytest.param(b"x-big: " + b"a" * 3000 + b"\r\n", 431, id="header-bytes"),
 ])
 def test_oversized_headers_get_431(port, extra, status):
-    response, seconds = _exchange(port, _post("/predict", b"{}", extra))
-    assert _status(response) == status and seconds < TIMEOUT_S, (response[:200], seconds)
+    answered: list[float] = []
+    response, seconds = _exchange(port, _post("/predict", b"{}", extra), answered=answered)
+    assert _status(response) == status and answered[0] < TIMEOUT_S and seconds <= DRAIN_S + 1, (response[:200], seconds)
     assert b"aaaa" not in response
     _valid_request_answered(port)
 
 
 def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_the_timeout(port):
-    response, seconds = _exchange(port, b"GET / HTTP/1.1\r\nx-big: " + b"a" * 100_000)
-    assert _status(response) == 431 and seconds < TIMEOUT_S, (response[:200], seconds)
+    answered: list[float] = []
+    response, _ = _exchange(port, b"GET / HTTP/1.1\r\nx-big: " + b"a" * 100_000, answered=answered)
+    assert _status(response) == 431 and answered[0] < TIMEOUT_S, response[:200]
 
 
 def test_bodies_over_the_route_limit_get_413_whatever_the_framing(port):
-    declared, seconds = _exchange(port, b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n")
-    assert _status(declared) == 413 and seconds < TIMEOUT_S  # refused on the header, before any body
+    answered: list[float] = []
+    head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n"
+    declared, _ = _exchange(port, head, answered=answered)
+    assert _status(declared) == 413 and answered[-1] < TIMEOUT_S  # refused on the header, before any body
+    # A client that sends its whole body before reading still gets the answer (no reset).
+    declared, seconds = _exchange(port, head + b"d" * 5000, answered=answered)
+    assert _status(declared) == 413 and seconds <= DRAIN_S + 1 and b"dddd" not in declared
     chunk = b"1000\r\n" + b"z" * 4096 + b"\r\n"
-    chunked, seconds = _exchange(port, b"POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
-                                 chunk, chunk, chunk, pause_s=0.05)
-    assert _status(chunked) == 413 and seconds < TIMEOUT_S and b"zzzz" not in chunked
+    chunked, _ = _exchange(port, b"POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+                           chunk, chunk, chunk, pause_s=0.05, answered=answered)
+    assert _status(chunked) == 413 and answered[-1] < TIMEOUT_S and b"zzzz" not in chunked
     # The batch route has its own, larger limit.
     response, _ = _exchange(port, _post(BATCH_PATH, b"b" * 10_000))
     assert _status(response) == 200 and response.endswith(b'{"received": 10000}')
     response, _ = _exchange(port, _post(BATCH_PATH, b"b" * 70_000))
     assert _status(response) == 413
     _valid_request_answered(port)
+
+
+def _through_serve_errors(status: int, content_type: bytes, method: str = "POST", path: str = "/predict",
+                          request_type: bytes = b"application/json") -> list[dict]:
+    """The messages a client gets when the proxied application answers ``status`` with ``content_type``."""
+    import asyncio
+
+    from raygbm.serving.http_guard import ServeErrors
+
+    async def proxied(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.body", "body": b"ActorDiedError: actor 5f3c... at 10.0.0.7:4242"})
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-type", request_type)]}
+    asyncio.run(ServeErrors(proxied)(scope, None, send))
+    return sent
+
+
+def test_serve_errors_become_503_naming_no_internals():
+    start, body = _through_serve_errors(500, b"text/plain; charset=utf-8")
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert b"Actor" not in body["body"] and json.loads(body["body"])["error"]
+    # A batch job submission may have started: 503 without an invitation to retry.
+    start, _ = _through_serve_errors(500, b"text/plain", path="/predict/batch")
+    assert start["status"] == 503 and not any(k == b"retry-after" for k, _ in start["headers"])
+    start, _ = _through_serve_errors(500, b"text/plain", path="/predict/batch", request_type=b"text/csv")
+    assert (b"retry-after", b"1") in start["headers"]
+
+
+def test_the_applications_own_answers_pass_unchanged():
+    for status, kind in ((503, b"application/json"), (200, b"application/json"), (422, b"text/plain"),
+                         (200, b"text/csv")):
+        start, body = _through_serve_errors(status, kind)
+        assert start["status"] == status and body["body"].startswith(b"ActorDiedError")
+
+
+def test_an_exception_escaping_the_proxy_becomes_503():
+    import asyncio
+
+    from raygbm.serving.http_guard import ServeErrors
+
+    async def dies(scope, receive, send):
+        raise RuntimeError("ActorDiedError: actor 5f3c at 10.0.0.7")
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(ServeErrors(dies)({"type": "http", "method": "GET", "path": "/model", "headers": []}, None, send))
+    assert sent[0]["status"] == 503 and b"Actor" not in sent[1]["body"]
+
+
+def test_a_proxy_that_returns_without_answering_gets_503_answered():
+    import asyncio
+
+    from raygbm.serving.http_guard import ServeErrors
+
+    async def silent(scope, receive, send):
+        return None
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(ServeErrors(silent)({"type": "http", "method": "POST", "path": "/predict", "headers": []}, None, send))
+    assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]

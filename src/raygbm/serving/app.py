@@ -35,6 +35,7 @@ from raygbm.serving.request import RequestError, read_body
 from raygbm.serving.tables import ARROW_STREAM, CSV, TABLE_TYPES, content_type, read_table, write_table
 
 PROBES = ("/healthz", "/readyz")
+JSON_TYPES = ("application/json", "")  # a client that names no type gets the JSON parser too
 JOB_BODY_BYTES = 64 * 1024
 
 
@@ -67,6 +68,7 @@ class Replica:
 
     token_sha256: str | None = None
     request_schema: dict[str, Any] | None = None
+    scoring: int = 0  # POST requests (scoring or starting a job) this replica holds now
 
 
 @api.exception_handler(RequestValidationError)
@@ -108,6 +110,24 @@ class BearerToken:
         await self.app(scope, receive, send)
 
 
+class Scoring:
+    """Counts the POST requests the replica holds, from their first byte to their answer (``GET /model``
+    shows it: what a stopping replica or a slow client is holding)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        Replica.scoring += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            Replica.scoring -= 1
+
+
+api.add_middleware(Scoring)
 api.add_middleware(BearerToken)
 
 
@@ -211,6 +231,11 @@ class ModelServer:
                   "description": "one record or a list of records; see GET /model for the fields"}}}}})
     async def predict(self, request: Request) -> JSONResponse:
         model = self._loaded()
+        kind = content_type(request.headers)
+        if kind in TABLE_TYPES:
+            raise RequestError(f"{kind} bodies go to /predict/batch; /predict takes application/json", 415)
+        if kind not in JSON_TYPES:
+            raise RequestError("content type must be application/json", 415)
         body = await read_body(request, self.settings.max_body_bytes)
         parsed = model.schema.parse(body)
         scores = await self._within_budget(self._batched((model, parsed.features, parsed.missing)))
@@ -289,5 +314,6 @@ class ModelServer:
 
     @api.get("/model")
     async def model_info(self) -> JSONResponse:
-        return JSONResponse({**self._loaded().info(), "served_rows": self.served_rows, "unseen_categories": self.unseen,
+        return JSONResponse({**self._loaded().info(), "served_rows": self.served_rows, "requests_in_flight": Replica.scoring,
+                             "unseen_categories": self.unseen,
                              "follows_champion": self.slot.follows(), "champion_check": self.slot.champion_check})

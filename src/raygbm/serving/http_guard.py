@@ -19,6 +19,7 @@ come from ``serve`` settings in ``RAYGBM_HTTP_LIMITS`` (JSON), set by the proces
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -28,18 +29,82 @@ from raygbm.config import ServeConfig
 from raygbm.runtime import HTTP_LIMITS_ENV
 
 BATCH_PATH = "/predict/batch"
+logger = logging.getLogger(__name__)
 
+# How much of a refused request's remaining body is read (and dropped) so that its client gets the answer.
+DRAIN_S = 2.0
+DRAIN_BYTES = 64 * 1024 * 1024
 _REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
 def install() -> list[Any]:
-    """Serve's proxy callback: make uvicorn's ``http="auto"`` protocol the guarded one in this process.
-    Returns no middlewares (the limits act below ASGI, before a request reaches the application)."""
+    """Serve's proxy callback: make uvicorn's ``http="auto"`` protocol the guarded one in this process,
+    and answer Serve's own server errors as ``ServeErrors`` does."""
+    from starlette.middleware import Middleware
     from uvicorn.protocols.http import auto
 
     GuardedHttpTools.limits = ServeConfig.model_validate(json.loads(os.environ.get(HTTP_LIMITS_ENV) or "{}"))
     auto.AutoHTTPProtocol = GuardedHttpTools
-    return []
+    return [Middleware(ServeErrors)]
+
+
+class ServeErrors:
+    """ASGI middleware for Serve's proxy: a server error the application did not answer itself (its
+    answers are JSON) becomes a 503 that names no internals.
+
+    When the replica holding a request dies, Serve's proxy answers nothing (uvicorn sends a bare 500),
+    and other failures inside Serve answer 500 with the Ray exception's text (actor ids, addresses).
+    The request did not fail on its input, and another replica (or the restarted one) can take it:
+    503, with ``retry-after`` unless the request started a batch job (it may have started before the
+    replica went)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        started = replaced = False
+
+        async def send_guarded(message: dict[str, Any]) -> None:
+            nonlocal started, replaced
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                kind = dict(message.get("headers") or ()).get(b"content-type", b"")
+                if not kind.startswith(b"application/json"):
+                    replaced = True
+                    for part in unavailable(scope):
+                        await send(part)
+                    return
+            if not replaced:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_guarded)
+        except Exception:
+            if started or replaced:
+                raise
+            logger.warning("a request failed in Serve's proxy; answered 503", exc_info=True)
+        # When the replica dies, Serve's proxy returns without answering (uvicorn then sends a bare 500).
+        if not (started or replaced):
+            for part in unavailable(scope):
+                await send(part)
+
+
+def unavailable(scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ASGI messages of the 503 that ``ServeErrors`` answers for a request of ``scope``."""
+    kind = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip().lower()
+    starts_job = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == BATCH_PATH and \
+        kind == b"application/json"
+    message = ("the replica stopped while starting the batch job: it may have started (its folder would be "
+               "under serve.batch_output_dir)" if starts_job else "the replica serving this request stopped; retry")
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if not starts_job:
+        headers.append((b"retry-after", b"1"))
+    return [{"type": "http.response.start", "status": 503, "headers": headers},
+            {"type": "http.response.body", "body": body}]
 
 
 def _response(status: int, message: str) -> bytes:
@@ -79,8 +144,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._refuse(408, f"request not received within {self.limits.read_timeout_s:g} s")
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` unless this request's response has started, then close the connection; the
-        application, if it has the request, sees the client gone."""
+        """Answer ``status`` unless this request's response has started, and close the connection; the
+        application, if it has the request, sees the client gone.
+
+        A client refused while it is still sending (413, 431) reads the answer only once it has sent
+        its body, and a connection closed with unread data resets, losing the answer: so the rest is
+        read and dropped, for at most ``DRAIN_S`` seconds and ``DRAIN_BYTES`` bytes, before closing.
+        """
         self._refused = True
         self._disarm()
         cycle = self.cycle
@@ -89,13 +159,22 @@ class GuardedHttpTools(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        if status == 408:
+            self.transport.close()
+        else:
+            self._drain_left = DRAIN_BYTES
+            self.loop.call_later(DRAIN_S, self.transport.close)
+
+    def _drain(self, data: bytes) -> None:
+        self._drain_left -= len(data)
+        if self._drain_left <= 0:
+            self.transport.close()
 
     # ---- reading
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return
+            return self._drain(data)
         self._arm()
         if self._in_headers:
             self._header_bytes += len(data)
