@@ -172,10 +172,13 @@ def _old_inputs():
     return np.column_stack([x, k]), scores, missing
 
 
+ADDED_KEYS = {"threshold_source", "thresholds"}  # keys added after these logs were written: only ever appended
+
+
 def _same_shape(new, old):
-    """Equal up to float rounding, with the same keys in the same order at every level."""
+    """Equal up to float rounding, with the same keys in the same order at every level (added keys last)."""
     if isinstance(old, dict):
-        assert list(new) == list(old)
+        assert list(new)[:len(old)] == list(old) and set(list(new)[len(old):]) <= ADDED_KEYS
         for key in old:
             _same_shape(new[key], old[key])
     elif isinstance(old, list):
