@@ -174,9 +174,11 @@ class DriftMonitorCore:
         return out
 
     def _score_missing(self, rows: int) -> dict[str, MissingScore]:
+        """Missing rates of the raw fields the rows' masks cover (a field the request does not carry, e.g.
+        one only a dropped feature used, is never seen missing: scoring it would flag its reference rate)."""
         w = self.window
         return {name: score_missing(rate, w.missing.get(name, 0), w.rows, *self.thresholds.missing(name, rows))
-                for name, rate in self.reference.get("missing_rate", {}).items()}
+                for name, rate in self.reference.get("missing_rate", {}).items() if name in self.fields}
 
     def restore(self, windows: list[ClosedWindow], rows: list[RowBatch]) -> None:
         """Continue from persisted state: the closed windows, then the open window's logged rows replayed
