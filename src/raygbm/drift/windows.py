@@ -56,7 +56,8 @@ class ClosedWindow(TypedDict):
     features: dict[str, FeatureScore]
     missing: dict[str, MissingScore]
     prediction: FeatureScore | None  # None when insufficient_data
-    model_version: NotRequired[str]  # the core's labels (the actor's: the model version) come last
+    model_version: NotRequired[str]  # the core's labels (the actor's: the model version) come next
+    alert: NotRequired[bool]  # with monitor.alert_after: drift in at least m of the last n scored windows
 
 
 def window_to_json(window: ClosedWindow) -> str:
@@ -82,6 +83,8 @@ class DriftMonitorCore:
         self.thresholds = Thresholds(reference, config)  # calibrated (recalibrated if the config differs) or static
         self.closed: deque[ClosedWindow] = deque(maxlen=config.keep_windows)
         self.index = 0
+        alert = config.alert_after
+        self.recent: deque[bool] = deque(maxlen=alert.n if alert else 1)  # the last scored windows' drift
         self.dropped_batches = 0
         self.rows_seen = 0
         # Persistence hooks (the actor's WindowLog): rows as they are assigned to a window, and windows
@@ -135,11 +138,20 @@ class DriftMonitorCore:
         else:
             doc = self._scored(by)
         doc.update(self.labels)
+        self._alert(doc)
         self.closed.append(doc)
         if self.on_close is not None:
             self.on_close(doc)
         self.index += 1
         self.window = OpenWindow.empty(self.reference, self.names)
+
+    def _alert(self, doc: ClosedWindow) -> None:
+        """With ``alert_after``: remember a scored window's verdict and say whether drift persists."""
+        if self.config.alert_after is None:
+            return
+        if doc["verdict"] != "insufficient_data":  # a window too small to score neither adds nor clears drift
+            self.recent.append(doc["verdict"] == "drift")
+        doc["alert"] = sum(self.recent) >= self.config.alert_after.m
 
     def _document(self, by: str, verdict: str, drifted: list[str], features: dict[str, FeatureScore],
                   missing: dict[str, MissingScore], prediction: FeatureScore | None) -> ClosedWindow:
@@ -184,6 +196,7 @@ class DriftMonitorCore:
         """Continue from persisted state: the closed windows, then the open window's logged rows replayed
         (``(ts, features, scores, missing)`` batches, in order)."""
         self.closed.extend(windows)  # a deque: only the last keep_windows stay
+        self.recent.extend(w["verdict"] == "drift" for w in windows if w["verdict"] != "insufficient_data")
         if windows:
             self.index = int(windows[-1]["index"]) + 1
         self.rows_seen = sum(int(w["rows"]) for w in windows)
@@ -206,4 +219,5 @@ class DriftMonitorCore:
             "windows": list(self.closed),
             "reference": {"features": self.reference["features"], "prediction": self.reference["prediction"]},
             "thresholds": self.thresholds.describe(),
+            "alert_after": self.config.alert_after.model_dump() if self.config.alert_after else None,
         }
