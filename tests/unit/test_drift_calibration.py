@@ -158,3 +158,14 @@ def test_calibrated_thresholds_flag_a_shift_the_static_ones_miss():
         core.observe(X, s)
     assert calibrated.report()["windows"][0]["drifted_features"] == ["a"]
     assert static.report()["windows"][0]["verdict"] == "ok"
+
+
+def test_the_html_report_says_how_thresholds_were_set():
+    from raygbm.drift.report import drift_report_html
+
+    core = DriftMonitorCore(_reference(), NAMES, MonitorConfig(window_size=500, calibration_draws=2000))
+    X, s = _data(500, 7)
+    core.observe(X, s)
+    page = drift_report_html(core.report())
+    assert "false-alarm rate of 0.001 per feature and window (2,000 simulated clean windows of 500 rows)" in page
+    assert ", calibrated)" in page and "js_distance" in page
