@@ -13,7 +13,8 @@ scaled chi-square ``a·χ²_ν`` is fitted to the draws by their mean and varian
 distribution a PSI (and a squared JS distance) of multinomial counts takes, and its ``1 − rate``
 quantile is the threshold. Checked against 2M-draw empirical quantiles (10 equal bins, a 51-code Zipf
 feature, a 5% binary bin, windows of 200–5,000 rows, held-out shares off the reference by ±10%), the
-realised rate at a configured 0.001 was 0.0007–0.0013, ±6% between seeds at 10,000–20,000 draws.
+realised rate at a configured 0.001 was 0.0007–0.0013, varying ±6% between seeds at 20,000 draws
+(±20% at 2,000; the default 10,000 is in between).
 
 A missing rate is calibrated exactly: the served null count of a field missing at rate ``p`` is
 binomial, so its threshold is the smallest ``|rate − p|`` exceeded with probability at most the rate.
