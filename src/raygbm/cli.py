@@ -168,7 +168,8 @@ def train(
         with _progress() as progress:
             meta = RunMeta.load(_run_data_stage(cfg, progress, force).run_dir)
             trained = train_final(meta, cfg.train, cfg.evaluate, cfg.resources, progress)
-            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, progress)
+            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, progress,
+                                            monitor=cfg.monitor)
     except RaygbmError as exc:
         _fail(str(exc))
     print_outcome(outcome)

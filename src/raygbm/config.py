@@ -285,6 +285,19 @@ class ServeConfig(_Section):
         "On a multi-node cluster, a shared filesystem")
 
 
+class AlertAfter(_Section):
+    """Alert only when drift persists: in at least ``m`` of the last ``n`` scored windows."""
+
+    m: int = Field(..., ge=1, description="drifted windows needed among the last n")
+    n: int = Field(..., ge=1, description="scored windows looked back over (this one included)")
+
+    @model_validator(mode="after")
+    def _m_within_n(self) -> "AlertAfter":
+        if self.m > self.n:
+            raise ValueError(f"m ({self.m}) is greater than n ({self.n})")
+        return self
+
+
 class MonitorConfig(_Section):
     """Drift monitoring of served traffic against the training reference."""
 
@@ -300,6 +313,18 @@ class MonitorConfig(_Section):
     thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-feature overrides, e.g. {num_1: {psi: 0.1}}"
     )
+    thresholds_mode: Literal["calibrated", "static"] = Field(
+        "calibrated", description="calibrated: each feature's and the score's threshold is estimated at "
+        "registration from held-out rows under no drift (a model registered before that uses the static ones); "
+        "static: psi, js_distance, chi2_pvalue, missing_rate_delta, prediction_psi as configured")
+    false_alarm_rate: float = Field(
+        0.001, gt=0, lt=0.5, description="calibrated thresholds: the share of clean windows in which a feature "
+        "(or the score, or a field's missing rate) is flagged")
+    calibration_draws: int = Field(
+        10_000, ge=1000, le=1_000_000, description="calibrated thresholds: simulated clean windows per feature")
+    alert_after: AlertAfter | None = Field(
+        None, description="e.g. {m: 3, n: 5}: each scored window also gets alert: true when at least m of the last n "
+        "scored windows drifted (unset: no alert key; the verdict is the alarm)")
     max_pending_batches: int = Field(100, ge=1, description="batches queued for the monitor before new ones are dropped (and counted)")
     window_seconds: float | None = Field(
         None, gt=0, description="also close a window this long after its first row, however few rows it has")

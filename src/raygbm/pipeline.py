@@ -32,5 +32,6 @@ def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force
     trained = train_final(meta, train, cfg.evaluate, cfg.resources, progress)
     if tuning is not None and cfg.tune.compare_defaults:
         trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.metric, progress)
-    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress), tuning
+    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress,
+                                 monitor=cfg.monitor), tuning
 

@@ -354,7 +354,13 @@ def test_drift_windows_flag_only_the_shifted_features(served):
     for w in windows[2:]:
         assert set(w["drifted_features"]) == expected
         assert w["rows"] == 500 and w["first_ts"] <= w["last_ts"] and w["model_version"] == "1"
-        assert w["features"]["num_1"]["statistic"] == "psi" and w["features"]["num_1"]["threshold"] == 0.2
+        assert w["features"]["num_1"]["statistic"] == "psi" and w["features"]["num_1"]["threshold_source"] == "calibrated"
+    # Thresholds calibrated at registration for 1000-row windows, recalibrated at deploy for these 500.
+    assert report["thresholds"]["mode"] == "calibrated" and report["thresholds"]["calibrated_at"] == "deploy"
+    assert report["thresholds"]["window_size"] == 500 and report["thresholds"]["held_out"]["source"]["prediction"] == "test"
+    for w in windows:
+        assert w["prediction"]["threshold_source"] == "calibrated" and 0.01 <= w["prediction"]["threshold"] < 0.2
+        assert 0.01 <= w["features"]["num_1"]["threshold"] < 0.2
     assert report["dropped_batches"] == 0
 
     # The same verdicts reach Prometheus through Ray's metrics export (reported every few seconds).

@@ -65,3 +65,14 @@ def test_demo_config_is_valid():
     cfg = load_config(Path(__file__).parents[2] / "pipelines/configs/demo.yaml")
     assert cfg.split.time == "event_time"
     assert [d.op for d in cfg.features.derived] == ["product", "hour"]
+
+
+def test_monitor_alert_after_and_threshold_mode_are_checked():
+    from raygbm.config import MonitorConfig
+
+    assert MonitorConfig().thresholds_mode == "calibrated" and MonitorConfig().false_alarm_rate == 0.001
+    assert MonitorConfig(alert_after={"m": 3, "n": 5}).alert_after.n == 5
+    for bad in ({"alert_after": {"m": 6, "n": 5}}, {"thresholds_mode": "auto"}, {"false_alarm_rate": 0.0},
+                {"calibration_draws": 10}):
+        with pytest.raises(ValueError):
+            MonitorConfig(**bad)

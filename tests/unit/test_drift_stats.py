@@ -40,7 +40,7 @@ def test_reference_profile_and_served_counts_over_it():
     ref = reference_profile(X, ["x", "k"], ["k"], np.array([0.1, 0.2, 0.3, 0.4, 0.5]), {"x": 0.2},
                             bins=2, max_categories=2)
     assert list(ref) == ["format", "features", "prediction", "missing_rate", "rows"]
-    assert ref["format"] == "raygbm.reference/1" and ref["rows"] == 5 and ref["missing_rate"] == {"x": 0.2}
+    assert ref["format"] == "raygbm.reference/2" and ref["rows"] == 5 and ref["missing_rate"] == {"x": 0.2}
     assert ref["features"]["x"] == {"kind": "numeric", "cuts": [1.5], "probs": [0.5, 0.5]}  # NaN left out
     assert ref["features"]["k"] == {"kind": "categorical", "codes": [1, 2], "probs": [0.6, 0.2, 0.2]}  # 5: "other"
     assert ref["prediction"] == {"cuts": [0.3], "probs": [0.4, 0.6]}

@@ -172,10 +172,13 @@ def _old_inputs():
     return np.column_stack([x, k]), scores, missing
 
 
+ADDED_KEYS = {"threshold_source", "thresholds"}  # keys added after these logs were written: only ever appended
+
+
 def _same_shape(new, old):
-    """Equal up to float rounding, with the same keys in the same order at every level."""
+    """Equal up to float rounding, with the same keys in the same order at every level (added keys last)."""
     if isinstance(old, dict):
-        assert list(new) == list(old)
+        assert list(new)[:len(old)] == list(old) and set(list(new)[len(old):]) <= ADDED_KEYS
         for key in old:
             _same_shape(new[key], old[key])
     elif isinstance(old, list):
@@ -229,3 +232,28 @@ def test_a_log_written_by_the_old_code_loads_and_continues(tmp_path):
     new = log.load_windows()[-1]
     assert new["index"] == 2 and new["first_ts"] == 200.0
     _same_shape({**new, "index": 0, "first_ts": 5.0, "last_ts": 5.0}, json.loads(OLD_LINES[0]))
+
+
+def test_alert_after_m_of_n_windows_drifted(reference, tmp_path):
+    cfg = MonitorConfig(window_size=500, alert_after={"m": 2, "n": 3}, window_seconds=60, min_window_rows=100)
+    core = DriftMonitorCore(reference, NAMES, cfg)
+    for i, shift in enumerate([0.0, 2.0, 2.0, 0.0, 0.0, 0.0]):
+        X, s = _data(500, 20 + i, shift=shift)
+        core.observe(X, s, ts=100.0 * i)
+        if i == 2:  # a window closed by time with too few rows: not scored, the alert state carries over
+            core.observe(X[:10], s[:10], ts=100.0 * i + 1)
+            core.tick(100.0 * i + 70)
+    windows = core.report()["windows"]
+    assert [w["verdict"] for w in windows] == ["ok", "drift", "drift", "insufficient_data", "ok", "ok", "ok"]
+    # Drift in 2 of the last 3 scored windows: from the second drifted window until one falls out.
+    assert [w["alert"] for w in windows] == [False, False, True, True, True, False, False]
+    assert list(windows[0])[-1] == "alert" and core.report()["alert_after"] == {"m": 2, "n": 3}
+    # A restarted monitor continues the count from the windows it reloads.
+    again = DriftMonitorCore(reference, NAMES, cfg)
+    again.restore(windows[:3], [])
+    X, s = _data(500, 40)
+    again.observe(X, s, ts=1000.0)
+    assert again.report()["windows"][-1]["alert"] is True
+    plain = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=500))
+    plain.observe(X, s)
+    assert "alert" not in plain.report()["windows"][0] and plain.report()["alert_after"] is None

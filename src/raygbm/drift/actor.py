@@ -32,6 +32,10 @@ class DriftMetrics:
         self.flag = Gauge("raygbm_drift_flag", "1 if the feature drifted in the latest closed window",
                           tag_keys=("model_version", "feature"))
         self.verdict = Gauge("raygbm_drift_verdict", "1 if the latest closed window drifted", tag_keys=("model_version",))
+        self.alert = Gauge("raygbm_drift_alert", "1 if drift persists (monitor.alert_after) at the latest closed window",
+                           tag_keys=("model_version",))
+        self.threshold = Gauge("raygbm_drift_threshold", "threshold of the drift statistic in the latest closed window",
+                               tag_keys=("model_version", "feature", "statistic"))
         self.windows = Counter("raygbm_drift_windows_total", "closed drift windows", tag_keys=("model_version", "verdict"))
         self.rows = Counter("raygbm_monitor_rows_total", "rows received by the drift monitor", tag_keys=("model_version",))
         self.dropped = Counter("raygbm_monitor_dropped_batches_total", "batches replicas dropped (monitor behind)",
@@ -46,11 +50,15 @@ class DriftMetrics:
     def publish(self, window: ClosedWindow, version: str) -> None:
         """A closed window: counted, and (when scored) the gauges set to its statistics."""
         self.windows.inc(1, {"model_version": version, "verdict": window["verdict"]})
+        if "alert" in window:
+            self.alert.set(1.0 if window["alert"] else 0.0, {"model_version": version})
         if window["prediction"] is None:  # insufficient_data: nothing scored
             return
         self.verdict.set(1.0 if window["verdict"] == "drift" else 0.0, {"model_version": version})
         for name, e in [*window["features"].items(), (PREDICTION_FEATURE, window["prediction"])]:
-            self.statistic.set(float(e["value"]), {"model_version": version, "feature": name, "statistic": e["statistic"]})
+            tags = {"model_version": version, "feature": name, "statistic": e["statistic"]}
+            self.statistic.set(float(e["value"]), tags)
+            self.threshold.set(float(e["threshold"]), tags)
             self.flag.set(1.0 if e["drift"] else 0.0, {"model_version": version, "feature": name})
 
 

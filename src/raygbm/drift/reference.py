@@ -1,16 +1,22 @@
 """The reference profile a model's served traffic is compared against: computed at training time, stored
-as JSON in the model bundle (``REFERENCE_FILE``), and how served values are counted over its bins."""
+as JSON in the model bundle (``REFERENCE_FILE``), and how served values are counted over its bins.
+
+Format 2 adds ``holdout`` (held-out rows' counts over the reference's bins) and ``calibration`` (the
+thresholds calibrated from them, and how); a format-1 reference has neither and is scored with the
+static thresholds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from raygbm.drift.calibration import ESTIMATOR, FLOORS, calibrate
 from raygbm.drift.stats import code_hist, hist, quantile_cuts, shares, top_score
 
 REFERENCE_FILE = "reference.json"
-FORMAT = "raygbm.reference/1"
+FORMAT = "raygbm.reference/2"
 
 
 def _categorical(col: np.ndarray, max_categories: int) -> dict[str, Any]:
@@ -29,10 +35,27 @@ def _binned(values: np.ndarray, n: int) -> tuple[list[float], list[float]]:
     return cuts, shares(hist(values, cuts)).tolist()
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How thresholds are calibrated at registration: held-out feature rows (not those the reference bins
+    come from), the window size and false-alarm rate (``monitor.window_size``, ``monitor.false_alarm_rate``),
+    the draws per feature, and which splits the held-out rows came from (reported by ``GET /drift``)."""
+
+    holdout: np.ndarray  # held-out rows' features, the columns of ``names``
+    window_size: int
+    false_alarm_rate: float
+    draws: int
+    sources: dict[str, str]  # e.g. {"features": "validation", "prediction": "test"}
+    seed: int = 0
+
+
 def reference_profile(features: np.ndarray, names: list[str], categorical: list[str], scores: np.ndarray,
-                      missing_rate: dict[str, float], bins: int = 10, max_categories: int = 50) -> dict[str, Any]:
-    """What the monitor compares against: computed from the training split's features and the model's
-    scores on the validation split. JSON-serialisable (stored in the model bundle)."""
+                      missing_rate: dict[str, float], bins: int = 10, max_categories: int = 50,
+                      calibration: Calibration | None = None) -> dict[str, Any]:
+    """What the monitor compares against: feature bins from ``features`` (the training split), the
+    score's bins from ``scores`` (the model's scores on rows it did not train on). With ``calibration``,
+    also the held-out counts and the thresholds calibrated from them (features: the held-out rows;
+    the score: ``scores`` themselves). JSON-serialisable (stored in the model bundle)."""
     feats: dict[str, Any] = {}
     for j, name in enumerate(names):
         col = features[:, j]
@@ -42,9 +65,31 @@ def reference_profile(features: np.ndarray, names: list[str], categorical: list[
         else:
             cuts, probs = _binned(col, bins)
             feats[name] = {"kind": "numeric", "cuts": cuts, "probs": probs}
-    cuts, probs = _binned(top_score(scores), bins)
-    return {"format": FORMAT, "features": feats, "prediction": {"cuts": cuts, "probs": probs},
-            "missing_rate": missing_rate, "rows": int(features.shape[0])}
+    top = top_score(scores)
+    cuts, probs = _binned(top, bins)
+    out = {"format": FORMAT, "features": feats, "prediction": {"cuts": cuts, "probs": probs},
+           "missing_rate": missing_rate, "rows": int(features.shape[0])}
+    if calibration is not None:
+        out["holdout"] = _holdout(out, names, calibration, hist(top, cuts))
+        c = calibration
+        out["calibration"] = {"window_size": c.window_size, "false_alarm_rate": c.false_alarm_rate, "draws": c.draws,
+                              "seed": c.seed, "estimator": ESTIMATOR, "floors": FLOORS,
+                              "thresholds": calibrate(out, out["holdout"], c.window_size, c.false_alarm_rate, c.draws, c.seed)}
+    return out
+
+
+def _holdout(reference: dict[str, Any], names: list[str], c: Calibration, score_counts: np.ndarray) -> dict[str, Any]:
+    """Held-out counts per feature over its reference bins (numeric: then the rows without a value) and
+    the scores' counts over the prediction bins."""
+    counts: dict[str, list[float]] = {}
+    for j, name in enumerate(names):
+        ref, col = reference["features"][name], c.holdout[:, j]
+        if ref["kind"] == "numeric":
+            counts[name] = bin_counts(ref, col).tolist() + [float(np.isnan(col).sum())]
+        else:
+            counts[name] = [float(x) for x in bin_counts(ref, col[~np.isnan(col)])]
+    return {"features": counts, "prediction": score_counts.tolist(), "source": dict(c.sources),
+            "rows": {"features": int(c.holdout.shape[0]), "prediction": int(score_counts.sum())}}
 
 
 def bin_counts(feature: dict[str, Any], values: np.ndarray) -> np.ndarray:

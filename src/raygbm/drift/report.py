@@ -39,7 +39,8 @@ def _feature_card(name: str, ref: dict[str, Any], entry: dict[str, Any] | None) 
         labels = [f"{c:.3g}" for c in ref.get("cuts", [])]
     else:
         labels = [str(c) for c in ref.get("codes", [])] + ["other"]
-    stat = f"{entry['statistic']} {entry['value']:.4g} (threshold {entry['threshold']:g})" if entry else "no window yet"
+    source = f", {entry['threshold_source']}" if entry and "threshold_source" in entry else ""
+    stat = f"{entry['statistic']} {entry['value']:.4g} (threshold {entry['threshold']:.4g}{source})" if entry else "no window yet"
     flag = " drift" if entry and entry["drift"] else ""
     return (f"<div class='card{flag}'><b>{html.escape(name)}</b> {html.escape(stat)}<br>"
             f"{_svg_bars(ref['probs'], entry['current'] if entry else None, labels)}</div>")
@@ -48,9 +49,19 @@ def _feature_card(name: str, ref: dict[str, Any], entry: dict[str, Any] | None) 
 def _prediction_card(ref: dict[str, Any], pred: dict[str, Any] | None) -> str:
     """The model's score histograms (``pred``: the prediction's score in the latest window, if any)."""
     return (f"<div class='card{' drift' if pred and pred['drift'] else ''}'><b>prediction</b> "
-            + (f"psi {pred['value']:.4g}" if pred else "") + "<br>"
+            + (f"psi {pred['value']:.4g} (threshold {pred['threshold']:.4g})" if pred else "") + "<br>"
             + _svg_bars(ref["probs"], pred["current"] if pred else None, [f"{c:.2g}" for c in ref.get("cuts", [])])
             + "</div>")
+
+
+def _thresholds_line(t: dict[str, Any] | None) -> str:
+    """How the thresholds were set, in words."""
+    if not t:
+        return "static thresholds"
+    if t.get("mode") != "calibrated":
+        return f"static thresholds ({t.get('reason', '')})"
+    return (f"thresholds calibrated for a false-alarm rate of {t['false_alarm_rate']:g} per feature and window "
+            f"({t['draws']:,} simulated clean windows of {t['window_size']:,} rows)")
 
 
 def drift_report_html(report: dict[str, Any]) -> str:
@@ -67,7 +78,8 @@ def drift_report_html(report: dict[str, Any]) -> str:
         ".card{display:inline-block;border:1px solid #ccc;margin:4px;padding:6px;vertical-align:top}</style>"
         f"<h1>Drift report</h1><p>model v{html.escape(str(report.get('model_version')))}; window size "
         f"{report.get('window_size')}; {report.get('rows_seen', 0)} rows seen; {report.get('dropped_batches', 0)} "
-        "batches dropped. Grey: training reference; blue: latest closed window.</p>"
+        f"batches dropped; {html.escape(_thresholds_line(report.get('thresholds')))}. Grey: training reference; "
+        "blue: latest closed window.</p>"
         f"<table><tr><th>window</th><th>model</th><th>rows</th><th>verdict</th><th>drifted</th></tr>{_window_rows(windows)}</table>"
         f"<h2>Latest window</h2>{''.join(cards)}\n"
     )

@@ -3,8 +3,6 @@ chi-square p-value). Plain numpy; scipy is imported only when a p-value is compu
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 EPS = 1e-4  # floor of a bin's share in PSI and chi-square, so an empty bin does not divide by zero
@@ -40,24 +38,37 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
-def psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Population stability index between two histograms of shares."""
+def psi_rows(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Population stability index of each row of ``actual`` (shares) against ``expected`` (shares);
+    ``psi`` is its one-row case, so calibration draws and served windows are scored by the same code."""
     e = np.clip(expected, EPS, None)
     a = np.clip(actual, EPS, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return np.sum((a - e) * np.log(a / e), axis=-1)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index between two histograms of shares."""
+    return float(psi_rows(expected, np.asarray(actual)[None, :])[0])
+
+
+def js_distance_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon distance (base 2, so in [0, 1]) of each row of ``q`` against ``p`` (histograms,
+    normalised here); ``js_distance`` is its one-row case."""
+    p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-12)
+    q = q / np.maximum(q.sum(axis=-1, keepdims=True), 1e-12)
+    p, q = np.broadcast_arrays(p, q)
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        safe_y = np.where(x > 0, y, 1.0)  # y >= x / 2 > 0 wherever x > 0: the mask only avoids 0 * log(0)
+        return np.sum(np.where(x > 0, x * np.log2(np.where(x > 0, x, 1.0) / safe_y), 0.0), axis=-1)
+
+    return np.sqrt(np.maximum(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0))
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen–Shannon distance (base 2, so in [0, 1]) between two histograms."""
-    p = p / max(p.sum(), 1e-12)
-    q = q / max(q.sum(), 1e-12)
-    m = (p + q) / 2
-
-    def kl(x: np.ndarray, y: np.ndarray) -> float:
-        mask = x > 0
-        return float(np.sum(x[mask] * np.log2(x[mask] / y[mask])))
-
-    return math.sqrt(max(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0))
+    return float(js_distance_rows(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)[None, :])[0])
 
 
 def chi_square_pvalue(expected_probs: np.ndarray, counts: np.ndarray) -> float:

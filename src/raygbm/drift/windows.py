@@ -16,8 +16,10 @@ import numpy as np
 
 from raygbm.config import MonitorConfig
 from raygbm.drift.reference import bin_counts
-from raygbm.drift.scoring import FeatureScore, MissingScore, score_categorical, score_missing, score_numeric
+from raygbm.drift.scoring import (FeatureScore, MissingScore, score_categorical, score_categorical_js, score_missing,
+                                  score_numeric)
 from raygbm.drift.stats import hist, top_score
+from raygbm.drift.thresholds import Thresholds
 
 RowBatch = tuple[float, np.ndarray, np.ndarray, np.ndarray | None]
 """Served rows as logged and replayed: ``(ts, features, scores, missing)``."""
@@ -54,7 +56,8 @@ class ClosedWindow(TypedDict):
     features: dict[str, FeatureScore]
     missing: dict[str, MissingScore]
     prediction: FeatureScore | None  # None when insufficient_data
-    model_version: NotRequired[str]  # the core's labels (the actor's: the model version) come last
+    model_version: NotRequired[str]  # the core's labels (the actor's: the model version) come next
+    alert: NotRequired[bool]  # with monitor.alert_after: drift in at least m of the last n scored windows
 
 
 def window_to_json(window: ClosedWindow) -> str:
@@ -77,8 +80,11 @@ class DriftMonitorCore:
         self.names = names  # the model's features: the columns of ``features``
         self.fields = fields or []  # the request's raw fields: the columns of the ``missing`` mask
         self.config = config
+        self.thresholds = Thresholds(reference, config)  # calibrated (recalibrated if the config differs) or static
         self.closed: deque[ClosedWindow] = deque(maxlen=config.keep_windows)
         self.index = 0
+        alert = config.alert_after
+        self.recent: deque[bool] = deque(maxlen=alert.n if alert else 1)  # the last scored windows' drift
         self.dropped_batches = 0
         self.rows_seen = 0
         # Persistence hooks (the actor's WindowLog): rows as they are assigned to a window, and windows
@@ -126,21 +132,26 @@ class DriftMonitorCore:
             for k, v in zip(self.fields, missing.sum(axis=0)):
                 w.missing[k] = w.missing.get(k, 0) + int(v)
 
-    def _threshold(self, name: str, statistic: str) -> float:
-        per = self.config.thresholds.get(name, {})
-        return float(per.get(statistic, getattr(self.config, statistic)))
-
     def _close(self, by: str) -> None:
         if by == "time" and self.window.rows < self.config.min_window_rows:
             doc = self._document(by, "insufficient_data", [], {}, {}, None)
         else:
             doc = self._scored(by)
         doc.update(self.labels)
+        self._alert(doc)
         self.closed.append(doc)
         if self.on_close is not None:
             self.on_close(doc)
         self.index += 1
         self.window = OpenWindow.empty(self.reference, self.names)
+
+    def _alert(self, doc: ClosedWindow) -> None:
+        """With ``alert_after``: remember a scored window's verdict and say whether drift persists."""
+        if self.config.alert_after is None:
+            return
+        if doc["verdict"] != "insufficient_data":  # a window too small to score neither adds nor clears drift
+            self.recent.append(doc["verdict"] == "drift")
+        doc["alert"] = sum(self.recent) >= self.config.alert_after.m
 
     def _document(self, by: str, verdict: str, drifted: list[str], features: dict[str, FeatureScore],
                   missing: dict[str, MissingScore], prediction: FeatureScore | None) -> ClosedWindow:
@@ -150,35 +161,42 @@ class DriftMonitorCore:
                 "prediction": prediction}
 
     def _scored(self, by: str) -> ClosedWindow:
-        features = self._score_features()
-        missing = self._score_missing()
-        prediction = score_numeric(self.reference["prediction"]["probs"], self.window.prediction, self.config.prediction_psi)
+        rows = self.window.rows
+        features = self._score_features(rows)
+        missing = self._score_missing(rows)
+        prediction = score_numeric(self.reference["prediction"]["probs"], self.window.prediction,
+                                   *self.thresholds.prediction(rows))
         drifted = [name for name, e in features.items() if e["drift"]]
         drifted += [f"{name} (missing)" for name, e in missing.items() if e["drift"]]
         return self._document(by, "drift" if drifted or prediction["drift"] else "ok", drifted, features, missing, prediction)
 
-    def _score_features(self) -> dict[str, FeatureScore]:
+    def _score_features(self, rows: int) -> dict[str, FeatureScore]:
         out: dict[str, FeatureScore] = {}
         for name in self.names:
             if name not in self.window.counts:
                 continue
             ref, counts = self.reference["features"][name], self.window.counts[name]
-            if ref["kind"] == "numeric":
-                out[name] = score_numeric(ref["probs"], counts, self._threshold(name, "psi"))
+            rule, t, source = self.thresholds.feature(name, ref["kind"], rows)
+            if rule == "psi":
+                out[name] = score_numeric(ref["probs"], counts, t["psi"], source)
+            elif rule == "js_distance":
+                out[name] = score_categorical_js(ref["probs"], counts, t["js_distance"], source)
             else:
-                out[name] = score_categorical(ref["probs"], counts, self._threshold(name, "chi2_pvalue"),
-                                              self._threshold(name, "js_distance"))
+                out[name] = score_categorical(ref["probs"], counts, t["chi2_pvalue"], t["js_distance"], source)
         return out
 
-    def _score_missing(self) -> dict[str, MissingScore]:
+    def _score_missing(self, rows: int) -> dict[str, MissingScore]:
+        """Missing rates of the raw fields the rows' masks cover (a field the request does not carry, e.g.
+        one only a dropped feature used, is never seen missing: scoring it would flag its reference rate)."""
         w = self.window
-        return {name: score_missing(rate, w.missing.get(name, 0), w.rows, self._threshold(name, "missing_rate_delta"))
-                for name, rate in self.reference.get("missing_rate", {}).items()}
+        return {name: score_missing(rate, w.missing.get(name, 0), w.rows, *self.thresholds.missing(name, rows))
+                for name, rate in self.reference.get("missing_rate", {}).items() if name in self.fields}
 
     def restore(self, windows: list[ClosedWindow], rows: list[RowBatch]) -> None:
         """Continue from persisted state: the closed windows, then the open window's logged rows replayed
         (``(ts, features, scores, missing)`` batches, in order)."""
         self.closed.extend(windows)  # a deque: only the last keep_windows stay
+        self.recent.extend(w["verdict"] == "drift" for w in windows if w["verdict"] != "insufficient_data")
         if windows:
             self.index = int(windows[-1]["index"]) + 1
         self.rows_seen = sum(int(w["rows"]) for w in windows)
@@ -200,4 +218,6 @@ class DriftMonitorCore:
             "dropped_batches": self.dropped_batches,
             "windows": list(self.closed),
             "reference": {"features": self.reference["features"], "prediction": self.reference["prediction"]},
+            "thresholds": self.thresholds.describe(),
+            "alert_after": self.config.alert_after.model_dump() if self.config.alert_after else None,
         }

@@ -14,9 +14,9 @@ from typing import Any
 import lightgbm as lgb
 import pyarrow.parquet as pq
 
-from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig
+from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, TrainConfig
 from raygbm.data.split import RAW_TEST
-from raygbm.drift.reference import reference_profile
+from raygbm.drift.reference import Calibration, reference_profile
 from raygbm.errors import DataError
 from raygbm.paths import home
 from raygbm.progress import Progress, no_progress
@@ -141,8 +141,11 @@ def evaluate_and_register(
     registry_cfg: RegistryConfig,
     tuning: TuneResult | None,
     progress: Progress = no_progress,
+    *,
+    monitor: MonitorConfig | None = None,
 ) -> Outcome:
-    """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins."""
+    """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins.
+    ``monitor``: the window size and false-alarm rate the drift thresholds are calibrated for."""
     booster = trained.result.booster
     metric = gate_metric(meta.task, registry_cfg.metric)
     progress("evaluating on the test split")
@@ -162,7 +165,7 @@ def evaluate_and_register(
     try:
         bundle_dir, report_dir = work / BUNDLE_PATH, work / "report"
         manifest_sha = write_bundle(bundle_dir, booster, meta.run_dir, ev.metrics,
-                                    _reference(booster, trained.meta, data_report), params)
+                                    _reference(booster, trained.meta, data_report, monitor or MonitorConfig()), params)
         plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
         progress("logging to MLflow and registering")
         parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning)
@@ -178,13 +181,29 @@ def evaluate_and_register(
                    params=params)
 
 
-def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], rows: int = 100_000) -> dict[str, Any]:
-    """The drift monitor's reference: training features (a seeded sample) and validation scores."""
-    train = sample_table(meta.split("train"), rows, 0)
-    valid = sample_table(meta.split("validation"), rows, 1)
+# Where the drift reference's rows come from. Feature bins: the training split. Feature thresholds are
+# calibrated on held-out rows of another split; the score's bins and thresholds come from the test split,
+# the only rows no fitted model trained on (the registered model may be refit on train + validation, so
+# its validation scores are in-sample).
+REFERENCE_SPLITS = {"bins": "train", "features": "validation", "prediction": "test"}
+
+
+def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], monitor: MonitorConfig,
+               rows: int = 100_000) -> dict[str, Any]:
+    """The drift monitor's reference (``REFERENCE_SPLITS``), with thresholds calibrated for ``monitor``'s
+    window size and false-alarm rate. A split without rows is replaced by the next one (train last)."""
+    tables = {}
+    for seed, split in enumerate(("train", "validation", "test")):
+        table = sample_table(meta.split(split), rows, seed)
+        tables[split] = table if table.num_rows else None
+    pick = {role: next(s for s in (split, "validation", "test", "train") if tables[s] is not None)
+            for role, split in REFERENCE_SPLITS.items()}
     missing = {c: float(v.get("null_frac", 0.0)) for c, v in report.get("columns", {}).items() if v.get("role") in ("numeric", "categorical")}
-    return reference_profile(features_matrix(booster, train), booster.feature_name(), meta.categorical,
-                             booster.predict(features_matrix(booster, valid)), missing)
+    cal = Calibration(features_matrix(booster, tables[pick["features"]]), monitor.window_size, monitor.false_alarm_rate,
+                      monitor.calibration_draws, {"features": pick["features"], "prediction": pick["prediction"]})
+    return reference_profile(features_matrix(booster, tables[pick["bins"]]), booster.feature_name(), meta.categorical,
+                             booster.predict(features_matrix(booster, tables[pick["prediction"]])), missing,
+                             calibration=cal)
 
 
 def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: str | None) -> tuple[ModelRef, dict[str, Any]]:
