@@ -8,6 +8,15 @@ export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
 RAY_PORT=${RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 RAY_DASHBOARD_HOST=${RAY_DASHBOARD_HOST:-127.0.0.1}
+# The head's servers (GCS, raylet, workers, agents, metrics) listen on the node's IP. On 127.0.0.1 (the
+# default) nothing is reachable from other machines; Ray keeps a local 127.0.0.1 only in its single-node
+# mode. Set RAY_NODE_IP_ADDRESS to this machine's address to let worker nodes join (README: Ray, ports).
+RAY_NODE_IP_ADDRESS=${RAY_NODE_IP_ADDRESS:-127.0.0.1}
+if [ "$RAY_NODE_IP_ADDRESS" = 127.0.0.1 ]; then
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}
+fi
+# Serve's HTTP servers on this cluster get raygbm's bounded reads (serve.* limits: RAYGBM_HTTP_LIMITS JSON).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=${RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH:-raygbm.serving.http_guard:install}
 export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
 # Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
 # CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.

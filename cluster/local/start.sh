@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a local Ray head node: token auth (token file mode 0600), dashboard and job API on 127.0.0.1.
+# Start a local Ray head node: token auth (token file mode 0600), every server on 127.0.0.1 (see env.sh).
 #   cluster/local/start.sh            # all CPUs
 #   RAY_NUM_CPUS=2 cluster/local/start.sh
 set -euo pipefail
@@ -9,8 +9,8 @@ if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then
   (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH")
 fi
 chmod 600 "$RAY_AUTH_TOKEN_PATH"
-args=(--head --port "$RAY_PORT" --dashboard-host "$RAY_DASHBOARD_HOST" --dashboard-port "$RAY_DASHBOARD_PORT"
-      --disable-usage-stats)
+args=(--head --port "$RAY_PORT" --node-ip-address "$RAY_NODE_IP_ADDRESS" --dashboard-host "$RAY_DASHBOARD_HOST"
+      --dashboard-port "$RAY_DASHBOARD_PORT" --disable-usage-stats)
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus "$RAY_NUM_CPUS")
 [ -n "${RAY_TEMP_DIR:-}" ] && args+=(--temp-dir "$RAY_TEMP_DIR")
 ray start "${args[@]}"

@@ -270,9 +270,9 @@ class ServeConfig(_Section):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     fast_ingress: bool = Field(
         False, description="HAProxy in front of replicas serving HTTP themselves (Ray Serve's direct ingress) "
-        "instead of Serve's Python proxy: lower latency (see README's serve benchmark), but Ray binds the "
-        "replicas' own ports on all interfaces. Takes effect when raygbm starts the Ray instance (embedded); on a cluster start it with "
-        "RAY_SERVE_ENABLE_HA_PROXY=1")
+        "instead of Serve's Python proxy: lower latency (see README's serve benchmark), but HAProxy's statistics "
+        "and metrics ports (8404, 9101) listen on all interfaces without authentication. Takes effect when raygbm "
+        "starts the Ray instance (embedded); on a cluster start it with RAY_SERVE_ENABLE_HA_PROXY=1")
     require_token: bool = Field(
         False, description="require 'Authorization: Bearer <token>' (token from RAYGBM_ENDPOINT_TOKEN) on every "
         "route but /healthz and /readyz")

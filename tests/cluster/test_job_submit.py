@@ -36,6 +36,12 @@ def _listening(port: int) -> list[str]:
     return out
 
 
+def _listeners() -> set[tuple[str, str]]:
+    """(local address, process) of every listening TCP socket on this host."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return {(line.split()[3], line.split()[-1] if "users:" in line else "") for line in out.splitlines()}
+
+
 def _get_status(url: str, token: str | None) -> int:
     import urllib.error
     import urllib.request
@@ -58,6 +64,7 @@ def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)
     local = ROOT / "cluster" / "local"
+    before = _listeners()
     started = subprocess.run([str(local / "start.sh")], env=env, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
@@ -102,6 +109,11 @@ def test_submitted_pipeline_job_succeeds_and_registers(tmp_path, monkeypatch):
             answer = json.loads(r.read())
         assert answer["model_version"] == "1" and 0 <= answer["score"] <= 1
         assert _listening(SERVE_PORT) == ["0100007F"]  # the endpoint binds 127.0.0.1 too
+        # Everything the head started (GCS, raylet, agents, metrics, workers, Serve) listens on loopback only.
+        opened = _listeners() - before
+        assert len(opened) >= 8, opened
+        exposed = [(a, p) for a, p in opened if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))]
+        assert not exposed, exposed
         assert subprocess.run([str(local / "serve.sh"), "--shutdown"], env=env, capture_output=True,
                               timeout=120).returncode == 0
 

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from ray import serve
 
 from raygbm.config import MonitorConfig, ServeConfig
@@ -32,7 +33,16 @@ from raygbm.serving.batch_jobs import BatchJobs
 from raygbm.serving.model_slot import ModelSlot, ServedModel
 from raygbm.serving.monitor_buffer import MonitorBuffer
 from raygbm.serving.request import RequestError, read_body
-from raygbm.serving.tables import ARROW_STREAM, CSV, TABLE_TYPES, content_type, read_table, write_table
+from raygbm.serving.tables import (
+    ARROW_STREAM,
+    CSV,
+    LARGE_BODY_BYTES,
+    TABLE_TYPES,
+    content_type,
+    read_table,
+    release_memory,
+    write_table,
+)
 
 PROBES = ("/healthz", "/readyz")
 JSON_TYPES = ("application/json", "")  # a client that names no type gets the JSON parser too
@@ -268,7 +278,8 @@ class ModelServer:
             self.buffer.add(model.version, X, scores, missing)
         self.served_rows += table.num_rows
         return Response(write_table(model.prediction_table(scores), kind), media_type=kind,
-                        headers={"x-model-version": model.version})
+                        headers={"x-model-version": model.version},
+                        background=BackgroundTask(release_memory) if len(body) >= LARGE_BODY_BYTES else None)
 
     def _score_table(self, model: ServedModel, body: bytes, kind: str) -> tuple[Any, np.ndarray, np.ndarray]:
         """A table body read, checked by the same rules as JSON records, transformed and scored."""
