@@ -249,13 +249,18 @@ def main() -> None:
               f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
               f"concurrency={args.concurrency} ingress={args.ingress} replicas={args.replicas} cpus={os.cpu_count()}")
     finally:
-        try:
-            from ray import serve
+        clean_up(work)
 
-            serve.shutdown()
-        except Exception:
-            pass
-        shutil.rmtree(work, ignore_errors=True)
+
+def clean_up(work: Path) -> None:
+    """Serve stopped (if it started) and the bench's folder removed."""
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

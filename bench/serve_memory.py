@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import register_model, wait_ready  # noqa: E402
+from bench.serve import clean_up, register_model, wait_ready  # noqa: E402
 
 ARROW, CSV, JSON = "application/vnd.apache.arrow.stream", "text/csv", "application/json"
 
@@ -172,13 +171,7 @@ def main() -> None:
         if plain is not None:
             plain.terminate()
             plain.wait()
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        except Exception:
-            pass
-        shutil.rmtree(work, ignore_errors=True)
+        clean_up(work)
 
 
 if __name__ == "__main__":
