@@ -158,18 +158,15 @@ def train(
     force: bool = _FORCE,
 ) -> None:
     """Train with fixed params (train.params), evaluate on the test split and register the model."""
-    from raygbm.registry.register import evaluate_and_register
+    from raygbm.pipeline import train_and_register
     from raygbm.report import print_outcome
-    from raygbm.training.fit import train_final
     from raygbm.training.train import RunMeta
 
     try:
         cfg = _config(config, set_, data, label, task)
         with _progress() as progress:
             meta = RunMeta.load(_run_data_stage(cfg, progress, force).run_dir)
-            trained = train_final(meta, cfg.train, cfg.evaluate, cfg.resources, progress)
-            outcome = evaluate_and_register(meta, trained, cfg.train, cfg.evaluate, cfg.registry, None, progress,
-                                            monitor=cfg.monitor)
+            outcome = train_and_register(meta, cfg, None, progress)
     except RaygbmError as exc:
         _fail(str(exc))
     print_outcome(outcome)

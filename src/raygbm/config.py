@@ -147,6 +147,12 @@ class TrainConfig(_Section):
     report_every: int = Field(25, ge=1, description="rounds between reports to Ray Train / Tune")
     checkpoint_every: int = Field(50, ge=1, description="rounds between checkpoints (resume after a failure)")
     seed: int = 42
+    refit: bool = Field(
+        True, description="after selection, train the registered model on train + validation with the selected "
+        "number of rounds (false: the model fitted on train and early-stopped on validation)")
+    refit_rounds_scale: float = Field(
+        1.0, gt=0, description="the refit's rounds = the selection's best iteration (holdout) or the rounded mean "
+        "of the folds' best iterations (CV), times this")
 
     @field_validator("params")
     @classmethod
@@ -176,22 +182,45 @@ DEFAULT_SPACE: dict[str, dict[str, list[Any]]] = {
 class TuneConfig(_Section):
     """The hyperparameter search (Ray Tune). Trials share ``train``'s schedule and fixed params."""
 
-    trials: int = Field(16, ge=1, description="sampled configurations (with a grid: repeats of the grid)")
+    trials: int | None = Field(
+        16, ge=1, description="sampled configurations (with a grid: repeats of the grid); null: as many as "
+        "time_budget_s allows")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop the search after this many seconds (Ray Tune's time_budget_s); with trials "
+        "set too, whichever comes first")
     search: Literal["tpe", "random"] = Field("tpe", description="Optuna TPE or random sampling")
     space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: dict(DEFAULT_SPACE))
     asha: bool = Field(True, description="stop unpromising trials early (ASHA)")
     grace_period: int = Field(25, ge=1, description="rounds every trial gets before ASHA may stop it")
     reduction_factor: int = Field(3, ge=2)
-    cv_folds: int | None = Field(None, ge=2, description="score trials by k-fold CV on train+validation")
+    cv_folds: int | Literal["auto"] | None = Field(
+        "auto", description="the validation scheme of the whole selection (trials, the defaults comparison, the "
+        "refit's rounds): auto: 5-fold CV on train+validation below cv_below_rows rows, else the holdout "
+        "(validation split); an int >= 2: always k-fold CV; null or 0: always the holdout")
+    cv_below_rows: int = Field(
+        100_000, ge=0, description="tune.cv_folds auto cross-validates when train+validation has fewer rows")
     sample_rows: int | None = Field(
         200_000, ge=1000,
         description="trials train on a seeded sample of this many training (and validation) rows; the "
         "final model uses all of them. null: trials use everything",
     )
     compare_defaults: bool = Field(
-        True, description="after tuning, also fit LightGBM's defaults (100 rounds) on the full split and keep "
-        "them if they score better on validation than the tuned configuration")
+        True, description="after tuning, also score LightGBM's defaults (at most 100 rounds) by the same scheme "
+        "(holdout or CV) and keep them if they score better than the tuned configuration")
     seed: int = 42
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v not in (0,) and v < 2:
+            raise ValueError("must be auto, null or 0 (holdout), or an int >= 2 (k-fold CV)")
+        return v
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "TuneConfig":
+        if self.trials is None and self.time_budget_s is None:
+            raise ValueError("trials: null needs time_budget_s (the search must end)")
+        return self
 
     @field_validator("space")
     @classmethod

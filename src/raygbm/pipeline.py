@@ -1,4 +1,5 @@
-"""The stages composed: preprocess → tune → fit the best (or LightGBM's defaults) → evaluate → register.
+"""The stages composed: preprocess → tune → score the best (and LightGBM's defaults) by the validation
+scheme → refit the winner on train + validation → evaluate on test → register.
 
 Each stage lives in its own package (``data``, ``training``, ``registry``); this module only runs them in
 order. Ray must be initialised by the entry point.
@@ -12,26 +13,38 @@ from raygbm.config import PipelineConfig
 from raygbm.data.preprocess import preprocess
 from raygbm.progress import Progress, no_progress
 from raygbm.registry.register import Outcome, evaluate_and_register
-from raygbm.training.fit import keep_better_than_defaults, train_final
+from raygbm.training.fit import final_model, keep_better_than_defaults, score_configuration
+from raygbm.training.select import validation_scheme
 from raygbm.training.train import RunMeta
 from raygbm.training.tune import TuneResult, tune_search, typed_params
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force: bool = False, tune: bool = True,
                  shards: Any = None) -> tuple[Outcome, TuneResult | None]:
-    """Preprocess, tune (unless ``tune`` is false), train with the best parameters (or LightGBM's
-    defaults, when they validate better), evaluate and register; returns the outcome and the search."""
+    """Preprocess, tune (unless ``tune`` is false), then ``train_and_register``; returns the outcome and
+    the search."""
     pre = preprocess(cfg, progress=progress, force=force, shards=shards)
     meta = RunMeta.load(pre.run_dir)
-    train = cfg.train
     tuning = None
     if tune:
         tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
-        progress(f"best validation {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
-        train = cfg.train.model_copy(update={"params": {**cfg.train.params, **typed_params(tuning.best_params)}})
-    trained = train_final(meta, train, cfg.evaluate, cfg.resources, progress)
-    if tuning is not None and cfg.tune.compare_defaults:
-        trained, train = keep_better_than_defaults(meta, trained, train, cfg, tuning.metric, progress)
-    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress,
-                                 monitor=cfg.monitor), tuning
+        progress(f"best {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
+    return train_and_register(meta, cfg, tuning, progress), tuning
 
+
+def train_and_register(meta: RunMeta, cfg: PipelineConfig, tuning: TuneResult | None = None,
+                       progress: Progress = no_progress) -> Outcome:
+    """Score ``train.params`` (with the search's best over them) by the validation scheme, keep LightGBM's
+    defaults instead when they score better (after a search), fit the registered model (the refit on
+    train + validation, unless ``train.refit`` is off), evaluate it on test and register it."""
+    scheme = validation_scheme(meta, cfg.tune, cfg.resources)
+    progress(f"selection by {scheme.describe()} ({scheme.reason})")
+    train = cfg.train
+    if tuning is not None:
+        train = cfg.train.model_copy(update={"params": {**cfg.train.params, **typed_params(tuning.best_params)}})
+    candidate = score_configuration(meta, train, scheme, cfg.evaluate, cfg.resources, progress)
+    if tuning is not None and cfg.tune.compare_defaults:
+        candidate = keep_better_than_defaults(meta, candidate, cfg, progress)
+    trained = final_model(candidate, cfg.resources, progress)
+    return evaluate_and_register(meta, trained, candidate.train, cfg.evaluate, cfg.registry, tuning, progress,
+                                 monitor=cfg.monitor)

@@ -31,7 +31,9 @@ def _default_lgbm_auc(meta: RunMeta, seed: int = 0) -> float:
 
 def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(tmp_path, home):
     data = make_shards(tmp_path / "data", rows=100_000, shards=4, seed=3)
-    base = ["data.drop=[id]", "tune.trials=8", "train.num_boost_round=300", "train.report_every=10"]
+    # The holdout (85k train+validation rows would cross-validate by default: 5× the cost of this test).
+    base = ["data.drop=[id]", "tune.trials=8", "train.num_boost_round=300", "train.report_every=10",
+            "tune.cv_folds=null"]
     cfg = load_config(None, base, {"data.source": str(data), "data.label": "label"})
     outcome, tuning = run_pipeline(cfg)
 
@@ -45,9 +47,9 @@ def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(t
     import json
 
     cmp = json.loads((outcome.report_dir / "defaults_comparison.json").read_text())
-    keep_defaults = cmp["defaults_validation"] > cmp["tuned_validation"]
+    keep_defaults = cmp["defaults_score"] > cmp["tuned_score"]
     assert cmp["kept"] == ("lightgbm defaults" if keep_defaults else "tuned")
-    assert "LightGBM's defaults on validation" in (outcome.report_dir / "model_card.md").read_text()
+    assert "LightGBM's defaults by the same scheme" in (outcome.report_dir / "model_card.md").read_text()
 
     reg = Registry()
     client = reg.client
@@ -77,6 +79,53 @@ def test_every_trial_is_logged_without_the_defaults_comparison(tmp_path, home):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
     assert len(tuning.trials) == 2 and len(children) == 2
     assert "kept" not in parent.data.params and not (outcome.report_dir / "defaults_comparison.json").exists()
+
+
+def _registered_booster(version: str):
+    from raygbm.registry.bundle import Bundle
+    from raygbm.registry.store import local_bundle
+
+    ref, path = local_bundle(Registry(), version)
+    return Bundle.load(path, ref.tags.get("manifest_sha256")).booster
+
+
+def _root_count(booster) -> int:
+    return booster.dump_model()["tree_info"][0]["tree_structure"]["internal_count"]
+
+
+def test_the_registered_model_is_refit_on_train_and_validation_for_the_selected_rounds(tmp_path, home):
+    import json
+
+    data = make_shards(tmp_path / "data", rows=8_000, shards=2, seed=4)
+    base = ["data.drop=[id]", "train.num_boost_round=200", "train.early_stopping_rounds=10",
+            "train.params={learning_rate: 0.3}", "train.refit_rounds_scale=1.5"]
+    outcome, _ = run_pipeline(load_config(None, base, {"data.source": str(data), "data.label": "label"}), tune=False)
+    meta = RunMeta.load(next((home / "runs").glob("preprocess-*")))
+    sel = json.loads((outcome.report_dir / "model_selection.json").read_text())
+    v, refit = sel["validation"], sel["refit"]
+    # 6,800 train+validation rows: 5-fold CV; the refit's rounds are the folds' mean best round × 1.5.
+    assert v["scheme"] == "cv" and len(v["fold_best_iterations"]) == 5 and max(v["fold_best_iterations"]) < 200
+    assert v["best_iteration"] == round(np.mean(v["fold_best_iterations"]))
+    rounds = round(v["best_iteration"] * 1.5)
+    booster = _registered_booster(outcome.version)
+    assert booster.num_trees() == refit["rounds"] == rounds == outcome.params["num_boost_round"]
+    assert _root_count(booster) == refit["rows"] == meta.rows("train") + meta.rows("validation")
+    parent = Registry().client.get_run(outcome.run_id).data
+    assert parent.params["refit"] == "True" and parent.params["refit_rounds"] == str(rounds)
+    assert parent.params["refit_rounds_scale"] == "1.5" and parent.params["selection_scheme"] == "cv"
+    assert parent.params["selection_best_iteration"] == str(v["best_iteration"])
+    assert parent.metrics["selection_score"] == pytest.approx(v["score"]) == parent.metrics["selection_auc"]
+    assert f"{rounds} rounds = best iteration {v['best_iteration']} × 1.5" in outcome.card_path.read_text()
+
+    # train.refit false: the model fitted on train alone, early-stopped on validation (the old behaviour).
+    old, _ = run_pipeline(load_config(None, [*base, "train.refit=false"],
+                                      {"data.source": str(data), "data.label": "label"}), tune=False)
+    booster = _registered_booster(old.version)
+    assert _root_count(booster) == meta.rows("train")
+    assert booster.num_trees() == old.params["num_boost_round"] < 200
+    parent = Registry().client.get_run(old.run_id).data
+    assert parent.params["refit"] == "False" and "refit_rounds" not in parent.params
+    assert "No refit" in old.card_path.read_text()
 
 
 def test_breast_cancer_with_cross_validation(tmp_path, home):

@@ -56,3 +56,19 @@ def test_two_workers_train_one_data_parallel_model_on_all_rows(meta, tmp_path):
     assert root_count == rows
     plain = train_in_process(meta, TC)
     assert abs(_test_auc(meta, run.booster) - _test_auc(meta, plain.booster)) < 0.005
+
+
+def test_a_refit_on_ray_train_trains_on_train_and_validation_for_fixed_rounds(meta):
+    from raygbm.training.fit import Candidate, final_model
+    from raygbm.training.select import Scheme
+
+    # A selection whose best iteration was 20, refit with scale 1.2 by two data-parallel workers.
+    train = TrainConfig(num_boost_round=500, early_stopping_rounds=5, report_every=10, checkpoint_every=10,
+                        refit_rounds_scale=1.2)
+    selected = Candidate(train, meta, Scheme(None, 0, "holdout", 0), score=0.8, best_iteration=20)
+    trained = final_model(selected, ResourcesConfig(num_workers=2))
+    assert trained.refit["rounds"] == 24 and trained.refit["selection_best_iteration"] == 20
+    booster = trained.result.booster
+    assert booster.num_trees() == 24  # no early stopping: there is no holdout left to stop on
+    root_count = booster.dump_model()["tree_info"][0]["tree_structure"]["internal_count"]
+    assert root_count == trained.refit["rows"] == meta.rows("train") + meta.rows("validation")

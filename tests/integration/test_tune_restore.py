@@ -53,7 +53,7 @@ def test_killed_tuning_driver_is_restored(tmp_path, home):
 
     data = make_shards(tmp_path / "data", rows=60_000, shards=2, seed=5)
     sets = ["data.drop=[id]", "tune.trials=10", "train.num_boost_round=300", "train.report_every=10",
-            "train.early_stopping_rounds=300", "tune.asha=false"]
+            "train.early_stopping_rounds=300", "tune.asha=false", "tune.cv_folds=null"]
     args = [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAYGBM_HOME": str(home),
            "TUNE_GLOBAL_CHECKPOINT_S": "1"}

@@ -116,14 +116,17 @@ class Evaluation:
 
 
 def evaluate_model(booster: lgb.Booster, test: pa.Table, validation: pa.Table, label: str, task: str,
-                   num_classes: int | None, gate: str, permutation_rows: int) -> tuple[Evaluation, dict[str, np.ndarray]]:
-    """Test metrics (threshold from validation) and importances; also returns arrays for the plots."""
+                   num_classes: int | None, gate: str, permutation_rows: int,
+                   heldout: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Evaluation, dict[str, np.ndarray]]:
+    """Test metrics and importances; also returns arrays for the plots. The binary threshold is chosen on
+    ``heldout`` (labels and out-of-sample scores: a refit trained on validation, so the selection's
+    holdout or out-of-fold scores stand in), else on the model's validation scores."""
     y_test = np.asarray(test.column(label))
     p_test = predict_scores(booster, features_matrix(booster, test))
     threshold = 0.5
     if task == "binary":
-        threshold = choose_threshold(np.asarray(validation.column(label)),
-                                     predict_scores(booster, features_matrix(booster, validation)))
+        threshold = choose_threshold(*heldout) if heldout is not None else choose_threshold(
+            np.asarray(validation.column(label)), predict_scores(booster, features_matrix(booster, validation)))
     metrics = task_metrics(task, y_test, p_test, threshold, num_classes)
     metrics["test_rows"] = int(test.num_rows)
     importance = {
@@ -201,13 +204,38 @@ def save_plots(out: Path, ev: Evaluation, arrays: dict[str, np.ndarray], tuning:
 # ------------------------------------------------------------------------------------------ model card
 
 
+def _selection_lines(validation: dict[str, Any] | None, refit: dict[str, Any] | None,
+                     comparison: dict[str, Any] | None) -> list[str]:
+    """The card's "Selection and refit" section."""
+    lines = ["", "## Selection and refit", ""]
+    if validation:
+        how = f"{validation['folds']}-fold CV on train + validation" if validation["scheme"] == "cv" else "holdout (validation split)"
+        spread = f" ± {validation['score_std']:.4g} over the folds" if "score_std" in validation else ""
+        lines.append(f"- Scored by {how} ({validation['reason']}): {validation['metric']} "
+                     f"{validation['score']:.6g}{spread}" if validation.get("score") is not None else f"- Scored by {how}")
+        folds = validation.get("fold_best_iterations")
+        lines.append(f"- Best iteration: {validation['best_iteration']}"
+                     + (f" (rounded mean of the folds' {', '.join(map(str, folds))})" if folds else ""))
+    if comparison and comparison.get("tuned_score") is not None and comparison.get("defaults_score") is not None:
+        lines.append(f"- Against LightGBM's defaults by the same scheme: tuned {comparison['tuned_score']:.6g}, "
+                     f"defaults {comparison['defaults_score']:.6g}; kept **{comparison['kept']}**")
+    if refit:
+        lines.append(f"- Refit on {' + '.join(refit['splits'])} ({refit['rows']:,} rows): {refit['rounds']} rounds = "
+                     f"best iteration {refit['selection_best_iteration']} × {refit['rounds_scale']:g}; the test split "
+                     "was not used")
+    else:
+        lines.append("- No refit: the registered model is the one fitted on train and early-stopped on validation")
+    return lines
+
+
 def model_card(*, name: str, version: str | None, ev: Evaluation, params: dict[str, Any], best_iteration: int,
                data_report: dict[str, Any], tuning: dict[str, Any] | None, gate: dict[str, Any] | None,
-               plots: list[str], selection: dict[str, Any] | None, comparison: dict[str, Any] | None = None) -> str:
+               plots: list[str], selection: dict[str, Any] | None, comparison: dict[str, Any] | None = None,
+               validation: dict[str, Any] | None = None, refit: dict[str, Any] | None = None) -> str:
     """Markdown model card tying the data report, the parameters and the metrics together."""
     lines = [f"# Model card: {name}" + (f" v{version}" if version else ""), ""]
     lines += [f"- Task: **{ev.task}**; gate metric: **{ev.gate_metric}**",
-              f"- Boosting rounds: {best_iteration}"]
+              f"- Boosting rounds: {best_iteration}" + (" (refit on train + validation)" if refit else "")]
     if gate:
         lines.append(f"- Champion decision: **{gate.get('decision')}**: {gate.get('reason')}")
     lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
@@ -227,9 +255,8 @@ def model_card(*, name: str, version: str | None, ev: Evaluation, params: dict[s
         lines += ["", "## Tuning", "",
                   f"- {len(tuning['trials'])} trials ({tuning['trial_mode']}), best validation {tuning['metric']} "
                   f"{tuning['best_score']:.6g}; {sum(t['status'] == 'stopped early' for t in tuning['trials'])} stopped early by ASHA"]
-    if comparison and comparison.get("tuned_validation") is not None and comparison.get("defaults_validation") is not None:
-        lines.append(f"- Against LightGBM's defaults on validation: tuned {comparison['tuned_validation']:.6g}, defaults "
-                     f"{comparison['defaults_validation']:.6g}; kept **{comparison['kept']}**")
+    if validation or refit or comparison:
+        lines += _selection_lines(validation, refit, comparison)
     if selection:
         lines += ["", "## Feature selection", "", f"- Dropped (gain share < {selection['min_gain_share']}): "
                   + (", ".join(selection["dropped"]) or "none")]

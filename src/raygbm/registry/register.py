@@ -70,6 +70,9 @@ def write_report(report_dir: Path, ev: Evaluation, arrays: dict[str, Any], data_
         (report_dir / "selection.json").write_text(json.dumps(trained.selection, indent=1))
     if trained.comparison:
         (report_dir / "defaults_comparison.json").write_text(json.dumps(trained.comparison, indent=1))
+    if trained.validation or trained.refit:
+        (report_dir / "model_selection.json").write_text(
+            json.dumps({"validation": trained.validation, "refit": trained.refit}, indent=1))
     return plots
 
 
@@ -80,7 +83,8 @@ def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str
                          best_iteration=trained.result.best_iteration, data_report=data_report,
                          tuning=tuning.to_dict() if tuning else None,
                          gate={"decision": gate.decision, "reason": gate.reason},
-                         plots=plots, selection=trained.selection, comparison=trained.comparison)
+                         plots=plots, selection=trained.selection, comparison=trained.comparison,
+                         validation=trained.validation, refit=trained.refit)
     (report_dir / CARD_FILE).write_text(card_md)
     (report_dir / "model_card.html").write_text(card_html(card_md))
     return report_dir / CARD_FILE
@@ -101,8 +105,27 @@ def log_training_run(registry: Registry, meta: RunMeta, trained: Trained, ev: Ev
         log_trials(registry, parent, tuning)
     if trained.comparison:
         registry.log(parent, params={"kept": trained.comparison["kept"]},
-                     metrics={f"valid_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
+                     metrics={f"selection_{k}": v for k, v in trained.comparison.items() if isinstance(v, float)})
+    registry.log(parent, **selection_log(trained))
     return parent
+
+
+def selection_log(trained: Trained) -> dict[str, dict[str, Any]]:
+    """The parent run's params and metrics for the selection (scheme, score, best iteration) and the refit."""
+    params: dict[str, Any] = {"refit": trained.refit is not None}
+    metrics: dict[str, float] = {}
+    v = trained.validation
+    if v:
+        params.update(selection_scheme=v["scheme"], selection_folds=v["folds"] or 0,
+                      selection_best_iteration=v["best_iteration"])
+        if v.get("score") is not None:
+            metrics[f"selection_{v['metric']}"] = metrics["selection_score"] = float(v["score"])
+        if "score_std" in v:
+            metrics["selection_score_std"] = float(v["score_std"])
+    if trained.refit:
+        params.update(refit_rounds=trained.refit["rounds"], refit_rounds_scale=trained.refit["rounds_scale"],
+                      refit_rows=trained.refit["rows"])
+    return {"params": params, "metrics": metrics}
 
 
 def log_trials(registry: Registry, parent: str, tuning: TuneResult) -> None:
@@ -150,7 +173,7 @@ def evaluate_and_register(
     metric = gate_metric(meta.task, registry_cfg.metric)
     progress("evaluating on the test split")
     ev, arrays = evaluate_model(booster, trained.meta.split("test"), trained.meta.split("validation"), meta.label,
-                                meta.task, meta.num_classes, metric, evaluate.permutation_rows)
+                                meta.task, meta.num_classes, metric, evaluate.permutation_rows, trained.heldout)
     if metric not in ev.metrics:
         raise DataError(f"registry.metric {metric!r} is not a {meta.task} metric (have: {', '.join(ev.metrics)})")
     registry = Registry(registry_cfg)

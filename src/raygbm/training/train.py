@@ -52,18 +52,32 @@ def lgb_params(train: TrainConfig, task: str, num_classes: int | None, num_threa
     }
 
 
-def lgb_dataset(table: pa.Table, label: str, categorical: list[str], reference: lgb.Dataset | None = None) -> lgb.Dataset:
-    """LightGBM 4 takes Arrow directly (pandas 3's Arrow-backed dtypes it would reject)."""
+def lgb_dataset(table: pa.Table, label: str, categorical: list[str], reference: lgb.Dataset | None = None,
+                params: dict[str, Any] | None = None) -> lgb.Dataset:
+    """LightGBM 4 takes Arrow directly (pandas 3's Arrow-backed dtypes it would reject). ``params``: the
+    binning parameters (max_bin, ...) for a dataset constructed before training sees them."""
     y = table.column(label)
     return lgb.Dataset(
-        table.drop_columns([label]), label=y, categorical_feature=categorical, reference=reference, free_raw_data=True
+        table.drop_columns([label]), label=y, categorical_feature=categorical, reference=reference, free_raw_data=True,
+        params=params,
     )
 
 
-def lgb_datasets(train: pa.Table, valid: pa.Table, label: str, categorical: list[str]) -> tuple[lgb.Dataset, lgb.Dataset]:
-    """Training and validation sets; validation is binned with the training set's bins."""
+def lgb_datasets(train: pa.Table, valid: pa.Table | None, label: str,
+                 categorical: list[str]) -> tuple[lgb.Dataset, lgb.Dataset | None]:
+    """Training and validation sets; validation is binned with the training set's bins (none: a refit)."""
     dtrain = lgb_dataset(train, label, categorical)
-    return dtrain, lgb_dataset(valid, label, categorical, reference=dtrain)
+    return dtrain, lgb_dataset(valid, label, categorical, reference=dtrain) if valid is not None else None
+
+
+def trial_mode(train_rows: int, resources: ResourcesConfig) -> str:
+    """Training (a trial or a fit) in one process unless the data is too big for one worker or more
+    workers were asked for: ``"in_process"`` or ``"ray_train"``."""
+    if resources.trial_mode != "auto":
+        return resources.trial_mode
+    if resources.num_workers > 1 or train_rows > resources.in_process_max_rows:
+        return "ray_train"
+    return "in_process"
 
 
 @dataclass
@@ -95,6 +109,10 @@ class RunMeta:
     def rows(self, name: str) -> int:
         """A split's row count, from the Parquet footers."""
         return sum(pq.ParquetFile(p).metadata.num_rows for p in (self.run_dir / name).glob("*.parquet"))
+
+    def splits(self, names: tuple[str, ...]) -> pa.Table:
+        """Several splits' rows as one table (train + validation for the refit)."""
+        return pa.concat_tables([self.split(n) for n in names])
 
     def with_features(self, keep: list[str]) -> "RunMeta":
         kept = [f for f in self.features if f in set(keep)]
@@ -154,22 +172,23 @@ def metrics_of(results: list[tuple]) -> dict[str, float]:
 def boost(
     params: dict[str, Any],
     dtrain: lgb.Dataset,
-    dvalid: lgb.Dataset,
+    dvalid: lgb.Dataset | None,
     train: TrainConfig,
     callbacks: list[Callable] = (),  # type: ignore[assignment]
     init_model: lgb.Booster | None = None,
 ) -> lgb.Booster:
-    """``lgb.train`` with early stopping on the validation split (the shared core of every path)."""
+    """``lgb.train`` with early stopping on the validation split (the shared core of every path); without
+    ``dvalid`` (a refit) exactly ``train.num_boost_round`` rounds."""
     start = init_model.current_iteration() if init_model is not None else 0
     cbs = list(callbacks)
-    if train.early_stopping_rounds:
+    if train.early_stopping_rounds and dvalid is not None:
         cbs.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
     return lgb.train(
         params,
         dtrain,
         num_boost_round=max(train.num_boost_round - start, 0),
-        valid_sets=[dvalid],
-        valid_names=["validation"],
+        valid_sets=[dvalid] if dvalid is not None else None,
+        valid_names=["validation"] if dvalid is not None else None,
         init_model=init_model,
         keep_training_booster=False,
         callbacks=cbs,
@@ -217,7 +236,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train = TrainConfig.model_validate(config["train"])
     label, categorical = config["label"], config["categorical"]
     t_start = time.time()
-    tr, va = _shard_table("train"), _shard_table("validation")
+    tr = _shard_table(f"train_{rank}" if world > 1 else "train")
+    va = _shard_table("validation") if config["holdout"] else None
     t_data = time.time()
     dtrain, dvalid = lgb_datasets(tr, va, label, categorical)
     params = lgb_params(train, config["task"], config["num_classes"], config["num_threads"])
@@ -336,8 +356,9 @@ def _read_part(path: str, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
-def _split_dataset(split_dir: Path, columns: list[str]) -> Any:
-    """A split as a materialised Ray Dataset, one block per part file, read by plain Ray tasks.
+def _split_dataset(split_dirs: list[Path], columns: list[str]) -> Any:
+    """Splits (one, or train + validation for a refit) as one materialised Ray Dataset, one block per
+    part file, read by plain Ray tasks.
 
     Not ``read_parquet(...).materialize()``: that plans the read, fetches metadata and starts Ray
     Data's streaming executor, a fixed cost larger than reading these few files; a plain task per file
@@ -347,11 +368,25 @@ def _split_dataset(split_dir: Path, columns: list[str]) -> Any:
     import ray
     import ray.data
 
-    files = sorted(str(p) for p in split_dir.glob("*.parquet"))
+    files = [str(p) for d in split_dirs for p in sorted(d.glob("*.parquet"))]
     if not files:
-        raise DataError(f"{split_dir}: no Parquet parts (an empty split?)")
+        raise DataError(f"{', '.join(map(str, split_dirs))}: no Parquet parts (an empty split?)")
     read = ray.remote(num_cpus=1)(_read_part)
     return ray.data.from_arrow_refs([read.remote(f, columns) for f in files])
+
+
+def _worker_shards(train: Any, workers: int) -> dict[str, Any]:
+    """The training rows as ``train`` (one worker) or ``train_0`` … ``train_<n-1>`` (one per worker).
+
+    Ray Train's own split (``streaming_split(equal=True)``) drops up to workers − 1 rows to make the
+    shards equal, and starts a coordinator actor; cutting the materialised dataset at row indices keeps
+    every row, and the shards differ by at most one row.
+    """
+    if workers == 1:
+        return {"train": train}
+    n = train.count()
+    shards = train.split_at_indices([n * i // workers for i in range(1, workers)])
+    return {f"train_{i}": shard for i, shard in enumerate(shards)}
 
 
 def train_with_ray(
@@ -362,11 +397,14 @@ def train_with_ray(
     name: str,
     fail_at_iteration: int | None = None,
     callbacks: list[Any] | None = None,
+    fit_on: tuple[str, ...] = ("train",),
+    holdout: str | None = "validation",
 ) -> TrainResult:
     """One training run as a Ray Train LightGBMTrainer over ``resources.num_workers`` workers.
 
     ``callbacks`` are Ray Train user callbacks: inside a Tune trial, ``TuneReportCallback`` forwards the
-    workers' every-K-rounds reports to Tune (and so to ASHA).
+    workers' every-K-rounds reports to Tune (and so to ASHA). The model trains on the ``fit_on`` splits,
+    early-stopped on ``holdout``; a refit passes ``("train", "validation")`` and no holdout.
     """
     import ray.data
     import ray.train
@@ -381,7 +419,9 @@ def train_with_ray(
     # Materialise before the trainer takes the CPUs: on a small cluster, N workers holding every CPU
     # would otherwise starve Ray Data's lazy read tasks and hang.
     columns = [*meta.features, meta.label]
-    datasets = {s: _split_dataset(meta.run_dir / s, columns) for s in ("train", "validation")}
+    datasets = _worker_shards(_split_dataset([meta.run_dir / s for s in fit_on], columns), resources.num_workers)
+    if holdout:
+        datasets["validation"] = _split_dataset([meta.run_dir / holdout], columns)
     trainer = LightGBMTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -392,14 +432,14 @@ def train_with_ray(
             "num_classes": meta.num_classes,
             "num_threads": resources.cpus_per_worker,
             "fail_at_iteration": fail_at_iteration,
+            "holdout": bool(holdout),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
-        # Every worker evaluates the whole validation split, so early stopping agrees across workers.
-        # One worker reads train whole too: a streaming split would start a coordinator actor (a new
-        # process) to hand out blocks to a single consumer.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if resources.num_workers > 1 else []),
+        # Nothing is split by Ray Train: every worker evaluates the whole validation split (so early
+        # stopping agrees across workers) and reads its own train_<rank> shard (_worker_shards).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),

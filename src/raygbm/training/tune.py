@@ -35,6 +35,7 @@ from raygbm.errors import ConfigError
 from raygbm.paths import home, write_text_atomic
 from raygbm.progress import Progress, no_progress
 from raygbm.training.direction import best, tune_mode
+from raygbm.training.select import validation_scheme
 from raygbm.training.train import (
     ReportEveryK,
     RunMeta,
@@ -45,6 +46,7 @@ from raygbm.training.train import (
     lgb_params,
     metric_name,
     train_with_ray,
+    trial_mode,
 )
 
 BEST_FILE = "best.json"
@@ -83,15 +85,6 @@ def has_grid(space: dict[str, dict[str, list[Any]]]) -> bool:
     return any("grid" in spec for spec in space.values())
 
 
-def trial_mode(train_rows: int, resources: ResourcesConfig) -> str:
-    """In-process trials unless the data is too big for one worker or more workers were asked for."""
-    if resources.trial_mode != "auto":
-        return resources.trial_mode
-    if resources.num_workers > 1 or train_rows > resources.in_process_max_rows:
-        return "ray_train"
-    return "in_process"
-
-
 @dataclass
 class TrialSetup:
     """What every trial needs besides its sampled params (shipped once via ``tune.with_parameters``)."""
@@ -112,10 +105,10 @@ class TrialSetup:
 
     @classmethod
     def of(cls, meta: RunMeta, train: TrainConfig, tune_cfg: TuneConfig, resources: ResourcesConfig, trial_mode: str,
-           storage: Path) -> "TrialSetup":
+           storage: Path, cv_folds: int | None) -> "TrialSetup":
         return cls(run_dir=str(meta.run_dir), features=meta.features, categorical=meta.categorical, label=meta.label,
                    task=meta.task, num_classes=meta.num_classes, train=train.model_dump(mode="json"),
-                   resources=resources.model_dump(mode="json"), trial_mode=trial_mode, cv_folds=tune_cfg.cv_folds,
+                   resources=resources.model_dump(mode="json"), trial_mode=trial_mode, cv_folds=cv_folds,
                    cv_seed=tune_cfg.seed, sample_rows=tune_cfg.sample_rows, storage=str(storage))
 
     def meta(self) -> RunMeta:
@@ -219,6 +212,7 @@ class TuneResult:
     restored: bool = False
     fit_s: float = 0.0  # Tuner.fit() alone
     concurrency: int = 1
+    cv_folds: int | None = None  # the trials' scheme: k-fold CV on train + validation, or None: the holdout
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -249,7 +243,7 @@ class TrialPlan:
 def plan_trials(train_rows: int, tune_cfg: TuneConfig, resources: ResourcesConfig, cluster_cpus: int) -> TrialPlan:
     """The kind of trial for the (sampled) data size, its resource request, and how many fit at once."""
     kind = trial_mode(min(train_rows, tune_cfg.sample_rows or train_rows), resources)
-    if kind == "ray_train" and tune_cfg.cv_folds:
+    if kind == "ray_train" and tune_cfg.cv_folds not in ("auto", None, 0):
         raise ConfigError("tune.cv_folds needs in-process trials (resources.trial_mode: in_process): "
                           "k-fold CV is meant for data small enough to fit one worker")
     if kind == "in_process":
@@ -278,7 +272,7 @@ def _search_algorithm(tune_cfg: TuneConfig) -> Any:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed,
-                                                               n_startup_trials=min(8, tune_cfg.trials)))
+                                                               n_startup_trials=min(8, tune_cfg.trials or 8)))
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=tune_cfg.seed)
@@ -305,8 +299,10 @@ def _open_tuner(trainable: Any, path: Path, train: TrainConfig, tune_cfg: TuneCo
         trainable,
         param_space=search_space(tune_cfg.space),
         tune_config=tune.TuneConfig(
-            metric="score", mode=mode, num_samples=tune_cfg.trials, search_alg=_search_algorithm(tune_cfg),
-            scheduler=scheduler, max_concurrent_trials=plan.concurrency, reuse_actors=plan.trial_mode == "in_process",
+            # num_samples -1: sample until the time budget ends the search.
+            metric="score", mode=mode, num_samples=tune_cfg.trials or -1, time_budget_s=tune_cfg.time_budget_s,
+            search_alg=_search_algorithm(tune_cfg), scheduler=scheduler, max_concurrent_trials=plan.concurrency,
+            reuse_actors=plan.trial_mode == "in_process",
         ),
         run_config=tune.RunConfig(
             name=path.name, storage_path=str(path.parent), verbose=0,
@@ -380,16 +376,21 @@ def tune_search(
     metric = metric_name(meta.task, train.metric)
     mode = tune_mode(metric)
     plan = plan_trials(meta.rows("train"), tune_cfg, resources, int(ray.cluster_resources().get("CPU", 1)))
-    setup = TrialSetup.of(meta, train, tune_cfg, resources, plan.trial_mode, path)
+    scheme = validation_scheme(meta, tune_cfg, resources)
+    setup = TrialSetup.of(meta, train, tune_cfg, resources, plan.trial_mode, path, scheme.folds)
     trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), plan.resources)
     tuner, restored = _open_tuner(trainable, path, train, tune_cfg, mode, plan, force, progress)
-    progress(f"tuning: {tune_cfg.trials} trials, {plan.trial_mode.replace('_', '-')}, {plan.concurrency} at a time")
+    budget = " ".join(filter(None, [f"{tune_cfg.trials} trials" if tune_cfg.trials else "",
+                                    f"{tune_cfg.time_budget_s:g} s" if tune_cfg.time_budget_s else ""]))
+    progress(f"tuning: {budget}, {plan.trial_mode.replace('_', '-')}, {plan.concurrency} at a time, "
+             f"scored by {scheme.describe()}")
     grid, fit_s = _fit(tuner)
     trials = [trial_record(r, train, metric) for r in grid]
     top = _best_trial(trials, grid, metric)
     result = TuneResult(name=path.name, path=path, best_params=top["params"], best_score=top["score"], metric=metric,
                         mode=mode, trials=trials, wall_s=time.perf_counter() - t0,
-                        trial_mode=plan.trial_mode, restored=restored, fit_s=fit_s, concurrency=plan.concurrency)
+                        trial_mode=plan.trial_mode, restored=restored, fit_s=fit_s, concurrency=plan.concurrency,
+                        cv_folds=scheme.folds)
     write_text_atomic(path / BEST_FILE, json.dumps(result.to_dict(), indent=1, default=str))
     return result
 
