@@ -67,9 +67,13 @@ def plain_server(bundle_dir: str, port: int) -> None:
     async def predict(request: Request) -> JSONResponse:
         import pyarrow as pa
 
-        records = json.loads(await request.body())
-        table = pa.Table.from_pylist(records if isinstance(records, list) else [records])
-        return JSONResponse({"scores": np.asarray(bundle.scores(bundle.features(table))).tolist()})
+        try:
+            records = json.loads(await request.body())
+            table = pa.Table.from_pylist(records if isinstance(records, list) else [records])
+            scores = bundle.scores(bundle.features(table))
+        except Exception:
+            return JSONResponse({"error": "bad records"}, status_code=400)
+        return JSONResponse({"scores": np.asarray(scores).tolist()})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -97,6 +101,7 @@ def bodies(raw: Any, fields: list[str], rows: int, max_rows: int) -> list[tuple[
 
 
 def send(url: str, path: str, body: bytes, kind: str) -> int:
+    """The answer's status; 0 when the server closed the connection instead."""
     req = urllib.request.Request(url + path, data=body, method="POST", headers={"content-type": kind})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -105,6 +110,10 @@ def send(url: str, path: str, body: bytes, kind: str) -> int:
     except urllib.error.HTTPError as e:
         e.read()
         return e.code
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionError):
+            return 0
+        raise
 
 
 def drive(url: str, requests: list[tuple[str, bytes, str]], count: int) -> dict[int, int]:
