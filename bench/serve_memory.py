@@ -10,8 +10,8 @@ serve.max_rows, and a CSV header 100,000 columns wide (refused). Ends with:
     RESULT replica_rss_ratio=... proxy_rss_ratio=... plain_rss_ratio=... replica_warm_mb=... replica_after_mb=...
 """
 
-from __future__ import annotations
 
+# No ``from __future__ import annotations``: FastAPI reads the plain app's route annotations at runtime.
 import argparse
 import json
 import os
