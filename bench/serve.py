@@ -103,8 +103,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--monitor-rounds", type=int, default=3, help="off/on alternations for the monitor's cost")
     ap.add_argument("--monitor-set", action="append", default=[], metavar="KEY=VALUE",
                     help="monitor config overrides, e.g. log_sample_rate=0")
-    ap.add_argument("--ingress", choices=["proxy", "fast"], default="fast",
-                    help="fast: serve.fast_ingress (HAProxy + direct ingress); proxy: Serve's default proxy")
+    ap.add_argument("--ingress", choices=["proxy", "fast"], default="proxy",
+                    help="proxy: Serve's proxy (the default config); fast: serve.fast_ingress (HAProxy + direct "
+                    "ingress, opt-in)")
     return ap.parse_args()
 
 
