@@ -136,9 +136,11 @@ def measure(url: str, pids: dict[str, int], requests: list, count: int) -> dict[
 
 
 def serve_pids() -> dict[str, int]:
+    import ray
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                        limit=10_000)
     replica = next(a.pid for a in alive if "ModelServer" in a.class_name)
     proxy = next(a.pid for a in alive if a.class_name == "ProxyActor")
     return {"replica": replica, "proxy": proxy}
