@@ -36,7 +36,7 @@ def main() -> None:
     from raygbm.config import ResourcesConfig, TrainConfig, load_config
     from raygbm.data.generate import GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import LocalRunner, preprocess
-    from raygbm.training.train import RunMeta, train_in_process, train_with_ray
+    from raygbm.training.train import RunMeta, metric_name, train_in_process, train_with_ray
 
     work = Path(tempfile.mkdtemp(prefix="raygbm-bench-train-"))
     os.environ["RAYGBM_HOME"] = str(work / "home")
@@ -63,7 +63,7 @@ def main() -> None:
             loop = r.metrics["boost_s"]
             runs.append((total, loop))
             print(f"ray train ({attempt})    : loop {loop:6.2f}s  total {total:6.2f}s  setup {total - loop:6.2f}s  "
-                  f"validation auc {r.metrics.get('validation-auc', float('nan')):.4f} (plain {plain.metrics['validation-auc']:.4f})", flush=True)
+                  f"validation {metric_name('binary')} {r.metrics.get('score', float('nan')):.4f} (plain {plain.metrics['score']:.4f})", flush=True)
             print("  setup parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()), flush=True)
         total, loop = runs[-1]
         print(f"loop ratio (ray / plain): {loop / plain_loop:.3f}; fixed Ray setup per run {total - loop:.1f}s")

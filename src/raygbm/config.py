@@ -143,7 +143,9 @@ class TrainConfig(_Section):
     params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS))
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int | None = Field(50, ge=1, description="stop when validation has not improved")
-    metric: str | None = Field(None, description="LightGBM metric; default: auc / multi_logloss / rmse")
+    metric: str | None = Field(
+        None, description="LightGBM metric that early stopping, the search and the selection optimise; default: "
+        "binary_logloss / multi_logloss / rmse")
     report_every: int = Field(25, ge=1, description="rounds between reports to Ray Train / Tune")
     checkpoint_every: int = Field(50, ge=1, description="rounds between checkpoints (resume after a failure)")
     seed: int = 42

@@ -80,7 +80,7 @@ def test_folds_partition_the_rows_and_keep_class_balance():
 
 def test_cross_validation_stops_each_fold_on_its_own_rows(meta):
     table = meta.splits(REFIT_SPLITS)
-    train = TrainConfig(num_boost_round=300, early_stopping_rounds=10, params={"learning_rate": 0.3})
+    train = TrainConfig(num_boost_round=300, early_stopping_rounds=10, params={"learning_rate": 0.3}, metric="auc")
     cv = cross_validate(table, meta, train, folds=4, seed=1)
     assert len(cv.fold_scores) == len(cv.fold_best_iterations) == 4
     assert all(1 <= b < 300 for b in cv.fold_best_iterations)  # early stopping ended every fold
@@ -110,4 +110,4 @@ def test_refit_trains_exactly_the_rounds_on_train_and_validation(meta):
     holdout = TrainConfig(num_boost_round=400, early_stopping_rounds=5, params={"learning_rate": 0.5})
     text, metrics, best, _ = fit_rows(meta, holdout.model_dump(mode="json"), 1, ("train",), "validation")
     booster = lgb.Booster(model_str=text)
-    assert _root_count(booster) == meta.rows("train") and best < 400 and "validation-auc" in metrics
+    assert _root_count(booster) == meta.rows("train") and best < 400 and "validation-binary_logloss" in metrics

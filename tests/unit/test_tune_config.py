@@ -121,3 +121,15 @@ def test_cross_validation_reports_are_named_cv_and_holdout_reports_by_dataset():
     lgb.train(params, lgb.Dataset(X, y), num_boost_round=2, valid_sets=[lgb.Dataset(X, y)], valid_names=["validation"],
               callbacks=[ReportEveryK(2, 10**9, lambda m, _model: reports.append(m))])
     assert set(reports[0]) == {"validation-auc", "score", "iteration"}
+
+
+def test_refit_settings_do_not_rename_the_search(tmp_path):
+    from pathlib import Path
+
+    from raygbm.training.train import RunMeta
+    from raygbm.training.tune import experiment_name
+
+    meta = RunMeta(Path(tmp_path), "y", "binary", 2, [], ["a"])
+    name = experiment_name(meta, TrainConfig(), TuneConfig(), ResourcesConfig())
+    assert experiment_name(meta, TrainConfig(refit=False, refit_rounds_scale=1.2), TuneConfig(), ResourcesConfig()) == name
+    assert experiment_name(meta, TrainConfig(num_boost_round=7), TuneConfig(), ResourcesConfig()) != name

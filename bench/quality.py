@@ -1,0 +1,315 @@
+"""Model quality: `raygbm run` with the default config against plain LightGBM, on the same rows, in one run.
+
+    python bench/quality.py [--quick] [--min-seeds 5] [--max-seeds 30] [--only breast_cancer,titanic] [--big-rows 120000]
+
+For each dataset, ours is ``run_pipeline`` (what ``raygbm run`` runs) with the default config, pointed at
+a fresh temporary RAYGBM_HOME; the only settings given are the ones a user must give (the label, an id
+column to drop, the time column of a time split). The baseline is plain ``LGBMClassifier()`` /
+``LGBMRegressor()`` fitted on every labelled non-test row (train + validation, as our split made them:
+the bench recomputes the split with ``raygbm.data.split`` and checks the test rows are the same), string
+columns as pandas categories, missing values left to LightGBM. Both are scored on the same test rows.
+
+Datasets: real ones that ship inside installed packages: scikit-learn's bundled breast_cancer (binary),
+diabetes (regression), digits (10 classes), and two full OpenML datasets scikit-learn ships as test
+fixtures, Titanic (binary, mixed types, missing values) and kr-vs-kp (binary, 36 categorical columns);
+plus `raygbm generate` data with a time split whose scoring period is shifted (the generator's drift from
+85% of the rows on: numeric means moved 1.5 standard deviations, a categorical's frequencies reversed),
+binary and regression. The small sets are repeated over split seeds; each dataset's delta is its mean
+over seeds, with its standard error. Seeds are added (from ``--min-seeds`` up to ``--max-seeds``) until
+the verdict against the tolerance cannot be noise: the mean ± 2 standard errors lies wholly above or wholly
+below -0.001 (so a dataset whose runs all land near the same delta stops early, and a noisy one such as
+breast_cancer, 85 test rows, keeps going).
+
+Delta, positive when raygbm is better: test AUC difference for classification (one-vs-rest macro AUC
+for multiclass), relative RMSE difference ``(plain − ours) / plain`` for regression. Ends with
+
+    RESULT worst_delta=<lowest dataset delta> mean_delta=<mean of the dataset deltas> datasets=<n> ...
+
+The goal: worst_delta >= -0.001 and mean_delta >= 0.0001. ``--quick``: 2 to 4 seeds, the binary
+generated set only, at 100k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    load: Callable[[int], pa.Table]  # rows (only the generated sets use it) → the raw table
+    label: str
+    sets: list[str] = field(default_factory=list)  # what a user would set: ids to drop, the time split
+    not_features: list[str] = field(default_factory=list)  # columns plain LightGBM is not given either
+    repeat: bool = True  # small: repeated over split seeds
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+def _sklearn_bundled(loader: str) -> Callable[[int], pa.Table]:
+    def load(_rows: int) -> pa.Table:
+        import sklearn.datasets
+
+        d = getattr(sklearn.datasets, loader)()
+        cols = {f"f{i}": d.data[:, i].astype(np.float64) for i in range(d.data.shape[1])}
+        target = d.target.astype(np.float64 if loader == "load_diabetes" else np.int64)
+        return pa.table({**cols, "target": target})
+
+    return load
+
+
+def _openml_fixture(dataset_id: int, columns: list[str] | None = None) -> Callable[[int], pa.Table]:
+    """A full OpenML dataset scikit-learn ships as a test fixture (ARFF, gzipped): every value as a string
+    column, '?' missing; numeric attributes as float64."""
+
+    def load(_rows: int) -> pa.Table:
+        import sklearn
+
+        folder = Path(sklearn.__file__).parent / "datasets" / "tests" / "data" / "openml" / f"id_{dataset_id}"
+        lines = gzip.open(next(folder.glob("data-*.arff.gz")), "rt").read().splitlines()
+        names, kinds, body = [], [], []
+        for i, line in enumerate(lines):
+            low = line.strip().lower()
+            if low.startswith("@attribute"):
+                name, kind = next(csv.reader([line.strip().split(None, 1)[1]], delimiter=" ", quotechar="'",
+                                             skipinitialspace=True))[:2]
+                names.append(name)
+                kinds.append(kind.lower())
+            elif low.startswith("@data"):
+                body = [x for x in lines[i + 1:] if x.strip() and not x.startswith("%")]
+                break
+        quote = '"' if any(x.startswith('"') or ',"' in x for x in body[:50]) else "'"
+        rows = list(csv.reader(body, quotechar=quote, escapechar="\\", skipinitialspace=True))
+        assert all(len(r) == len(names) for r in rows), f"openml {dataset_id}: ragged rows"
+        out: dict[str, pa.Array] = {}
+        for j, (name, kind) in enumerate(zip(names, kinds)):
+            if columns is not None and name not in columns:
+                continue
+            values = [None if r[j] == "?" else r[j] for r in rows]
+            numeric = kind in ("numeric", "real", "integer")
+            out[name] = pa.array([float(v) if v is not None else None for v in values] if numeric else values,
+                                 pa.float64() if numeric else pa.string())
+        return pa.table(out)
+
+    return load
+
+
+def _generated(task: str) -> Callable[[int], pa.Table]:
+    def load(rows: int) -> pa.Table:
+        from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
+
+        with tempfile.TemporaryDirectory() as d:
+            generate_dataset(d, GeneratorSpec(rows=rows, shards=1, seed=11, task=task,
+                                              drift=DriftSpec(start_row=int(rows * 0.85))))
+            return pq.read_table(d)
+
+    return load
+
+
+def datasets() -> list[DatasetSpec]:
+    # Titanic: the passenger's own attributes; boat and body record what happened (the label leaks).
+    titanic = ["pclass", "survived", "sex", "age", "sibsp", "parch", "fare", "embarked"]
+    gen = dict(sets=["data.drop=[id]", "split.time=event_time"], not_features=["id", "event_time"], repeat=False)
+    return [
+        DatasetSpec("breast_cancer", _sklearn_bundled("load_breast_cancer"), "target"),
+        DatasetSpec("diabetes", _sklearn_bundled("load_diabetes"), "target"),
+        DatasetSpec("digits", _sklearn_bundled("load_digits"), "target"),
+        DatasetSpec("titanic", _openml_fixture(40945, titanic), "survived"),
+        DatasetSpec("kr_vs_kp", _openml_fixture(3), "class"),
+        DatasetSpec("generated_binary_shift", _generated("binary"), "label", **gen),  # type: ignore[arg-type]
+        DatasetSpec("generated_regression_shift", _generated("regression"), "label", **gen),  # type: ignore[arg-type]
+    ]
+
+
+# ------------------------------------------------------------------------------------------ one run
+
+
+def test_mask(table: pa.Table, cfg: Any) -> np.ndarray:
+    """Which labelled rows our split puts in test (the same functions preprocess calls, all columns hashed)."""
+    from raygbm.data.split import TEST, assign_split, row_hash, time_cutoffs, time_values
+
+    cutoffs = time_cutoffs(time_values(table.column(cfg.split.time)), cfg.split) if cfg.split.time else None
+    return assign_split(table, cfg.split, row_hashes=row_hash(table, table.column_names), cutoffs=cutoffs) == TEST
+
+
+def metric(task: str, y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import mean_squared_error, roc_auc_score
+
+    if task == "binary":
+        return float(roc_auc_score(y, p))
+    if task == "multiclass":
+        return float(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    return float(np.sqrt(mean_squared_error(y, p)))
+
+
+def delta(task: str, ours: float, plain: float) -> float:
+    """Positive when ours is better."""
+    return (plain - ours) / plain if task == "regression" else ours - plain
+
+
+def plain_scores(table: pa.Table, spec: DatasetSpec, test: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
+    """Plain LGBMClassifier() / LGBMRegressor() on the non-test rows, scored on the test rows."""
+    import pandas as pd
+    from lightgbm import LGBMClassifier, LGBMRegressor
+
+    df = table.drop_columns([spec.label, *[c for c in spec.not_features if c in table.column_names]]).to_pandas()
+    for c in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            df[c] = df[c].astype("category")
+    model = (LGBMRegressor if task == "regression" else LGBMClassifier)(verbose=-1)
+    model.fit(df[~test], y[~test])
+    if task == "regression":
+        return model.predict(df[test])
+    proba = model.predict_proba(df[test])
+    return proba[:, 1] if task == "binary" else proba
+
+
+def run_once(spec: DatasetSpec, table: pa.Table, seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
+    """Our pipeline and the plain model on one split; both scored on the same test rows."""
+    from raygbm.config import load_config
+    from raygbm.pipeline import run_pipeline
+    from raygbm.registry.bundle import Bundle
+    from raygbm.registry.store import Registry, local_bundle
+
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    pq.write_table(table, data / "part-0.parquet")
+    home = work / f"home-{spec.name}-{seed}"  # never reused: MLflow caches a store per URI
+    os.environ["RAYGBM_HOME"] = str(home)
+    cfg = load_config(None, [f"split.seed={seed}", *spec.sets, *extra], {"data.source": str(data), "data.label": spec.label})
+    t = time.perf_counter()
+    outcome, tuning = run_pipeline(cfg)
+    ours_s = time.perf_counter() - t
+    ref, path = local_bundle(Registry(cfg.registry), outcome.version)
+    bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
+    task = bundle.task
+    labelled = table.filter(table.column(spec.label).is_valid())
+    test = test_mask(labelled, cfg)
+    assert int(test.sum()) == outcome.metrics["test_rows"], "the bench's test rows are not the pipeline's"
+    feats = bundle.features(labelled)  # every row's label encoded as the model encodes it
+    y = np.asarray(feats.column(spec.label))
+    ours = metric(task, y[test], bundle.scores(feats.filter(pa.array(test))))
+    if task == "binary":  # the same rows and model as the pipeline's own test evaluation
+        assert abs(ours - outcome.metrics["roc_auc"]) < 1e-9, (ours, outcome.metrics["roc_auc"])
+    t = time.perf_counter()
+    plain = metric(task, y[test], plain_scores(labelled, spec, test, y, task))
+    plain_s = time.perf_counter() - t
+    sel = outcome.report_dir / "model_selection.json"
+    import json
+
+    chosen = json.loads(sel.read_text()) if sel.exists() else {}
+    cmp_file = outcome.report_dir / "defaults_comparison.json"
+    comparison = json.loads(cmp_file.read_text()) if cmp_file.exists() else {}
+    kept = comparison.get("kept", "tuned")
+    shutil.rmtree(home, ignore_errors=True)
+    return {"task": task, "ours": ours, "plain": plain, "delta": delta(task, ours, plain), "ours_s": ours_s,
+            "plain_s": plain_s, "kept": kept, "scheme": (chosen.get("validation") or {}).get("scheme"),
+            "rounds": outcome.params.get("num_boost_round"), "rows": labelled.num_rows, "test_rows": int(test.sum()),
+            "tuned_score": comparison.get("tuned_score"), "defaults_score": comparison.get("defaults_score")}
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+TOLERANCE = 0.001  # worst_delta's goal is -TOLERANCE
+
+
+def settled(deltas: list[float], min_seeds: int, max_seeds: int) -> bool:
+    """Enough seeds: the mean ± 2 standard errors is wholly on one side of -TOLERANCE (or the cap is reached)."""
+    n = len(deltas)
+    if n < max(min_seeds, 2):
+        return False
+    if n >= max_seeds:
+        return True
+    mean, se = float(np.mean(deltas)), float(np.std(deltas, ddof=1) / math.sqrt(n))
+    return mean - 2 * se >= -TOLERANCE or mean + 2 * se < -TOLERANCE
+
+
+def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    d = np.array([r["delta"] for r in runs])
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"name": name, "task": runs[0]["task"], "rows": runs[0]["rows"], "seeds": len(runs),
+            "ours": float(np.mean([r["ours"] for r in runs])), "plain": float(np.mean([r["plain"] for r in runs])),
+            "delta": float(d.mean()), "se": se, "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+            "ours_s": float(np.mean([r["ours_s"] for r in runs])),
+            "defaults_kept": sum(r["kept"] != "tuned" for r in runs)}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("\n| dataset | task | rows | seeds | metric | raygbm | plain | delta (± s.e.) | wins/losses | defaults kept | raygbm s/run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = {"binary": "AUC", "multiclass": "AUC (ovr)", "regression": "RMSE"}[r["task"]]
+        se = f" ± {r['se']:.4f}" if not math.isnan(r["se"]) else ""
+        print(f"| {r['name']} | {r['task']} | {r['rows']:,} | {r['seeds']} | {m} | {r['ours']:.4f} | {r['plain']:.4f} | "
+              f"{r['delta']:+.4f}{se} | {r['wins']}/{r['losses']} | {r['defaults_kept']} | {r['ours_s']:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2-4 seeds, the binary generated set at 100k rows only")
+    ap.add_argument("--min-seeds", type=int, default=5, help="split seeds per small dataset, at least")
+    ap.add_argument("--max-seeds", type=int, default=30, help="split seeds per small dataset, at most")
+    ap.add_argument("--big-rows", type=int, default=120_000, help="rows of each generated dataset")
+    ap.add_argument("--only", default="", help="comma-separated dataset names")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="a config override for our runs, e.g. train.metric=binary_logloss (investigations; the goal "
+                    "is measured with the default config)")
+    args = ap.parse_args()
+    (min_seeds, max_seeds), big_rows = ((2, 4), 100_000) if args.quick else ((args.min_seeds, args.max_seeds), args.big_rows)
+    specs = [s for s in datasets() if not args.only or s.name in args.only.split(",")]
+    if args.quick and not args.only:
+        specs = [s for s in specs if s.name != "generated_regression_shift"]
+
+    from raygbm.config import ResourcesConfig
+    from raygbm.runtime import ensure_ray
+
+    ensure_ray(ResourcesConfig())
+    work = Path(tempfile.mkdtemp(prefix="raygbm-bench-quality-"))
+    t0 = time.perf_counter()
+    summary = []
+    try:
+        for spec in specs:
+            table = spec.load(big_rows)
+            runs: list[dict[str, Any]] = []
+            while not runs or spec.repeat and not settled([r["delta"] for r in runs], min_seeds, max_seeds):
+                seed = len(runs)
+                r = run_once(spec, table, seed, work, args.sets)
+                runs.append(r)
+                print(f"{spec.name:<28} seed {seed}: raygbm {r['ours']:.5f}  plain {r['plain']:.5f}  delta {r['delta']:+.5f}  "
+                      f"({r['scheme']}, tuned {r['tuned_score']} defaults {r['defaults_score']} kept {r['kept']}, "
+                      f"{r['rounds']} rounds, {r['ours_s']:.0f}s vs {r['plain_s']:.1f}s)",
+                      flush=True)
+            summary.append(summarise(spec.name, runs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(summary)
+    deltas = [s["delta"] for s in summary]
+    se_mean = math.sqrt(sum((s["se"] if not math.isnan(s["se"]) else 0.0) ** 2 for s in summary)) / len(summary)
+    print(f"\nRESULT worst_delta={min(deltas):.5f} mean_delta={float(np.mean(deltas)):.5f} datasets={len(summary)} "
+          f"mean_delta_se={se_mean:.5f} runs={sum(x['seeds'] for x in summary)} wall_s={time.perf_counter() - t0:.0f} "
+          f"worst={summary[int(np.argmin(deltas))]['name']}" + (f" set={','.join(args.sets)}" if args.sets else ""))
+
+
+if __name__ == "__main__":
+    main()
