@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def loopback_node() -> None:
     environment before ``ray`` is imported, and the processes Ray starts inherit it.
     """
     os.environ.setdefault(SINGLE_NODE_ENV, "0")
+    if "ray" in sys.modules:  # imported already (a library user, a test session): Ray read the variable then
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ[SINGLE_NODE_ENV].lower() in ("1", "true")
 
 
 # Serve calls the function this names in each process that starts an HTTP server, before starting it.

@@ -177,3 +177,22 @@ def test_table_bodies_are_bounded_in_width_before_parsing_and_never_echoed(schem
     with pytest.raises(RequestError) as err:
         read_table(b"sentinel", ARROW_STREAM, types, schema.max_columns)
     assert err.value.status == 400 and "sentinel" not in str(err.value)
+
+
+def test_damaged_arrow_buffers_and_undecodable_names_are_400_not_a_crash(schema):
+    """An Arrow stream whose string offsets point past its data (computing on it reads out of bounds: the
+    replica crashed) and a CSV header name that is not UTF-8 (the column names then raise) are bodies
+    the client got wrong: 400."""
+    import pyarrow as pa
+
+    from raygbm.serving.tables import ARROW_STREAM, CSV, read_table, write_table
+
+    types = schema.pre.schema.types
+    body = write_table(pa.table({"s": ["a", "b", "c"]}), ARROW_STREAM)
+    offsets = b"".join(i.to_bytes(4, "little") for i in range(4))
+    assert body.count(offsets) == 1
+    damaged = body.replace(offsets, offsets[:12] + (2**31 - 1).to_bytes(4, "little"))
+    for bad, kind in ((damaged, ARROW_STREAM), (b"num_0,\xdbAsentinel\n1,2\n", CSV)):
+        with pytest.raises(RequestError) as err:
+            read_table(bad, kind, types, schema.max_columns)
+        assert err.value.status == 400 and "sentinel" not in str(err.value)

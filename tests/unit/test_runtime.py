@@ -37,3 +37,19 @@ def test_code_version_changes_with_what_replicas_are_built_from_only():
     assert len({base, code_version(ServeConfig(max_rows=10), MonitorConfig(), None),
                 code_version(ServeConfig(), MonitorConfig(window_size=50), None),
                 code_version(ServeConfig(), MonitorConfig(), "ab" * 32)}) == 4
+
+
+def test_an_embedded_ray_is_a_loopback_node_even_when_ray_was_imported_first(monkeypatch):
+    """Ray reads its single-node switch when it is imported: ``loopback_node`` must also reach a Ray that a
+    library user (or a test session) imported before asking raygbm to start it."""
+    from ray._private import ray_constants, services
+
+    from raygbm.runtime import SINGLE_NODE_ENV, loopback_node
+
+    monkeypatch.delenv(SINGLE_NODE_ENV, raising=False)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    loopback_node()
+    assert services.get_node_ip_address() == "127.0.0.1"
+    monkeypatch.setenv(SINGLE_NODE_ENV, "1")  # the user's own choice wins
+    loopback_node()
+    assert ray_constants.ENABLE_RAY_CLUSTER is True

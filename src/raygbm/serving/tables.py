@@ -26,25 +26,37 @@ def read_table(body: bytes, kind: str, types: dict[str, str], max_columns: int) 
     checked first, from the Arrow schema message or the CSV header line, so a body with a huge number of
     columns is refused before anything is allocated per column."""
     try:
-        if kind == ARROW_STREAM:
-            with pa.ipc.open_stream(body) as reader:
-                _check_width(len(reader.schema), max_columns)
-                return reader.read_all()
-        import pyarrow.csv as pacsv
-
-        header = body[:body.find(b"\n")] if b"\n" in body else body
-        _check_width(header.count(b",") + 1, max_columns)
-        column_types = {}
-        for c, t in types.items():
-            try:
-                column_types[c] = pa.type_for_alias(t)
-            except ValueError:
-                pass  # e.g. timestamps with a zone: let the CSV reader infer them
-        return pacsv.read_csv(pa.BufferReader(body), convert_options=pacsv.ConvertOptions(column_types=column_types))
+        table = _read_arrow(body, max_columns) if kind == ARROW_STREAM else _read_csv(body, types, max_columns)
+        table.column_names  # noqa: B018  pyarrow decodes names lazily: a name that is not UTF-8 raises here
+        return table
     except (pa.ArrowException, OSError, ValueError, UnicodeError) as exc:
         if isinstance(exc, RequestError):
             raise
         raise RequestError(_why_unreadable(kind, exc), 400) from None
+
+
+def _read_arrow(body: bytes, max_columns: int) -> pa.Table:
+    with pa.ipc.open_stream(body) as reader:
+        _check_width(len(reader.schema), max_columns)
+        table = reader.read_all()
+    # The IPC reader trusts the body's buffer sizes and offsets: computing on a damaged stream can read
+    # out of bounds (a crash of the replica), so check every array before anything uses it.
+    table.validate(full=True)
+    return table
+
+
+def _read_csv(body: bytes, types: dict[str, str], max_columns: int) -> pa.Table:
+    import pyarrow.csv as pacsv
+
+    header = body[:body.find(b"\n")] if b"\n" in body else body
+    _check_width(header.count(b",") + 1, max_columns)
+    column_types = {}
+    for c, t in types.items():
+        try:
+            column_types[c] = pa.type_for_alias(t)
+        except ValueError:
+            pass  # e.g. timestamps with a zone: let the CSV reader infer them
+    return pacsv.read_csv(pa.BufferReader(body), convert_options=pacsv.ConvertOptions(column_types=column_types))
 
 
 def _check_width(columns: int, max_columns: int) -> None:
