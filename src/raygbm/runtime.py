@@ -27,13 +27,13 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
     ``serving.http_guard``); the dashboard stays on because Ray Train's placement-group cleanup polls
     its State API (ray-project/ray#54305).
     """
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
     if not os.environ.get("RAY_ADDRESS"):
         loopback_node()
         bounded_http_reads(serve or ServeConfig())
     import ray
 
-    if ray.is_initialized():
-        return
     enable_token_auth()
     resources = resources or ResourcesConfig()
     if os.environ.get("RAY_ADDRESS"):
@@ -59,8 +59,9 @@ def loopback_node() -> None:
     Ray binds its gRPC servers (GCS, raylet, every worker and actor), its agents and its metrics
     exporters on loopback only when the node's IP is 127.0.0.1; but on Linux it turns a local node's
     127.0.0.1 into the host's network address so that other nodes can join. An embedded Ray never has
-    other nodes, so take Ray's single-node mode unless the user set the variable. It must be in the
-    environment before ``ray`` is imported, and the processes Ray starts inherit it.
+    other nodes, so take Ray's single-node mode unless the user set the variable. Ray reads it when
+    ``ray`` is imported (a Ray imported earlier gets the same value set on its constant), and the
+    processes Ray starts inherit it.
     """
     os.environ.setdefault(SINGLE_NODE_ENV, "0")
     if "ray" in sys.modules:  # imported already (a library user, a test session): Ray read the variable then
