@@ -1,0 +1,1 @@
+"""The loop: label feedback, performance per window, triggered retraining, gated promotion, rollback."""

@@ -1,0 +1,91 @@
+"""Labelled traffic: served rows joined with the labels that arrived for them.
+
+This store is what the loop's parts share: feedback writes it, performance per window, retraining data,
+the promotion gate and rollback read it. Layout, under a root (the monitor's log folder by default)::
+
+    <root>/<model name>/labelled/part-<ms>-<seq>.parquet
+
+Each part is written under a hidden name and renamed into place, so a reader never sees half a part.
+Columns: the raw request fields (the training data's feature columns, as served), the label (named and
+typed as in the training data), and the ``META`` columns below. A prediction labelled twice appears in
+two parts; readers keep its latest ``_labelled_at`` (the last label wins).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+
+PREDICTION_ID = "_prediction_id"
+MODEL_VERSION = "_model_version"
+SERVED_AT = "_served_at"
+LABELLED_AT = "_labelled_at"
+SCORE = "_score"
+META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, LABELLED_AT, SCORE)
+META_TYPES = {PREDICTION_ID: pa.string(), MODEL_VERSION: pa.string(), SERVED_AT: pa.float64(),
+              LABELLED_AT: pa.float64(), SCORE: pa.float64()}
+"""``_served_at``/``_labelled_at``: epoch seconds; ``_score``: the positive class's probability (binary),
+the value (regression), null (multiclass)."""
+
+_seq = itertools.count()
+
+
+def labelled_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / name / "labelled"
+
+
+def write_labelled(root: str | Path, name: str, table: pa.Table) -> Path | None:
+    """Add labelled rows as one new part (none for an empty table). The META columns must be present."""
+    import pyarrow.parquet as pq
+
+    missing = [c for c in META if c not in table.column_names]
+    if missing:
+        raise ValueError(f"labelled rows lack the columns {missing}")
+    if table.num_rows == 0:
+        return None
+    for col, typ in META_TYPES.items():
+        table = table.set_column(table.schema.get_field_index(col), col, table.column(col).cast(typ))
+    folder = labelled_dir(root, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f"part-{int(time.time() * 1000):013d}-{os.getpid()}-{next(_seq):06d}.parquet"
+    tmp = part.with_name(f".{part.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(part)
+    return part
+
+
+def read_labelled(root: str | Path, name: str, *, since: float | None = None,
+                  versions: Iterable[str] | None = None) -> pa.Table | None:
+    """Every labelled row of ``name`` (served at or after ``since``, by the given model versions), each
+    prediction once with its latest label, in serving order; None when there is none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = sorted(labelled_dir(root, name).glob("part-*.parquet"))
+    if not parts:
+        return None
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+    if since is not None:
+        table = table.filter(pc.greater_equal(table[SERVED_AT], since))
+    if versions is not None:
+        table = table.filter(pc.is_in(table[MODEL_VERSION], value_set=pa.array(list(versions), pa.string())))
+    if table.num_rows == 0:
+        return None
+    # The last label wins: the row with the greatest _labelled_at per id (the later part on a tie).
+    order = pc.sort_indices(table, [(PREDICTION_ID, "ascending"), (LABELLED_AT, "descending")])
+    table = table.take(order)
+    ids = table[PREDICTION_ID].combine_chunks()
+    later = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    keep = pa.concat_arrays([pa.array([True]), later])
+    table = table.filter(keep)
+    return table.take(pc.sort_indices(table, [(SERVED_AT, "ascending")]))
+
+
+def training_rows(table: pa.Table) -> pa.Table:
+    """Labelled rows as training data: the raw fields and the label, without the META columns."""
+    return table.drop_columns([c for c in META if c in table.column_names])
