@@ -56,12 +56,13 @@ def share(kinds: dict[str, dict]) -> dict:
     """Replace every repeated object subtree larger than _MIN_SHARED with a $ref to one copy in $defs."""
     counts: dict[str, int] = {}
 
-    def count(node):
+    # Only schemas are shared: the value of ``properties`` is a map of names to schemas, not a schema.
+    def count(node, is_map=False):
         if isinstance(node, dict):
-            if len(json.dumps(node)) >= _MIN_SHARED:
+            if not is_map and len(json.dumps(node)) >= _MIN_SHARED:
                 counts[_key(node)] = counts.get(_key(node), 0) + 1
-            for v in node.values():
-                count(v)
+            for k, v in node.items():
+                count(v, is_map=not is_map and k == "properties")
         elif isinstance(node, list):
             for v in node:
                 count(v)
@@ -69,18 +70,19 @@ def share(kinds: dict[str, dict]) -> dict:
     count(kinds)
     defs: dict[str, dict] = {}
 
-    def rewrite(node, top=False):
+    def rewrite(node, top=False, is_map=False):
         if isinstance(node, list):
             return [rewrite(v) for v in node]
         if not isinstance(node, dict):
             return node
-        key = _key(node) if len(json.dumps(node)) >= _MIN_SHARED else None
+        inner = {k: (lambda v, k=k: rewrite(v, is_map=not is_map and k == "properties")) for k in node}
+        key = _key(node) if not is_map and len(json.dumps(node)) >= _MIN_SHARED else None
         if not top and key and counts.get(key, 0) > 1:
             if key not in defs:
                 defs[key] = {}  # placeholder first: a subtree never contains itself
-                defs[key] = {k: rewrite(v) for k, v in node.items()}
+                defs[key] = {k: inner[k](v) for k, v in node.items()}
             return {"$ref": f"#/$defs/{key}"}
-        return {k: rewrite(v) for k, v in node.items()}
+        return {k: inner[k](v) for k, v in node.items()}
 
     tops = {kind: rewrite(schema, top=True) for kind, schema in kinds.items()}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": {**defs, **tops}}
