@@ -96,8 +96,11 @@ def operator_rule_errors(doc: dict) -> list[str]:
     return errors
 
 
-def test_every_kind_is_shipped():
+def test_every_kind_is_shipped_under_its_own_name():
     assert sorted(doc["kind"] for _, doc in ray_manifests()) == ["RayCluster", "RayCronJob", "RayJob", "RayService"]
+    # A RayCluster and a RayService of one name would both create the Service <name>-head-svc.
+    names = [doc["metadata"]["name"] for _, doc in ray_manifests()]
+    assert len(set(names)) == len(names), names
 
 
 @pytest.mark.parametrize("name,doc", ray_manifests(), ids=lambda v: v if isinstance(v, str) else "")
