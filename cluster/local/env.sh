@@ -8,6 +8,9 @@ export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
 RAY_PORT=${RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 RAY_DASHBOARD_HOST=${RAY_DASHBOARD_HOST:-127.0.0.1}
+# Every Ray process's metrics (Ray's, Ray Serve's, raygbm's drift monitor's) in Prometheus format, on the
+# node's address (127.0.0.1 by default): cluster/metrics/prometheus.yml scrapes it.
+RAY_METRICS_EXPORT_PORT=${RAY_METRICS_EXPORT_PORT:-8080}
 # The head's servers (GCS, raylet, workers, agents, metrics) listen on the node's IP. On 127.0.0.1 (the
 # default) nothing is reachable from other machines; Ray keeps a local 127.0.0.1 only in its single-node
 # mode. Set RAY_NODE_IP_ADDRESS to this machine's address to let worker nodes join (README: Ray, ports).

@@ -1,10 +1,30 @@
-"""The files under cluster/ are valid for the tools that read them (no Ray started)."""
+"""The files under cluster/ are valid for the tools that read them (no Ray started, no cloud calls)."""
 
+import re
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# The pinned Ray and Python every cluster file must match.
+(RAY_VERSION,) = [re.split("==", d)[1] for d in PYPROJECT["project"]["dependencies"] if re.match(r"ray\[.*\]==", d)]
+PYTHON = re.fullmatch(r">=(3\.\d+),<3\.\d+", PYPROJECT["project"]["requires-python"]).group(1)
+# The one image for every node, job and replica (cluster/image/Dockerfile, pushed under this name).
+IMAGE = f"registry.example.com/raygbm:{PYPROJECT['project']['version']}"
+CLOUD = sorted((ROOT / "cluster" / "cloud").glob("*.yaml"))
+
+
+def image_base() -> str:
+    (base,) = re.findall(r"^FROM\s+(\S+)", (ROOT / "cluster" / "image" / "Dockerfile").read_text(), re.M)
+    return base
+
+
+def image_ray_version() -> str:
+    """The Ray of the image's base tag (rayproject/ray:<ray>-py<python>-cpu)."""
+    return re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py\d+-cpu", image_base()).group(1)
 
 
 def test_serve_config_is_a_valid_serve_deploy_file():
@@ -31,3 +51,45 @@ def test_cluster_files_name_no_hyperparameter():
         if path.is_file():
             text = path.read_text()
             assert not [w for w in words if w in text], path
+
+
+def test_image_is_the_ray_image_of_the_pinned_ray_and_python():
+    assert image_base() == f"rayproject/ray:{RAY_VERSION}-py{PYTHON.replace('.', '')}-cpu"
+    text = (ROOT / "cluster" / "image" / "Dockerfile").read_text()
+    assert f"ray.__version__ == '{RAY_VERSION}'" in text and f"sys.version_info[:2] == ({PYTHON.replace('.', ', ')})" in text
+    # Everything the image copies is let through .dockerignore (which refuses all else).
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    copied = {src.rstrip("/") for args in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)$", text, re.M) for src in args.split()[:-1]}
+    assert copied and copied <= allowed and all((ROOT / c).exists() for c in copied), (copied, allowed)
+
+
+@pytest.mark.parametrize("path", CLOUD, ids=lambda p: p.name)
+def test_ray_up_config_validates_with_the_installed_ray_schema(path):
+    """What `ray up` does before its first cloud call: fill the provider's defaults, then Ray's schema check."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(path.read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+    assert config["docker"]["image"] == IMAGE
+    head_type = config["available_node_types"][config["head_node_type"]]
+    workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    assert head_type["max_workers"] == 0 and workers and all(t["max_workers"] > t.get("min_workers", 0) for t in workers)
+    run_options = " ".join(config["docker"]["run_options"])
+    assert "--env RAY_AUTH_MODE=token" in run_options and "MLFLOW_TRACKING_URI=http" in run_options
+    (head,) = [c for c in config["head_start_ray_commands"] if "--head" in c]
+    assert "RAY_AUTH_MODE=token" in head and "--dashboard-host=127.0.0.1" in head and "--metrics-export-port=" in head
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+    # The token is copied from a file outside the repository, never written in the config.
+    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/raygbm-cluster.token"}
+    assert "chmod 600 ~/.ray/auth_token" in config["head_setup_commands"] + config["worker_setup_commands"]
+    assert not re.search(r"RAY_AUTH_TOKEN=|[0-9a-f]{32}", path.read_text())
+
+
+def test_ray_up_check_refuses_a_misspelt_field():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(CLOUD[0].read_text())
+    raw["idle_timeout_minute"] = raw.pop("idle_timeout_minutes")
+    with pytest.raises(Exception, match="idle_timeout_minute"):
+        validate_config(prepare_config(raw))
