@@ -67,8 +67,11 @@ def test_html_report_shows_windows_and_histograms(reference):
     X, s = _data(1000, 4, shift=2.0)
     core.observe(X, s)
     page = drift_report_html({"model_version": "3", **core.report()})
-    assert page.count("<svg") == 4 and "class='drift'>drift<" in page and "model v3" in page
-    assert drift_report_html({"windows": []}).count("<svg") == 1
+    # Prediction and three features: one trend and one histogram each, two trends for the categorical one.
+    assert page.count("<svg") == 9 and "class='drift'>drift<" in page and "model v3" in page
+    assert ">code 1<" in page and "Never missing" not in page  # no labels in this reference; no missing checks
+    empty = drift_report_html({"windows": []})
+    assert empty.count("<svg") == 2 and "no scored window" in empty and "none closed yet" in empty
 
 
 def test_time_windows_close_by_age_and_small_ones_are_not_scored(reference):
@@ -172,7 +175,7 @@ def _old_inputs():
     return np.column_stack([x, k]), scores, missing
 
 
-ADDED_KEYS = {"threshold_source", "thresholds"}  # keys added after these logs were written: only ever appended
+ADDED_KEYS = {"threshold_source", "thresholds", "js_threshold"}  # keys added after these logs were written: only ever appended
 
 
 def _same_shape(new, old):
