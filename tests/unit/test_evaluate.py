@@ -128,3 +128,23 @@ def test_card_html_renders_the_markdown_the_card_writes(tmp_path):
     assert 'src="data:image/png;base64,iVBORyBmYWtl"' in page  # base64 of the file's bytes
     assert 'src="../secret.png"' in page and 'src="plots/none.png"' in page  # outside the folder, absent: links
     assert card_html(md).count("data:image") == 0
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_shap_and_plots_for_the_other_tasks(task, tmp_path):
+    rng = np.random.default_rng(2)
+    n = 3000
+    x0, x1, cat = rng.normal(size=n), rng.normal(size=n), rng.integers(0, 4, n).astype(float)
+    y = np.digitize(x0 + 0.5 * cat, [0.0, 1.5]) if task == "multiclass" else 2 * x0 + cat + 0.1 * rng.normal(size=n)
+    t = pa.table({"x0": x0, "x1": x1, "cat": cat, "y": y})
+    params = {"objective": task, "verbosity": -1, "num_threads": 1, "seed": 1} | ({"num_class": 3} if task == "multiclass" else {})
+    booster = lgb.train(params, lgb.Dataset(np.column_stack([x0, x1, cat]), y, feature_name=["x0", "x1", "cat"],
+                                            categorical_feature=["cat"]), 30)
+    metric = "log_loss" if task == "multiclass" else "rmse"
+    ev, arrays = evaluate_model(booster, t, t, "y", task, 3 if task == "multiclass" else None, metric, 500, shap_rows=400)
+    assert arrays["shap"].shape == ((400, 3, 3) if task == "multiclass" else (400, 3))
+    assert list(arrays["categorical"]) == [False, False, True]
+    shap = ev.importance["shap"]
+    assert shap["x1"] < min(shap["x0"], shap["cat"])  # x1 carries no signal
+    plots = save_plots(tmp_path, ev, arrays, None)
+    assert "shap.png" in plots and ("confusion.png" if task == "multiclass" else "residuals.png") in plots

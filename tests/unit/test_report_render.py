@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightgbm as lgb
@@ -44,7 +45,7 @@ def _chromium() -> str | None:
     return found
 
 
-def screenshot(page: Path, png: Path, width: int, height: int) -> np.ndarray:
+def screenshot(page: Path, png: Path, width: int, height: int, keep: bool = True) -> np.ndarray:
     """``page`` rendered by headless Chromium into ``png`` (a fresh profile, nothing fetched from the network);
     returns its pixels (rows × columns × RGB, 0..1)."""
     import matplotlib.image
@@ -58,10 +59,10 @@ def screenshot(page: Path, png: Path, width: int, height: int) -> np.ndarray:
                         "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}",
                         f"--window-size={width},{height}", page.as_uri()],
                        check=True, capture_output=True, timeout=120)
-    keep = os.environ.get("RAYGBM_REPORT_SCREENSHOTS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(png, Path(keep) / png.name)
+    folder = os.environ.get("RAYGBM_REPORT_SCREENSHOTS")
+    if folder and keep:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(folder) / png.name)
     return matplotlib.image.imread(png)[:, :, :3]
 
 
@@ -186,7 +187,7 @@ def test_the_model_card_renders_as_html_with_its_plots_inline(parts, tmp_path):
         assert caption in page
     shap = ev.importance["shap"]
     assert max(shap, key=shap.get) in ("num_0", "num_1", "num_2", "num_3", "cat_0", "cat_1")  # a signal column leads
-    pixels = screenshot(tmp_path / "model_card.html", tmp_path / "model_card.png", 1100, 4600)
+    pixels = screenshot(tmp_path / "model_card.html", tmp_path / "model_card.png", 1100, 4000)
     assert_not_blank(pixels, 0.04)
 
 
@@ -206,15 +207,20 @@ def test_the_drift_report_shows_every_window_and_both_categorical_statistics(par
     assert not re.search(r">code \d+<", page)
     for w in windows:  # every kept window, with its time span
         assert f"<td class='num'>{w['index']}</td>" in page
-    assert "2026-02-" in page and " UTC" in page
+    for w in (windows[0], windows[-1]):
+        for ts in (w["first_ts"], w["last_ts"]):
+            assert f"<td class='t'>{datetime.fromtimestamp(ts, tz=timezone.utc):%Y-%m-%d %H:%M:%S}</td>" in page
     assert "JS distance" in page and "chi-square p-value" in page  # both, for each categorical feature
     cat0 = page.split("<b>cat_0</b>")[1].split("</div>")[0]
-    assert "JS distance" in cat0 and "chi-square p-value" in cat0 and cat0.count("<polyline") >= 4
+    # JS distance and its threshold, the p-value (calibrated: the JS distance alone decides, no p threshold)
+    assert "JS distance" in cat0 and "chi-square p-value" in cat0 and cat0.count("<polyline") == 3
     assert "<b>num_7</b>" in page.split("<h2>Missing values</h2>")[1] and "allowed band" in page
     assert "decision threshold 0.42" in page and "threshold 0.42" in page.split("<b>prediction")[1]
-    assert "realized" in page and "roc_auc" in page and "ALERT" in page
+    perf = windows[-1]["performance"]
+    assert f"<td class='num'>{perf['labelled_rows']}</td><td class='t'>roc_auc {perf['realized']['roc_auc']:.4g}<br>" in page
+    assert "<h2>Performance</h2>" in page and "ALERT" in page
     pixels = screenshot(tmp_path / "drift_report.html", tmp_path / "drift_report.png", 1400, 2600)
-    assert_not_blank(pixels, 0.10)
+    assert_not_blank(pixels, 0.04)
 
 
 def test_the_drift_report_reads_a_static_threshold_document_without_labels_or_performance(parts):
@@ -227,5 +233,14 @@ def test_the_drift_report_reads_a_static_threshold_document_without_labels_or_pe
     cat0 = page.split("<b>cat_0</b>")[1].split("</div>")[0]
     assert "drift when p &lt; its threshold and JS &gt; its threshold" in cat0  # the chi-square rule, both thresholds
     assert re.search(r"JS distance [\d.]+ \(threshold 0\.1\); chi-square p-value [\d.e-]+ \(threshold 0\.01\)", cat0)
-    assert ">code 1<" in page and ">(missing or unseen)<" in page and "<th>performance</th>" not in page
+    assert cat0.count("<polyline") == 4  # both statistics, each against its threshold
+    assert ">code 1<" in page and "<title>(missing or unseen): reference" in page and "<th>labelled rows</th>" not in page
     assert "<h2>Performance</h2>" not in page
+
+
+def test_the_blank_check_refuses_a_page_with_little_on_it(tmp_path):
+    (tmp_path / "almost_blank.html").write_text("<!doctype html><h1>Drift report</h1><p>nothing else</p>")
+    pixels = screenshot(tmp_path / "almost_blank.html", tmp_path / "almost_blank.png", 1400, 2600, keep=False)
+    assert (pixels < 0.94).any(axis=2).mean() > 0  # Chromium drew the heading
+    with pytest.raises(AssertionError, match="not white"):
+        assert_not_blank(pixels, 0.04)

@@ -23,7 +23,7 @@ _STYLE = (
     ".drift{color:#c62828;font-weight:600}.ok{color:#2e7d32}.insufficient_data{color:#888}"
     ".card{display:inline-block;border:1px solid #ccc;border-radius:4px;margin:4px;padding:6px 8px;vertical-align:top;"
     "background:#fff}.card.drift{border-color:#c62828;border-width:2px;color:inherit;font-weight:normal}.card.drift>b{color:#c62828}"
-    ".meta{color:#555}.small{font-size:.85em;color:#555}td.t{white-space:nowrap}"
+    ".meta{color:#555}.small{font-size:.85em;color:#555}td.t{white-space:nowrap}td.w{min-width:10em}table{font-size:.9em}"
 )
 
 
@@ -41,10 +41,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return "-" if f is None else f"{f:.{digits}g}"
 
 
-def _ts(t: Any) -> str:
-    """A window timestamp (Unix seconds) as UTC."""
+def _ts(t: Any, zone: bool = True) -> str:
+    """A window timestamp (Unix seconds) as UTC (``zone``: saying so)."""
     f = _num(t)
-    return "-" if f is None else datetime.fromtimestamp(f, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    fmt = "%Y-%m-%d %H:%M:%S UTC" if zone else "%Y-%m-%d %H:%M:%S"
+    return "-" if f is None else datetime.fromtimestamp(f, tz=timezone.utc).strftime(fmt)
 
 
 def _e(v: Any) -> str:
@@ -209,34 +210,35 @@ def _missing_section(windows: list[dict[str, Any]], latest: dict[str, Any] | Non
     return none + "".join(cards)
 
 
-def _performance_cell(perf: Any) -> str:
-    """A window's ``performance`` entry: labelled rows, realized and estimated metrics."""
+def _performance_cells(perf: Any) -> str:
+    """A window's ``performance`` entry as three cells: labelled rows, realized and estimated metrics."""
     if not isinstance(perf, dict):
-        return "<td></td>"
-    parts = [f"{_fmt(perf.get('labelled_rows'), 9)} labelled"]
+        return "<td></td><td></td><td></td>"
+    cells = [f"<td class='num'>{_fmt(perf.get('labelled_rows'), 9)}</td>"]
     for kind in ("realized", "estimated"):
-        values = perf.get(kind) or {}
-        if isinstance(values, dict) and values:
-            parts.append(f"{kind}: " + ", ".join(f"{_e(k)} {_fmt(v)}" for k, v in values.items()))
-    return f"<td>{'; '.join(parts)}</td>"
+        values = perf.get(kind)
+        values = values if isinstance(values, dict) else {}
+        cells.append("<td class='t'>" + "<br>".join(f"{_e(k)} {_fmt(v)}" for k, v in values.items()) + "</td>")
+    return "".join(cells)
 
 
 def _windows_table(windows: list[dict[str, Any]]) -> str:
     """One row per kept window, oldest first."""
     perf = any("performance" in w for w in windows)
-    head = ["window", "model", "from", "to", "rows", "closed by", "verdict", "prediction PSI", "drifted"]
+    head = ["window", "model", "from (UTC)", "to (UTC)", "rows", "closed by", "verdict", "prediction PSI", "drifted"]
     rows = []
     for w in windows:
         verdict = str(w.get("verdict", ""))
         alert = " <span class='drift'>ALERT</span>" if w.get("alert") else ""
         pred = w.get("prediction") or {}
+        drifted = [str(x) for x in w.get("drifted_features") or []] + (["prediction"] if pred.get("drift") else [])
         rows.append(
             f"<tr><td class='num'>{_e(w.get('index', ''))}</td><td>{_e(w.get('model_version', ''))}</td>"
-            f"<td class='t'>{_ts(w.get('first_ts'))}</td><td class='t'>{_ts(w.get('last_ts'))}</td><td class='num'>{_fmt(w.get('rows'), 9)}</td>"
+            f"<td class='t'>{_ts(w.get('first_ts'), False)}</td><td class='t'>{_ts(w.get('last_ts'), False)}</td><td class='num'>{_fmt(w.get('rows'), 9)}</td>"
             f"<td>{_e(w.get('closed_by', ''))}</td><td class='{_e(verdict)}'>{_e(verdict)}{alert}</td>"
-            f"<td class='num'>{_fmt(pred.get('value'))}</td><td>{_e(', '.join(map(str, w.get('drifted_features') or [])))}</td>"
-            + (_performance_cell(w.get("performance")) if perf else "") + "</tr>")
-    head += ["performance"] if perf else []
+            f"<td class='num'>{_fmt(pred.get('value'))}</td><td class='w'>{_e(', '.join(drifted))}</td>"
+            + (_performance_cells(w.get("performance")) if perf else "") + "</tr>")
+    head += ["labelled rows", "realized", "estimated"] if perf else []
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
 
 
@@ -250,7 +252,7 @@ def _performance_section(windows: list[dict[str, Any]]) -> str:
                                  for kind in ("realized", "estimated") for m in (w["performance"].get(kind) or {})))
     charts = [trend_svg(m, xs, [("realized", _series(windows, lambda w, m=m: w["performance"]["realized"][m]), VALUE, False),
                                 ("estimated", _series(windows, lambda w, m=m: w["performance"]["estimated"][m]), ESTIMATED, True)],
-                        None) for m in metrics]
+                        None, zero=False) for m in metrics]
     return ("<h2>Performance</h2><p class='meta'>Realized: on the rows whose labels have arrived; estimated: from the "
             "scores alone.</p>" + "".join(f"<div class='card'>{c}</div>" for c in charts))
 

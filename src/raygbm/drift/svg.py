@@ -20,14 +20,18 @@ def _label(v: float, log: bool) -> str:
     return f"1e{round(math.log10(v))}" if log and v < 0.01 else f"{v:.3g}"
 
 
-def _range(series: Sequence[Series], log: bool) -> tuple[float, float] | None:
-    """The y axis' span over every series' values (log: decades, at most 1e-12 to 1)."""
+def _range(series: Sequence[Series], log: bool, zero: bool = True) -> tuple[float, float] | None:
+    """The y axis' span over every series' values (log: decades, at most 1e-12 to 1; ``zero``: from 0)."""
     values = [v for _, vs, _, _ in series for v in vs if v is not None]
     if log:  # zero and tiny p-values sit on the floor
         values = [max(v, LOG_FLOOR) for v in values] or [LOG_FLOOR]
         return 10.0 ** math.floor(math.log10(min(values))), 10.0 ** max(0, math.ceil(math.log10(max(values))))
     if not values:
         return None
+    if not zero:
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+        return lo - pad, hi + pad
     lo, hi = min(0.0, min(values)), max(values)
     return (lo, hi * 1.1 if hi > 0 else 1.0) if hi > lo else (lo, lo + 1.0)
 
@@ -41,10 +45,11 @@ def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool) -> s
 
 
 def trend_svg(title: str, xs: Sequence[object], series: Sequence[Series], flags: Sequence[bool] | None,
-              log: bool = False, width: int = 340, height: int = 160) -> str:
+              log: bool = False, width: int = 340, height: int = 160, zero: bool = True) -> str:
     """Values per window (x: the windows in order, labelled by ``xs``): the first series drawn with a point
     per window (red where ``flags`` says drift), dashed series as steps over each window's slot (a
-    threshold can differ between windows); None leaves a gap."""
+    threshold can differ between windows); None leaves a gap. ``zero``: the y axis starts at 0 (else it
+    spans the values)."""
     left, right, top, bottom = 46, 8, 18, 44
     pw, ph = width - left - right, height - top - bottom
     n = max(len(xs), 1)
@@ -52,7 +57,7 @@ def trend_svg(title: str, xs: Sequence[object], series: Sequence[Series], flags:
     parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">',
              f'<text x="{left}" y="12" font-size="11" font-weight="bold">{html.escape(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
-    span = _range(series, log)
+    span = _range(series, log, zero)
     if span is None:
         parts.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" font-size="10" text-anchor="middle" fill="#888">'
                      "no scored window</text></svg>")

@@ -157,7 +157,9 @@ def save_plots(out: Path, ev: Evaluation, arrays: dict[str, np.ndarray], tuning:
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=8, color="white" if v > cm.max() / 2 else "black")
-        ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+        ax.set_xticks(range(len(cm)))
+        ax.set_yticks(range(len(cm)))
+        ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (test)")
         save(fig, "confusion.png")
     else:
         fig, ax = plt.subplots(figsize=(4.5, 4))
