@@ -88,7 +88,7 @@ def test_importance_finds_the_signal_and_selection_drops_noise(model, tmp_path):
     assert selected_features({"a": 0.0, "b": 0.0}, 0.5) == ["a"]  # never empty
     assert ev.metrics["roc_auc"] > 0.8 and 0 < ev.metrics["threshold"] < 1
 
-    assert max(ev.importance["shap"], key=ev.importance["shap"].get) == "x0" and arrays["shap"].shape == (2000, 3)
+    assert max(ev.importance["shap"], key=ev.importance["shap"].get) == "x0" and arrays["shap"].shape == (1000, 3)
     # TreeSHAP's contributions plus the bias add up to the raw score.
     raw = model.predict(arrays["X_shap"], raw_score=True)
     bias = model.predict(arrays["X_shap"][:1], pred_contrib=True)[0, -1]

@@ -98,15 +98,21 @@ def trend_svg(title: str, xs: Sequence[object], series: Sequence[Series], flags:
             parts.append(f'<circle cx="{left + (i + 0.5) * slot:.1f}" cy="{y_of(v):.1f}" r="{3.2 if flagged else 2.2}" '
                          f'fill="{"#c62828" if flagged else colour}"><title>window {html.escape(str(xs[i]))}: '
                          f"{html.escape(name)} {v:.4g}{' (drift)' if flagged else ''}</title></circle>")
-    x = left
+    parts.append(_legend(series, left, height - 8))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _legend(series: Sequence[Series], x: float, y: float) -> str:
+    """A line sample and the name of each named series, in a row from ``(x, y)``."""
+    parts = []
     for name, _, colour, dashed in series:
         if not name:
             continue
         dash = ' stroke-dasharray="5 3"' if dashed else ""
-        parts.append(f'<line x1="{x}" x2="{x + 16}" y1="{height - 8}" y2="{height - 8}" stroke="{colour}" stroke-width="1.6"{dash}/>'
-                     f'<text x="{x + 19}" y="{height - 5}" font-size="9">{html.escape(name)}</text>')
+        parts.append(f'<line x1="{x}" x2="{x + 16}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="1.6"{dash}/>'
+                     f'<text x="{x + 19}" y="{y + 3}" font-size="9">{html.escape(name)}</text>')
         x += 26 + 5.5 * len(name)
-    parts.append("</svg>")
     return "".join(parts)
 
 

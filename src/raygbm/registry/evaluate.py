@@ -21,7 +21,7 @@ from raygbm.training.train import gain_importance
 
 # The gate's default metric per task (raygbm.training.direction says which way each one is better).
 DEFAULT_GATE_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
-SHAP_ROWS = 2_000  # test rows whose SHAP contributions the summary plot and mean |SHAP| are computed on
+SHAP_ROWS = 1_000  # test rows whose SHAP contributions the summary plot and mean |SHAP| are computed on
 
 
 def gate_metric(task: str, metric: str | None) -> str:
