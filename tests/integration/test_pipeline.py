@@ -78,6 +78,11 @@ def test_every_trial_is_logged_without_the_defaults_comparison(tmp_path, home):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
     assert len(tuning.trials) == 2 and len(children) == 2
     assert "kept" not in parent.data.params and not (outcome.report_dir / "defaults_comparison.json").exists()
+    # The HTML card carries every plot inline, the tuning history with the chosen trial among them.
+    page = (outcome.report_dir / "model_card.html").read_text()
+    plots = sorted(p.name for p in (outcome.report_dir / "plots").iterdir())
+    assert {"tuning.png", "shap.png", "calibration.png", "score_histogram.png"} <= set(plots)
+    assert page.count("data:image/png;base64,") == len(plots) and "Tuning history (chosen trial marked)" in page
 
 
 def _registered_booster(version: str):

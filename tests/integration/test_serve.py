@@ -21,6 +21,7 @@ from raygbm.data.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERI
 from raygbm.data.preprocess import preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.drift.actor import MONITOR_ACTOR
+from raygbm.drift.report import drift_report_html
 from raygbm.registry.bundle import Bundle
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import Registry, local_bundle
@@ -362,6 +363,13 @@ def test_drift_windows_flag_only_the_shifted_features(served):
         assert w["prediction"]["threshold_source"] == "calibrated" and 0.01 <= w["prediction"]["threshold"] < 0.2
         assert 0.01 <= w["features"]["num_1"]["threshold"] < 0.2
     assert report["dropped_batches"] == 0
+    # What the report shows in place of codes, and the score's cut-off: the endpoint adds them to the reference.
+    cat0 = report["reference"]["features"]["cat_0"]
+    assert len(cat0["labels"]) == len(cat0["codes"]) and "cat_0_000" in cat0["labels"]
+    assert set(cat0["labels"]) <= {f"cat_0_{j:03d}" for j in range(8)} | {"(missing or unseen)"}
+    assert 0 < report["reference"]["prediction"]["decision_threshold"] < 1
+    page = drift_report_html(report)
+    assert ">cat_0_000<" in page and "decision threshold" in page and "chi-square p-value" in page
 
     # The same verdicts reach Prometheus through Ray's metrics export (reported every few seconds).
     import ray

@@ -168,4 +168,4 @@ def test_the_html_report_says_how_thresholds_were_set():
     core.observe(X, s)
     page = drift_report_html(core.report())
     assert "false-alarm rate of 0.001 per feature and window (2,000 simulated clean windows of 500 rows)" in page
-    assert ", calibrated)" in page and "js_distance" in page
+    assert ", calibrated)" in page and "drift when JS &gt; its threshold; p for information" in page

@@ -23,7 +23,9 @@ def test_a_numeric_feature_drifts_above_its_psi_threshold():
 def test_a_categorical_feature_drifts_only_when_unlikely_and_far():
     counts = np.array([500.0, 250.0, 250.0])
     both = score_categorical(REF, counts, 0.01, 0.1)
-    assert list(both) == ["statistic", "value", "threshold", "drift", "js_distance", "current", "threshold_source"]
+    assert list(both) == ["statistic", "value", "threshold", "drift", "js_distance", "current", "threshold_source",
+                          "js_threshold"]
+    assert both["js_threshold"] == 0.1  # the second condition of the flag, for the report
     assert both["statistic"] == "chi2_pvalue" and both["threshold"] == 0.01
     assert both["value"] < 1e-6 and both["js_distance"] > 0.1 and both["drift"] is True
     # A tiny p-value alone (a large window, a small shift) is not drift: the JS distance must be large too.

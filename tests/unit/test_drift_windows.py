@@ -67,8 +67,11 @@ def test_html_report_shows_windows_and_histograms(reference):
     X, s = _data(1000, 4, shift=2.0)
     core.observe(X, s)
     page = drift_report_html({"model_version": "3", **core.report()})
-    assert page.count("<svg") == 4 and "class='drift'>drift<" in page and "model v3" in page
-    assert drift_report_html({"windows": []}).count("<svg") == 1
+    # Prediction and three features: one trend and one histogram each, two trends for the categorical one.
+    assert page.count("<svg") == 9 and "class='drift'>drift<" in page and "model v3" in page
+    assert ">code 1<" in page and "Never missing" not in page  # no labels in this reference; no missing checks
+    empty = drift_report_html({"windows": []})
+    assert empty.count("<svg") == 2 and "no scored window" in empty and "none closed yet" in empty
 
 
 def test_time_windows_close_by_age_and_small_ones_are_not_scored(reference):
@@ -172,7 +175,7 @@ def _old_inputs():
     return np.column_stack([x, k]), scores, missing
 
 
-ADDED_KEYS = {"threshold_source", "thresholds"}  # keys added after these logs were written: only ever appended
+ADDED_KEYS = {"threshold_source", "thresholds", "js_threshold"}  # keys added after these logs were written: only ever appended
 
 
 def _same_shape(new, old):
@@ -257,3 +260,27 @@ def test_alert_after_m_of_n_windows_drifted(reference, tmp_path):
     plain = DriftMonitorCore(reference, NAMES, MonitorConfig(window_size=500))
     plain.observe(X, s)
     assert "alert" not in plain.report()["windows"][0] and plain.report()["alert_after"] is None
+
+
+def test_labels_name_category_codes_and_the_decision_threshold(reference):
+    from raygbm.drift.reference import with_labels
+    from raygbm.drift.report import category_labels
+
+    labelled = with_labels(reference, {"c": ["red", "green", "blue", "grey"]}, 0.3)
+    c = labelled["features"]["c"]
+    assert c["labels"] == [["red", "green", "blue", "grey"][k - 1] for k in c["codes"]]
+    odd = {"features": {"k": {"kind": "categorical", "codes": [2, 0, 7], "probs": [0.5, 0.3, 0.1, 0.1]}}, "prediction": {}}
+    assert with_labels(odd, {"k": [True, 3]}, None)["features"]["k"]["labels"] == ["3", "(missing or unseen)", "(missing or unseen)"]
+    assert category_labels(c)[-1] == "other" and labelled["prediction"]["decision_threshold"] == 0.3
+    assert "labels" not in labelled["features"]["a"] and "labels" not in reference["features"]["c"]  # a copy
+    assert "decision_threshold" not in with_labels(reference, {}, None)["prediction"]
+    # The statistics ignore the labels: the same windows either way.
+    X, s = _data(2000, 9, swap_cats=True)
+    docs = []
+    for ref in (reference, labelled):
+        core = DriftMonitorCore(ref, NAMES, MonitorConfig(window_size=1000))
+        core.observe(X, s, ts=100.0)
+        docs.append(core.report()["windows"])
+    assert docs[0] == docs[1]
+    page = drift_report_html(core.report())
+    assert all(f">{v}<" in page for v in ("red", "green", "blue", "grey", "other")) and "threshold 0.3" in page

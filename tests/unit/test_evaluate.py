@@ -6,14 +6,9 @@ import pyarrow as pa
 import pytest
 from sklearn import metrics as skm
 
-from raygbm.registry.evaluate import (
-    card_html,
-    choose_threshold,
-    evaluate_model,
-    model_card,
-    save_plots,
-    task_metrics,
-)
+from raygbm.registry.card import card_html, model_card
+from raygbm.registry.evaluate import choose_threshold, evaluate_model, task_metrics
+from raygbm.registry.plots import save_plots
 from raygbm.training.direction import best, better, higher_is_better, tune_mode
 from raygbm.training.fit import selected_features
 
@@ -93,12 +88,63 @@ def test_importance_finds_the_signal_and_selection_drops_noise(model, tmp_path):
     assert selected_features({"a": 0.0, "b": 0.0}, 0.5) == ["a"]  # never empty
     assert ev.metrics["roc_auc"] > 0.8 and 0 < ev.metrics["threshold"] < 1
 
-    plots = save_plots(tmp_path / "plots", ev, arrays, [{"history": [[10, 0.7], [20, 0.8]]}])
-    assert set(plots) == {"roc.png", "pr.png", "importance.png", "tuning.png"}
+    assert max(ev.importance["shap"], key=ev.importance["shap"].get) == "x0" and arrays["shap"].shape == (1000, 3)
+    # TreeSHAP's contributions plus the bias add up to the raw score.
+    raw = model.predict(arrays["X_shap"], raw_score=True)
+    bias = model.predict(arrays["X_shap"][:1], pred_contrib=True)[0, -1]
+    assert np.allclose(arrays["shap"].sum(axis=1) + bias, raw)
+
+    tuning = {"metric": "auc", "best_params": {"num_leaves": 7}, "trials": [
+        {"trial_id": "t_00000", "params": {"num_leaves": 3}, "score": 0.8, "status": "complete", "history": [[10, 0.7], [20, 0.8]]},
+        {"trial_id": "t_00001", "params": {"num_leaves": 7}, "score": 0.85, "status": "stopped early", "history": [[10, 0.85]]}]}
+    plots = save_plots(tmp_path / "plots", ev, arrays, tuning)
+    assert set(plots) == {"roc.png", "pr.png", "calibration.png", "score_histogram.png", "importance.png", "shap.png", "tuning.png"}
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
     card = model_card(name="m", version="3", ev=ev, params={"num_leaves": 7}, best_iteration=60,
                       data_report={"source": "s", "rows_read": 10, "rows_out": {"train": 7}}, tuning=None,
                       gate={"decision": "champion", "reason": "first"}, plots=plots, selection=None)
-    assert f"| roc_auc | {ev.metrics['roc_auc']:.6g} |" in card and "v3" in card and "![roc.png]" in card
-    page = card_html(card + "<script>")
+    assert f"| roc_auc | {ev.metrics['roc_auc']:.6g} |" in card and "v3" in card and "![ROC curve](plots/roc.png)" in card
+    assert "| feature | gain | permutation | mean abs SHAP |" in card
+    page = card_html(card + "<script>", tmp_path)
     assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<img src=\"data:image/png;base64,") == len(plots)
+
+
+def test_card_html_renders_the_markdown_the_card_writes(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(b"\x89PNG fake")
+    (tmp_path.parent / "secret.png").write_bytes(b"\x89PNG secret")
+    md = "\n".join([
+        "# Model card: m v1", "", "- Task: **binary**; source `s3://b/x`", "- two", "",
+        "| metric | value |", "|---|---|", "| auc | 0.9 |", "| name | <b> |", "",
+        "```json", "{\"a\": \"**not bold**\"}", "```", "text line", "",
+        "![A plot](plots/a.png)", "![Escape](../secret.png)", "![Missing](plots/none.png)"])
+    page = card_html(md, tmp_path)
+    assert "<h1>Model card: m v1</h1>" in page and "<title>raygbm Model card: m v1</title>" in page
+    assert "<ul><li>Task: <strong>binary</strong>; source <code>s3://b/x</code></li><li>two</li></ul>" in page
+    assert "<tr><td>auc</td><td class='num'>0.9</td></tr><tr><td>name</td><td>&lt;b&gt;</td></tr>" in page
+    assert "---" not in page  # the header rule is not a row
+    assert '<pre><code>{&quot;a&quot;: &quot;**not bold**&quot;}</code></pre>' in page and "<p>text line</p>" in page
+    assert 'src="data:image/png;base64,iVBORyBmYWtl"' in page  # base64 of the file's bytes
+    assert 'src="../secret.png"' in page and 'src="plots/none.png"' in page  # outside the folder, absent: links
+    assert card_html(md).count("data:image") == 0
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_shap_and_plots_for_the_other_tasks(task, tmp_path):
+    rng = np.random.default_rng(2)
+    n = 3000
+    x0, x1, cat = rng.normal(size=n), rng.normal(size=n), rng.integers(0, 4, n).astype(float)
+    y = np.digitize(x0 + 0.5 * cat, [0.0, 1.5]) if task == "multiclass" else 2 * x0 + cat + 0.1 * rng.normal(size=n)
+    t = pa.table({"x0": x0, "x1": x1, "cat": cat, "y": y})
+    params = {"objective": task, "verbosity": -1, "num_threads": 1, "seed": 1} | ({"num_class": 3} if task == "multiclass" else {})
+    booster = lgb.train(params, lgb.Dataset(np.column_stack([x0, x1, cat]), y, feature_name=["x0", "x1", "cat"],
+                                            categorical_feature=["cat"]), 30)
+    metric = "log_loss" if task == "multiclass" else "rmse"
+    ev, arrays = evaluate_model(booster, t, t, "y", task, 3 if task == "multiclass" else None, metric, 500, shap_rows=400)
+    assert arrays["shap"].shape == ((400, 3, 3) if task == "multiclass" else (400, 3))
+    assert list(arrays["categorical"]) == [False, False, True]
+    shap = ev.importance["shap"]
+    assert shap["x1"] < min(shap["x0"], shap["cat"])  # x1 carries no signal
+    plots = save_plots(tmp_path, ev, arrays, None)
+    assert "shap.png" in plots and ("confusion.png" if task == "multiclass" else "residuals.png") in plots

@@ -98,3 +98,21 @@ def bin_counts(feature: dict[str, Any], values: np.ndarray) -> np.ndarray:
     if feature["kind"] == "numeric":
         return hist(values[~np.isnan(values)], feature["cuts"])
     return code_hist(values, feature["codes"])
+
+
+def with_labels(reference: dict[str, Any], categories: dict[str, list[Any]], decision_threshold: float | None) -> dict[str, Any]:
+    """The reference with what reports show in place of internal values: each categorical feature's
+    ``labels`` (its codes' category values, from the preprocessor's ``categories``: code k is the k-th
+    category, code 0 missing or unseen) and the prediction's ``decision_threshold`` (a binary model's
+    score cut-off; None for the others). A copy; the drift statistics never read either."""
+    feats = {}
+    for name, ref in reference["features"].items():
+        if ref["kind"] == "categorical" and name in categories:
+            values = categories[name]
+            ref = {**ref, "labels": [str(values[c - 1]) if 0 < c <= len(values) else "(missing or unseen)"
+                                     for c in ref["codes"]]}
+        feats[name] = ref
+    prediction = dict(reference["prediction"])
+    if decision_threshold is not None:
+        prediction["decision_threshold"] = float(decision_threshold)
+    return {**reference, "features": feats, "prediction": prediction}

@@ -25,6 +25,7 @@ class FeatureScore(TypedDict):
     current: list[float]  # the window's share per reference bin (or code), rounded
     threshold_source: NotRequired[str]  # "calibrated", "static" or "override" (absent in windows logged before)
     chi2_pvalue: NotRequired[float]  # when the statistic is "js_distance": the p-value, for information
+    js_threshold: NotRequired[float]  # when the statistic is "chi2_pvalue": the JS distance drift also needs
 
 
 class MissingScore(TypedDict):
@@ -61,7 +62,7 @@ def score_categorical(probs: Sequence[float], counts: np.ndarray, pvalue_thresho
     # A p-value alone flags negligible shifts once windows are large: require both.
     drift = value < pvalue_threshold and js > js_threshold
     return {"statistic": "chi2_pvalue", "value": value, "threshold": pvalue_threshold, "drift": bool(drift),
-            "js_distance": js, "current": _rounded(actual), "threshold_source": source}
+            "js_distance": js, "current": _rounded(actual), "threshold_source": source, "js_threshold": js_threshold}
 
 
 def score_categorical_js(probs: Sequence[float], counts: np.ndarray, js_threshold: float,

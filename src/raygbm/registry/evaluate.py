@@ -1,4 +1,4 @@
-"""Evaluation on the held-out test split: metrics, importance, plots and a model card.
+"""Evaluation on the held-out test split: metrics and importance (gain, permutation, mean |SHAP|).
 
 Binary: ROC-AUC, PR-AUC, log loss, and accuracy/precision/recall/F1 at the threshold that maximises F1 on
 the validation split (never chosen on test). Multiclass: accuracy, macro precision/recall/F1, log loss
@@ -7,8 +7,6 @@ and a confusion matrix. Regression: RMSE, MAE, R².
 
 from __future__ import annotations
 
-import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from raygbm.training.train import gain_importance
 
 # The gate's default metric per task (raygbm.training.direction says which way each one is better).
 DEFAULT_GATE_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+SHAP_ROWS = 1_000  # test rows whose SHAP contributions the summary plot and mean |SHAP| are computed on
 
 
 def gate_metric(task: str, metric: str | None) -> str:
@@ -115,14 +114,41 @@ class Evaluation:
         return {"task": self.task, "metrics": self.metrics, "gate_metric": self.gate_metric, "importance": self.importance}
 
 
+def shap_values(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
+    """LightGBM's exact TreeSHAP contributions (``pred_contrib``) without the bias column: rows × features,
+    or rows × classes × features for a multiclass model."""
+    n, f = X.shape
+    contrib = np.asarray(booster.predict(X, pred_contrib=True, num_threads=0))
+    if contrib.shape[1] == f + 1:
+        return contrib[:, :f]
+    return contrib.reshape(n, -1, f + 1)[:, :, :f]
+
+
+def categorical_features(booster: lgb.Booster) -> list[str]:
+    """The features the model splits on as categories (LightGBM lists their category values)."""
+    infos = booster.dump_model(num_iteration=1)["feature_infos"]  # one tree: the header is what is read
+    return [name for name, info in infos.items() if info.get("values")]
+
+
+def mean_abs_shap(contrib: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Each feature's mean |contribution| over the rows (summed over the classes of a multiclass model)."""
+    per = np.abs(contrib).mean(axis=0)
+    per = per.sum(axis=0) if per.ndim == 2 else per
+    return {n: float(v) for n, v in zip(names, per)}
+
+
 def evaluate_model(booster: lgb.Booster, test: pa.Table, validation: pa.Table, label: str, task: str,
                    num_classes: int | None, gate: str, permutation_rows: int,
-                   heldout: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Evaluation, dict[str, np.ndarray]]:
-    """Test metrics and importances; also returns arrays for the plots. The binary threshold is chosen on
+                   heldout: tuple[np.ndarray, np.ndarray] | None = None,
+                   shap_rows: int = SHAP_ROWS) -> tuple[Evaluation, dict[str, np.ndarray]]:
+    """Test metrics and importances; also returns arrays for the plots (``y``, ``p``: labels and scores;
+    ``X_shap``, ``shap``: a sample of test rows and their contributions; ``categorical``: per feature, whether
+    it is categorical). The binary threshold is chosen on
     ``heldout`` (labels and out-of-sample scores: a refit trained on validation, so the selection's
     holdout or out-of-fold scores stand in), else on the model's validation scores."""
     y_test = np.asarray(test.column(label))
-    p_test = predict_scores(booster, features_matrix(booster, test))
+    X_test = features_matrix(booster, test)
+    p_test = predict_scores(booster, X_test)
     threshold = 0.5
     if task == "binary":
         threshold = choose_threshold(*heldout) if heldout is not None else choose_threshold(
@@ -133,154 +159,9 @@ def evaluate_model(booster: lgb.Booster, test: pa.Table, validation: pa.Table, l
         "gain": gain_importance(booster),
         "permutation": permutation_importance(booster, validation, label, task, gate, permutation_rows, num_classes=num_classes),
     }
-    return Evaluation(task, metrics, gate, importance), {"y": y_test, "p": p_test}
-
-
-# ----------------------------------------------------------------------------------------------- plots
-
-
-def save_plots(out: Path, ev: Evaluation, arrays: dict[str, np.ndarray], tuning: list[dict[str, Any]] | None) -> list[str]:
-    """PNG plots; returns their file names (relative to ``out``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; never touches the user's backend at import time
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
-    y, p = arrays["y"], arrays["p"]
-
-    def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        names.append(name)
-
-    if ev.task == "binary":
-        from sklearn.metrics import precision_recall_curve, roc_curve
-
-        fpr, tpr, _ = roc_curve(y, p)
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        ax.plot(fpr, tpr, label=f"AUC {ev.metrics['roc_auc']:.4f}")
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-        ax.legend(loc="lower right")
-        save(fig, "roc.png")
-        prec, rec, _ = precision_recall_curve(y, p)
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        ax.plot(rec, prec, label=f"PR-AUC {ev.metrics['pr_auc']:.4f}")
-        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
-        ax.legend(loc="upper right")
-        save(fig, "pr.png")
-    elif ev.task == "multiclass":
-        cm = np.asarray(ev.metrics["confusion_matrix"])
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        ax.imshow(cm, cmap="Blues")
-        ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
-        save(fig, "confusion.png")
-    else:
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        ax.scatter(p, y - p, s=2, alpha=0.3)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="prediction", ylabel="residual", title="Residuals (test)")
-        save(fig, "residuals.png")
-
-    gain = sorted(ev.importance["gain"].items(), key=lambda kv: kv[1])[-20:]
-    fig, ax = plt.subplots(figsize=(5, 0.25 * len(gain) + 1.2))
-    ax.barh([k for k, _ in gain], [v for _, v in gain])
-    ax.set(xlabel="total gain", title="Feature importance")
-    save(fig, "importance.png")
-
-    if tuning:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for t in tuning:
-            h = np.asarray(t["history"] or [[0, np.nan]], dtype=float)
-            ax.plot(h[:, 0], h[:, 1], lw=0.8, marker="." if len(h) < 3 else None)
-        ax.set(xlabel="boosting round", ylabel="validation score", title=f"Tuning history ({len(tuning)} trials)")
-        save(fig, "tuning.png")
-    return names
-
-
-# ------------------------------------------------------------------------------------------ model card
-
-
-def _selection_lines(validation: dict[str, Any] | None, refit: dict[str, Any] | None,
-                     comparison: dict[str, Any] | None) -> list[str]:
-    """The card's "Selection and refit" section."""
-    lines = ["", "## Selection and refit", ""]
-    if validation:
-        how = f"{validation['folds']}-fold CV on train + validation" if validation["scheme"] == "cv" else "holdout (validation split)"
-        spread = f" ± {validation['score_std']:.4g} over the folds" if "score_std" in validation else ""
-        lines.append(f"- Scored by {how} ({validation['reason']}): {validation['metric']} "
-                     f"{validation['score']:.6g}{spread}" if validation.get("score") is not None else f"- Scored by {how}")
-        folds = validation.get("fold_best_iterations")
-        lines.append(f"- Best iteration: {validation['best_iteration']}"
-                     + (f" (rounded mean of the folds' {', '.join(map(str, folds))})" if folds else ""))
-    if comparison and comparison.get("tuned_score") is not None and comparison.get("defaults_score") is not None:
-        lines.append(f"- Against LightGBM's defaults by the same scheme: tuned {comparison['tuned_score']:.6g}, "
-                     f"defaults {comparison['defaults_score']:.6g}; kept **{comparison['kept']}**")
-    if refit:
-        lines.append(f"- Refit on {' + '.join(refit['splits'])} ({refit['rows']:,} rows): {refit['rounds']} rounds = "
-                     f"best iteration {refit['selection_best_iteration']} × {refit['rounds_scale']:g}; the test split "
-                     "was not used")
-    else:
-        lines.append("- No refit: the registered model is the one fitted on train and early-stopped on validation")
-    return lines
-
-
-def model_card(*, name: str, version: str | None, ev: Evaluation, params: dict[str, Any], best_iteration: int,
-               data_report: dict[str, Any], tuning: dict[str, Any] | None, gate: dict[str, Any] | None,
-               plots: list[str], selection: dict[str, Any] | None, comparison: dict[str, Any] | None = None,
-               validation: dict[str, Any] | None = None, refit: dict[str, Any] | None = None) -> str:
-    """Markdown model card tying the data report, the parameters and the metrics together."""
-    lines = [f"# Model card: {name}" + (f" v{version}" if version else ""), ""]
-    lines += [f"- Task: **{ev.task}**; gate metric: **{ev.gate_metric}**",
-              f"- Boosting rounds: {best_iteration}" + (" (refit on train + validation)" if refit else "")]
-    if gate:
-        lines.append(f"- Champion decision: **{gate.get('decision')}**: {gate.get('reason')}")
-    lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
-    for k, v in ev.metrics.items():
-        if k != "confusion_matrix":
-            lines.append(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |")
-    if "confusion_matrix" in ev.metrics:
-        lines += ["", "Confusion matrix (rows: true class):", "", "```",
-                  *(" ".join(f"{c:>7d}" for c in row) for row in ev.metrics["confusion_matrix"]), "```"]
-    lines += ["", "## Data", ""]
-    rows = data_report.get("rows_out", {})
-    lines.append(f"- Source: `{data_report.get('source')}`; rows read: {data_report.get('rows_read', '?'):,}" if isinstance(
-        data_report.get("rows_read"), int) else f"- Source: `{data_report.get('source')}`")
-    lines.append("- Splits: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
-    lines += ["", "## Parameters", "", "```json", json.dumps(params, indent=1, sort_keys=True, default=str), "```"]
-    if tuning:
-        lines += ["", "## Tuning", "",
-                  f"- {len(tuning['trials'])} trials ({tuning['trial_mode']}), best validation {tuning['metric']} "
-                  f"{tuning['best_score']:.6g}; {sum(t['status'] == 'stopped early' for t in tuning['trials'])} stopped early by ASHA"]
-    if validation or refit or comparison:
-        lines += _selection_lines(validation, refit, comparison)
-    if selection:
-        lines += ["", "## Feature selection", "", f"- Dropped (gain share < {selection['min_gain_share']}): "
-                  + (", ".join(selection["dropped"]) or "none")]
-    lines += ["", "## Importance (top 15 by gain)", "", "| feature | gain | permutation |", "|---|---|---|"]
-    gain, perm = ev.importance["gain"], ev.importance["permutation"]
-    for k, v in sorted(gain.items(), key=lambda kv: -kv[1])[:15]:
-        lines.append(f"| {k} | {v:.4g} | {perm.get(k, float('nan')):.4g} |")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def card_html(markdown: str) -> str:
-    """A self-contained HTML rendering of the card (escaped; images linked, tables kept as text)."""
-    body = []
-    for line in markdown.splitlines():
-        if line.startswith("!["):
-            src = line[line.index("(") + 1 : -1]
-            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        else:
-            body.append(f"<pre>{html.escape(line)}</pre>" if line else "")
-    return ("<!doctype html><meta charset='utf-8'><title>raygbm model card</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}pre{margin:0}</style>\n"
-            + "\n".join(body) + "\n")
+    X_shap = X_test[np.sort(np.random.default_rng(0).choice(len(X_test), min(shap_rows, len(X_test)), replace=False))]
+    contrib = shap_values(booster, X_shap)
+    importance["shap"] = mean_abs_shap(contrib, booster.feature_name())
+    return Evaluation(task, metrics, gate, importance), {
+        "y": y_test, "p": p_test, "X_shap": X_shap, "shap": contrib,
+        "categorical": np.isin(booster.feature_name(), categorical_features(booster))}

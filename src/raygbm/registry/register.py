@@ -21,8 +21,10 @@ from raygbm.errors import DataError
 from raygbm.paths import home
 from raygbm.progress import Progress, no_progress
 from raygbm.registry.bundle import Bundle, write_bundle
-from raygbm.registry.evaluate import Evaluation, card_html, evaluate_model, features_matrix, gate_metric, model_card, save_plots
+from raygbm.registry.card import card_html, model_card
+from raygbm.registry.evaluate import Evaluation, evaluate_model, features_matrix, gate_metric
 from raygbm.registry.gate import Gate, gate_decision, score_champion
+from raygbm.registry.plots import save_plots
 from raygbm.registry.store import BUNDLE_PATH, ModelRef, Registry, local_bundle
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, lgb_params
@@ -61,7 +63,7 @@ def write_report(report_dir: Path, ev: Evaluation, arrays: dict[str, Any], data_
                  tuning: TuneResult | None, trained: Trained) -> list[str]:
     """The report folder, all but the model card: plots, evaluation, data report, tuning, feature
     selection and the defaults comparison. Returns the plots' file names."""
-    plots = save_plots(report_dir / "plots", ev, arrays, tuning.trials if tuning else None)
+    plots = save_plots(report_dir / "plots", ev, arrays, tuning.to_dict() if tuning else None)
     (report_dir / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=1))
     (report_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
     if tuning:
@@ -86,7 +88,7 @@ def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str
                          plots=plots, selection=trained.selection, comparison=trained.comparison,
                          validation=trained.validation, refit=trained.refit)
     (report_dir / CARD_FILE).write_text(card_md)
-    (report_dir / "model_card.html").write_text(card_html(card_md))
+    (report_dir / "model_card.html").write_text(card_html(card_md, report_dir))
     return report_dir / CARD_FILE
 
 

@@ -79,7 +79,7 @@ class ServedModel:
 def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
     """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
     from raygbm.config import RegistryConfig
-    from raygbm.drift.reference import REFERENCE_FILE
+    from raygbm.drift.reference import REFERENCE_FILE, with_labels
     from raygbm.registry.store import Registry, local_bundle
 
     # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
@@ -90,6 +90,9 @@ def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel
         raise RaygbmError(f"model v{ref.version}: registry manifest hash differs from the one deployed")
     bundle = Bundle.load(path, pinned)
     reference = json.loads((path / REFERENCE_FILE).read_text()) if (path / REFERENCE_FILE).exists() else None
+    if reference is not None:  # category values and the decision threshold, for GET /drift's readers
+        reference = with_labels(reference, bundle.preprocessor.categories_,
+                                bundle.threshold if bundle.task == "binary" else None)
     return ServedModel(ref.name, ref.version, bundle, RequestSchema(bundle.preprocessor, max_rows), reference)
 
 
