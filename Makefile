@@ -23,11 +23,13 @@ demo: install
 	$(BIN)/python -m pipelines.serve_demo --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 
 # Unit tests (no Ray) first, then integration tests sharing one local Ray, then a real head node and
-# `ray job submit` (its own session: never two Ray instances at once).
+# `ray job submit`, then three Ray nodes on this host with faults (each its own session: never two Ray
+# instances at once).
 test: install
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
 	$(BIN)/python -m pytest -q tests/cluster
+	$(BIN)/python -m pytest -q tests/multinode
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -24,3 +24,15 @@ def make_shards(out: Path, rows: int = 4000, shards: int = 4, seed: int = 0, **k
 @pytest.fixture
 def shards_dir(tmp_path: Path) -> Path:
     return make_shards(tmp_path / "data")
+
+
+@pytest.fixture
+def figure(capsys: pytest.CaptureFixture[str]):
+    """``figure(line)``: print a measured figure of a reliability test on the terminal, even under
+    pytest's output capture (the README's Reliability section quotes these lines)."""
+
+    def show(line: str) -> None:
+        with capsys.disabled():
+            print(f"\nFIGURE {line}", flush=True)
+
+    return show
