@@ -445,6 +445,41 @@ def drift_report(
     typer.echo(f"{len(verdicts)} windows ({verdicts.count('drift')} with drift); report: {output.resolve()}")
 
 
+@app.command()
+def ui(
+    port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
+) -> None:
+    """Open the MLflow UI over raygbm's store (runs, trials as child runs, metrics per round, plots, the model
+    card, versions with the champion alias). The first start creates the UI's own environment (the full
+    mlflow, in $RAYGBM_HOME/mlflow-ui-VERSION or $RAYGBM_UI_ENV): a few minutes, once.
+
+    Example: raygbm ui --port 5000
+    """
+    import os
+    import time
+
+    from raygbm.runtime import StopSignals
+
+    remote = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if remote.startswith(("http://", "https://")):
+        typer.echo(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {remote}")
+        return
+    from raygbm.ui import start, stop
+
+    try:
+        signals = StopSignals()
+        proc, url = start(port, typer.echo)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"MLflow UI at {url}  (experiment raygbm: runs and their trials; Models: versions and the champion)")
+    typer.echo("press Ctrl-C to stop")
+    while not signals.received and proc.poll() is None:
+        time.sleep(0.5)
+    stop(proc)
+    if not signals.received:
+        _fail(f"the MLflow server stopped (exit code {proc.returncode}); its log is in $RAYGBM_HOME/logs/mlflow-ui.log")
+
+
 def _progress(quiet: bool = False) -> Any:
     """The progress display (``report.progress_display``), imported on use: rich loads slowly."""
     from raygbm.report import progress_display
