@@ -77,9 +77,14 @@ def ensure_env(env: Path, wanted: str, say: Callable[[str], None]) -> Path:
         stage = env.with_name(env.name + ".partial")
         shutil.rmtree(stage, ignore_errors=True)
         say(f"creating the MLflow UI's environment in {env} ({wanted}; once, a few minutes)")
-        _run([sys.executable, "-m", "venv", str(stage)], "python -m venv")
-        _run([str(env_python(stage)), "-m", "pip", "install", "--disable-pip-version-check", "-q", wanted], "pip install")
-        _run([str(env_python(stage)), "-c", "import mlflow.server"], "import mlflow.server")
+        try:
+            _run([sys.executable, "-m", "venv", str(stage)], "python -m venv")
+            _run([str(env_python(stage)), "-m", "pip", "install", "--disable-pip-version-check", "-q", wanted],
+                 "pip install")
+            _run([str(env_python(stage)), "-c", "import mlflow.server"], "import mlflow.server")
+        except UIError:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         (stage / READY_FILE).write_text(json.dumps({"requirement": wanted}))
         shutil.rmtree(env, ignore_errors=True)
         os.rename(stage, env)  # a venv runs from its new path: the server is started as `python -m mlflow`
