@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 import re
 from datetime import datetime
 from importlib.metadata import version
@@ -118,11 +117,8 @@ def write_pyfunc(bundle_dir: Path, pre: Preprocessor) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix=".pyfunc-", dir=bundle_dir.parent))
     try:
         saved = work / "model"
-        with warnings.catch_warnings():  # MLflow asks for type hints on predict: the signature stands for them
-            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
-            save_model(str(saved), python_model=str(CODE_FILE), signature=signature(pre),
-                       input_example=input_example(pre), pip_requirements=requirements(),
-                       metadata={"raygbm_bundle": "raygbm.bundle/1"})
+        save_model(str(saved), python_model=str(CODE_FILE), signature=signature(pre), input_example=input_example(pre),
+                   pip_requirements=requirements(), metadata={"raygbm_bundle": "raygbm.bundle/1"})
         added = []
         for p in sorted(saved.iterdir()):
             if (bundle_dir / p.name).exists():
