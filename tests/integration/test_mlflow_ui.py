@@ -72,6 +72,15 @@ def _api(base: str, path: str, **query: str) -> dict:
     return json.loads(_get(f"{base}/ajax-api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"))
 
 
+def _search_runs(base: str, experiment_id: str) -> list[dict]:
+    """POST runs/search, as the UI lists an experiment's runs (children included)."""
+    body = json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode()
+    req = urllib.request.Request(f"{base}/ajax-api/2.0/mlflow/runs/search", data=body, method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["runs"]
+
+
 def test_ui_serves_the_run_its_trials_and_the_champion(demo_run):
     home, cfg, outcome = demo_run
     port = _free_port()
@@ -88,7 +97,7 @@ def test_ui_serves_the_run_its_trials_and_the_champion(demo_run):
         assert b"<html" in _get(base + "/").lower()
         (exp,) = [e for e in _api(base, "experiments/search", max_results="100")["experiments"]
                   if e["name"] == cfg.registry.experiment]
-        runs = _api(base, "runs/search", experiment_ids=exp["experiment_id"])["runs"]
+        runs = _search_runs(base, exp["experiment_id"])
         parent = next(r for r in runs if r["info"]["run_id"] == outcome.run_id)
         children = [r for r in runs if {"key": "mlflow.parentRunId", "value": outcome.run_id} in r["data"]["tags"]]
         assert len(children) == 2 and all(any(m["key"] == "score" for m in c["data"]["metrics"]) for c in children)
