@@ -16,8 +16,8 @@ from raygbm.progress import Progress
 ENVIRONMENT = ("Environment: RAYGBM_HOME (where runs, models and the MLflow store live; default ./.raygbm), "
                "MLFLOW_TRACKING_URI (a tracking server instead of the embedded store), RAY_ADDRESS (join that "
                "cluster instead of starting a local Ray), RAYGBM_ENDPOINT_TOKEN (the endpoint's bearer token, "
-               "for serve.require_token, predict --url and drift-report), RAYGBM_UI_ENV (where `raygbm ui` keeps the MLflow "
-               "UI's environment; default under RAYGBM_HOME).")
+               "for serve.require_token, predict --url and drift-report), RAYGBM_UI_ENV (where `raygbm ui` keeps "
+               "the MLflow UI's environment; default under RAYGBM_HOME).")
 
 
 # ---- on/off flags without typer's `<bool>` type label (typer 0.29 renders `--force <bool>`, as if the flag

@@ -72,6 +72,11 @@ def _api(base: str, path: str, **query: str) -> dict:
     return json.loads(_get(f"{base}/ajax-api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"))
 
 
+def _artifact(base: str, run_id: str, path: str) -> bytes:
+    """A run's artifact as the UI fetches it."""
+    return _get(f"{base}/get-artifact?{urllib.parse.urlencode({'path': path, 'run_uuid': run_id})}")
+
+
 def _search_runs(base: str, experiment_id: str) -> list[dict]:
     """POST runs/search, as the UI lists an experiment's runs (children included)."""
     body = json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode()
@@ -104,17 +109,17 @@ def test_ui_serves_the_run_its_trials_and_the_champion(demo_run):
         history = _api(base, "metrics/get-history", run_id=children[0]["info"]["run_id"], metric_key="validation_score")
         assert len(history["metrics"]) >= 2  # metrics per round
         assert any(m["key"] == "test_roc_auc" for m in parent["data"]["metrics"])
-        champion = _api(base, "registered-models/alias", name=cfg.registry.model_name, alias="champion")["model_version"]
+        champion = _api(base, "registered-models/alias", name=cfg.registry.model_name,
+                        alias="champion")["model_version"]
         assert champion["version"] == outcome.version and champion["run_id"] == outcome.run_id
         assert champion["tags"] and any(t["key"] == "decision" and t["value"] == "champion" for t in champion["tags"])
         files = {f["path"] for f in _api(base, "artifacts/list", run_id=outcome.run_id, path="model")["files"]}
         assert {"model/MLmodel", "model/model.txt", "model/manifest.json"} <= files
         report = {f["path"] for f in _api(base, "artifacts/list", run_id=outcome.run_id, path="report")["files"]}
         assert {"report/model_card.md", "report/model_card.html", "report/plots"} <= report
-        mlmodel = _get(f"{base}/get-artifact?{urllib.parse.urlencode({'path': 'model/MLmodel', 'run_uuid': outcome.run_id})}")
+        mlmodel = _artifact(base, outcome.run_id, "model/MLmodel")
         assert b"python_function" in mlmodel and b"pyfunc_code.py" in mlmodel
-        card = _get(f"{base}/get-artifact?{urllib.parse.urlencode({'path': 'report/model_card.md', 'run_uuid': outcome.run_id})}")
-        assert cfg.registry.model_name.encode() in card
+        assert cfg.registry.model_name.encode() in _artifact(base, outcome.run_id, "report/model_card.md")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
