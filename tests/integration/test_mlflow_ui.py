@@ -38,7 +38,8 @@ def demo_run(tmp_path_factory):
         data = make_shards(tmp_path_factory.mktemp("data"), rows=6000, shards=2, seed=9)
         cfg = load_config(REPO / "pipelines" / "configs" / "demo.yaml",
                           ["tune.trials=2", "tune.sample_rows=4000", "tune.compare_defaults=false",
-                           "train.num_boost_round=30", "train.report_every=5", "evaluate.permutation_rows=500"], {"data.source": str(data)})
+                           "train.num_boost_round=30", "train.report_every=5", "evaluate.permutation_rows=500"],
+                          {"data.source": str(data)})
         outcome, tuning = run_pipeline(cfg)
     assert outcome.decision == "champion" and len(tuning.trials) == 2
     return home, cfg, outcome
