@@ -69,8 +69,8 @@ def _get(url: str) -> bytes:
         return r.read()
 
 
-def _api(base: str, path: str, **query: str) -> dict:
-    return json.loads(_get(f"{base}/ajax-api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"))
+def _api(base: str, route: str, **query: str) -> dict:
+    return json.loads(_get(f"{base}/ajax-api/2.0/mlflow/{route}?{urllib.parse.urlencode(query)}"))
 
 
 def _artifact(base: str, run_id: str, path: str) -> bytes:
