@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAYGBM_HOME ?= $(CURDIR)/.raygbm
 DEMO_DATA := $(RAYGBM_HOME)/demo-data
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo ui test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "raygbm needs Python 3.11, found " + sys.version.split()[0]'
@@ -21,6 +21,10 @@ demo: install
 	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
 	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 	$(BIN)/python -m pipelines.serve_demo --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
+
+# The MLflow UI over the demo's store on 127.0.0.1:5000 (its own environment, created on first use).
+ui: install
+	$(BIN)/raygbm ui
 
 # Unit tests (no Ray) first, then integration tests sharing one local Ray, then a real head node and
 # `ray job submit`, then three Ray nodes on this host with faults (each its own session: never two Ray
@@ -40,4 +44,4 @@ bench: install
 	$(BIN)/python bench/tune.py
 
 clean:
-	rm -rf $(VENV) .raygbm .pytest_cache
+	rm -rf $(VENV) .venv-mlflow-ui .raygbm .pytest_cache

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from raygbm.errors import RaygbmError
 from raygbm.progress import Progress
@@ -15,9 +16,40 @@ from raygbm.progress import Progress
 ENVIRONMENT = ("Environment: RAYGBM_HOME (where runs, models and the MLflow store live; default ./.raygbm), "
                "MLFLOW_TRACKING_URI (a tracking server instead of the embedded store), RAY_ADDRESS (join that "
                "cluster instead of starting a local Ray), RAYGBM_ENDPOINT_TOKEN (the endpoint's bearer token, "
-               "for serve.require_token, predict --url and drift-report).")
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray.", epilog=ENVIRONMENT)
+               "for serve.require_token, predict --url and drift-report), RAYGBM_UI_ENV (where `raygbm ui` keeps "
+               "the MLflow UI's environment; default under RAYGBM_HOME).")
+
+
+# ---- on/off flags without typer's `<bool>` type label (typer 0.29 renders `--force <bool>`, as if the flag
+# took a value; --help and --version included). An empty metavar leaves the flag's names alone.
+
+
+def _unlabel_flags(params: list[Any]) -> list[Any]:
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _unlabel_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _unlabel_flags(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """Every ``@app.command()`` gets ``_Command`` (flags shown without ``<bool>``)."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="raygbm: Parquet shards → tuned LightGBM → monitored endpoint, on Ray.", epilog=ENVIRONMENT)
 
 EXIT_USER_ERROR = 2
 
@@ -54,7 +86,10 @@ def generate(
     drift_shift: float = typer.Option(1.5, "--drift-shift", help="mean shift of drifted numerics, in std"),
     concept_drift: bool = typer.Option(False, "--concept-drift", help="also change the label relation"),
 ) -> None:
-    """Write a synthetic tabular dataset (deterministic by seed) as Parquet shards."""
+    """Write a synthetic tabular dataset (deterministic by seed) as Parquet shards.
+
+    Example: raygbm generate --rows 100000 --shards 4 --seed 7 --out data/
+    """
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
 
     try:
@@ -104,7 +139,10 @@ def preprocess(
     force: bool = _FORCE,
     json_out: bool = typer.Option(False, "--json", help="print the data report as JSON"),
 ) -> None:
-    """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report."""
+    """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report.
+
+    Example: raygbm preprocess --data data/ --label label
+    """
     try:
         cfg = _config(config, set_, data, label, task, **({"data.quarantine": True} if quarantine else {}))
         with _progress(json_out) as progress:
@@ -132,7 +170,10 @@ def tune(
     trials: Optional[int] = typer.Option(None, "--trials", help="number of trials (tune.trials)"),
     force: bool = _FORCE,
 ) -> None:
-    """Search LightGBM hyperparameters with Ray Tune (Optuna TPE + ASHA). Prints the best params."""
+    """Search LightGBM hyperparameters with Ray Tune (Optuna TPE + ASHA). Prints the best params.
+
+    Example: raygbm tune --data data/ --label label --trials 8
+    """
     from raygbm.report import print_tuning
     from raygbm.training.train import RunMeta
     from raygbm.training.tune import tune_search
@@ -157,7 +198,10 @@ def train(
     task: Optional[str] = _TASK,
     force: bool = _FORCE,
 ) -> None:
-    """Train with fixed params (train.params), evaluate on the test split and register the model."""
+    """Train with fixed params (train.params), evaluate on the test split and register the model.
+
+    Example: raygbm train --data data/ --label label --set train.num_boost_round=300
+    """
     from raygbm.pipeline import train_and_register
     from raygbm.report import print_outcome
     from raygbm.training.train import RunMeta
@@ -182,7 +226,10 @@ def evaluate(
     task: Optional[str] = _TASK,
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
-    """Score a registered model on the data's test split (raw rows, through the model's own preprocessor)."""
+    """Score a registered model on the data's test split (raw rows, through the model's own preprocessor).
+
+    Example: raygbm evaluate --data data/ --label label --model 2
+    """
     from raygbm.registry.register import evaluate_registered
     from raygbm.training.train import RunMeta
 
@@ -215,7 +262,10 @@ def run(
     force: bool = _FORCE,
     json_out: bool = typer.Option(False, "--json", help="print the outcome as JSON"),
 ) -> None:
-    """The whole pipeline: preprocess → tune → train the best → evaluate → register (champion if it wins)."""
+    """The whole pipeline: preprocess → tune → train the best → evaluate → register (champion if it wins).
+
+    Example: raygbm run --config pipelines/configs/demo.yaml --data .raygbm/demo-data
+    """
     from raygbm.pipeline import run_pipeline
     from raygbm.report import print_outcome, print_tuning
 
@@ -249,7 +299,10 @@ def predict(
     url: Optional[str] = typer.Option(None, "--url", help="score through this running endpoint's /predict/batch "
                                       "(Arrow IPC, in chunks) instead of a local batch job"),
 ) -> None:
-    """Score a dataset with a registered model as a Ray Data batch job (or through a running endpoint)."""
+    """Score a dataset with a registered model as a Ray Data batch job (or through a running endpoint).
+
+    Example: raygbm predict --input data/ --output scored/
+    """
     from raygbm.predict import predict_dataset, predict_via_endpoint
     from raygbm.registry.store import Registry, local_bundle
 
@@ -280,7 +333,10 @@ def models(
     config: Optional[Path] = _CONFIG,
     set_: list[str] = _SET,
 ) -> None:
-    """List registered model versions, their test metric and which one is the champion."""
+    """List registered model versions, their test metric and which one is the champion.
+
+    Example: raygbm models
+    """
     from raygbm.registry.store import Registry
 
     try:
@@ -302,7 +358,10 @@ def promote(
     config: Optional[Path] = _CONFIG,
     set_: list[str] = _SET,
 ) -> None:
-    """Move the champion alias to a version by hand (a rollback, or a candidate you trust)."""
+    """Move the champion alias to a version by hand (a rollback, or a candidate you trust).
+
+    Example: raygbm promote 1
+    """
     from raygbm.registry.store import Registry
 
     try:
@@ -324,7 +383,10 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", help="port (serve.port; default 8000)"),
     detach: bool = typer.Option(False, "--detach", help="return after deploying (on a cluster given by RAY_ADDRESS)"),
 ) -> None:
-    """Deploy a registered model (default: the champion) as the HTTP endpoint and print its URL."""
+    """Deploy a registered model (default: the champion) as the HTTP endpoint and print its URL.
+
+    Example: raygbm serve --port 8000
+    """
     import os
 
     from raygbm.runtime import StopSignals, stop_serving
@@ -360,7 +422,10 @@ def drift_report(
     output: Path = typer.Option(Path("drift-report.html"), "--output", help="HTML file to write"),
 ) -> None:
     """Fetch GET /drift from a running endpoint and write an HTML report (reference vs current histograms).
-    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set."""
+    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set.
+
+    Example: raygbm drift-report --url http://127.0.0.1:8000 --output drift.html
+    """
     import json
     import urllib.error
     import urllib.request
@@ -379,6 +444,41 @@ def drift_report(
     write_text_atomic(output, drift_report_html(report))
     verdicts = [w["verdict"] for w in report.get("windows", [])]
     typer.echo(f"{len(verdicts)} windows ({verdicts.count('drift')} with drift); report: {output.resolve()}")
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
+) -> None:
+    """Open the MLflow UI over raygbm's store (runs, trials as child runs, metrics per round, plots, the model
+    card, versions with the champion alias). The first start creates the UI's own environment (the full
+    mlflow, in $RAYGBM_HOME/mlflow-ui-VERSION or $RAYGBM_UI_ENV): a few minutes, once.
+
+    Example: raygbm ui --port 5000
+    """
+    import os
+    import time
+
+    from raygbm.runtime import StopSignals
+
+    remote = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if remote.startswith(("http://", "https://")):
+        typer.echo(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {remote}")
+        return
+    from raygbm.ui import start, stop
+
+    try:
+        signals = StopSignals()
+        proc, url = start(port, typer.echo)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"MLflow UI at {url}  (experiment raygbm: runs and their trials; Models: versions and the champion)")
+    typer.echo("press Ctrl-C to stop")
+    while not signals.received and proc.poll() is None:
+        time.sleep(0.5)
+    stop(proc)
+    if not signals.received:
+        _fail(f"the MLflow server stopped (exit code {proc.returncode}); its log is in $RAYGBM_HOME/logs/mlflow-ui.log")
 
 
 def _progress(quiet: bool = False) -> Any:

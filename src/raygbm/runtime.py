@@ -41,6 +41,9 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
     else:
         ensure_private_token()
         ray.init(
+            # "local": a new instance even when another Ray runs on this host (without it, ray.init joins
+            # any local instance it finds, e.g. one left by `ray start`, and then refuses num_cpus).
+            address="local",
             num_cpus=resources.num_cpus,
             object_store_memory=resources.object_store_memory_mb * 1024 * 1024
             if resources.object_store_memory_mb

@@ -157,6 +157,18 @@ def _post_raw(path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def _score_arrow(raw):
+    """``raw`` scored by POST /predict/batch as an Arrow IPC stream: the (prediction, score) table."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, raw.schema) as w:
+        w.write_table(raw)
+    status, body = _post_raw("/predict/batch", sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream")
+    assert status == 200, body[:300]
+    return pa.ipc.open_stream(body).read_all()
+
+
 def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -166,12 +178,7 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
     raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
     ref, path = local_bundle(Registry(), "1")
     expected = Bundle.load(path).scores(Bundle.load(path).features(raw))
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, raw.schema) as w:
-        w.write_table(raw)
-    status, body = _post_raw("/predict/batch", sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream")
-    assert status == 200, body[:300]
-    out = pa.ipc.open_stream(body).read_all()
+    out = _score_arrow(raw)
     assert out.column_names == ["prediction", "score"] and out.num_rows == raw.num_rows == 10_000
     np.testing.assert_array_equal(np.asarray(out["score"]), expected)
     csv_sink = pa.BufferOutputStream()
@@ -737,3 +744,24 @@ def test_batch_job_whose_worker_dies_is_reported_failed(served, tmp_path):
     os.kill(wait_until(running_pid, 60, interval=0.05, message="the job's task running"), signal.SIGKILL)
     doc = _job_done(job, 60)
     assert doc["status"] == "failed" and "worker died" in doc["error"], doc
+
+
+def test_mlflow_pyfunc_of_the_champion_scores_like_the_endpoint_on_10k_rows(served, monkeypatch):
+    """The registered version is an MLflow Model: ``mlflow.pyfunc`` scores raw rows as /predict/batch does."""
+    import mlflow.pyfunc
+
+    from raygbm.registry.store import tracking_uri
+
+    meta, _, _ = served
+    _serving("1")
+    Registry().promote(Registry().get("1"))
+    raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 10_000)
+    endpoint = _score_arrow(raw)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri())
+    model = mlflow.pyfunc.load_model(f"models:/{RegistryConfig().model_name}@champion")
+    frame = raw.select(model.metadata.get_input_schema().input_names()).to_pandas()
+    frame["event_time"] = frame["event_time"].dt.tz_localize(None)  # MLflow's datetime columns are naive (UTC)
+    out = model.predict(frame)
+    assert len(out) == endpoint.num_rows == 10_000
+    np.testing.assert_allclose(out["score"].to_numpy(), np.asarray(endpoint["score"]), rtol=0, atol=1e-12)
+    assert out["prediction"].tolist() == endpoint["prediction"].to_pylist()

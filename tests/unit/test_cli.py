@@ -73,3 +73,21 @@ def test_the_demo_registers_under_the_name_the_cli_reads_by_default():
 
     demo = load_config(Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "demo.yaml", [])
     assert demo.registry.model_name == RegistryConfig().model_name  # `raygbm models` after `make demo`
+
+
+def _commands() -> list[str]:
+    import typer
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_no_help_text_shows_a_bool_label_and_every_command_has_an_example():
+    commands = _commands()
+    assert {"run", "serve", "models", "predict", "ui"} <= set(commands)
+    top = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    assert top.exit_code == 0 and "--version" in top.output and "<bool>" not in top.output, top.output
+    for name in commands:
+        result = CliRunner().invoke(app, [name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, f"{name} --help:\n{result.output}"
+        assert f"Example: raygbm {name}" in _help(name), f"{name} --help has no example"

@@ -110,7 +110,7 @@ def test_pipeline_commands_fail_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "out.parquet").exists()
 
 
-@pytest.mark.parametrize("command", ["preprocess", "run"])
+@pytest.mark.parametrize("command", ["preprocess", "tune", "train", "evaluate", "run"])
 @pytest.mark.parametrize("missing", ["--data", "--label"])
 def test_missing_data_or_label_fails_before_ray_starts(tmp_path, command, missing):
     data = make_shards(tmp_path / "data", rows=500, shards=1)

@@ -145,8 +145,8 @@ def test_write_bundle_writes_a_verified_loadable_bundle(meta, tmp_path):
     booster = train_in_process(meta, train).booster
     sha = write_bundle(tmp_path / "b", booster, meta.run_dir, {"threshold": 0.4}, {"features": {}}, {"num_leaves": 31})
     manifest = verify_bundle(tmp_path / "b", sha)
-    assert set(manifest["sha256"]) == {"model.txt", "preprocessor.json", "schema.json", "metrics.json",
-                                       "reference.json", "params.json"}
+    assert {"model.txt", "preprocessor.json", "schema.json", "metrics.json", "reference.json", "params.json",
+            "MLmodel", "pyfunc_code.py", "input_example.json"} <= set(manifest["sha256"])
     assert MANIFEST_FILE not in manifest["sha256"]
     loaded = Bundle.load(tmp_path / "b", sha)
     assert loaded.threshold == 0.4 and loaded.booster.num_trees() == 5 and loaded.task == "binary"

@@ -66,7 +66,8 @@ def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
 def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[str, Any], reference: dict[str, Any],
                  params: dict[str, Any]) -> str:
     """Write a new bundle folder ``dest``: the model, the preprocess run's preprocessor and schema, the
-    test metrics, the drift reference and the parameters, then the manifest. Returns the manifest's sha256."""
+    test metrics, the drift reference and the parameters, the MLflow pyfunc flavour over them
+    (``registry.mlflow_model``), then the manifest. Returns the manifest's sha256."""
     dest.mkdir()
     booster.save_model(str(dest / MODEL_FILE))
     shutil.copy(run_dir / PREPROCESSOR_FILE, dest / PREPROCESSOR_FILE)
@@ -74,6 +75,10 @@ def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[
     (dest / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     (dest / REFERENCE_FILE).write_text(json.dumps(reference, allow_nan=False))
     (dest / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
+    from raygbm.data.features import Preprocessor
+    from raygbm.registry.mlflow_model import write_pyfunc
+
+    write_pyfunc(dest, Preprocessor.from_json((dest / PREPROCESSOR_FILE).read_text()))
     return write_manifest(dest)
 
 

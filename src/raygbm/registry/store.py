@@ -29,7 +29,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home().resolve() / 'mlflow.db'}"
 
 
-def _silence_mlflow_logging() -> None:
+def silence_mlflow_logging() -> None:
     # MLflow logs schema migrations and experiment creation at INFO on first use, and draws a progress
     # bar for every artifact download.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -58,7 +58,7 @@ class Registry:
     @property
     def client(self) -> Any:
         if not hasattr(self, "_client"):
-            _silence_mlflow_logging()
+            silence_mlflow_logging()
             from mlflow import MlflowClient
 
             uri = self._uri or tracking_uri()
