@@ -282,6 +282,8 @@ def test_missing_unknown_duplicated_inputs_and_bad_shapes(served):
         (json.dumps({**good, "sentinel": 1}).encode(), 422, "1 unknown key(s)"),
         (json.dumps({**good, "id": 7}).encode(), 422, '"id" must be a string'),
         (json.dumps({**good, "id": "x" * 300}).encode(), 422, '"id" must be a string'),
+        (json.dumps({**good, "id": "\ud800"}).encode(), 422, '"id" must be a string'),  # echoed: must encode
+        (json.dumps({**good, "id": "a\r\nb"}).encode(), 422, '"id" must be a string'),
         (json.dumps({**good, "outputs": [{"name": "sentinel"}]}).encode(), 422, "1 unknown output(s)"),
         (json.dumps({**good, "outputs": "score"}).encode(), 422, '"outputs" must be a list'),
         (json.dumps({**good, "parameters": []}).encode(), 422, '"parameters" must be an object'),

@@ -146,8 +146,10 @@ def parse_infer(body: bytes, headers: Mapping[str, str], model: ServedModel) -> 
     if not isinstance(doc.get("parameters", {}), dict):
         raise RequestError('"parameters" must be an object')
     request_id = doc.get("id")
-    if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS):
-        raise RequestError(f'"id" must be a string of at most {MAX_ID_CHARS} characters')
+    if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS
+                                       and request_id.isprintable() and request_id.encode("utf-8", "replace")
+                                       .decode("utf-8") == request_id):  # it is echoed: no lone surrogate
+        raise RequestError(f'"id" must be a string of at most {MAX_ID_CHARS} printable characters')
     outputs = _outputs(doc.get("outputs"), output_specs(model))
     inputs = _inputs(doc.get("inputs"), binary, model.schema)
     if len(inputs) == 1 and inputs[0].name == RECORDS_INPUT and RECORDS_INPUT not in model.schema.fields:
