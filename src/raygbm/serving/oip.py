@@ -244,12 +244,7 @@ def _feature_records(inputs: list[_Input], schema: RequestSchema) -> list[dict[s
     if unknown:
         raise RequestError(f"{unknown} unknown input(s); the model's metadata lists its inputs (or send one "
                            f'BYTES input "{RECORDS_INPUT}" of JSON records)')
-    duplicated = [n for n in schema.fields if names.count(n) > 1]
-    if duplicated:
-        raise RequestError(f"duplicated input(s): {', '.join(duplicated[:10])}")
-    missing = [n for n in schema.fields if n not in names]
-    if missing:
-        raise RequestError(f"missing input(s): {', '.join(missing[:10])}")
+    schema.check_names(names, "input")
     if len({t.rows for t in inputs}) > 1:
         raise RequestError("the inputs' shapes have different numbers of rows")
     columns = {}

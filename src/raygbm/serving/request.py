@@ -161,16 +161,19 @@ class RequestSchema:
         self.check_width(table.num_columns)
         if table.num_rows > max_rows:
             raise RequestError(f"{table.num_rows} rows; the limit is {max_rows}", 413)
-        names = table.column_names
-        duplicated = [k for k in self.fields if names.count(k) > 1]
-        if duplicated:
-            raise RequestError(f"duplicated field(s): {', '.join(duplicated[:10])}")
-        missing = [k for k in self.fields if k not in names]
-        if missing:
-            raise RequestError(f"missing field(s): {', '.join(missing[:10])}")
+        self.check_names(table.column_names)
         for name, kind in self.fields.items():
             if name not in self.categorical and kind in ("number", "integer", "bool"):
                 _check_numbers(table.column(name), f"field {name!r}")
+
+    def check_names(self, names: list[str], what: str = "field") -> None:
+        """Each of the model's fields exactly once among ``names`` (a table's columns, a request's tensors)."""
+        duplicated = [k for k in self.fields if names.count(k) > 1]
+        if duplicated:
+            raise RequestError(f"duplicated {what}(s): {', '.join(duplicated[:10])}")
+        missing = [k for k in self.fields if k not in names]
+        if missing:
+            raise RequestError(f"missing {what}(s): {', '.join(missing[:10])}")
 
     # ---- documentation
 
