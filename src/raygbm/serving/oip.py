@@ -145,11 +145,7 @@ def parse_infer(body: bytes, headers: Mapping[str, str], model: ServedModel) -> 
         raise RequestError(f"{unknown} unknown key(s); an inference request has {', '.join(REQUEST_KEYS)}")
     if not isinstance(doc.get("parameters", {}), dict):
         raise RequestError('"parameters" must be an object')
-    request_id = doc.get("id")
-    if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS
-                                       and request_id.isprintable() and request_id.encode("utf-8", "replace")
-                                       .decode("utf-8") == request_id):  # it is echoed: no lone surrogate
-        raise RequestError(f'"id" must be a string of at most {MAX_ID_CHARS} printable characters')
+    request_id = _request_id(doc.get("id"))
     outputs = _outputs(doc.get("outputs"), output_specs(model))
     inputs = _inputs(doc.get("inputs"), binary, model.schema)
     if len(inputs) == 1 and inputs[0].name == RECORDS_INPUT and RECORDS_INPUT not in model.schema.fields:
@@ -157,6 +153,14 @@ def parse_infer(body: bytes, headers: Mapping[str, str], model: ServedModel) -> 
     else:
         records = _feature_records(inputs, model.schema)
     return InferRequest(model.schema.parse_records(records), request_id, outputs)
+
+
+def _request_id(v: Any) -> str | None:
+    """The request's id, which the answer echoes: printable text that encodes (no lone surrogate)."""
+    if v is not None and not (isinstance(v, str) and len(v) <= MAX_ID_CHARS and v.isprintable()
+                              and v.encode("utf-8", "replace").decode("utf-8") == v):
+        raise RequestError(f'"id" must be a string of at most {MAX_ID_CHARS} printable characters')
+    return v
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
