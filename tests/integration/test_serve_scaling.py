@@ -78,6 +78,12 @@ def test_autoscaling_and_bearer_token(tmp_path, home, monkeypatch):
                            for i in range(raw.num_rows)]).encode()
         assert _call("/predict", body, token=None)[0] == 401
         assert _call("/predict", body)[0] == 200
+        # The Open Inference Protocol's routes: its health probes open, the rest behind the same token.
+        infer = json.dumps({"inputs": [{"name": "records", "shape": [1], "datatype": "BYTES", "data": [body.decode()]}]})
+        assert _call("/v2/health/ready", token=None) == (200, {"ready": True})
+        assert _call(f"/v2/models/{info['name']}", token=None)[0] == 401 and _call(f"/v2/models/{info['name']}")[0] == 200
+        assert _call(f"/v2/models/{info['name']}/infer", infer.encode(), token=None)[0] == 401
+        assert _call(f"/v2/models/{info['name']}/infer", infer.encode())[0] == 200
         assert _running_replicas() == 1
 
         stop = threading.Event()

@@ -159,6 +159,10 @@ def test_bodies_over_the_route_limit_get_413_whatever_the_framing(port):
     assert _status(response) == 200 and response.endswith(b'{"received": 10000}')
     response, _ = _exchange(port, _post(BATCH_PATH, b"b" * 70_000))
     assert _status(response) == 413
+    # The Open Inference Protocol's infer routes have /predict's limit.
+    for path in ("/v2/models/m/infer", "/v2/models/m/versions/1/infer"):
+        response, _ = _exchange(port, _post(path, b"v" * 5000))
+        assert _status(response) == 413, path
     _valid_request_answered(port)
 
 

@@ -217,5 +217,9 @@ def test_bearer_token_middleware_guards_every_route_but_the_probes():
         assert call("/model", None) == 401 and call("/openapi.json", "wrong") == 401 and call("/predict", "") == 401
         assert call("/model", secret) == 200 and call("/docs", secret) == 200
         assert call("/healthz", None) == 200 and call("/readyz", None) == 200
+        # The Open Inference Protocol: its health probes are open, its model routes need the token.
+        assert call("/v2/health/live", None) == 200 and call("/v2/health/ready", None) == 200
+        assert call("/v2/models/m/infer", None) == 401 and call("/v2/models/m", "wrong") == 401 and call("/v2", None) == 401
+        assert call("/v2/models/m/infer", secret) == 200
     finally:
         Replica.token_sha256 = old

@@ -6,6 +6,9 @@
 - ``POST /predict/batch``: an Arrow IPC or CSV table scored and answered in the same format, or a JSON
   ``{"input": ...}`` starting a Parquet job (``serving.batch_jobs``); ``GET /predict/batch/{id}``.
 - ``GET /drift`` (the monitor's windows), ``GET /model``, ``GET /healthz``, ``GET /readyz``, ``/docs``.
+- The Open Inference Protocol (KServe V2, Triton, MLServer) under ``/v2``: health, server and model
+  metadata, ``POST /v2/models/{name}/infer`` (``serving.oip`` parses and answers; same checks, limits,
+  token and drift logging as ``/predict``).
 
 The model lives in a :class:`~raygbm.serving.model_slot.ModelSlot`: ``reconfigure`` (a new
 ``user_config``) loads and verifies the new version before switching, so a swap fails no request.
@@ -29,6 +32,7 @@ from ray import serve
 
 from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.runtime import loopback_replica_grpc
+from raygbm.serving import oip
 from raygbm.serving.batch_jobs import BatchJobs
 from raygbm.serving.model_slot import ModelSlot, ServedModel
 from raygbm.serving.monitor_buffer import MonitorBuffer
@@ -44,7 +48,7 @@ from raygbm.serving.tables import (
     write_table,
 )
 
-PROBES = ("/healthz", "/readyz")
+PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 JSON_TYPES = ("application/json", "")  # a client that names no type gets the JSON parser too
 JOB_BODY_BYTES = 64 * 1024
 
@@ -328,3 +332,45 @@ class ModelServer:
         return JSONResponse({**self._loaded().info(), "served_rows": self.served_rows, "requests_in_flight": Replica.scoring,
                              "unseen_categories": self.unseen,
                              "follows_champion": self.slot.follows(), "champion_check": self.slot.champion_check})
+
+    # ---- the Open Inference Protocol (KServe V2): parsing and answers in serving.oip
+
+    @api.get("/v2", summary="Open Inference Protocol: server metadata")
+    async def oip_server(self) -> JSONResponse:
+        return JSONResponse(oip.server_metadata())
+
+    @api.get("/v2/health/live", summary="Open Inference Protocol: liveness")
+    async def oip_live(self) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    @api.get("/v2/health/ready", summary="Open Inference Protocol: readiness (a model is loaded)")
+    async def oip_ready(self) -> JSONResponse:
+        ready = self.slot.model is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata (inputs and outputs)")
+    @api.get("/v2/models/{name}/versions/{version}", summary="Open Inference Protocol: model metadata")
+    async def oip_model(self, request: Request) -> JSONResponse:
+        return JSONResponse(oip.model_metadata(self._oip_model(request)))
+
+    @api.get("/v2/models/{name}/ready", summary="Open Inference Protocol: model readiness")
+    @api.get("/v2/models/{name}/versions/{version}/ready", summary="Open Inference Protocol: model readiness")
+    async def oip_model_ready(self, request: Request) -> JSONResponse:
+        return JSONResponse({"name": self._oip_model(request).name, "ready": True})
+
+    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol: score input tensors",
+              openapi_extra={"requestBody": oip.INFER_BODY})
+    @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol: score input tensors",
+              openapi_extra={"requestBody": oip.INFER_BODY})
+    async def oip_infer(self, request: Request) -> JSONResponse:
+        model = self._oip_model(request)
+        infer = oip.parse_infer(await read_body(request, self.settings.max_body_bytes), request.headers, model)
+        scores = await self._within_budget(self._batched((model, infer.parsed.features, infer.parsed.missing)))
+        self.served_rows += len(infer.parsed.features)
+        self.unseen += infer.parsed.unseen
+        return JSONResponse(oip.infer_response(model, model.results(scores), infer))
+
+    def _oip_model(self, request: Request) -> ServedModel:
+        model = self._loaded()
+        oip.check_served(model, request.path_params["name"], request.path_params.get("version"))
+        return model

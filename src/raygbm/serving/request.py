@@ -38,6 +38,18 @@ def _reject_constant(name: str) -> Any:
     raise RequestError(f"{name} is not a valid JSON number; send null for a missing value", 400)
 
 
+def load_json(body: bytes | str) -> Any:
+    """A JSON body strictly: NaN/Infinity (not JSON) are a 400, as are bad UTF-8 and deep nesting."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RequestError:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("body is not valid JSON", 400) from None
+    except RecursionError:
+        raise RequestError("body is nested too deeply", 400) from None
+
+
 def _kind(arrow_type: str) -> str:
     t = arrow_type.lower()
     if t.startswith("timestamp") or t.startswith("date"):
@@ -77,14 +89,7 @@ class RequestSchema:
     # ---- parsing
 
     def parse(self, body: bytes) -> Parsed:
-        try:
-            obj = json.loads(body, parse_constant=_reject_constant)
-        except RequestError:
-            raise
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError("body is not valid JSON", 400) from None
-        except RecursionError:
-            raise RequestError("body is nested too deeply", 400) from None
+        obj = load_json(body)
         single = isinstance(obj, dict)
         if single:
             records = [obj]
@@ -92,6 +97,11 @@ class RequestSchema:
             records = obj
         else:
             raise RequestError("body must be a JSON object (one record) or a list of objects", 422)
+        return self.parse_records(records, single)
+
+    def parse_records(self, records: list[Any], single: bool = False) -> Parsed:
+        """Records already decoded from JSON (or built from another format's values with JSON's types:
+        None, bool, int, float, str), checked and transformed."""
         if not records:
             raise RequestError("no records in the request", 422)
         if len(records) > self.max_rows:
@@ -151,16 +161,19 @@ class RequestSchema:
         self.check_width(table.num_columns)
         if table.num_rows > max_rows:
             raise RequestError(f"{table.num_rows} rows; the limit is {max_rows}", 413)
-        names = table.column_names
-        duplicated = [k for k in self.fields if names.count(k) > 1]
-        if duplicated:
-            raise RequestError(f"duplicated field(s): {', '.join(duplicated[:10])}")
-        missing = [k for k in self.fields if k not in names]
-        if missing:
-            raise RequestError(f"missing field(s): {', '.join(missing[:10])}")
+        self.check_names(table.column_names)
         for name, kind in self.fields.items():
             if name not in self.categorical and kind in ("number", "integer", "bool"):
                 _check_numbers(table.column(name), f"field {name!r}")
+
+    def check_names(self, names: list[str], what: str = "field") -> None:
+        """Each of the model's fields exactly once among ``names`` (a table's columns, a request's tensors)."""
+        duplicated = [k for k in self.fields if names.count(k) > 1]
+        if duplicated:
+            raise RequestError(f"duplicated {what}(s): {', '.join(duplicated[:10])}")
+        missing = [k for k in self.fields if k not in names]
+        if missing:
+            raise RequestError(f"missing {what}(s): {', '.join(missing[:10])}")
 
     # ---- documentation
 
