@@ -55,18 +55,28 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def null_draws(probs: list[float], holdout: list[float], n: int, draws: int, statistic: str,
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator, same_rows: bool = False) -> np.ndarray:
     """``statistic`` of ``draws`` simulated clean windows of ``n`` rows against the reference ``probs``.
 
     ``holdout``: the held-out rows' counts per reference bin; for numeric features one more count
-    (rows without a value), drawn and then left out as ``bin_counts`` leaves NaNs out of a window."""
+    (rows without a value), drawn and then left out as ``bin_counts`` leaves NaNs out of a window.
+    ``same_rows``: the reference's bins and shares were computed from these held-out rows themselves
+    (the score's), so they match the held-out counts exactly, while a served clean window also differs
+    from the reference by that sample's own noise: each draw first resamples the held-out rows (a
+    parametric bootstrap of the population), then the window from that resample."""
     h = np.asarray(holdout, dtype=np.float64)
     expected = np.asarray(probs, dtype=np.float64)
     k = len(expected)
+    rows = int(round(h.sum()))
     score: Callable[[np.ndarray, np.ndarray], np.ndarray] = psi_rows if statistic == "psi" else js_distance_rows
     out = []
     for start in range(0, draws, CHUNK):
-        counts = rng.multinomial(n, h / h.sum(), size=min(CHUNK, draws - start))[:, :k].astype(np.float64)
+        size = min(CHUNK, draws - start)
+        if same_rows and rows > 0:
+            population = rng.multinomial(rows, h / h.sum(), size=size) / rows
+            counts = rng.multinomial(n, population)[:, :k].astype(np.float64)
+        else:
+            counts = rng.multinomial(n, h / h.sum(), size=size)[:, :k].astype(np.float64)
         out.append(score(expected, counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)))
     return np.concatenate(out)
 
@@ -118,8 +128,9 @@ def calibrate(reference: dict[str, Any], holdout: dict[str, Any], window_size: i
         stat = feature_statistic(ref["kind"])
         null = null_draws(ref["probs"], holdout["features"][name], window_size, draws, stat, _rng(seed, name))
         feats[name] = {stat: floored(stat, tail_threshold(null, rate, stat))}
+    # The score's bins are quantiles of the held-out scores themselves (see drift.reference).
     pred = null_draws(reference["prediction"]["probs"], holdout["prediction"], window_size, draws, "psi",
-                      _rng(seed, "__prediction__"))
+                      _rng(seed, "__prediction__"), same_rows=True)
     missing = {name: {"missing_rate_delta": floored("missing_rate_delta", missing_threshold(float(p), window_size, rate))}
                for name, p in reference.get("missing_rate", {}).items()}
     return {"features": feats, "prediction": {"psi": floored("psi", tail_threshold(pred, rate, "psi"))}, "missing": missing}
