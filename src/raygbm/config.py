@@ -48,6 +48,9 @@ class DataConfig(_Section):
     duplicates: Literal["count", "drop"] = "count"
     quarantine: bool = Field(False, description="skip bad shards (listed in the report) instead of failing")
     max_categories: int = Field(1000, ge=1, description="most frequent categories kept per column")
+    extra_shards: list[str] = Field(
+        default_factory=list, description="Parquet files read with the source's shards (on the same filesystem), "
+        "e.g. the loop's labelled traffic staged for a retraining; shards whose schema differs are bad shards")
 
     @field_validator("source")
     @classmethod
@@ -370,6 +373,44 @@ class MonitorConfig(_Section):
     log_flush_s: float = Field(5.0, gt=0, description="the monitor writes buffered rows at least this often")
 
 
+class RetrainConfig(_Section):
+    """The loop: when a retraining runs (triggers), on what data, how its challenger is gated, and when a
+    promotion is rolled back. Triggers run in `raygbm serve`'s process when ``enabled``."""
+
+    enabled: bool = Field(False, description="`raygbm serve` checks the triggers and submits retraining Ray Jobs")
+    check_s: float = Field(30.0, gt=0, description="how often the triggers and the rollback watch are checked")
+    window_rows: int | None = Field(
+        50_000, ge=1, description="retraining data: at most this many of the most recent labelled rows (null: all)")
+    window_s: float | None = Field(
+        None, gt=0, description="retraining data: only labelled rows served within this many seconds (null: any age)")
+    include_source: bool = Field(
+        True, description="retrain on data.source plus the labelled traffic; false: the labelled traffic alone "
+        "(after a concept drift the source's rows teach the old relation)")
+    holdout_share: float = Field(
+        0.3, gt=0, lt=1, description="share of the windowed labelled rows, the most recent, held back from the "
+        "retraining data: the challenger and the champion are compared on them")
+    min_holdout_rows: int = Field(200, ge=10, description="a retraining needs at least this many holdout rows")
+    trials: int | None = Field(
+        None, ge=0, description="tuning trials of a retraining (null: tune.trials; 0: train.params, no search)")
+    every_s: float | None = Field(None, gt=0, description="schedule: a retraining is due this long after the last")
+    cooldown_s: float = Field(3600.0, ge=0, description="no automatic retraining within this long of the last one")
+    drift: AlertAfter | None = Field(
+        default_factory=lambda: AlertAfter(m=3, n=5), description="retrain when at least m of the last n scored "
+        "drift windows drifted (null: drift does not trigger)")
+    performance_drop: float | None = Field(
+        0.05, gt=0, description="retrain when the champion's realized gate metric on its recent labelled rows is "
+        "worse than its registered test metric by more than this, or a window's performance is below its lower "
+        "bound (null: performance does not trigger)")
+    performance_rows: int = Field(
+        500, ge=10, description="the most recent labelled rows the realized-performance trigger scores")
+    rollback_windows: int = Field(
+        3, ge=1, description="K: after a promotion, the new champion is watched over its first K labelled windows")
+    rollback_window_rows: int = Field(200, ge=10, description="labelled rows per rollback window")
+    rollback_margin: float = Field(
+        0.02, ge=0, description="roll back when the new champion's realized gate metric on its labelled rows is "
+        "worse than the previous champion's on the same rows by more than this")
+
+
 class ResourcesConfig(_Section):
     """Compute sizing only; never a hyperparameter."""
 
@@ -399,6 +440,7 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 

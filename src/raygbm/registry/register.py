@@ -166,9 +166,11 @@ def evaluate_and_register(
     progress: Progress = no_progress,
     *,
     monitor: MonitorConfig | None = None,
+    promote: bool = True,
 ) -> Outcome:
     """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins.
-    ``monitor``: the window size and false-alarm rate the drift thresholds are calibrated for."""
+    ``monitor``: the window size and false-alarm rate the drift thresholds are calibrated for. ``promote``
+    false: registered as a candidate whatever the test split says (the loop gates it on recent traffic)."""
     booster = trained.result.booster
     metric = gate_metric(meta.task, registry_cfg.metric)
     progress("evaluating on the test split")
@@ -181,6 +183,8 @@ def evaluate_and_register(
     champ, champ_value, why = score_champion(registry, meta, metric)
     new_value = float(ev.metrics[metric])
     gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, registry_cfg.margin)
+    if not promote:
+        gate = Gate("candidate", f"held for the loop's gate on recent labelled rows (test split: {gate.reason})")
 
     data_report = json.loads((meta.run_dir / "data_report.json").read_text())
     params = registered_params(train, meta, trained)

@@ -5,7 +5,7 @@
   ``num_threads=1`` LightGBM, with ``@serve.batch`` merging concurrent requests into one ``predict`` call.
 - ``POST /predict/batch``: an Arrow IPC or CSV table scored and answered in the same format, or a JSON
   ``{"input": ...}`` starting a Parquet job (``serving.batch_jobs``); ``GET /predict/batch/{id}``.
-- ``GET /drift`` (the monitor's windows), ``GET /model``, ``GET /healthz``, ``GET /readyz``, ``/docs``.
+- ``GET /drift`` (the monitor's windows), ``GET /retrain`` (the loop's record), ``GET /model``, ``GET /healthz``, ``GET /readyz``, ``/docs``.
 
 The model lives in a :class:`~raygbm.serving.model_slot.ModelSlot`: ``reconfigure`` (a new
 ``user_config``) loads and verifies the new version before switching, so a swap fails no request.
@@ -312,6 +312,15 @@ class ModelServer:
             # ActorUnavailableError is a RayActorError: Ray is restarting the monitor from its log.
             return JSONResponse({"error": "the drift monitor is restarting; retry shortly"}, status_code=503,
                                 headers={"retry-after": "1"})
+
+    @api.get("/retrain", summary="The loop: retraining triggers, jobs and decisions (promoted, rejected, rolled back)")
+    async def retrain_state(self) -> JSONResponse:
+        from raygbm.loop.state import LoopState, public
+
+        config = getattr(self.slot, "user_config", None)
+        if not config:
+            raise RequestError("no model loaded yet", 503)
+        return JSONResponse(public(LoopState(config["home"], config["model_name"]).read()))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
