@@ -87,15 +87,16 @@ def conform(rows: pa.Table, schema: pa.Schema, time_column: str | None) -> pa.Ta
 
 
 def stage_data(cfg: PipelineConfig, rows: pa.Table, folder: Path) -> PipelineConfig:
-    """Write the labelled rows to retrain on as a shard in ``folder`` and return the run's config: the
-    source plus that shard (``retrain.include_source``), or that shard alone."""
+    """Write the labelled rows to retrain on as a shard in ``folder`` (in the source's schema when there is
+    a source) and return the run's config: the source plus that shard (``retrain.include_source``), or that
+    shard alone."""
     from raygbm.data.schema import check_shards
 
     folder.mkdir(parents=True, exist_ok=True)
     shard = folder / "labelled.parquet"
-    if cfg.retrain.include_source:
-        if not cfg.data.source:
-            raise DataError("retrain.include_source needs data.source (the original training data)")
+    if cfg.retrain.include_source and not cfg.data.source:
+        raise DataError("retrain.include_source needs data.source (the original training data)")
+    if cfg.data.source:  # the source's columns, so data.drop, split.key and split.time mean the same
         source = check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
         table = conform(rows, source.schema, cfg.split.time)
     else:
@@ -141,11 +142,15 @@ def record_decision(registry: Registry, state: LoopState, decision: Decision, re
     registry.set_tags(ref, {"loop_action": decision.action, "gate_reason": decision.reason,
                             f"loop_{decision.metric}": f"{decision.value:.6g}" if decision.value is not None else "-",
                             "loop_compared_with": decision.other_version or "-"})
-    metrics = {"loop_value": decision.value, "loop_other_value": decision.other_value, "loop_rows": decision.rows}
-    registry.log(ref.run_id, params={"loop_action": decision.action, "loop_reason": decision.reason,
-                                     "loop_trigger": trigger or "-"},
-                 metrics={k: v for k, v in metrics.items() if v is not None})
-    registry.client.set_tag(ref.run_id, "raygbm.loop_action", decision.action)
+    # Run params cannot change and a version may be decided on more than once (rejected, promoted by hand,
+    # rolled back): tags hold the latest decision, metrics named by action keep every one's numbers.
+    a = decision.action
+    metrics = {f"loop_{a}_value": decision.value, f"loop_{a}_other_value": decision.other_value,
+               f"loop_{a}_rows": decision.rows}
+    registry.log(ref.run_id, metrics={k: v for k, v in metrics.items() if v is not None})
+    for key, value in {"action": a, "reason": decision.reason, "trigger": trigger or "-",
+                       "compared_with": decision.other_version or "-"}.items():
+        registry.client.set_tag(ref.run_id, f"raygbm.loop_{key}", value[:5000])
     state.append("decisions", {**decision.to_dict(), "trigger": trigger})
 
 

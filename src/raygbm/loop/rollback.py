@@ -50,6 +50,7 @@ def check_rollback(cfg: RetrainConfig, registry_cfg: RegistryConfig, state: Loop
         champion = registry.get()
         if champion is not None and champion.version == version:  # not moved by a person meanwhile
             registry.promote(registry.get(previous))
+        registry.set_tags(registry.get(version), {"decision": "candidate"})
         record_decision(registry, state, verdict, registry.get(version))
     _end_watch(state, watch, windows, verdict.action, now, verdict.reason)
     return verdict
