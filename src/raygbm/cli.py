@@ -53,6 +53,8 @@ def generate(
     drift_at: Optional[str] = typer.Option(None, "--drift-at", help="rows from this ISO time on drift"),
     drift_shift: float = typer.Option(1.5, "--drift-shift", help="mean shift of drifted numerics, in std"),
     concept_drift: bool = typer.Option(False, "--concept-drift", help="also change the label relation"),
+    concept_only: bool = typer.Option(False, "--concept-only", help="change only the label relation, not the "
+                                      "features (drift monitoring cannot see it; realized performance can)"),
 ) -> None:
     """Write a synthetic tabular dataset (deterministic by seed) as Parquet shards."""
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
@@ -61,14 +63,16 @@ def generate(
         if drift_from_row is not None and drift_at is not None:
             _fail("give --drift-from-row or --drift-at, not both")
         drift = None
+        kind = ({"shift": 0.0, "categories": False, "concept": True} if concept_only
+                else {"shift": drift_shift, "concept": concept_drift})
         if drift_from_row is not None:
-            drift = DriftSpec(drift_from_row, shift=drift_shift, concept=concept_drift)
+            drift = DriftSpec(drift_from_row, **kind)
         elif drift_at is not None:
             try:
                 when = datetime.fromisoformat(drift_at)
             except ValueError:
                 _fail(f"--drift-at {drift_at!r} is not an ISO date or time")
-            drift = DriftSpec.at_time(when, shift=drift_shift, concept=concept_drift)
+            drift = DriftSpec.at_time(when, **kind)
         spec = GeneratorSpec(rows=rows, shards=shards, seed=seed, task=task, positive_rate=positive_rate, drift=drift)
         paths = generate_dataset(out, spec)
     except RaygbmError as exc:

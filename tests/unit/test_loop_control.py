@@ -62,16 +62,23 @@ def test_drift_trigger_needs_m_of_the_last_n_scored_windows():
 
 def test_performance_trigger_reads_the_latest_window_with_performance():
     report = {"windows": [
-        {"index": 0, "performance": {"labelled_rows": 50, "realized": {"roc_auc": 0.70}, "realized_lower_bounds": {"roc_auc": 0.8}}},
-        {"index": 1, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {"roc_auc": {"value": 0.9, "lower_bound": 0.8}}}},
-        {"index": 2},
+        {"index": 0, "performance": {"labelled_rows": 500, "realized": {"roc_auc": 0.70, "log_loss": 0.4},
+                                     "estimated": {}, "bounds": {"realized": {"roc_auc": {"lower": 0.8},
+                                                                              "log_loss": {"upper": 0.6}}}}},
+        {"index": 1, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {"roc_auc": 0.9},
+                                     "bounds": {"estimated": {"roc_auc": {"lower": 0.8}}},
+                                     "outside_bounds": {"realized": [], "estimated": []}}},
+        {"index": 2, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {}}},
     ]}
-    assert performance_trigger(report) is None  # window 1 decides: estimated above its bound
-    report["windows"][1]["performance"]["estimated"]["roc_auc"]["value"] = 0.75
+    assert performance_trigger(report) is None  # window 1 decides: estimated within its bound
+    report["windows"][1]["performance"].update(estimated={"roc_auc": 0.75}, outside_bounds={"estimated": ["roc_auc"]})
     t = performance_trigger(report)
-    assert t is not None and t.id == "performance-w1" and "estimated" in t.reason and "0.75 < 0.8" in t.reason
-    report["windows"] = report["windows"][:1]
-    assert "realized" in performance_trigger(report).reason
+    assert t is not None and t.id == "performance-w1" and "estimated" in t.reason and "roc_auc 0.75 < 0.8" in t.reason
+    report["windows"] = report["windows"][:1]  # no outside_bounds: compared with the bounds
+    t = performance_trigger(report)
+    assert t.reason.endswith("roc_auc 0.7 < 0.8") and "log_loss" not in t.reason
+    report["windows"][0]["performance"]["realized"]["log_loss"] = 0.7
+    assert "log_loss 0.7 > 0.6" in performance_trigger(report).reason
 
 
 def test_one_job_at_a_time_then_cooldown_then_a_new_trigger(tmp_path):

@@ -42,31 +42,37 @@ def drift_trigger(report: dict[str, Any] | None, m: int, n: int) -> Trigger | No
                    f"drift in {drifted} of the last {len(last)} windows{detail}")
 
 
-def _below(values: Any, bounds: Any) -> list[str]:
-    """Metrics whose value is below its lower bound: ``{metric: value}`` with ``{metric: bound}``, or
-    ``{metric: {"value", "lower_bound"}}``."""
+def _outside(perf: dict[str, Any], part: str) -> list[str]:
+    """``part``'s ("realized" or "estimated") metrics outside their bound, as GET /drift reports them:
+    ``outside_bounds[part]`` (metric names), checked against ``bounds[part][metric]`` (``{"lower": b}`` for
+    metrics where higher is better, ``{"upper": b}`` for losses)."""
+    values = perf.get(part) if isinstance(perf.get(part), dict) else {}
+    bounds = (perf.get("bounds") or {}).get(part) or {}
+    names = (perf.get("outside_bounds") or {}).get(part)
+    if names is None:  # no verdict given: compare with the bounds
+        names = [m for m, b in bounds.items() if isinstance(values.get(m), (int, float)) and isinstance(b, dict)
+                 and (values[m] < b["lower"] if "lower" in b else "upper" in b and values[m] > b["upper"])]
     out = []
-    for metric, v in (values or {}).items() if isinstance(values, dict) else ():
-        bound = (bounds or {}).get(metric) if isinstance(bounds, dict) else None
-        if isinstance(v, dict):
-            v, bound = v.get("value"), v.get("lower_bound", bound)
-        if isinstance(v, (int, float)) and isinstance(bound, (int, float)) and v < bound:
-            out.append(f"{metric} {v:.4g} < {bound:.4g}")
+    for m in names:
+        b = bounds.get(m) or {}
+        side, limit = ("<", b["lower"]) if "lower" in b else (">", b.get("upper"))
+        v = values.get(m)
+        out.append(f"{m} {v:.4g} {side} {limit:.4g}" if isinstance(v, (int, float)) and limit is not None else m)
     return out
 
 
 def performance_trigger(report: dict[str, Any] | None) -> Trigger | None:
-    """The latest window whose realized (else estimated) performance, in GET /drift's ``performance``
-    key, is below its lower bound."""
+    """The latest window with performance in GET /drift: realized (else estimated) performance outside
+    its bound."""
     for w in reversed((report or {}).get("windows", [])):
         perf = w.get("performance")
-        if not isinstance(perf, dict):
+        if not isinstance(perf, dict) or not (perf.get("realized") or perf.get("estimated")):
             continue
         for part in ("realized", "estimated"):
-            low = _below(perf.get(part), perf.get(f"{part}_lower_bounds", perf.get("lower_bounds")))
+            low = _outside(perf, part)
             if low:
                 return Trigger(f"performance-w{w.get('index')}", "performance",
-                               f"{part} performance below its lower bound in window {w.get('index')}: {', '.join(low)}")
+                               f"{part} performance outside its bound in window {w.get('index')}: {', '.join(low)}")
         return None  # the latest window with performance decides
     return None
 
