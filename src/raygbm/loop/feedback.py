@@ -124,7 +124,7 @@ def parse_table(body: bytes, kind: str, spec: LabelSpec, max_rows: int) -> tuple
     """A CSV or Arrow IPC body with the columns ``prediction_id`` and ``label`` → (ids, labels)."""
     table = read_table(body, kind, {ID_FIELD: "string", LABEL_FIELD: spec.type}, 8)
     names = table.column_names
-    if sorted(names) != [ID_FIELD, LABEL_FIELD]:
+    if sorted(names) != sorted([ID_FIELD, LABEL_FIELD]):
         raise RequestError(f"the table must have exactly the columns {ID_FIELD} and {LABEL_FIELD} ({len(names)} given)")
     if table.num_rows == 0:
         raise RequestError("no labels in the request")

@@ -176,7 +176,7 @@ class WindowPerformance:
         self.min_labelled_rows, self.keep_windows = min_labelled_rows, keep_windows
         self._scores: dict[int, list[np.ndarray]] = {}
         self._labels: dict[int, dict[str, tuple[Any, Any]]] = {}
-        self._realized: dict[int, tuple[int, dict[str, float]]] = {}  # window → (labelled rows, metrics) cache
+        self._realized: dict[int, tuple[int, dict[str, float]]] = {}  # window → (labelled rows, metrics), until new labels
 
     def add_scores(self, windows: np.ndarray, scores: np.ndarray) -> None:
         """Served rows' scores by the window they fell in (kept only where an estimate can be made)."""
@@ -201,6 +201,7 @@ class WindowPerformance:
             if w is None or w < 0:
                 continue
             self._labels.setdefault(int(w), {})[pid] = (y[k], scores[k])
+            self._realized.pop(int(w), None)  # a later label may replace one: recompute
         if self._labels:
             oldest = max(self._labels) - self.keep_windows
             for w in [w for w in self._labels if w <= oldest]:
@@ -210,7 +211,7 @@ class WindowPerformance:
     def realized(self, index: int) -> tuple[int, dict[str, float]]:
         rows = self._labels.get(index, {})
         cached = self._realized.get(index)
-        if cached is not None and cached[0] == len(rows):
+        if cached is not None:
             return cached
         metrics: dict[str, float] = {}
         if len(rows) >= self.min_labelled_rows:

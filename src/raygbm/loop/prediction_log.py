@@ -67,6 +67,8 @@ def _column(values: list[Any], type_name: str | None) -> pa.Array:
         values = [None if v is None else _to_datetime(v) for v in values]
         if t.tz is None:
             values = [v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in values]
+    if t is not None and pa.types.is_integer(t) and any(isinstance(v, float) and not v.is_integer() for v in values):
+        t = None  # pyarrow would truncate it
     try:
         return pa.array(values, type=t)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
