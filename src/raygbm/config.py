@@ -332,6 +332,25 @@ class AlertAfter(_Section):
         return self
 
 
+class FeedbackConfig(_Section):
+    """The loop's data side: served rows logged with their prediction ids, labels joined to them (POST
+    /feedback) and performance per drift window (realized from labels, estimated from scores)."""
+
+    enabled: bool = Field(True, description="log served rows with their prediction id, model version, time, raw "
+                          "request fields and score (under monitor.log_dir) and accept POST /feedback")
+    log_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of served rows kept in the prediction log (feedback for a row not kept "
+        "counts as an unknown id)")
+    max_rows: int = Field(
+        200_000, ge=1000, description="rows the prediction log keeps (oldest parts deleted past it); an unlabelled "
+        "prediction stays joinable until then")
+    bound_rate: float = Field(
+        0.01, gt=0, lt=0.5, description="performance bounds: the share of windows of a model performing as on its "
+        "held-out rows that fall below the lower bound (above the upper bound for losses)")
+    min_labelled_rows: int = Field(
+        20, ge=1, description="a window's realized performance is computed once it has this many labelled rows")
+
+
 class MonitorConfig(_Section):
     """Drift monitoring of served traffic against the training reference."""
 
@@ -371,6 +390,8 @@ class MonitorConfig(_Section):
         1.0, ge=0, le=1, description="share of served rows written to the Parquet log (closed windows are always "
         "kept; below 1 an open window is rebuilt from its sampled rows after a restart)")
     log_flush_s: float = Field(5.0, gt=0, description="the monitor writes buffered rows at least this often")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig,
+                                     description="prediction log, label feedback and performance per window")
 
 
 class RetrainConfig(_Section):
