@@ -41,6 +41,12 @@ def submission_id(model_name: str, trigger_id: str) -> str:
 def write_job_config(cfg: PipelineConfig, folder: Path) -> Path:
     """The pipeline config the job reads (the whole tree, so it retrains exactly as configured), staged."""
     folder.mkdir(parents=True, exist_ok=True)
+    # The job runs in its own working directory: local paths made absolute.
+    local = lambda v: v if v is None or "://" in v else str(Path(v).expanduser().resolve())  # noqa: E731
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"source": local(cfg.data.source),
+                                            "extra_shards": [local(e) for e in cfg.data.extra_shards]}),
+        "monitor": cfg.monitor.model_copy(update={"log_dir": local(cfg.monitor.log_dir)})})
     path = folder / "retrain-config.yaml"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
