@@ -90,6 +90,8 @@ def print_windows(report: dict[str, Any], metric: str) -> None:
         shown = f"{metric} {realized:.3f} (lower bound {bound:.3f})" if realized is not None and bound is not None else \
             f"{metric} {realized:.3f}" if realized is not None else "no labels"
         print(f"window {w['index']:3d}: {w['verdict']:5s}  {perf.get('labelled_rows', 0):4d} labelled  {shown}")
+    last = (report.get("windows") or [{}])[-1]
+    print(f"last window's performance: {json.dumps(last.get('performance'))[:400]}")
 
 
 def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Callable[..., list[dict[str, Any]]]) -> None:
@@ -97,6 +99,8 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
     import pyarrow.parquet as pq
 
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
+    from raygbm.loop.labelled import read_labelled, training_rows
+    from raygbm.loop.retrain import holdout_metric, labelled_root
     from raygbm.loop.runner import start_loop
     from raygbm.paths import home
     from raygbm.registry.store import Registry
@@ -109,9 +113,15 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
     counts = labelled_traffic(url, records_of(table, fields), table.column(cfg.data.label).to_pylist())
     print(f"served {rows:,} concept-drifted rows (num_0's effect flipped) and sent their labels: {counts}")
     metric = cfg.registry.metric or "roc_auc"
-    report = _wait("labelled windows", lambda: (lambda r: r if any((w.get("performance") or {}).get("realized")
-                                                                   for w in r.get("windows", [])) else None)(_get(url + "/drift")), 60)
-    print_windows(report, metric)
+    root, name = labelled_root(cfg.monitor), cfg.registry.model_name
+    _wait("the labels to be joined", lambda: (lambda t: t is not None and t.num_rows >= counts["accepted"])(
+        read_labelled(root, name)), 60, 0.5)
+    print_windows(_get(url + "/drift"), metric)
+    champ = Registry(cfg.registry).get()
+    served = training_rows(read_labelled(root, name, versions=[champ.version]))
+    realized = holdout_metric(Registry(cfg.registry), champ.version, served, metric)
+    print(f"champion v{champ.version}: realized {metric} {realized:.4f} on {served.num_rows:,} labelled rows "
+          f"(test {metric} {float(champ.tags.get('test_' + metric, 'nan')):.4f})")
 
     state = LoopState(home(), cfg.registry.model_name)
     before, jobs_before = len(state.read()["decisions"]), len(state.read()["jobs"])
