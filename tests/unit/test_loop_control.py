@@ -124,6 +124,15 @@ def test_schedule_and_realized_triggers(tmp_path):
     assert c.tick(None, realized) is None
 
 
+def test_a_job_unknown_to_the_jobs_api_does_not_block_forever(tmp_path):
+    clock, jobs = Clock(), Jobs()
+    state = LoopState(tmp_path, "m")
+    state.set_job("raygbm-retrain-m-old", status="RUNNING", at=clock.t - 10_000)
+    c = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=1, n=1))
+    entry = c.tick(_windows("drift"))  # the Ray that ran it restarted: its status lookup raises
+    assert entry["outcome"] == "submitted" and state.read()["jobs"][0]["status"] == "LOST"
+
+
 def test_failed_submission_is_recorded_not_raised(tmp_path):
     def refuse(_t):
         raise RuntimeError("Request failed with status code 401: Unauthorized\nmore")

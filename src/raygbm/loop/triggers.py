@@ -96,7 +96,10 @@ class Controller:
             if job.get("status") in ACTIVE and job.get("local"):  # run in a person's process: its lock guards it
                 active.append(job)
             elif job.get("status") in ACTIVE:
-                status = self.job_status(job["id"])
+                try:
+                    status = self.job_status(job["id"])
+                except Exception:  # unknown to this Ray (restarted since): it will not finish
+                    status = "LOST"
                 if status != job.get("status"):
                     self.state.set_job(job["id"], status=status, updated_at=self.clock())
                 if status in ACTIVE:
