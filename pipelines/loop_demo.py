@@ -108,7 +108,10 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
 
     with tempfile.TemporaryDirectory() as d:
         step = 50  # spread like the training data (rows 15 s apart)
-        generate_dataset(Path(d), GeneratorSpec(rows=rows * step, shards=1, seed=98, drift=DriftSpec(0, shift=1.5, concept=True)))
+        # New rows each run: a rerun's traffic must not repeat rows already labelled (holdout rows would
+        # then be in the retraining data too).
+        seed = int(time.time()) % 100_000
+        generate_dataset(Path(d), GeneratorSpec(rows=rows * step, shards=1, seed=seed, drift=DriftSpec(0, shift=1.5, concept=True)))
         table = pq.read_table(d).take(list(range(0, rows * step, step)))
     counts = labelled_traffic(url, records_of(table, fields), table.column(cfg.data.label).to_pylist())
     print(f"served {rows:,} concept-drifted rows (num_0's effect flipped) and sent their labels: {counts}")
