@@ -1,5 +1,7 @@
 """The serving half of `make demo`: deploy the champion, send clean then drifted traffic through HTTP,
-print the drift verdicts and write the HTML drift report, then shut down.
+print the drift verdicts and write the HTML drift report, then close the loop (``pipelines.loop_demo``:
+labelled concept-drifted traffic, a retraining Ray Job, the challenger promoted or rejected, the winner
+served), then shut down.
 
     python -m pipelines.serve_demo --config pipelines/configs/demo.yaml [--rows 4000] [--set key=value]
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--data", default=None, help="the training data (to find its preprocessed test split)")
     ap.add_argument("--rows", type=int, default=4000, help="clean rows, then as many drifted rows")
+    ap.add_argument("--no-loop", action="store_true", help="stop after the drift report (no labels, no retraining)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
 
     import pyarrow.parquet as pq
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         out = home() / "drift-report.html"
         out.write_text(drift_report_html(report))
         print(f"drift report: {out.resolve()}")
+        if not args.no_loop:
+            from pipelines.loop_demo import run_loop
+
+            run_loop(cfg, url, fields, args.rows, _records)
     finally:
         serve.shutdown()
 

@@ -85,6 +85,8 @@ def generate(
     drift_at: Optional[str] = typer.Option(None, "--drift-at", help="rows from this ISO time on drift"),
     drift_shift: float = typer.Option(1.5, "--drift-shift", help="mean shift of drifted numerics, in std"),
     concept_drift: bool = typer.Option(False, "--concept-drift", help="also change the label relation"),
+    concept_only: bool = typer.Option(False, "--concept-only", help="change only the label relation, not the "
+                                      "features (drift monitoring cannot see it; realized performance can)"),
 ) -> None:
     """Write a synthetic tabular dataset (deterministic by seed) as Parquet shards.
 
@@ -96,14 +98,16 @@ def generate(
         if drift_from_row is not None and drift_at is not None:
             _fail("give --drift-from-row or --drift-at, not both")
         drift = None
+        kind = ({"shift": 0.0, "categories": False, "concept": True} if concept_only
+                else {"shift": drift_shift, "concept": concept_drift})
         if drift_from_row is not None:
-            drift = DriftSpec(drift_from_row, shift=drift_shift, concept=concept_drift)
+            drift = DriftSpec(drift_from_row, **kind)
         elif drift_at is not None:
             try:
                 when = datetime.fromisoformat(drift_at)
             except ValueError:
                 _fail(f"--drift-at {drift_at!r} is not an ISO date or time")
-            drift = DriftSpec.at_time(when, shift=drift_shift, concept=concept_drift)
+            drift = DriftSpec.at_time(when, **kind)
         spec = GeneratorSpec(rows=rows, shards=shards, seed=seed, task=task, positive_rate=positive_rate, drift=drift)
         paths = generate_dataset(out, spec)
     except RaygbmError as exc:
@@ -349,7 +353,8 @@ def models(
     for v in versions:
         metric = v.tags.get("gate_metric", "")
         mark = "*" if "champion" in v.aliases else " "
-        typer.echo(f"{mark} v{v.version:<4} {metric} {v.tags.get('test_' + metric, '-'):<10} {v.tags.get('decision', '')}: {v.tags.get('gate_reason', '')}")
+        decision = v.tags.get("loop_action") or v.tags.get("decision", "")  # the loop's, when it decided
+        typer.echo(f"{mark} v{v.version:<4} {metric} {v.tags.get('test_' + metric, '-'):<10} {decision}: {v.tags.get('gate_reason', '')}")
 
 
 @app.command()
@@ -408,9 +413,17 @@ def serve(
             url = deploy(cfg.registry, cfg.serve, cfg.monitor, None if model == "champion" else model)
     except RaygbmError as exc:
         _fail(str(exc))
-    typer.echo(f"serving at {url}  (POST /predict, GET /model, /drift, /healthz, /readyz, /docs)")
+    typer.echo(f"serving at {url}  (POST /predict, GET /model, /drift, /retrain, /healthz, /readyz, /docs)")
     if detach:
+        if cfg.retrain.enabled:
+            typer.echo("retrain.enabled: the loop runs in a foreground `raygbm serve` only; not started")
         return
+    if cfg.retrain.enabled:
+        from raygbm.loop.runner import start_loop
+        from raygbm.predict import endpoint_auth
+
+        start_loop(cfg, url, endpoint_auth())
+        typer.echo(f"the loop is on: triggers checked every {cfg.retrain.check_s:g}s (raygbm loop status)")
     typer.echo("press Ctrl-C to stop")
     typer.echo(f"{stop.wait()}: draining the endpoint and stopping Ray")
     stop_serving()
@@ -481,6 +494,121 @@ def ui(
         _fail(f"the MLflow server stopped (exit code {proc.returncode}); its log is in $RAYGBM_HOME/logs/mlflow-ui.log")
 
 
+# ---- the loop: retraining, its triggers and decisions
+
+@app.command()
+def retrain(
+    data: Optional[str] = _DATA,
+    label: Optional[str] = _LABEL,
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    submit: bool = typer.Option(False, "--submit", help="submit it as a Ray Job to the cluster (RAY_ADDRESS) and "
+                                "print the job id, instead of running it here"),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="the trigger's id (set by the loop's jobs)"),
+    reason: str = typer.Option("run by hand", "--reason", help="why: recorded with the trigger"),
+    kind: str = typer.Option("manual", "--kind", help="the trigger's kind (set by the loop's jobs)"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Retrain on the source plus recent labelled traffic; promote the challenger only if it beats the
+    champion on recent labelled rows neither trained on (by registry.margin). One at a time per model."""
+    import os
+    import time
+
+    from raygbm.loop.state import LoopState
+    from raygbm.loop.triggers import Trigger
+    from raygbm.paths import home
+
+    try:
+        cfg = _config(config, set_, data, label, None)
+        state = LoopState(home(), cfg.registry.model_name)
+        fired = Trigger(trigger or f"manual-{int(time.time() * 1000)}", kind, reason)
+        if submit:
+            if not os.environ.get("RAY_ADDRESS"):
+                _fail("--submit needs a running cluster (RAY_ADDRESS)")
+            _ray(cfg)
+            entry = _submit_retrain(cfg, state, fired)
+            typer.echo(f"trigger {fired.id}: {entry['outcome']}" + (f" (job {entry['job']})" if "job" in entry else ""))
+            return
+        with _progress(json_out) as progress:
+            result = _retrain_here(cfg, state, fired, trigger is None, progress)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    d = result.decision
+    typer.echo(f"challenger v{result.version}: {d.action}: {d.reason}")
+
+
+def _submit_retrain(cfg: Any, state: Any, fired: Any) -> dict[str, Any]:
+    from raygbm.loop.jobs import JobSubmitter
+    from raygbm.loop.triggers import Controller
+
+    jobs = JobSubmitter(cfg)
+    controller = Controller(cfg.retrain, state, jobs.submit, jobs.status)
+    return controller.fire(fired, controller.blocked(controller.refresh_jobs()))
+
+
+def _retrain_here(cfg: Any, state: Any, fired: Any, by_hand: bool, progress: Progress) -> Any:
+    """``retrain`` in this process; a run by hand is recorded as its own trigger and job."""
+    from raygbm.loop.retrain import retrain as retrain_run
+
+    job = f"local-{fired.id}"
+    if by_hand:
+        state.append("triggers", {**fired.to_dict(), "outcome": "run by hand", "job": job})
+        state.set_job(job, status="RUNNING", local=True, trigger=fired.id, kind=fired.kind, reason=fired.reason)
+    progress("starting Ray")
+    _ray(cfg)
+    try:
+        result = retrain_run(cfg, trigger=fired.id, progress=progress)
+    except BaseException as exc:
+        if by_hand:
+            state.set_job(job, status="FAILED", message=str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        raise
+    if by_hand:
+        state.set_job(job, status="SUCCEEDED", version=result.version, action=result.decision.action)
+    return result
+
+
+loop_app = typer.Typer(no_args_is_help=True, help="The loop: triggers, retraining jobs and decisions.")
+app.add_typer(loop_app, name="loop")
+
+
+@loop_app.command("status")
+def loop_status(
+    config: Optional[Path] = _CONFIG,
+    set_: list[str] = _SET,
+    url: Optional[str] = typer.Option(None, "--url", help="ask this running endpoint's GET /retrain instead"),
+) -> None:
+    """Print the loop's triggers, retraining jobs and decisions (as GET /retrain answers them), as JSON."""
+    import json
+
+    if url is not None:
+        import urllib.error
+        import urllib.request
+
+        from raygbm.predict import endpoint_auth
+
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/retrain", headers=endpoint_auth()),
+                                        timeout=30) as r:
+                doc = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            _fail(f"cannot read {url}/retrain: {getattr(exc, 'reason', exc)}")
+    else:
+        from raygbm.loop.state import LoopState, public
+        from raygbm.paths import home
+
+        try:
+            cfg = _config(config, set_, None, None, None)
+        except RaygbmError as exc:
+            _fail(str(exc))
+        doc = public(LoopState(home(), cfg.registry.model_name).read())
+    typer.echo(json.dumps(doc, indent=1))
+
+
 def _progress(quiet: bool = False) -> Any:
     """The progress display (``report.progress_display``), imported on use: rich loads slowly."""
     from raygbm.report import progress_display
@@ -498,7 +626,8 @@ def _check(cfg: Any) -> Any:
     if not cfg.data.label:
         raise DataError("no label column given (use --label NAME or data.label in the config)")
 
-    return check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine)
+    return check_shards(cfg.data.source, label=cfg.data.label, quarantine=cfg.data.quarantine,
+                        extra=cfg.data.extra_shards)
 
 
 def _ray(cfg: Any) -> None:

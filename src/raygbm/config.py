@@ -48,6 +48,9 @@ class DataConfig(_Section):
     duplicates: Literal["count", "drop"] = "count"
     quarantine: bool = Field(False, description="skip bad shards (listed in the report) instead of failing")
     max_categories: int = Field(1000, ge=1, description="most frequent categories kept per column")
+    extra_shards: list[str] = Field(
+        default_factory=list, description="Parquet files read with the source's shards (on the same filesystem), "
+        "e.g. the loop's labelled traffic staged for a retraining; shards whose schema differs are bad shards")
 
     @field_validator("source")
     @classmethod
@@ -329,6 +332,25 @@ class AlertAfter(_Section):
         return self
 
 
+class FeedbackConfig(_Section):
+    """The loop's data side: served rows logged with their prediction ids, labels joined to them (POST
+    /feedback) and performance per drift window (realized from labels, estimated from scores)."""
+
+    enabled: bool = Field(True, description="log served rows with their prediction id, model version, time, raw "
+                          "request fields and score (under monitor.log_dir) and accept POST /feedback")
+    log_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of served rows kept in the prediction log (feedback for a row not kept "
+        "counts as an unknown id)")
+    max_rows: int = Field(
+        200_000, ge=1000, description="rows the prediction log keeps (oldest parts deleted past it); an unlabelled "
+        "prediction stays joinable until then")
+    bound_rate: float = Field(
+        0.01, gt=0, lt=0.5, description="performance bounds: the share of windows of a model performing as on its "
+        "held-out rows that fall below the lower bound (above the upper bound for losses)")
+    min_labelled_rows: int = Field(
+        20, ge=1, description="a window's realized performance is computed once it has this many labelled rows")
+
+
 class MonitorConfig(_Section):
     """Drift monitoring of served traffic against the training reference."""
 
@@ -368,6 +390,46 @@ class MonitorConfig(_Section):
         1.0, ge=0, le=1, description="share of served rows written to the Parquet log (closed windows are always "
         "kept; below 1 an open window is rebuilt from its sampled rows after a restart)")
     log_flush_s: float = Field(5.0, gt=0, description="the monitor writes buffered rows at least this often")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig,
+                                     description="prediction log, label feedback and performance per window")
+
+
+class RetrainConfig(_Section):
+    """The loop: when a retraining runs (triggers), on what data, how its challenger is gated, and when a
+    promotion is rolled back. Triggers run in `raygbm serve`'s process when ``enabled``."""
+
+    enabled: bool = Field(False, description="`raygbm serve` checks the triggers and submits retraining Ray Jobs")
+    check_s: float = Field(30.0, gt=0, description="how often the triggers and the rollback watch are checked")
+    window_rows: int | None = Field(
+        50_000, ge=1, description="retraining data: at most this many of the most recent labelled rows (null: all)")
+    window_s: float | None = Field(
+        None, gt=0, description="retraining data: only labelled rows served within this many seconds (null: any age)")
+    include_source: bool = Field(
+        True, description="retrain on data.source plus the labelled traffic; false: the labelled traffic alone "
+        "(after a concept drift the source's rows teach the old relation)")
+    holdout_share: float = Field(
+        0.3, gt=0, lt=1, description="share of the windowed labelled rows, the most recent, held back from the "
+        "retraining data: the challenger and the champion are compared on them")
+    min_holdout_rows: int = Field(200, ge=10, description="a retraining needs at least this many holdout rows")
+    trials: int | None = Field(
+        None, ge=0, description="tuning trials of a retraining (null: tune.trials; 0: train.params, no search)")
+    every_s: float | None = Field(None, gt=0, description="schedule: a retraining is due this long after the last")
+    cooldown_s: float = Field(3600.0, ge=0, description="no automatic retraining within this long of the last one")
+    drift: AlertAfter | None = Field(
+        default_factory=lambda: AlertAfter(m=3, n=5), description="retrain when at least m of the last n scored "
+        "drift windows drifted (null: drift does not trigger)")
+    performance_drop: float | None = Field(
+        0.05, gt=0, description="retrain when the champion's realized gate metric on its recent labelled rows is "
+        "worse than its registered test metric by more than this, or a window's performance is below its lower "
+        "bound (null: performance does not trigger)")
+    performance_rows: int = Field(
+        500, ge=10, description="the most recent labelled rows the realized-performance trigger scores")
+    rollback_windows: int = Field(
+        3, ge=1, description="K: after a promotion, the new champion is watched over its first K labelled windows")
+    rollback_window_rows: int = Field(200, ge=10, description="labelled rows per rollback window")
+    rollback_margin: float = Field(
+        0.02, ge=0, description="roll back when the new champion's realized gate metric on its labelled rows is "
+        "worse than the previous champion's on the same rows by more than this")
 
 
 class ResourcesConfig(_Section):
@@ -399,6 +461,7 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 

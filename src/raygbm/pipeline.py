@@ -20,20 +20,20 @@ from raygbm.training.tune import TuneResult, tune_search, typed_params
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force: bool = False, tune: bool = True,
-                 shards: Any = None) -> tuple[Outcome, TuneResult | None]:
+                 shards: Any = None, promote: bool = True) -> tuple[Outcome, TuneResult | None]:
     """Preprocess, tune (unless ``tune`` is false), then ``train_and_register``; returns the outcome and
-    the search."""
+    the search. ``promote`` false: the model is registered as a candidate whatever the gate says."""
     pre = preprocess(cfg, progress=progress, force=force, shards=shards)
     meta = RunMeta.load(pre.run_dir)
     tuning = None
     if tune:
         tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
         progress(f"best {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
-    return train_and_register(meta, cfg, tuning, progress), tuning
+    return train_and_register(meta, cfg, tuning, progress, promote=promote), tuning
 
 
 def train_and_register(meta: RunMeta, cfg: PipelineConfig, tuning: TuneResult | None = None,
-                       progress: Progress = no_progress) -> Outcome:
+                       progress: Progress = no_progress, *, promote: bool = True) -> Outcome:
     """Score ``train.params`` (with the search's best over them) by the validation scheme, keep LightGBM's
     defaults instead when they score better (after a search), fit the registered model (the refit on
     train + validation, unless ``train.refit`` is off), evaluate it on test and register it."""
@@ -47,4 +47,4 @@ def train_and_register(meta: RunMeta, cfg: PipelineConfig, tuning: TuneResult | 
         candidate = keep_better_than_defaults(meta, candidate, cfg, progress)
     trained = final_model(candidate, cfg.resources, progress)
     return evaluate_and_register(meta, trained, candidate.train, cfg.evaluate, cfg.registry, tuning, progress,
-                                 monitor=cfg.monitor)
+                                 monitor=cfg.monitor, promote=promote)

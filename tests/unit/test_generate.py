@@ -77,3 +77,21 @@ def test_bad_spec(kw):
 def test_no_partial_files_left(tmp_path):
     generate_dataset(tmp_path, GeneratorSpec(rows=1000, shards=2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_concept_only_drift_changes_the_label_relation_not_the_features(tmp_path):
+    from typer.testing import CliRunner
+
+    from raygbm.cli import app
+
+    args = ["generate", "--rows", "40000", "--shards", "1", "--seed", "7"]
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")]).exit_code == 0
+    out = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "concept"), "--drift-from-row", "0", "--concept-only"])
+    assert out.exit_code == 0, out.output
+    plain, concept = (pq.read_table(tmp_path / d).to_pandas().sort_values("id") for d in ("plain", "concept"))
+    assert plain[NUMERIC + CATEGORICAL].equals(concept[NUMERIC + CATEGORICAL])  # the same features, row for row
+    assert (plain["label"] != concept["label"]).mean() > 0.1
+    # num_0's effect flips: its correlation with the label changes sign where sin(2·num_0) is large.
+    strong = np.abs(np.sin(2 * plain["num_0"].fillna(0))) > 0.8
+    effect = lambda d: np.corrcoef(np.sin(2 * d["num_0"][strong]), d["label"][strong])[0, 1]  # noqa: E731
+    assert effect(plain) > 0.1 and effect(concept) < -0.1

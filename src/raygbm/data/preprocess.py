@@ -283,7 +283,7 @@ class PreprocessResult:
 def _stage_key(shards: ShardSet, config: PipelineConfig) -> str:
     relevant = {
         "format": STAGE_FORMAT,
-        "data": config.data.model_dump(mode="json", exclude={"source"}),
+        "data": config.data.model_dump(mode="json", exclude={"source", "extra_shards"}),
         "split": config.split.model_dump(mode="json"),
         "features": config.features.model_dump(mode="json"),
         "shards": shards.fingerprint(),
@@ -376,7 +376,8 @@ def _checked_input(config: PipelineConfig, shards: ShardSet | None, progress: Pr
         raise DataError("no data source given (use --data PATH_OR_URI or data.source in the config)")
     if shards is None or shards.source != config.data.source:
         progress("checking shards")
-        shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine)
+        shards = check_shards(config.data.source, label=config.data.label, quarantine=config.data.quarantine,
+                              extra=config.data.extra_shards)
     derived_inputs = [c for d in config.features.derived for c in d.inputs]
     schema = infer_schema(shards.schema, config.data, config.split, derived_inputs)
     for d in config.features.derived:

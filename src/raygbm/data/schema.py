@@ -167,14 +167,21 @@ def _difference(expected: pa.Schema, actual: pa.Schema) -> str:
     return f"unexpected column{'s' if len(extra) > 1 else ''} {', '.join(extra)}"
 
 
-def check_shards(source: str, *, label: str | None, quarantine: bool = False, threads: int = 16) -> ShardSet:
+def check_shards(source: str, *, label: str | None, quarantine: bool = False, threads: int = 16,
+                 extra: list[str] | tuple[str, ...] = ()) -> ShardSet:
     """Read every shard's footer and check it against the expected schema.
 
     The expected schema is the one most shards share (ties go to the first in path order), so a single
     bad shard is named as the culprit rather than every good one. With ``quarantine`` bad shards are
-    skipped and listed; otherwise the first problem (in path order) raises :class:`DataError`.
+    skipped and listed; otherwise the first problem (in path order) raises :class:`DataError`. ``extra``
+    (``data.extra_shards``): more shards, on the source's filesystem, checked alike.
     """
     fs, paths = list_shards(source)
+    for more in extra:
+        more_fs, more_paths = list_shards(more)
+        if more_fs.type_name != fs.type_name:
+            raise DataError(f"data.extra_shards {more}: not on the filesystem of data.source ({fs.type_name})")
+        paths = paths + [p for p in more_paths if p not in paths]
     with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
         results = list(pool.map(lambda p: _read_footer(fs, p), paths))
     readable = [(shard, schema) for shard, schema, _ in results if shard is not None]

@@ -1,11 +1,14 @@
 """The drift monitor as one named Ray actor: ``DriftMonitorActor`` wires a ``DriftMonitorCore`` per model
-version, that version's ``WindowLog`` and the Prometheus metrics (``DriftMetrics``). ``start_monitor``
+version, that version's ``WindowLog`` and the Prometheus metrics (``DriftMetrics``); and the loop's data
+side: the model name's ``PredictionLog``, the join of label feedback to it (written to the labelled
+store) and each window's performance (``WindowPerformance``). ``start_monitor``
 creates the actor (the deploying process), ``monitor_handle`` finds it (the endpoint's replicas).
 Nothing here imports Ray until it is called."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,16 @@ import numpy as np
 from raygbm.config import MonitorConfig
 from raygbm.drift.window_log import WindowLog
 from raygbm.drift.windows import ClosedWindow, DriftMonitorCore
+from raygbm.loop.feedback import LabelSpec, encoded, join
+from raygbm.loop.labelled import MODEL_VERSION, PREDICTION_ID, labelled_dir, read_labelled, write_labelled
+from raygbm.loop.performance import WindowPerformance
+from raygbm.loop.prediction_log import PredictionLog
 from raygbm.paths import write_text_atomic
 
 MONITOR_ACTOR = "raygbm-drift-monitor"
 PREDICTION_FEATURE = "__prediction__"  # the ``feature`` tag value of the prediction's drift metrics
 CURRENT_FILE = "current.json"  # in ``log_dir``: the model name and version a restarted actor continues
+LOOP_FILE = "loop.json"  # in a version's folder: its raw fields, their types, the label and the threshold
 
 
 class DriftMetrics:
@@ -93,6 +101,12 @@ class DriftMonitorActor:
         self.metrics = DriftMetrics()
         self.restored_rows = 0
         self.log_error: str | None = None
+        self.name: str | None = None
+        self.spec: LabelSpec | None = None
+        self.predictions: PredictionLog | None = None  # the current model name's
+        self.perf: WindowPerformance | None = None
+        self.received = {"accepted": 0, "unknown_ids": 0, "duplicates": 0, "requests": 0}
+        self._log_close: Any = None
         _warm_imports()
         self._resume()
 
@@ -113,7 +127,9 @@ class DriftMonitorActor:
         return True
 
     def set_reference(self, version: str, reference: dict[str, Any], names: list[str], fields: list[str],
-                      name: str = "model") -> None:
+                      name: str = "model", loop: dict[str, Any] | None = None) -> None:
+        """A model version to monitor (idempotent). ``loop``: what its prediction log needs (the raw fields,
+        their types, the label, the threshold); a restarted actor reads it back from the version's folder."""
         if version == self.version:
             return
         if self.log is not None:
@@ -125,6 +141,7 @@ class DriftMonitorActor:
         root = self._root()
         if root is not None:
             self._open_log(root, name, version, reference, names, fields)
+        self._start_loop(name, version, reference, loop)
 
     def _open_log(self, root: Path, name: str, version: str, reference: dict[str, Any], names: list[str],
                   fields: list[str]) -> None:
@@ -147,12 +164,92 @@ class DriftMonitorActor:
         self.log = log
         write_text_atomic(root / CURRENT_FILE, json.dumps({"name": name, "version": version}))
 
+    # ---- the loop's data side
+
+    def _start_loop(self, name: str, version: str, reference: dict[str, Any], loop: dict[str, Any] | None) -> None:
+        """The performance of the new version's windows, and the model name's prediction log."""
+        cfg, root = self.config.feedback, self._root()
+        vdir = _version_dir(root, name, version) if root is not None else None
+        if loop is None and vdir is not None and (vdir / LOOP_FILE).exists():
+            loop = json.loads((vdir / LOOP_FILE).read_text())
+        self.core.on_close, self._log_close = self._closed, self.core.on_close
+        if loop is None:
+            self.spec = self.perf = None
+            return
+        self.spec = LabelSpec(**loop["label"])
+        self.perf = WindowPerformance(self.spec.task, float(loop["threshold"]), reference.get("performance"),
+                                      cfg.bound_rate, cfg.min_labelled_rows, self.config.keep_windows)
+        if root is None or not cfg.enabled:
+            self.predictions = None
+            return
+        try:
+            write_text_atomic(vdir / LOOP_FILE, json.dumps(loop))
+            if self.name != name or self.predictions is None:
+                if self.predictions is not None:
+                    self.predictions.flush()
+                self.predictions = PredictionLog(root / name / "predictions", loop["fields"], loop["types"],
+                                                 cfg.log_sample_rate, self.config.log_flush_s, cfg.max_rows,
+                                                 _labelled_ids(root, name))
+            earlier = read_labelled(root, name, versions=[version])  # labels that arrived before a restart
+        except OSError as exc:
+            self.log_error = f"{root}: {exc.strerror or exc}"
+            return
+        self.name = name
+        if earlier is not None:
+            self.perf.add_labels(*encoded(earlier, self.spec))
+
+    def _closed(self, doc: ClosedWindow) -> None:
+        """A window closed: its estimated performance kept with it (in the log too), then the log's hook."""
+        if self.perf is not None:
+            doc["performance"] = {"estimated": self.perf.closed(int(doc["index"]))}  # type: ignore[typeddict-unknown-key]
+        if self._log_close is not None:
+            self._log_close(doc)
+
+    def feedback(self, ids: Any, labels: Any) -> dict[str, Any]:
+        """Labels joined to the prediction log, the joined rows written to the labelled store; the counts
+        (or ``error``: nothing to join against, or the store could not be written)."""
+        log, spec = self.predictions, self.spec
+        if log is None or spec is None:
+            return {"error": "the prediction log is off (monitor.feedback.enabled, monitor.log_dir)", "status": 404}
+        joined = join(log, ids, labels, spec)
+        if joined.table is not None:
+            try:
+                write_labelled(self._root(), self.name, joined.table)
+            except OSError as exc:
+                self.log_error = f"{self._root()}: {exc.strerror or exc}"
+                return {"error": "the labelled store could not be written", "status": 503}
+            import pyarrow.compute as pc
+
+            mine = joined.table.filter(pc.equal(joined.table.column(MODEL_VERSION), self.version))
+            if self.perf is not None and mine.num_rows:
+                self.perf.add_labels(*encoded(mine, spec))
+        for k, v in joined.counts().items():
+            self.received[k] += v
+        self.received["requests"] += 1
+        return joined.counts()
+
+    def feedback_summary(self) -> dict[str, Any]:
+        """The join coverage: predictions logged and labelled, and the labels received so far."""
+        if self.predictions is None:
+            return {"enabled": False}
+        return {"enabled": True, "model_name": self.name, **self.predictions.summary(), "received": dict(self.received)}
+
     def observe(self, version: str, features: np.ndarray, scores: np.ndarray, missing: np.ndarray | None,
-                dropped: int = 0, ts: float | None = None) -> None:
+                dropped: int = 0, ts: float | None = None, raw: list[Any] | None = None) -> None:
+        """Served rows: into the drift windows, the performance estimate and (with ``raw``, the request
+        parts in row order) the prediction log."""
         if self.core is None or version != self.version:
             return  # a batch scored by the previous model during a swap
-        self.core.dropped_batches += dropped
-        self.core.observe(features, scores, missing, ts)
+        core = self.core
+        ts = time.time() if ts is None else ts
+        core.tick(ts)  # first, so the windows the rows fall in are known before they are added
+        windows = core.index + (core.window.rows + np.arange(len(features))) // self.config.window_size
+        if self.perf is not None:
+            self.perf.add_scores(windows, scores)
+        core.dropped_batches += dropped
+        core.observe(features, scores, missing, ts)
+        if raw is not None and self.predictions is not None:
+            self.predictions.add(version, ts, raw, scores, windows)
         self.metrics.received(version, len(features), dropped)
         self._publish_closed()
 
@@ -171,9 +268,27 @@ class DriftMonitorActor:
         self._publish_closed()
         if self.log is not None:
             self.log.flush()
+        if self.predictions is not None:
+            self.predictions.flush()
+        doc = self.core.report()
+        if self.perf is not None:
+            doc["windows"] = [{**w, "performance": self.perf.describe(int(w["index"]), int(w["rows"]),
+                                                                       w.get("performance", {}).get("estimated"))}
+                              for w in doc["windows"]]
         return {"model_version": self.version, "log_dir": str(self.log.root) if self.log else None,
                 "log_error": self.log_error or (self.log.error if self.log else None), "restored_rows": self.restored_rows,
-                **self.core.report()}
+                **doc, "feedback": self.feedback_summary()}
+
+
+def _labelled_ids(root: Path, name: str) -> Any:
+    """Every prediction id of ``name``'s labelled store (which logged predictions were labelled before)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(labelled_dir(root, name).glob("part-*.parquet"))
+    if not parts:
+        return None
+    return pa.concat_arrays([pq.read_table(p, columns=[PREDICTION_ID]).column(0).combine_chunks() for p in parts])
 
 
 def monitor_handle() -> Any:

@@ -26,11 +26,15 @@ MODEL_VERSION = "_model_version"
 SERVED_AT = "_served_at"
 LABELLED_AT = "_labelled_at"
 SCORE = "_score"
-META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, LABELLED_AT, SCORE)
+WINDOW = "_window"
+PROBA = "_proba"
+REQUIRED = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, LABELLED_AT, SCORE)
+META = (*REQUIRED, WINDOW, PROBA)  # the last two are written as nulls when a writer leaves them out
 META_TYPES = {PREDICTION_ID: pa.string(), MODEL_VERSION: pa.string(), SERVED_AT: pa.float64(),
-              LABELLED_AT: pa.float64(), SCORE: pa.float64()}
+              LABELLED_AT: pa.float64(), SCORE: pa.float64(), WINDOW: pa.int64(), PROBA: pa.list_(pa.float64())}
 """``_served_at``/``_labelled_at``: epoch seconds; ``_score``: the positive class's probability (binary),
-the value (regression), null (multiclass)."""
+the value (regression), null (multiclass); ``_window``: the drift window of its model version the row
+was served in (``GET /drift``'s ``index``); ``_proba``: the class probabilities (multiclass; else null)."""
 
 _seq = itertools.count()
 
@@ -40,14 +44,17 @@ def labelled_dir(root: str | Path, name: str) -> Path:
 
 
 def write_labelled(root: str | Path, name: str, table: pa.Table) -> Path | None:
-    """Add labelled rows as one new part (none for an empty table). The META columns must be present."""
+    """Add labelled rows as one new part (none for an empty table). The REQUIRED columns must be present."""
     import pyarrow.parquet as pq
 
-    missing = [c for c in META if c not in table.column_names]
+    missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"labelled rows lack the columns {missing}")
     if table.num_rows == 0:
         return None
+    for col in META:
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(table.num_rows, META_TYPES[col]))
     for col, typ in META_TYPES.items():
         table = table.set_column(table.schema.get_field_index(col), col, table.column(col).cast(typ))
     folder = labelled_dir(root, name)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pyarrow.parquet as pq
 
 from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, TrainConfig
@@ -168,9 +169,11 @@ def evaluate_and_register(
     progress: Progress = no_progress,
     *,
     monitor: MonitorConfig | None = None,
+    promote: bool = True,
 ) -> Outcome:
     """Test metrics, plots, card; log everything to MLflow; register; move the champion alias if it wins.
-    ``monitor``: the window size and false-alarm rate the drift thresholds are calibrated for."""
+    ``monitor``: the window size and false-alarm rate the drift thresholds are calibrated for. ``promote``
+    false: registered as a candidate whatever the test split says (the loop gates it on recent traffic)."""
     booster = trained.result.booster
     metric = gate_metric(meta.task, registry_cfg.metric)
     progress("evaluating on the test split")
@@ -183,6 +186,8 @@ def evaluate_and_register(
     champ, champ_value, why = score_champion(registry, meta, metric)
     new_value = float(ev.metrics[metric])
     gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, registry_cfg.margin)
+    if not promote:
+        gate = Gate("candidate", f"held for the loop's gate on recent labelled rows (test split: {gate.reason})")
 
     data_report = json.loads((meta.run_dir / "data_report.json").read_text())
     params = registered_params(train, meta, trained)
@@ -190,7 +195,8 @@ def evaluate_and_register(
     try:
         bundle_dir, report_dir = work / BUNDLE_PATH, work / "report"
         manifest_sha = write_bundle(bundle_dir, booster, meta.run_dir, ev.metrics,
-                                    _reference(booster, trained.meta, data_report, monitor or MonitorConfig()), params)
+                                    _reference(booster, trained.meta, data_report, monitor or MonitorConfig(),
+                                               threshold=float(ev.metrics.get("threshold", 0.5))), params)
         plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
         progress("logging to MLflow and registering")
         parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning)
@@ -214,9 +220,13 @@ REFERENCE_SPLITS = {"bins": "train", "features": "validation", "prediction": "te
 
 
 def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], monitor: MonitorConfig,
-               rows: int = 100_000) -> dict[str, Any]:
+               rows: int = 100_000, threshold: float = 0.5) -> dict[str, Any]:
     """The drift monitor's reference (``REFERENCE_SPLITS``), with thresholds calibrated for ``monitor``'s
-    window size and false-alarm rate. A split without rows is replaced by the next one (train last)."""
+    window size and false-alarm rate, and ``performance``: what each window's performance is held to and
+    the score calibration map (JSON) that estimates it, from the same held-out rows as the score's bins.
+    A split without rows is replaced by the next one (train last)."""
+    from raygbm.loop.performance import performance_reference
+
     tables = {}
     for seed, split in enumerate(("train", "validation", "test")):
         table = sample_table(meta.split(split), rows, seed)
@@ -226,9 +236,13 @@ def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], moni
     missing = {c: float(v.get("null_frac", 0.0)) for c, v in report.get("columns", {}).items() if v.get("role") in ("numeric", "categorical")}
     cal = Calibration(features_matrix(booster, tables[pick["features"]]), monitor.window_size, monitor.false_alarm_rate,
                       monitor.calibration_draws, {"features": pick["features"], "prediction": pick["prediction"]})
-    return reference_profile(features_matrix(booster, tables[pick["bins"]]), booster.feature_name(), meta.categorical,
-                             booster.predict(features_matrix(booster, tables[pick["prediction"]])), missing,
-                             calibration=cal)
+    held_out = tables[pick["prediction"]]
+    scores = booster.predict(features_matrix(booster, held_out))
+    out = reference_profile(features_matrix(booster, tables[pick["bins"]]), booster.feature_name(), meta.categorical,
+                            scores, missing, calibration=cal)
+    out["performance"] = performance_reference(meta.task, np.asarray(held_out.column(meta.label)), scores, threshold,
+                                               monitor.window_size)
+    return out
 
 
 def evaluate_registered(meta: RunMeta, registry_cfg: RegistryConfig, version: str | None) -> tuple[ModelRef, dict[str, Any]]:

@@ -5,7 +5,10 @@
   ``num_threads=1`` LightGBM, with ``@serve.batch`` merging concurrent requests into one ``predict`` call.
 - ``POST /predict/batch``: an Arrow IPC or CSV table scored and answered in the same format, or a JSON
   ``{"input": ...}`` starting a Parquet job (``serving.batch_jobs``); ``GET /predict/batch/{id}``.
-- ``GET /drift`` (the monitor's windows), ``GET /model``, ``GET /healthz``, ``GET /readyz``, ``/docs``.
+- ``GET /drift`` (the monitor's windows), ``GET /retrain`` (the loop's record), ``GET /model``, ``GET /healthz``,
+  ``GET /readyz``, ``/docs``.
+- ``POST /feedback``: labels for served predictions, by ``prediction_id`` (JSON, a list, or a CSV/Arrow
+  table), joined to the monitor's prediction log; ``GET /feedback``: the join's coverage.
 - The Open Inference Protocol (KServe V2, Triton, MLServer) under ``/v2``: health, server and model
   metadata, ``POST /v2/models/{name}/infer`` (``serving.oip`` parses and answers; same checks, limits,
   token and drift logging as ``/predict``).
@@ -34,7 +37,7 @@ from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.runtime import loopback_replica_grpc
 from raygbm.serving import oip
 from raygbm.serving.batch_jobs import BatchJobs
-from raygbm.serving.model_slot import ModelSlot, ServedModel
+from raygbm.serving.model_slot import ModelSlot, ServedModel, new_ids, table_ids
 from raygbm.serving.monitor_buffer import MonitorBuffer
 from raygbm.serving.request import RequestError, read_body
 from raygbm.serving.tables import (
@@ -164,6 +167,7 @@ class ModelServer:
         self.unseen = 0
         self.monitor = self._monitor_actor()
         self.monitor_on = self.monitor is not None
+        self.logging = self.monitor_cfg.feedback.enabled  # the prediction log (rows sent with their request)
         self.buffer = MonitorBuffer(self._send_to_monitor, self._monitor_full())
         self.slot = ModelSlot(self.settings.max_rows, self.settings.champion_poll_s, self._on_switch)
         self.jobs = BatchJobs(self.settings.batch_output_dir, self.settings.batch_input_roots)
@@ -202,7 +206,7 @@ class ModelServer:
 
             # Idempotent per version: the first replica to load a model sets the reference.
             ray.get(self.monitor.set_reference.remote(model.version, model.reference, model.names,
-                                                      list(model.schema.fields), model.name))
+                                                      list(model.schema.fields), model.name, model.loop_spec()))
 
     def _loaded(self) -> ServedModel:
         model = self.slot.model
@@ -220,10 +224,10 @@ class ModelServer:
         return self.monitor_on and model.reference is not None
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _batched(self, items: list[tuple[ServedModel, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    async def _batched(self, items: list[tuple[ServedModel, np.ndarray, np.ndarray, Any]]) -> list[np.ndarray]:
         """One LightGBM call for every request that arrived together (grouped by model during a swap)."""
         groups: dict[int, list[int]] = {}
-        for i, (model, _, _) in enumerate(items):
+        for i, (model, _, _, _) in enumerate(items):
             groups.setdefault(id(model), []).append(i)
         out: list[Any] = [None] * len(items)
         for idx in groups.values():
@@ -235,7 +239,8 @@ class ModelServer:
                 out[i] = scores[start:start + len(items[i][1])]
                 start += len(items[i][1])
             if self._monitored(model):
-                self.buffer.add(model.version, rows, scores, np.concatenate([items[i][2] for i in idx]))
+                raw = [items[i][3] for i in idx] if self.logging else None
+                self.buffer.add(model.version, rows, scores, np.concatenate([items[i][2] for i in idx]), raw)
         return out
 
     # ---- routes
@@ -252,10 +257,11 @@ class ModelServer:
             raise RequestError("content type must be application/json", 415)
         body = await read_body(request, self.settings.max_body_bytes)
         parsed = model.schema.parse(body)
-        scores = await self._within_budget(self._batched((model, parsed.features, parsed.missing)))
+        ids = new_ids(len(parsed.features))
+        scores = await self._within_budget(self._batched((model, parsed.features, parsed.missing, ("json", body, ids))))
         self.served_rows += len(parsed.features)
         self.unseen += parsed.unseen
-        results = model.results(scores)
+        results = model.results(scores, ids)
         if parsed.single:
             return JSONResponse({**results[0], "model_version": model.version})
         return JSONResponse({"predictions": results, "model_version": model.version})
@@ -277,11 +283,13 @@ class ModelServer:
         body = await read_body(request, self.settings.max_batch_body_bytes)
         # Off the event loop: parsing and scoring a large table would otherwise block every other request.
         table, X, scores = await self._within_budget(asyncio.to_thread(self._score_table, model, body, kind))
+        ids = table_ids(table.num_rows)
         if self._monitored(model):
             missing = np.column_stack([np.asarray(table.column(c).is_null()) for c in model.schema.fields])
-            self.buffer.add(model.version, X, scores, missing)
+            raw = [("table", table.select(list(model.schema.fields)), ids)] if self.logging else None
+            self.buffer.add(model.version, X, scores, missing, raw)
         self.served_rows += table.num_rows
-        return Response(write_table(model.prediction_table(scores), kind), media_type=kind,
+        return Response(write_table(model.prediction_table(scores, ids), kind), media_type=kind,
                         headers={"x-model-version": model.version},
                         background=BackgroundTask(release_memory) if len(body) >= LARGE_BODY_BYTES else None)
 
@@ -316,6 +324,57 @@ class ModelServer:
             # ActorUnavailableError is a RayActorError: Ray is restarting the monitor from its log.
             return JSONResponse({"error": "the drift monitor is restarting; retry shortly"}, status_code=503,
                                 headers={"retry-after": "1"})
+
+    # ---- feedback (the loop's labels): parsed here, joined in the monitor actor
+
+    @api.post("/feedback", summary="Labels for served predictions, by prediction_id",
+              description="A JSON {\"prediction_id\", \"label\"} or a list of them, or a CSV / Arrow IPC table with "
+              "those two columns; the label in the training label's own values. Answers {accepted, unknown_ids, "
+              "duplicates} (the last label of a prediction wins).",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"description": "{prediction_id, label} or a list of them"}},
+                  ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}, CSV: {"schema": {"type": "string"}}}}})
+    async def feedback(self, request: Request) -> JSONResponse:
+        from raygbm.loop.feedback import LabelSpec, parse_json, parse_table
+
+        model = self._loaded()
+        if not (self.logging and self._monitored(model)):
+            raise RequestError("the prediction log is off (monitor.feedback.enabled), so labels cannot be joined", 404)
+        kind, spec = content_type(request.headers), LabelSpec.of(model.bundle.preprocessor)
+        if kind in TABLE_TYPES:
+            body = await read_body(request, self.settings.max_batch_body_bytes)
+            ids, labels = await asyncio.to_thread(parse_table, body, kind, spec, self.settings.max_batch_rows)
+        elif kind in JSON_TYPES:
+            ids, labels = parse_json(await read_body(request, self.settings.max_body_bytes), spec, self.settings.max_rows)
+        else:
+            raise RequestError(f"content type must be application/json, {ARROW_STREAM} or {CSV}", 415)
+        self.buffer.flush()  # this replica's predictions reach the monitor first (calls keep their order)
+        doc = await self._ask_monitor(lambda: self.monitor.feedback.remote(ids, labels))
+        return JSONResponse(doc, status_code=doc.pop("status", 200) if "error" in doc else 200)
+
+    @api.get("/feedback", summary="How many logged predictions have labels (the join's coverage)")
+    async def feedback_summary(self) -> JSONResponse:
+        if self.monitor is None:
+            raise RequestError("drift monitoring is off (monitor.enabled: false)", 404)
+        return JSONResponse(await self._ask_monitor(lambda: self.monitor.feedback_summary.remote()))
+
+    async def _ask_monitor(self, call: Any) -> dict[str, Any]:
+        """A monitor call's answer within the request budget; 503 while the monitor is busy or restarting."""
+        from ray.exceptions import PendingCallsLimitExceeded, RayActorError
+
+        try:
+            return await asyncio.wait_for(call(), self.settings.request_timeout_s)
+        except (RayActorError, PendingCallsLimitExceeded, asyncio.TimeoutError):
+            raise RequestError("the drift monitor is busy or restarting; retry shortly", 503) from None
+
+    @api.get("/retrain", summary="The loop: retraining triggers, jobs and decisions (promoted, rejected, rolled back)")
+    async def retrain_state(self) -> JSONResponse:
+        from raygbm.loop.state import LoopState, public
+
+        config = getattr(self.slot, "user_config", None)
+        if not config:
+            raise RequestError("no model loaded yet", 503)
+        return JSONResponse(public(LoopState(config["home"], config["model_name"]).read()))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

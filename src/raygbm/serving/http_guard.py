@@ -29,6 +29,8 @@ from raygbm.config import ServeConfig
 from raygbm.runtime import HTTP_LIMITS_ENV
 
 BATCH_PATH = "/predict/batch"
+FEEDBACK_PATH = "/feedback"  # takes tables too: held to the batch limit here, to its own per type in the app
+TABLE_PATHS = (BATCH_PATH, FEEDBACK_PATH)
 logger = logging.getLogger(__name__)
 
 # How much of a refused request's remaining body is read (and dropped) so that its client gets the answer.
@@ -208,7 +210,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _body_limit(self) -> int:
         path = self.url.split(b"?", 1)[0].rstrip(b"/").decode("latin-1")
-        return self.limits.max_batch_body_bytes if path == BATCH_PATH else self.limits.max_body_bytes
+        return self.limits.max_batch_body_bytes if path in TABLE_PATHS else self.limits.max_body_bytes
 
     def on_body(self, body: bytes) -> None:
         if self._refused:

@@ -43,12 +43,13 @@ class ServedModel:
     def names(self) -> list[str]:
         return self.bundle.booster.feature_name()
 
-    def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
-        """Per record: prediction (the label's own value), score, an id; and class probabilities for
-        multiclass. The same mapping as the batch path (``Bundle.labelled``)."""
+    def results(self, scores: np.ndarray, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Per record: prediction (the label's own value), score, its id (``new_ids``); and class
+        probabilities for multiclass. The same mapping as the batch path (``Bundle.labelled``)."""
         prediction, score = self.bundle.labelled(scores)
-        out = [{"prediction": p, "score": s, "prediction_id": uuid.uuid4().hex}
-               for p, s in zip(prediction, score.tolist())]
+        ids = ids if ids is not None else new_ids(len(prediction))
+        out = [{"prediction": p, "score": s, "prediction_id": i}
+               for p, s, i in zip(prediction, score.tolist(), ids)]
         if self.bundle.task == "multiclass":
             for o, row in zip(out, scores.tolist()):
                 o["probabilities"] = row
@@ -64,9 +65,19 @@ class ServedModel:
             raise RequestError(str(exc), 422) from None
         return features_matrix(self.booster, feats)
 
-    def prediction_table(self, scores: np.ndarray) -> pa.Table:
+    def prediction_table(self, scores: np.ndarray, ids: pa.Array | None = None) -> pa.Table:
         prediction, score = self.bundle.predictions(scores)
-        return pa.table({"prediction": prediction, "score": score})
+        cols = {"prediction": prediction, "score": score}
+        return pa.table({**cols, "prediction_id": ids} if ids is not None else cols)
+
+    def loop_spec(self) -> dict[str, Any]:
+        """What the monitor's prediction log needs: the raw fields and their training types, the label
+        (``loop.feedback.LabelSpec``) and the binary threshold."""
+        from raygbm.loop.feedback import LabelSpec
+
+        types = self.bundle.preprocessor.schema.types
+        return {"fields": list(self.schema.fields), "types": {f: types[f] for f in self.schema.fields if f in types},
+                "label": LabelSpec.of(self.bundle.preprocessor).to_json(), "threshold": self.bundle.threshold}
 
     def info(self) -> dict[str, Any]:
         """What ``GET /model`` says about the model itself."""
@@ -74,6 +85,18 @@ class ServedModel:
         return {"name": self.name, "version": self.version, "task": b.task, "metrics": b.metrics,
                 "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
                 "request_schema": self.schema.json_schema()}
+
+
+def new_ids(n: int) -> list[str]:
+    """Prediction ids of ``n`` records (one random id each)."""
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
+def table_ids(n: int) -> pa.Array:
+    """Prediction ids of a table's ``n`` rows: one random id for the table, then ``.<row>``."""
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(pa.scalar(uuid.uuid4().hex + "."), pc.cast(pa.array(np.arange(n)), pa.string()), "")
 
 
 def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:

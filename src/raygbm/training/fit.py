@@ -58,9 +58,12 @@ def fit_rows(meta: RunMeta, train: dict[str, Any], threads: int, fit_on: tuple[s
 
 
 def _node_cpus() -> int:
+    """A node's CPUs, but no more than are free now: on a Ray that also serves (a retraining next to the
+    endpoint's replicas and monitor), a task asking for a whole node's CPUs would never be scheduled."""
     import ray
 
-    return max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")) or 1
+    total = max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")) or 1
+    return max(1, min(total, int(ray.available_resources().get("CPU", 0))))
 
 
 def fit_model(meta: RunMeta, train: TrainConfig, resources: ResourcesConfig, progress: Progress = no_progress,

@@ -1,0 +1,94 @@
+"""The loop's decisions on numbers: which labelled rows a retraining may use and which it holds back, whether
+a challenger replaces the champion, and whether a promotion is rolled back. Plain functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raygbm.loop.labelled import SERVED_AT
+from raygbm.training.direction import better, higher_is_better
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the loop, with the numbers it was made on."""
+
+    action: str  # "promoted" | "rejected" | "rolled_back" | "kept" (a watched promotion that held)
+    version: str  # the version decided on (challenger, or the promoted version watched)
+    reason: str
+    metric: str
+    value: float | None  # the decided version's metric
+    other_version: str | None  # the champion it was compared with (the previous champion, for a rollback)
+    other_value: float | None
+    rows: int  # labelled rows the numbers were computed on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recent(table: pa.Table, *, rows: int | None, seconds: float | None, now: float) -> pa.Table:
+    """Labelled rows (in serving order) within the recency window: served in the last ``seconds`` and the
+    last ``rows`` of those (either unset: no limit)."""
+    if seconds is not None:
+        table = table.filter(pc.greater_equal(table[SERVED_AT], now - seconds))
+    if rows is not None and table.num_rows > rows:
+        table = table.slice(table.num_rows - rows)
+    return table
+
+
+def split_holdout(table: pa.Table, share: float, min_rows: int) -> tuple[pa.Table, pa.Table]:
+    """(rows to retrain on, the holdout): the holdout is the most recent ``share`` of the rows (in serving
+    order), at least ``min_rows``; what is left may be empty."""
+    n = table.num_rows
+    held = min(n, max(min_rows, int(round(n * share))))
+    return table.slice(0, n - held), table.slice(n - held)
+
+
+def challenger_verdict(metric: str, margin: float, challenger: str, challenger_value: float,
+                       champion: str | None, champion_value: float | None, rows: int) -> Decision:
+    """Promote the challenger only if it beats the champion on the same holdout by more than ``margin``
+    (with no champion, or one that cannot be scored on these rows, it is promoted)."""
+    if champion is None or champion_value is None:
+        why = "no champion" if champion is None else f"champion v{champion} cannot be scored on the holdout"
+        return Decision("promoted", challenger, f"{why}: holdout {metric} {challenger_value:.6g}", metric,
+                        challenger_value, champion, champion_value, rows)
+    if better(metric, challenger_value, champion_value, margin):
+        return Decision("promoted", challenger, f"holdout {metric} {challenger_value:.6g} beats champion "
+                        f"v{champion}'s {champion_value:.6g} by more than {margin:g} on {rows} recent labelled rows",
+                        metric, challenger_value, champion, champion_value, rows)
+    return Decision("rejected", challenger, f"holdout {metric} {challenger_value:.6g} does not beat champion "
+                    f"v{champion}'s {champion_value:.6g} by more than {margin:g} on {rows} recent labelled rows",
+                    metric, challenger_value, champion, champion_value, rows)
+
+
+def worse_by(metric: str, value: float, reference: float) -> float:
+    """How much worse ``value`` is than ``reference`` (negative: better), in the metric's own units."""
+    return reference - value if higher_is_better(metric) else value - reference
+
+
+def rollback_verdict(metric: str, margin: float, version: str, value: float, previous: str, previous_value: float,
+                     rows: int, windows: int, k: int) -> Decision | None:
+    """After ``windows`` complete labelled windows of the promoted ``version`` (of the ``k`` watched): roll
+    back when its realized metric on those rows is worse than the previous champion's on the same rows by
+    more than ``margin``; ``kept`` once all ``k`` windows held; None while still watching."""
+    drop = worse_by(metric, value, previous_value)
+    numbers = (f"realized {metric} {value:.6g} vs previous champion v{previous}'s {previous_value:.6g} on the same "
+               f"{rows} labelled rows ({windows} of {k} windows)")
+    if drop > margin:
+        return Decision("rolled_back", version, f"{numbers}: worse by {drop:.4g} > {margin:g}", metric, value,
+                        previous, previous_value, rows)
+    if windows >= k:
+        return Decision("kept", version, f"{numbers}: held", metric, value, previous, previous_value, rows)
+    return None
+
+
+def performance_drop(metric: str, realized: float, expected: float, allowed: float) -> str | None:
+    """The reason to retrain when the realized metric is worse than ``expected`` by more than ``allowed``."""
+    drop = worse_by(metric, realized, expected)
+    if drop > allowed:
+        return f"realized {metric} {realized:.6g} is {drop:.4g} worse than the champion's test {expected:.6g} (> {allowed:g})"
+    return None

@@ -1,0 +1,240 @@
+"""Performance per drift window: realized metrics where labels arrived, metrics estimated from the scores
+alone before they arrive (binary classifiers), and the bounds both are held to. Plain numpy: no Ray.
+
+Estimation is confidence-based (CBPE): with calibrated probabilities ``q`` of the positive class, a row
+predicted positive (score at or above the model's threshold) is right with probability ``q``, one
+predicted negative with ``1 − q``, so the expected accuracy is their mean; the expected ROC AUC is the
+AUC of the scores with each row counted as ``q`` of a positive and ``1 − q`` of a negative
+(``weighted_auc``). The calibration map (isotonic, score → probability) is fitted at registration on
+held-out rows the model did not train on and stored as JSON in the drift reference (``performance``).
+It assumes the label's relationship to the features holds (no concept drift): the realized metrics
+are the ones that see a concept change.
+
+Bounds: each metric's spread over windows of ``window_size`` held-out rows (bootstrap standard
+deviation, scaled by ``sqrt(window_size / rows)`` for a window of another size) around its held-out
+value; a metric where higher is better has a lower bound ``value − z·sd``, a loss an upper bound
+``value + z·sd``, ``z`` the normal quantile of ``1 − feedback.bound_rate``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+REALIZED = {"binary": ("roc_auc", "log_loss", "accuracy"), "regression": ("rmse", "mae"),
+            "multiclass": ("accuracy", "log_loss")}
+ESTIMATED = ("roc_auc", "accuracy")  # binary only
+HIGHER_IS_BETTER = frozenset({"roc_auc", "accuracy"})
+FORMAT = "raygbm.performance/1"
+EPS = 1e-15
+
+
+def weighted_auc(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """ROC AUC of ``scores`` where row i counts as ``pos[i]`` of a positive and ``neg[i]`` of a negative
+    (labels: 1/0 weights; CBPE: ``q``/``1 − q``); ties count a half; a row is never paired with itself.
+    None when there are no positive or no negative weights."""
+    scores, pos, neg = (np.asarray(a, dtype=np.float64) for a in (scores, pos, neg))
+    self_pairs = float(np.dot(pos, neg))
+    total = float(pos.sum()) * float(neg.sum()) - self_pairs
+    if total <= 0:
+        return None
+    uniq, inverse = np.unique(scores, return_inverse=True)
+    p_g = np.bincount(inverse, weights=pos, minlength=len(uniq))
+    n_g = np.bincount(inverse, weights=neg, minlength=len(uniq))
+    below = np.concatenate([[0.0], np.cumsum(n_g)[:-1]])  # negative weight at strictly lower scores
+    wins = float(np.dot(p_g, below + 0.5 * n_g)) - 0.5 * self_pairs
+    return wins / total
+
+
+def realized_metrics(task: str, y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The task's window metrics on labelled rows (``y``: class indices, or values for regression;
+    ``scores``: the positive class's probability, the values, or rows × classes probabilities)."""
+    y = np.asarray(y)
+    if len(y) == 0:
+        return {}
+    if task == "binary":
+        p = np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)
+        y = y.astype(np.float64)
+        out = {"log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+               "accuracy": float(np.mean((p >= threshold) == (y == 1)))}
+        auc = weighted_auc(p, y, 1 - y)
+        return {"roc_auc": auc, **out} if auc is not None else out
+    if task == "multiclass":
+        probs = np.asarray(scores, dtype=np.float64)
+        y = y.astype(np.int64)
+        picked = np.clip(probs[np.arange(len(y)), y], EPS, 1)
+        return {"accuracy": float(np.mean(probs.argmax(axis=1) == y)), "log_loss": float(-np.mean(np.log(picked)))}
+    err = np.asarray(scores, dtype=np.float64) - y.astype(np.float64)
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def estimated_metrics(calibrated: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """CBPE: expected accuracy and ROC AUC of a binary classifier from its scores and their calibrated
+    probabilities (see the module docstring)."""
+    q = np.clip(np.asarray(calibrated, dtype=np.float64), 0.0, 1.0)
+    if len(q) == 0:
+        return {}
+    scores = np.asarray(scores, dtype=np.float64)
+    out = {"accuracy": float(np.mean(np.where(scores >= threshold, q, 1 - q)))}
+    auc = weighted_auc(scores, q, 1 - q)
+    return {"roc_auc": auc, **out} if auc is not None else out
+
+
+class CalibrationMap:
+    """Score → calibrated probability: an isotonic fit, kept as its knots (JSON) and applied by linear
+    interpolation between them (what scikit-learn's ``IsotonicRegression.predict`` does)."""
+
+    def __init__(self, x: list[float], y: list[float]):
+        self.x, self.y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, labels: np.ndarray, scores: np.ndarray) -> CalibrationMap:
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
+        return cls(iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        return np.interp(np.asarray(scores, dtype=np.float64), self.x, self.y)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "isotonic", "x": self.x.tolist(), "y": self.y.tolist()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CalibrationMap:
+        if doc.get("kind") != "isotonic":
+            raise ValueError(f"unknown calibration map kind {doc.get('kind')!r}")
+        return cls(doc["x"], doc["y"])
+
+
+def performance_reference(task: str, y: np.ndarray, scores: np.ndarray, threshold: float, window_size: int,
+                          draws: int = 200, seed: int = 0) -> dict[str, Any]:
+    """What a window's performance is compared with, from held-out rows (labels ``y``, the model's
+    ``scores``): each metric's value and its bootstrap spread at ``window_size`` rows, and for binary
+    classifiers the calibration map of the scores. JSON-serialisable (stored in the drift reference)."""
+    y, scores = np.asarray(y), np.asarray(scores)
+    n = len(y)
+    out: dict[str, Any] = {"format": FORMAT, "task": task, "threshold": float(threshold), "window_size": int(window_size),
+                           "rows": int(n), "metrics": {}, "calibration": None}
+    if n < 2:
+        return out
+    if task == "binary":
+        out["calibration"] = CalibrationMap.fit(y.astype(np.float64), scores.astype(np.float64)).to_json()
+    full = realized_metrics(task, y, scores, threshold)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {m: [] for m in full}
+    for _ in range(draws):
+        idx = rng.integers(0, n, size=window_size)
+        for m, v in realized_metrics(task, y[idx], scores[idx], threshold).items():
+            samples[m].append(v)
+    out["metrics"] = {m: {"value": full[m], "sd": float(np.std(samples[m])) if len(samples[m]) > 1 else 0.0}
+                      for m in full if math.isfinite(full[m])}
+    return out
+
+
+def normal_quantile(rate: float) -> float:
+    """``z`` with P(Z > z) = ``rate`` for a standard normal Z."""
+    from scipy.special import ndtri
+
+    return float(ndtri(1.0 - rate))
+
+
+def bound(reference: dict[str, Any], metric: str, rows: int, z: float) -> float | None:
+    """The lower bound (higher-is-better metrics) or upper bound (losses) of ``metric`` in a window of
+    ``rows`` rows; None when the reference does not have the metric."""
+    ref = reference.get("metrics", {}).get(metric)
+    if ref is None or rows <= 0:
+        return None
+    spread = z * ref["sd"] * math.sqrt(reference["window_size"] / rows)
+    return ref["value"] - spread if metric in HIGHER_IS_BETTER else ref["value"] + spread
+
+
+def beyond(metrics: dict[str, float], bounds: dict[str, float | None]) -> list[str]:
+    """The metrics outside their bound (below a lower one, above a loss's upper one)."""
+    out = []
+    for m, v in metrics.items():
+        b = bounds.get(m)
+        if b is not None and (v < b if m in HIGHER_IS_BETTER else v > b):
+            out.append(m)
+    return out
+
+
+class WindowPerformance:
+    """Performance of one model version's drift windows: the scores of windows still open (binary, for
+    the estimate made when a window closes) and the labelled rows of each kept window (by prediction id:
+    a later label replaces an earlier one), from which the realized metrics are computed."""
+
+    def __init__(self, task: str, threshold: float, reference: dict[str, Any] | None, bound_rate: float,
+                 min_labelled_rows: int, keep_windows: int):
+        self.task, self.threshold = task, float(threshold)
+        self.reference = reference or {}
+        cal = self.reference.get("calibration")
+        self.calibration = CalibrationMap.from_json(cal) if cal and task == "binary" else None
+        self.z = normal_quantile(bound_rate)
+        self.min_labelled_rows, self.keep_windows = min_labelled_rows, keep_windows
+        self._scores: dict[int, list[np.ndarray]] = {}
+        self._labels: dict[int, dict[str, tuple[Any, Any]]] = {}
+        self._realized: dict[int, tuple[int, dict[str, float]]] = {}  # window → (labelled rows, metrics), until new labels
+
+    def add_scores(self, windows: np.ndarray, scores: np.ndarray) -> None:
+        """Served rows' scores by the window they fell in (kept only where an estimate can be made)."""
+        if self.calibration is None or len(windows) == 0:
+            return
+        for w in np.unique(windows):
+            self._scores.setdefault(int(w), []).append(np.asarray(scores)[windows == w])
+
+    def closed(self, index: int) -> dict[str, float]:
+        """The estimated metrics of window ``index``, now closed (its scores are let go)."""
+        parts = self._scores.pop(index, [])
+        for w in [w for w in self._scores if w < index]:
+            del self._scores[w]
+        if self.calibration is None or not parts:
+            return {}
+        s = np.concatenate(parts)
+        return estimated_metrics(self.calibration(s), s, self.threshold)
+
+    def add_labels(self, windows: np.ndarray, ids: list[str], y: np.ndarray, scores: Any) -> None:
+        """Labelled rows (``y`` encoded as ``realized_metrics`` takes it) by window."""
+        for k, (w, pid) in enumerate(zip(np.asarray(windows).tolist(), ids)):
+            if w is None or w < 0:
+                continue
+            self._labels.setdefault(int(w), {})[pid] = (y[k], scores[k])
+            self._realized.pop(int(w), None)  # a later label may replace one: recompute
+        if self._labels:
+            oldest = max(self._labels) - self.keep_windows
+            for w in [w for w in self._labels if w <= oldest]:
+                self._labels.pop(w, None)
+                self._realized.pop(w, None)
+
+    def realized(self, index: int) -> tuple[int, dict[str, float]]:
+        rows = self._labels.get(index, {})
+        cached = self._realized.get(index)
+        if cached is not None:
+            return cached
+        metrics: dict[str, float] = {}
+        if len(rows) >= self.min_labelled_rows:
+            y = np.array([v[0] for v in rows.values()])
+            s = np.array([v[1] for v in rows.values()], dtype=np.float64)
+            metrics = realized_metrics(self.task, y, s, self.threshold)
+        self._realized[index] = (len(rows), metrics)
+        return self._realized[index]
+
+    def describe(self, index: int, rows: int, estimated: dict[str, float] | None) -> dict[str, Any]:
+        """A window's ``performance`` entry of ``GET /drift`` (``rows``: its served rows)."""
+        labelled, realized = self.realized(index)
+        estimated = estimated or {}
+        bounds = {"realized": self._bounds(realized, labelled), "estimated": self._bounds(estimated, rows)}
+        flat = {k: {m: next(iter(b.values())) for m, b in v.items()} for k, v in bounds.items()}
+        return {"labelled_rows": labelled, "realized": realized, "estimated": estimated, "bounds": bounds,
+                "outside_bounds": {"realized": beyond(realized, flat["realized"]),
+                                   "estimated": beyond(estimated, flat["estimated"])}}
+
+    def _bounds(self, metrics: dict[str, float], rows: int) -> dict[str, dict[str, float]]:
+        out = {}
+        for m in metrics:
+            b = bound(self.reference, m, rows, self.z)
+            if b is not None:
+                out[m] = {"lower" if m in HIGHER_IS_BETTER else "upper": b}
+        return out

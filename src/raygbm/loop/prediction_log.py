@@ -1,0 +1,262 @@
+"""The prediction log: every served row kept with its prediction id, so that a label arriving later can
+be joined to what was served (``loop.feedback``).
+
+Layout, under the monitor's log folder::
+
+    <root>/<model name>/predictions/part-<ms>-<seq>.parquet
+
+A part's columns: the request's raw fields (typed as in the training data, as the request gave them),
+``_prediction_id``, ``_model_version``, ``_served_at``, ``_score``, ``_window`` and ``_proba`` (the
+``loop.labelled`` names). Rows are buffered and written every ``flush_s`` seconds (and before a join
+that needs them on disk is answered, the buffer is searched too), each part staged and renamed; once
+the log holds more than ``max_rows`` rows its oldest parts are deleted (so an unlabelled prediction
+stays joinable until then). A ``sample_rate`` share of rows is kept. The prediction ids (and whether
+each was labelled) are kept in memory for the join, about 40 bytes a row. Plain Python: no Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raygbm.loop.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
+
+LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
+RawPart = tuple[str, Any, Any]
+"""Served rows as a replica sends them: ``("json", body bytes, ids)`` or ``("table", Arrow table, ids)``."""
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """An Arrow type from its string form as the data schema keeps it (``int64``, ``timestamp[us, tz=UTC]``)."""
+    if name.startswith("timestamp["):
+        unit, _, tz = name[len("timestamp["):-1].partition(",")
+        tz = tz.strip()
+        return pa.timestamp(unit.strip(), tz[3:] if tz.startswith("tz=") else None)
+    return pa.type_for_alias(name)
+
+
+def _to_datetime(v: Any) -> Any:
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = datetime.fromtimestamp(v, tz=timezone.utc)
+    elif isinstance(v, date) and not isinstance(v, datetime):
+        v = datetime(v.year, v.month, v.day)
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        v = v.astimezone(timezone.utc)
+    return v
+
+
+def _column(values: list[Any], type_name: str | None) -> pa.Array:
+    """A raw field's values in its training type; in the type they came in when they do not fit it (an
+    integer field sent 2.5: kept as sent, not truncated)."""
+    try:
+        t = arrow_type(type_name) if type_name else None
+    except (ValueError, TypeError):
+        t = None
+    if t is not None and pa.types.is_timestamp(t):
+        values = [None if v is None else _to_datetime(v) for v in values]
+        if t.tz is None:
+            values = [v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in values]
+    if t is not None and pa.types.is_integer(t) and any(isinstance(v, float) and not v.is_integer() for v in values):
+        t = None  # pyarrow would truncate it
+    try:
+        return pa.array(values, type=t)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.array(values)
+
+
+def raw_table(part: RawPart, fields: list[str], types: dict[str, str]) -> pa.Table:
+    """One replica part's rows as a table of the raw fields (JSON records parsed again here, off the
+    request path)."""
+    kind, payload, _ = part
+    if kind == "json":
+        obj = json.loads(payload)
+        records = [obj] if isinstance(obj, dict) else obj
+        return pa.table({f: _column([r.get(f) for r in records], types.get(f)) for f in fields})
+    cols = {}
+    for f in fields:
+        col = payload.column(f)
+        try:
+            cols[f] = col.cast(arrow_type(types[f])) if f in types else col
+        except (pa.ArrowException, ValueError, TypeError):
+            cols[f] = col
+    return pa.table(cols)
+
+
+@dataclass
+class Segment:
+    """A part of the log (``path`` None: the rows still buffered in memory)."""
+
+    path: Path | None
+    ids: pa.Array
+    labelled: np.ndarray  # bool per row: a label was joined to it
+
+
+class PredictionLog:
+    """One model name's prediction log (see the module docstring). A failed write sets ``error`` and
+    never raises: serving and monitoring go on."""
+
+    def __init__(self, root: Path, fields: list[str], types: dict[str, str], sample_rate: float = 1.0,
+                 flush_s: float = 5.0, max_rows: int = 200_000, labelled_ids: pa.Array | None = None):
+        self.root = Path(root)
+        self.fields, self.types = fields, types
+        self.sample_rate, self.flush_s, self.max_rows = sample_rate, flush_s, max_rows
+        self._rng = np.random.default_rng()
+        self._buf: list[pa.Table] = []
+        self._last_flush = time.time()
+        self._seq = itertools.count()
+        self.error: str | None = None
+        self.unlogged = 0  # served rows that could not be logged (a failed conversion)
+        self._buf_labelled: np.ndarray | None = None  # whether each buffered row was labelled
+        self.segments: list[Segment] = self._load(labelled_ids)
+        self._index: pa.Array | None = None  # every id, in segment order (rebuilt when segments change)
+
+    def _load(self, labelled_ids: pa.Array | None) -> list[Segment]:
+        import pyarrow.parquet as pq
+
+        out = []
+        for path in sorted(self.root.glob("part-*.parquet")):
+            try:
+                ids = pq.read_table(path, columns=[PREDICTION_ID]).column(0).combine_chunks()
+            except (OSError, pa.ArrowException):
+                continue  # an unreadable part (e.g. cut short by a full disk) is left out of the join
+            done = np.asarray(pc.is_in(ids, value_set=labelled_ids)) if labelled_ids is not None else np.zeros(len(ids), bool)
+            out.append(Segment(path, ids, done))
+        return out
+
+    # ---- writing
+
+    def add(self, version: str, ts: float, parts: list[RawPart], scores: np.ndarray, windows: np.ndarray) -> None:
+        """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept."""
+        try:
+            raw = pa.concat_tables([raw_table(p, self.fields, self.types) for p in parts], promote_options="permissive")
+            ids = pa.concat_arrays([pa.array(p[2], pa.string()) if not isinstance(p[2], pa.Array) else p[2].cast(pa.string())
+                                    for p in parts])
+        except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
+            self.unlogged += len(scores)
+            return
+        if len(ids) != len(scores) or raw.num_rows != len(scores):
+            self.unlogged += len(scores)
+            return
+        table = raw.append_column(PREDICTION_ID, ids)
+        for name, col in _meta_columns(version, ts, scores, windows).items():
+            table = table.append_column(name, col)
+        if self.sample_rate < 1.0:
+            table = table.filter(pa.array(self._rng.random(table.num_rows) < self.sample_rate))
+        if table.num_rows:
+            self._buf.append(table)
+            self._index = None
+        if time.time() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part, then delete the oldest parts beyond ``max_rows``."""
+        import pyarrow.parquet as pq
+
+        self._last_flush = time.time()
+        if not self._buf:
+            return
+        table = pa.concat_tables(self._buf, promote_options="permissive")
+        labelled = self._buffered().labelled
+        self.root.mkdir(parents=True, exist_ok=True)
+        part = self.root / f"part-{int(self._last_flush * 1000):013d}-{next(self._seq):06d}.parquet"
+        tmp = part.with_name(f".{part.name}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            tmp.replace(part)
+        except OSError as exc:  # e.g. a full disk: the rows stay joinable in memory until the next try
+            self.error = f"{self.root}: {exc.strerror or exc}"
+            tmp.unlink(missing_ok=True)
+            return
+        self._buf, self._buf_labelled = [], None
+        self.segments.append(Segment(part, table.column(PREDICTION_ID).combine_chunks(), labelled))
+        self._prune()
+        self._index = None
+
+    def _prune(self) -> None:
+        total = sum(len(s.ids) for s in self.segments)
+        while len(self.segments) > 1 and total - len(self.segments[0].ids) >= self.max_rows:
+            old = self.segments.pop(0)
+            total -= len(old.ids)
+            if old.path is not None:
+                old.path.unlink(missing_ok=True)
+
+    # ---- the join
+
+    def _buffered(self) -> Segment:
+        ids = (pa.concat_arrays([t.column(PREDICTION_ID).combine_chunks() for t in self._buf])
+               if self._buf else pa.array([], pa.string()))
+        old = self._buf_labelled
+        done = np.zeros(len(ids), bool)
+        if old is not None:
+            done[:min(len(old), len(done))] = old[:len(done)]
+        self._buf_labelled = done
+        return Segment(None, ids, done)
+
+    def _all(self) -> tuple[list[Segment], pa.Array, np.ndarray]:
+        segs = [*self.segments, self._buffered()]
+        if self._index is None:
+            self._index = pa.concat_arrays([s.ids for s in segs]) if segs else pa.array([], pa.string())
+        starts = np.cumsum([0] + [len(s.ids) for s in segs])
+        return segs, self._index, starts
+
+    def lookup(self, ids: pa.Array) -> np.ndarray:
+        """Each id's position in the log (-1: not there)."""
+        _, index, _ = self._all()
+        pos = pc.index_in(ids, value_set=index)
+        return np.asarray(pos.fill_null(-1), dtype=np.int64)
+
+    def rows(self, positions: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """The logged rows at ``positions`` (in that order) and whether each was labelled before; marks
+        them labelled."""
+        segs, _, starts = self._all()
+        seg_of = np.searchsorted(starts, positions, side="right") - 1
+        pieces, order, before = [], [], np.zeros(len(positions), bool)
+        for k in np.unique(seg_of):
+            pick = np.flatnonzero(seg_of == k)
+            local = positions[pick] - starts[k]
+            seg = segs[k]
+            pieces.append(self._read(seg).take(pa.array(local)))
+            before[pick] = seg.labelled[local]
+            seg.labelled[local] = True
+            order.append(pick)
+        if not pieces:
+            return pa.table({}), before
+        table = pa.concat_tables(pieces, promote_options="permissive")
+        inverse = np.argsort(np.concatenate(order))
+        return table.take(pa.array(inverse)), before
+
+    def _read(self, seg: Segment) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        if seg.path is None:
+            return pa.concat_tables(self._buf, promote_options="permissive")
+        return pq.read_table(seg.path)
+
+    def summary(self) -> dict[str, Any]:
+        segs = [*self.segments, self._buffered()]
+        logged = sum(len(s.ids) for s in segs)
+        labelled = int(sum(int(s.labelled.sum()) for s in segs))
+        return {"logged_predictions": logged, "labelled_predictions": labelled,
+                "coverage": labelled / logged if logged else None, "parts": len(self.segments),
+                "unlogged_rows": self.unlogged, "log_error": self.error}
+
+
+def _meta_columns(version: str, ts: float, scores: np.ndarray, windows: np.ndarray) -> dict[str, pa.Array]:
+    n = len(scores)
+    multi = scores.ndim == 2
+    return {MODEL_VERSION: pa.array([version] * n, pa.string()),
+            SERVED_AT: pa.array(np.full(n, ts, dtype=np.float64)),
+            SCORE: pa.nulls(n, pa.float64()) if multi else pa.array(np.asarray(scores, dtype=np.float64)),
+            WINDOW: pa.array(np.asarray(windows, dtype=np.int64)),
+            PROBA: (pa.array(scores.tolist(), META_TYPES[PROBA]) if multi else pa.nulls(n, META_TYPES[PROBA]))}

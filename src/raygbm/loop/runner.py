@@ -1,0 +1,100 @@
+"""The loop's driver in `raygbm serve`'s process: every ``retrain.check_s`` it checks the watched promotion
+(rollback), reads GET /drift and the champion's realized performance, and lets the ``Controller`` submit a
+retraining Ray Job. A background thread of the serving entry point, never in a replica's request path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from typing import Any, Callable
+
+from raygbm.config import PipelineConfig
+from raygbm.loop.gate import performance_drop
+from raygbm.loop.labelled import read_labelled, training_rows
+from raygbm.loop.retrain import holdout_metric, labelled_root
+from raygbm.loop.rollback import check_rollback
+from raygbm.loop.state import LoopState
+from raygbm.loop.triggers import Controller, Trigger
+from raygbm.paths import home
+from raygbm.registry.store import Registry
+
+log = logging.getLogger(__name__)
+
+
+def realized_trigger(cfg: PipelineConfig) -> Trigger | None:
+    """The champion's gate metric on the last ``retrain.performance_rows`` labelled rows it served, worse
+    than its registered test metric by more than ``retrain.performance_drop``. One trigger id per block of
+    that many rows, so a persisting drop triggers again only on new labels."""
+    if cfg.retrain.performance_drop is None:
+        return None
+    registry = Registry(cfg.registry)
+    champ = registry.get()
+    if champ is None:
+        return None
+    rows = read_labelled(labelled_root(cfg.monitor), cfg.registry.model_name, versions=[champ.version])
+    n = cfg.retrain.performance_rows
+    if rows is None or rows.num_rows < n:
+        return None
+    metric = champ.tags.get("gate_metric") or "roc_auc"
+    expected = champ.tags.get(f"test_{metric}")
+    value = holdout_metric(registry, champ.version, training_rows(rows.slice(rows.num_rows - n)), metric)
+    if value is None or expected is None:
+        return None
+    reason = performance_drop(metric, value, float(expected), cfg.retrain.performance_drop)
+    if reason is None:
+        return None
+    return Trigger(f"performance-v{champ.version}-r{rows.num_rows // n}", "performance",
+                   f"champion v{champ.version}: {reason} on its last {n} labelled rows")
+
+
+def drift_fetcher(url: str, headers: dict[str, str] | None = None) -> Callable[[], dict[str, Any] | None]:
+    """GET /drift of the endpoint (None when it does not answer: monitoring off, restarting)."""
+    def fetch() -> dict[str, Any] | None:
+        try:
+            req = urllib.request.Request(url.rstrip("/") + "/drift", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    return fetch
+
+
+class LoopRunner:
+    """Rollback watch, then triggers, every ``retrain.check_s`` in a daemon thread."""
+
+    def __init__(self, cfg: PipelineConfig, controller: Controller, fetch_drift: Callable[[], dict[str, Any] | None]):
+        self.cfg, self.controller, self.fetch_drift = cfg, controller, fetch_drift
+        self.state = LoopState(home(), cfg.registry.model_name)
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def tick(self) -> dict[str, Any] | None:
+        check_rollback(self.cfg.retrain, self.cfg.registry, self.state, labelled_root(self.cfg.monitor))
+        return self.controller.tick(self.fetch_drift(), realized_trigger(self.cfg))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.cfg.retrain.check_s):
+            try:
+                self.tick()
+            except Exception:  # a failed check (registry, store) must not end the loop; the next one retries
+                log.exception("loop check failed")
+
+    def start(self) -> "LoopRunner":
+        self.thread = threading.Thread(target=self._run, name="raygbm-loop", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def start_loop(cfg: PipelineConfig, url: str, headers: dict[str, str] | None = None) -> LoopRunner:
+    """The loop for an endpoint at ``url`` on the Ray this process is connected to."""
+    from raygbm.loop.jobs import JobSubmitter
+
+    jobs = JobSubmitter(cfg)
+    controller = Controller(cfg.retrain, LoopState(home(), cfg.registry.model_name), jobs.submit, jobs.status)
+    return LoopRunner(cfg, controller, drift_fetcher(url, headers)).start()

@@ -1,0 +1,198 @@
+"""The loop's control rules without Ray: the state file, triggers (drift M of N, performance bounds,
+schedule), one job at a time, the cooldown, idempotent trigger ids, the holdout gate and rollback verdicts."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pyarrow as pa
+import pytest
+
+from raygbm.config import AlertAfter, RetrainConfig, load_config
+from raygbm.errors import ConfigError
+from raygbm.loop.gate import challenger_verdict, recent, rollback_verdict, split_holdout
+from raygbm.loop.jobs import entrypoint, submission_id, write_job_config
+from raygbm.loop.labelled import SERVED_AT
+from raygbm.loop.state import LoopState, public
+from raygbm.loop.triggers import Controller, Trigger, drift_trigger, performance_trigger
+
+
+def _windows(*verdicts: str) -> dict:
+    return {"windows": [{"index": i, "verdict": v, "drifted_features": ["num_1"] if v == "drift" else []}
+                        for i, v in enumerate(verdicts)]}
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Jobs:
+    """Stands in for the Jobs API: ids by submission, a status each test sets."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+        self.status: dict[str, str] = {}
+
+    def submit(self, trigger: Trigger) -> str:
+        job = submission_id("m", trigger.id)
+        if job not in self.submitted:
+            self.submitted.append(job)
+        self.status.setdefault(job, "RUNNING")
+        return job
+
+
+def _controller(tmp_path, clock, jobs, **cfg) -> Controller:
+    retrain = RetrainConfig(**{"cooldown_s": 100.0, "performance_drop": None, **cfg})
+    return Controller(retrain, LoopState(tmp_path, "m"), jobs.submit, lambda j: jobs.status[j], clock)
+
+
+def test_drift_trigger_needs_m_of_the_last_n_scored_windows():
+    assert drift_trigger(_windows("drift", "drift", "no_drift", "no_drift", "no_drift"), 2, 3) is None
+    t = drift_trigger(_windows("no_drift", "drift", "insufficient_data", "drift", "no_drift", "drift"), 3, 4)
+    assert t is not None and t.kind == "drift" and t.id == "drift-w5"
+    assert "3 of the last 4" in t.reason and "num_1" in t.reason
+    assert drift_trigger(_windows("drift", "drift"), 3, 5) is None  # fewer scored windows than m
+    assert drift_trigger(None, 1, 1) is None
+
+
+def test_performance_trigger_reads_the_latest_window_with_performance():
+    report = {"windows": [
+        {"index": 0, "performance": {"labelled_rows": 500, "realized": {"roc_auc": 0.70, "log_loss": 0.4},
+                                     "estimated": {}, "bounds": {"realized": {"roc_auc": {"lower": 0.8},
+                                                                              "log_loss": {"upper": 0.6}}}}},
+        {"index": 1, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {"roc_auc": 0.9},
+                                     "bounds": {"estimated": {"roc_auc": {"lower": 0.8}}},
+                                     "outside_bounds": {"realized": [], "estimated": []}}},
+        {"index": 2, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {}}},
+    ]}
+    assert performance_trigger(report) is None  # window 1 decides: estimated within its bound
+    report["windows"][1]["performance"].update(estimated={"roc_auc": 0.75}, outside_bounds={"estimated": ["roc_auc"]})
+    t = performance_trigger(report)
+    assert t is not None and t.id == "performance-w1" and "estimated" in t.reason and "roc_auc 0.75 < 0.8" in t.reason
+    report["windows"] = report["windows"][:1]  # no outside_bounds: compared with the bounds
+    t = performance_trigger(report)
+    assert t.reason.endswith("roc_auc 0.7 < 0.8") and "log_loss" not in t.reason
+    report["windows"][0]["performance"]["realized"]["log_loss"] = 0.7
+    assert "log_loss 0.7 > 0.6" in performance_trigger(report).reason
+
+
+def test_one_job_at_a_time_then_cooldown_then_a_new_trigger(tmp_path):
+    clock, jobs = Clock(), Jobs()
+    c = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=2, n=3))
+    first = c.tick(_windows("drift", "drift"))
+    assert first["outcome"] == "submitted" and jobs.submitted == [first["job"]]
+    assert c.tick(_windows("drift", "drift")) is None  # the same trigger id: nothing new, nothing submitted
+    skipped = c.tick(_windows("drift", "drift", "drift"))
+    assert skipped["outcome"].startswith("skipped: retraining job") and len(jobs.submitted) == 1
+    jobs.status[first["job"]] = "SUCCEEDED"
+    clock.t += 50
+    cooling = c.tick(_windows("drift", "drift", "drift", "drift"))
+    assert cooling["outcome"].startswith("skipped: cooldown until") and len(jobs.submitted) == 1
+    clock.t += 51
+    again = c.tick(_windows("drift", "drift", "drift", "drift", "drift"))
+    assert again["outcome"] == "submitted" and len(jobs.submitted) == 2
+    doc = LoopState(tmp_path, "m").read()
+    assert [t["outcome"].split(":")[0] for t in doc["triggers"]] == ["submitted", "skipped", "skipped", "submitted"]
+    assert doc["jobs"][0]["status"] == "SUCCEEDED" and doc["jobs"][1]["status"] == "PENDING"
+    assert all(j["reason"].startswith("drift in") for j in doc["jobs"])
+
+
+def test_same_trigger_from_two_controllers_submits_one_job(tmp_path):
+    clock, jobs = Clock(), Jobs()
+    a = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=1, n=1))
+    b = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=1, n=1))
+    a.tick(_windows("drift"))
+    assert b.tick(_windows("drift")) is None
+    assert len(jobs.submitted) == 1
+
+
+def test_schedule_and_realized_triggers(tmp_path):
+    clock, jobs = Clock(), Jobs()
+    c = _controller(tmp_path, clock, jobs, drift=None, every_s=60.0, cooldown_s=0.0, performance_drop=0.05)
+    assert c.tick() is None
+    clock.t += 60
+    t = c.tick()
+    assert t["kind"] == "schedule" and t["outcome"] == "submitted"
+    jobs.status[t["job"]] = "FAILED"
+    realized = Trigger("performance-v1-r3", "performance", "worse")
+    assert c.tick(None, realized)["id"] == "performance-v1-r3"  # the realized check comes before the schedule
+    assert c.tick(None, realized) is None
+
+
+def test_a_job_unknown_to_the_jobs_api_does_not_block_forever(tmp_path):
+    clock, jobs = Clock(), Jobs()
+    state = LoopState(tmp_path, "m")
+    state.set_job("raygbm-retrain-m-old", status="RUNNING", at=clock.t - 10_000)
+    c = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=1, n=1))
+    entry = c.tick(_windows("drift"))  # the Ray that ran it restarted: its status lookup raises
+    assert entry["outcome"] == "submitted" and state.read()["jobs"][0]["status"] == "LOST"
+
+
+def test_failed_submission_is_recorded_not_raised(tmp_path):
+    def refuse(_t):
+        raise RuntimeError("Request failed with status code 401: Unauthorized\nmore")
+
+    c = Controller(RetrainConfig(drift=AlertAfter(m=1, n=1)), LoopState(tmp_path, "m"), refuse, lambda j: "RUNNING")
+    entry = c.tick(_windows("drift"))
+    assert entry["outcome"] == "submission failed: Request failed with status code 401: Unauthorized"
+    assert LoopState(tmp_path, "m").read()["jobs"] == []
+
+
+def test_state_updates_are_locked_and_staged(tmp_path):
+    state = LoopState(tmp_path, "m")
+    threads = [threading.Thread(target=lambda i=i: state.append("decisions", {"version": str(i)})) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc = json.loads(state.path.read_text())
+    assert sorted(int(d["version"]) for d in doc["decisions"]) == list(range(20))
+    assert not list(state.dir.glob(".*.tmp"))
+    state.path.write_text("{not json")
+    assert public(state.read()) == {"triggers": [], "jobs": [], "decisions": [], "watch": None}
+
+
+def test_holdout_is_the_most_recent_rows_and_the_window_bounds_age_and_count():
+    t = pa.table({SERVED_AT: [float(i) for i in range(100)], "x": list(range(100))})
+    rows, holdout = split_holdout(t, 0.3, 10)
+    assert rows["x"].to_pylist() == list(range(70)) and holdout["x"].to_pylist() == list(range(70, 100))
+    assert split_holdout(t.slice(0, 20), 0.3, 10)[1].num_rows == 10  # at least min_rows
+    assert recent(t, rows=None, seconds=10, now=99.0)["x"].to_pylist() == list(range(89, 100))
+    assert recent(t, rows=5, seconds=None, now=0)["x"].to_pylist() == list(range(95, 100))
+
+
+def test_challenger_gate_by_margin_both_directions():
+    d = challenger_verdict("roc_auc", 0.01, "2", 0.86, "1", 0.80, 300)
+    assert d.action == "promoted" and "0.86" in d.reason and "0.8" in d.reason and d.other_version == "1"
+    d = challenger_verdict("roc_auc", 0.01, "2", 0.805, "1", 0.80, 300)
+    assert d.action == "rejected" and "by more than 0.01" in d.reason
+    assert challenger_verdict("rmse", 0.0, "2", 1.0, "1", 1.5, 300).action == "promoted"
+    assert challenger_verdict("rmse", 0.0, "2", 1.5, "1", 1.0, 300).action == "rejected"
+    assert challenger_verdict("roc_auc", 0.0, "1", 0.7, None, None, 300).action == "promoted"
+
+
+def test_rollback_verdicts():
+    assert rollback_verdict("roc_auc", 0.02, "2", 0.79, "1", 0.80, 200, 1, 3) is None  # within the margin, watching
+    d = rollback_verdict("roc_auc", 0.02, "2", 0.70, "1", 0.80, 200, 1, 3)
+    assert d.action == "rolled_back" and d.version == "2" and d.other_version == "1" and "worse by 0.1" in d.reason
+    assert rollback_verdict("roc_auc", 0.02, "2", 0.79, "1", 0.80, 600, 3, 3).action == "kept"
+    assert rollback_verdict("log_loss", 0.02, "2", 0.60, "1", 0.50, 200, 1, 3).action == "rolled_back"
+
+
+def test_retrain_config_and_the_job_command(tmp_path):
+    cfg = load_config(None, ["retrain.drift={m: 2, n: 4}", "retrain.every_s=3600"], {"data.source": "/d", "data.label": "y"})
+    assert cfg.retrain.drift.m == 2 and cfg.retrain.every_s == 3600
+    with pytest.raises(ConfigError, match="retrain.holdout_share"):
+        load_config(None, ["retrain.holdout_share=1.5"])
+    with pytest.raises(ConfigError, match="retrain.drift"):
+        load_config(None, ["retrain.drift={m: 5, n: 4}"])
+    path = write_job_config(cfg, tmp_path)
+    assert load_config(path) == cfg  # the job retrains exactly as configured
+    cmd = entrypoint(path, Trigger("drift-w3", "drift", "drift in 3 of 4 windows (num_1)"))
+    assert "raygbm.cli retrain --config" in cmd and "--trigger drift-w3" in cmd and "'drift in 3 of 4 windows (num_1)'" in cmd
+    assert submission_id("my model", "drift-w3") == "raygbm-retrain-my-model-drift-w3"
