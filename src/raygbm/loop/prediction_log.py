@@ -32,7 +32,8 @@ from raygbm.loop.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
 RawPart = tuple[str, Any, Any]
-"""Served rows as a replica sends them: ``("json", body bytes, ids)`` or ``("table", Arrow table, ids)``."""
+"""Served rows as a replica sends them: ``("json", body bytes, ids)``, ``("records", decoded records, ids)``
+(the Open Inference Protocol's rows) or ``("table", Arrow table, ids)``."""
 
 
 def arrow_type(name: str) -> pa.DataType:
@@ -79,8 +80,8 @@ def raw_table(part: RawPart, fields: list[str], types: dict[str, str]) -> pa.Tab
     """One replica part's rows as a table of the raw fields (JSON records parsed again here, off the
     request path)."""
     kind, payload, _ = part
-    if kind == "json":
-        obj = json.loads(payload)
+    if kind in ("json", "records"):
+        obj = json.loads(payload) if kind == "json" else payload
         records = [obj] if isinstance(obj, dict) else obj
         return pa.table({f: _column([r.get(f) for r in records], types.get(f)) for f in fields})
     cols = {}

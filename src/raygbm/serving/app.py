@@ -424,10 +424,12 @@ class ModelServer:
     async def oip_infer(self, request: Request) -> JSONResponse:
         model = self._oip_model(request)
         infer = oip.parse_infer(await read_body(request, self.settings.max_body_bytes), request.headers, model)
-        scores = await self._within_budget(self._batched((model, infer.parsed.features, infer.parsed.missing)))
+        ids = new_ids(len(infer.parsed.features))
+        scores = await self._within_budget(self._batched((model, infer.parsed.features, infer.parsed.missing,
+                                                          ("records", infer.records, ids))))
         self.served_rows += len(infer.parsed.features)
         self.unseen += infer.parsed.unseen
-        return JSONResponse(oip.infer_response(model, model.results(scores), infer))
+        return JSONResponse(oip.infer_response(model, model.results(scores, ids), infer))
 
     def _oip_model(self, request: Request) -> ServedModel:
         model = self._loaded()

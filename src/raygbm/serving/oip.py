@@ -47,6 +47,7 @@ class InferRequest:
     parsed: Parsed  # the rows, as /predict parses them
     id: str | None  # the request's id, echoed in the answer
     outputs: list[str] | None  # the outputs asked for; None: all
+    records: list[Any] | None = None  # the rows as records (what the prediction log keeps of them)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def parse_infer(body: bytes, headers: Mapping[str, str], model: ServedModel) -> 
         records = _json_records(inputs[0], model.schema.max_rows)
     else:
         records = _feature_records(inputs, model.schema)
-    return InferRequest(model.schema.parse_records(records), request_id, outputs)
+    return InferRequest(model.schema.parse_records(records), request_id, outputs, records)
 
 
 def _request_id(v: Any) -> str | None:
