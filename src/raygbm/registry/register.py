@@ -5,8 +5,10 @@ moved when the gate says so."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,9 +155,14 @@ def publish(registry: Registry, ref: ModelRef, gate: Gate, report_dir: Path) -> 
 def keep_report(report_dir: Path, ref: ModelRef) -> Path:
     """A local copy of the report next to the cached bundle, for people (and `make demo`) to open."""
     out = home() / "models" / ref.name / f"{ref.version}-report"
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(report_dir, out)
+    staging = out.with_name(f".{out.name}-{uuid.uuid4().hex[:8]}")  # copied whole, then renamed into place
+    try:
+        shutil.copytree(report_dir, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
