@@ -126,6 +126,31 @@ def test_one_flipped_byte_in_the_store_is_refused_and_never_promoted(meta, home,
     print(f"FAULT tamper-store file=model.txt load_refused=yes named_hash=yes promoted=no")
 
 
+@pytest.mark.parametrize("dies_at", ["register", "promote"])
+def test_a_registration_killed_midway_is_finished_by_the_rerun(meta, monkeypatch, dies_at):
+    """A crash after the run and bundle are logged (before the version exists), or after the version
+    exists (before the alias moves): running the same registration again finishes it, with one version,
+    its whole bundle, the alias, and the earlier attempt's MLflow run closed."""
+    train = TrainConfig(num_boost_round=5, early_stopping_rounds=None)
+    trained = Trained(train_in_process(meta, train), meta, None)
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # like a SIGKILL here: nothing after this line runs
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, dies_at, killed)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_and_register(meta, trained, train, EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
+    reg = Registry()
+    assert reg.get() is None and len(reg.versions()) == (1 if dies_at == "promote" else 0)
+    again = evaluate_and_register(meta, trained, train, EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
+    [ref] = reg.versions()
+    assert again.version == ref.version == "1" and again.decision == "champion" and reg.get().version == "1"
+    assert ref.tags["published"] == "true" and reg.download(ref).exists()
+    runs = reg.client.search_runs([reg.experiment_id()], "tags.`raygbm.manifest_sha256` != ''")
+    assert sorted(r.info.status for r in runs) == (["FINISHED", "KILLED"] if dies_at == "register" else ["FINISHED"])
+
+
 def test_missing_model_and_wrong_columns(meta, tmp_path):
     with pytest.raises(RegistryError, match="no champion model yet"):
         local_bundle(Registry())
