@@ -172,13 +172,14 @@ def test_pipeline_killed_in_each_stage_resumes_and_registers_the_same_model(tmp_
     home = tmp_path / "killed"
     outputs: list[str] = []
     landed: dict[str, str] = {}
+    left: dict[str, list] = {}  # the registry right after each kill
     with Watcher(home) as watcher:
         for i, stage in enumerate(ORDER):
             out = tmp_path / f"run-{i}.out"
             landed[stage] = _kill_in(stage, _cli(data, home, out), out, home)
             outputs.append(out.read_text())
             assert half_written(home) == []
-            state = registry_state(home)
+            state = left[stage] = registry_state(home)
             # A kill in register may leave a version (with its whole bundle) not yet published, never two.
             assert len(state) <= 1 and all(not champion or published for _, published, champion in state), state
         out = tmp_path / "run-last.out"
@@ -195,7 +196,8 @@ def test_pipeline_killed_in_each_stage_resumes_and_registers_the_same_model(tmp_
         reused = all(REUSED[s] in rerun for s in ORDER[:ORDER.index(stage)])
         resumed = reused and (stage != "tune" or "resuming interrupted search" in rerun)
         print(f"FAULT pipeline-kill stage={stage} killed_in={landed[stage]} resumed={'yes' if resumed else 'no'} "
-              f"same_model={'yes' if same_model else 'no'}")
+              f"same_model={'yes' if same_model else 'no'} versions_left_by_kill={len(left[stage])} "
+              f"half_written=0 scans={watcher.scans}")
         assert landed[stage] == stage and resumed, (stage, landed[stage], rerun[-2000:])
     assert same_model, (final, outputs[-1][-2000:])
     assert "the same model is registered as v1" in outputs[-1] or "logging to MLflow" in outputs[-1]
