@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -48,3 +48,17 @@ def raygbm_home(path: str | Path) -> Iterator[Path]:
             os.environ.pop("RAYGBM_HOME", None)
         else:
             os.environ["RAYGBM_HOME"] = old
+
+
+def store_file(reg: Any, version: str, name: str = "model.txt") -> Path:
+    """A file of a version's bundle in the MLflow artifact store itself (not the local cache)."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return Path(local_file_uri_to_path(reg.client.get_run(reg.get(version).run_id).info.artifact_uri)) / "model" / name
+
+
+def flip_one_byte(path: Path) -> None:
+    """Flip the lowest bit of the middle byte of a file (a tampered or bit-rotted artifact)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

@@ -214,7 +214,7 @@ def train(
         cfg = _config(config, set_, data, label, task)
         with _progress() as progress:
             meta = RunMeta.load(_run_data_stage(cfg, progress, force).run_dir)
-            outcome = train_and_register(meta, cfg, None, progress)
+            outcome = train_and_register(meta, cfg, None, progress, force=force)
     except RaygbmError as exc:
         _fail(str(exc))
     print_outcome(outcome)

@@ -1,6 +1,13 @@
 """MLflow tracking + registry on an embedded sqlite store, the champion gate, bundles and batch
 prediction through the local (no-Ray) runner."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -9,6 +16,7 @@ from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_conf
 from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.errors import DataError
+from raygbm.paths import sha256_file
 from raygbm.predict import predict_dataset
 from raygbm.registry.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_bundle, write_manifest
 from raygbm.registry.gate import Gate, gate_decision
@@ -17,6 +25,7 @@ from raygbm.registry.store import Registry, RegistryError, local_bundle
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
+from tests.helpers import flip_one_byte, store_file
 
 
 @pytest.fixture
@@ -87,6 +96,59 @@ def test_a_tampered_bundle_is_refused(meta, tmp_path):
     # local_bundle notices and fetches a clean copy from the store.
     _, again = local_bundle(reg)
     assert Bundle.load(again, ref.tags["manifest_sha256"]).booster.num_trees() == 5
+
+
+def test_one_flipped_byte_in_the_store_is_refused_and_never_promoted(meta, home, tmp_path):
+    """FAULT tamper: one byte of a registered model file flipped in the artifact store. Loading it names
+    the file and both hashes; promoting it (by hand or by the gate) is refused and the alias stays."""
+    _register(meta, 5)
+    second = _register(meta, 60)  # beats v1: promoted by the gate
+    reg = Registry()
+    assert second.decision == "champion" and reg.get().version == "2"
+    reg.promote(reg.get("1"))  # back to v1; v2 is then tampered with in the store
+    shutil.rmtree(home / "models" / "raygbm" / "2", ignore_errors=True)  # no clean local copy to fall back on
+    target = store_file(reg, "2")
+    expected = json.loads((target.parent / MANIFEST_FILE).read_text())["sha256"]["model.txt"]
+    flip_one_byte(target)
+    found = sha256_file(target)
+    with pytest.raises(RegistryError) as refused:
+        local_bundle(reg, "2")
+    message = str(refused.value)
+    assert "model.txt does not match its sha256" in message and found in message and expected in message
+    with pytest.raises(RegistryError, match="model v2 not promoted: .*model.txt does not match"):
+        reg.promote(reg.get("2"))
+    assert reg.get().version == "1"
+    r = subprocess.run([str(Path(sys.executable).with_name("raygbm")), "promote", "2"], capture_output=True, text=True,
+                       env={**os.environ, "RAYGBM_HOME": str(home)})
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and line.startswith("error: model v2 not promoted") and found in line
+    assert reg.get().version == "1"
+    print(f"FAULT tamper-store file=model.txt load_refused=yes named_hash=yes promoted=no")
+
+
+@pytest.mark.parametrize("dies_at", ["register", "promote"])
+def test_a_registration_killed_midway_is_finished_by_the_rerun(meta, monkeypatch, dies_at):
+    """A crash after the run and bundle are logged (before the version exists), or after the version
+    exists (before the alias moves): running the same registration again finishes it, with one version,
+    its whole bundle, the alias, and the earlier attempt's MLflow run closed."""
+    train = TrainConfig(num_boost_round=5, early_stopping_rounds=None)
+    trained = Trained(train_in_process(meta, train), meta, None)
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # like a SIGKILL here: nothing after this line runs
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, dies_at, killed)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_and_register(meta, trained, train, EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
+    reg = Registry()
+    assert reg.get() is None and len(reg.versions()) == (1 if dies_at == "promote" else 0)
+    again = evaluate_and_register(meta, trained, train, EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
+    [ref] = reg.versions()
+    assert again.version == ref.version == "1" and again.decision == "champion" and reg.get().version == "1"
+    assert ref.tags["published"] == "true" and reg.download(ref).exists()
+    runs = reg.client.search_runs([reg.experiment_id()], "tags.`raygbm.manifest_sha256` != ''")
+    assert sorted(r.info.status for r in runs) == (["FINISHED", "KILLED"] if dies_at == "register" else ["FINISHED"])
 
 
 def test_missing_model_and_wrong_columns(meta, tmp_path):

@@ -23,6 +23,7 @@ from raygbm.serving.request import RequestError
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
+from tests.helpers import flip_one_byte, store_file
 
 
 @pytest.fixture
@@ -99,6 +100,23 @@ def test_slot_refuses_a_bad_manifest_and_keeps_serving(two_versions):
     slot2.reconfigure(good)  # finds its cached copy tampered and fetches the version again
     assert slot2.version == "2"
     Bundle.load(slot2.model.bundle.path, good["manifest_sha256"])
+
+
+def test_a_tampered_version_in_the_store_is_never_served(two_versions, home):
+    """FAULT tamper (serving): v2's model file has one byte flipped in the artifact store. The alias moved
+    to it behind raygbm's back (MLflow's own client: ``Registry.promote`` refuses it) is not followed,
+    and a pinned swap to it fails: both keep serving v1 and say which file and hash."""
+    flip_one_byte(store_file(two_versions, "2"))
+    follower, pinned = _slot(), _slot()
+    follower.reconfigure(model_user_config(RegistryConfig()))
+    pinned.reconfigure(model_user_config(RegistryConfig(), "1"))
+    two_versions.client.set_registered_model_alias("raygbm", "champion", "2")
+    follower.check_champion()
+    assert follower.version == "1" and "model.txt does not match its sha256" in follower.champion_check["error"]
+    with pytest.raises(RegistryError, match="model.txt does not match its sha256 in the manifest \\(sha256 [0-9a-f]{64}"):
+        pinned.reconfigure(model_user_config(RegistryConfig(), "2"))
+    assert pinned.version == "1" and follower.version == "1"
+    print("FAULT tamper-serve follower_kept=v1 pinned_kept=v1")
 
 
 def test_failed_champion_check_keeps_the_model_and_says_why(two_versions):

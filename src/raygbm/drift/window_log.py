@@ -31,7 +31,8 @@ def _last_window(part: Path) -> int:
 
 class WindowLog:
     """One model version's log folder (see the module docstring). A failed write sets ``error`` and
-    never raises: monitoring goes on in memory, and ``GET /drift`` says why nothing is kept."""
+    never raises: monitoring goes on in memory, and ``GET /drift`` says why nothing is kept; the next
+    window written (once there is space again) clears it."""
 
     def __init__(self, root: Path, names: list[str], fields: list[str], sample_rate: float = 1.0,
                  flush_s: float = 5.0, keep_windows: int = 100):
@@ -65,12 +66,20 @@ class WindowLog:
             self.flush()
 
     def add_window(self, doc: ClosedWindow) -> None:
+        path = self.root / "windows.jsonl"
+        size = path.stat().st_size if path.exists() else 0
         try:
-            with open(self.root / "windows.jsonl", "a") as f:
+            with open(path, "a") as f:
                 f.write(window_to_json(doc) + "\n")
             self._prune(int(doc["index"]) + 1 - self.keep_windows)
+            self.error = None  # writing works (again): windows resume on disk
         except OSError as exc:  # e.g. a full disk
             self.error = f"{self.root}: {exc.strerror or exc}"
+            try:  # cut a line written in part, or the next window would be glued to it
+                with open(path, "r+b") as f:
+                    f.truncate(size)
+            except OSError:
+                pass
 
     def flush(self) -> None:
         self._last_flush = time.time()
@@ -109,8 +118,13 @@ class WindowLog:
         name = f"part-{buf[0][0]:08d}-{buf[-1][0]:08d}-{int(self._last_flush * 1000):013d}-{self._seq:04d}.parquet"
         rows = self.root / "rows"
         rows.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, rows / f".{name}.tmp")
-        (rows / f".{name}.tmp").replace(rows / name)
+        tmp = rows / f".{name}.tmp"
+        try:
+            pq.write_table(table, tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a part cut short by a full disk: free its space
+            raise
+        tmp.replace(rows / name)
 
     def _prune(self, oldest_kept: int) -> None:
         for part in (self.root / "rows").glob("part-*.parquet"):

@@ -49,8 +49,10 @@ def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
     mpath = bundle / MANIFEST_FILE
     if not mpath.exists():
         raise RegistryError(f"{bundle}: no {MANIFEST_FILE}: not a raygbm model bundle")
-    if manifest_sha256 and sha256_file(mpath) != manifest_sha256:
-        raise RegistryError(f"{bundle}: {MANIFEST_FILE} does not match the sha256 pinned in the registry")
+    found = sha256_file(mpath) if manifest_sha256 else None
+    if manifest_sha256 and found != manifest_sha256:
+        raise RegistryError(f"{bundle}: {MANIFEST_FILE} does not match the sha256 pinned in the registry "
+                            f"(sha256 {found}, pinned {manifest_sha256})")
     manifest = json.loads(mpath.read_text())
     if manifest.get("format") != BUNDLE_FORMAT:
         raise RegistryError(f"{bundle}: unknown bundle format {manifest.get('format')!r}")
@@ -58,8 +60,10 @@ def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
         p = bundle / rel
         if not p.exists():
             raise RegistryError(f"{bundle}: {rel} is missing")
-        if sha256_file(p) != digest:
-            raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest")
+        found = sha256_file(p)
+        if found != digest:
+            raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest "
+                                f"(sha256 {found}, manifest {digest})")
     return manifest
 
 

@@ -5,8 +5,10 @@ moved when the gate says so."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from raygbm.training.train import RunMeta, lgb_params
 from raygbm.training.tune import TuneResult, sample_table
 
 CARD_FILE = "model_card.md"
+BUNDLE_TAG = "raygbm.manifest_sha256"  # on the MLflow run: the bundle it was started for
+PUBLISHED_TAG = "published"  # on the version: its report, run and alias are done
 
 
 @dataclass
@@ -94,11 +98,12 @@ def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str
 
 
 def log_training_run(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
-                     data_report: dict[str, Any], tuning: TuneResult | None) -> str:
+                     data_report: dict[str, Any], tuning: TuneResult | None, manifest_sha: str) -> str:
     """An MLflow parent run with the parameters and metrics, a child run per tuning trial and the
     defaults comparison; returns the parent run's id (left open for the artifacts)."""
     parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
-                                tags={"raygbm.task": meta.task, "raygbm.data": str(data_report.get("source"))})
+                                tags={"raygbm.task": meta.task, "raygbm.data": str(data_report.get("source")),
+                                      BUNDLE_TAG: manifest_sha})
     registry.log(parent, params={**params, "features": len(trained.meta.features), "data_run": meta.run_dir.name},
                  metrics={f"test_{k}": v for k, v in ev.metrics.items()} | {
                      f"valid_{k}": v for k, v in trained.result.metrics.items()})
@@ -140,22 +145,27 @@ def log_trials(registry: Registry, parent: str, tuning: TuneResult) -> None:
         registry.end_run(child)
 
 
-def publish(registry: Registry, parent: str, ref: ModelRef, gate: Gate, bundle_dir: Path, report_dir: Path) -> None:
-    """Attach the bundle and the report to the run, close it, and move the champion alias if the gate says so."""
-    registry.log_artifacts(parent, bundle_dir, BUNDLE_PATH)
-    registry.log_artifacts(parent, report_dir, "report")
-    registry.end_run(parent)
+def publish(registry: Registry, ref: ModelRef, gate: Gate, report_dir: Path) -> None:
+    """Attach the report to the version's run, close it, and move the champion alias if the gate says so.
+    Each step may be repeated: a registration interrupted anywhere here is finished by running it again."""
+    registry.log_artifacts(ref.run_id, report_dir, "report")
+    registry.end_run(ref.run_id)
     if gate.decision == "champion":
         registry.promote(ref)
-    registry.set_tags(ref, {"gate_reason": gate.reason})
+    registry.set_tags(ref, {PUBLISHED_TAG: "true"})
 
 
 def keep_report(report_dir: Path, ref: ModelRef) -> Path:
     """A local copy of the report next to the cached bundle, for people (and `make demo`) to open."""
     out = home() / "models" / ref.name / f"{ref.version}-report"
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(report_dir, out)
+    staging = out.with_name(f".{out.name}-{uuid.uuid4().hex[:8]}")  # copied whole, then renamed into place
+    try:
+        shutil.copytree(report_dir, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -182,13 +192,6 @@ def evaluate_and_register(
     if metric not in ev.metrics:
         raise DataError(f"registry.metric {metric!r} is not a {meta.task} metric (have: {', '.join(ev.metrics)})")
     registry = Registry(registry_cfg)
-    progress("comparing with the champion")
-    champ, champ_value, why = score_champion(registry, meta, metric)
-    new_value = float(ev.metrics[metric])
-    gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, registry_cfg.margin)
-    if not promote:
-        gate = Gate("candidate", f"held for the loop's gate on recent labelled rows (test split: {gate.reason})")
-
     data_report = json.loads((meta.run_dir / "data_report.json").read_text())
     params = registered_params(train, meta, trained)
     work = Path(tempfile.mkdtemp(prefix="raygbm-register-"))
@@ -198,18 +201,46 @@ def evaluate_and_register(
                                     _reference(booster, trained.meta, data_report, monitor or MonitorConfig(),
                                                threshold=float(ev.metrics.get("threshold", 0.5))), params)
         plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
-        progress("logging to MLflow and registering")
-        parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning)
-        ref = registry.register(parent, manifest_sha, {"task": meta.task, "gate_metric": metric,
-                                                        f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision})
+        ref = registry.find(manifest_sha)
+        if ref is None:
+            gate, champ_value, ref = _register_new(registry, meta, trained, ev, params, data_report, tuning, metric,
+                                                   bundle_dir, manifest_sha, registry_cfg.margin, progress, promote)
+        else:  # this very bundle is registered already (by an interrupted run, or an earlier one)
+            gate = Gate(ref.tags.get("decision", "candidate"), ref.tags.get("gate_reason", ""))
+            champ_value = float(ref.tags["champion_score"]) if ref.tags.get("champion_score") else None
+            progress(f"the same model is registered as v{ref.version}"
+                     + ("" if ref.tags.get(PUBLISHED_TAG) else ": finishing its registration"))
         write_card(report_dir, ref, ev, params, trained, data_report, tuning, gate, plots)
-        publish(registry, parent, ref, gate, bundle_dir, report_dir)
+        if not ref.tags.get(PUBLISHED_TAG):  # never again once done: the alias may have moved on since
+            publish(registry, ref, gate, report_dir)
         kept = keep_report(report_dir, ref)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Outcome(version=ref.version, run_id=parent, decision=gate.decision, reason=gate.reason, metrics=ev.metrics,
+    return Outcome(version=ref.version, run_id=ref.run_id, decision=gate.decision, reason=gate.reason, metrics=ev.metrics,
                    gate_metric=metric, champion_score=champ_value, report_dir=kept, card_path=kept / CARD_FILE,
                    params=params)
+
+
+def _register_new(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
+                  data_report: dict[str, Any], tuning: TuneResult | None, metric: str, bundle_dir: Path,
+                  manifest_sha: str, margin: float, progress: Progress,
+                  promote: bool = True) -> tuple[Gate, float | None, ModelRef]:
+    """The gate against the champion, the MLflow run with the whole bundle, then the version naming it
+    (so no version ever points at a partial bundle). Runs an interrupted attempt left open are closed.
+    ``promote`` false: registered as a candidate whatever the test split says (the loop gates it)."""
+    progress("comparing with the champion")
+    champ, champ_value, why = score_champion(registry, meta, metric)
+    new_value = float(ev.metrics[metric])
+    gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, margin)
+    if not promote:
+        gate = Gate("candidate", f"held for the loop's gate on recent labelled rows (test split: {gate.reason})")
+    progress("logging to MLflow and registering")
+    registry.close_unfinished_runs(BUNDLE_TAG, manifest_sha)
+    parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning, manifest_sha)
+    registry.log_artifacts(parent, bundle_dir, BUNDLE_PATH)
+    tags = {"task": meta.task, "gate_metric": metric, f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision,
+            "gate_reason": gate.reason, **({"champion_score": repr(champ_value)} if champ_value is not None else {})}
+    return gate, champ_value, registry.register(parent, manifest_sha, tags)
 
 
 # Where the drift reference's rows come from. Feature bins: the training split. Feature thresholds are

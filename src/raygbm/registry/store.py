@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,26 @@ class Registry:
         for i in range(0, len(ms), 500):
             self.client.log_batch(run_id, metrics=ms[i:i + 500])
 
-    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        """Upload a folder as ``artifact_path`` of a run. In a local (``file:``) store the folder is copied
+        under a hidden name and renamed into place, so a crash mid-copy leaves no partial file under the
+        run's artifacts; a remote store writes each object whole, and the bundle's manifest hash covers the set."""
+        uri = self.client.get_run(run_id).info.artifact_uri
+        if not uri.startswith("file:"):
+            self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+            return
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        dest = Path(local_file_uri_to_path(uri)) / artifact_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".staging-{dest.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copytree(local_dir, staging)
+            if dest.exists():  # a resumed registration logs the report again
+                shutil.rmtree(dest)
+            os.rename(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
@@ -180,7 +199,30 @@ class Registry:
             self.client.set_model_version_tag(ref.name, ref.version, k, str(v))
 
     def promote(self, ref: ModelRef) -> None:
+        """Move the champion alias to ``ref`` once its bundle, fetched from the store, matches its pinned
+        manifest hash (a tampered or incomplete version is refused with ``RegistryError``)."""
+        tmp = Path(tempfile.mkdtemp(prefix="raygbm-promote-"))
+        try:
+            self.download(ref, tmp / "bundle")
+        except RegistryError as exc:
+            raise RegistryError(f"model v{ref.version} not promoted: {exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         self.client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
+
+    def find(self, manifest_sha256: str) -> ModelRef | None:
+        """The version registered for this very bundle (by its manifest hash), if any: an earlier run of
+        the same model, or one interrupted before it finished publishing."""
+        return next((r for r in self.versions() if r.tags.get("manifest_sha256") == manifest_sha256), None)
+
+    def close_unfinished_runs(self, tag: str, value: str) -> int:
+        """Mark runs still RUNNING with ``tag = value`` as KILLED (an interrupted registration left them);
+        returns how many."""
+        found = self.client.search_runs([self.experiment_id()],
+                                        f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'")
+        for run in found:
+            self.end_run(run.info.run_id, "KILLED")
+        return len(found)
 
     def download(self, ref: ModelRef, dest: Path | None = None) -> Path:
         """The bundle of a version in a local folder, verified against its pinned manifest."""
