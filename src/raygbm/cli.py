@@ -510,7 +510,10 @@ def retrain(
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Retrain on the source plus recent labelled traffic; promote the challenger only if it beats the
-    champion on recent labelled rows neither trained on (by registry.margin). One at a time per model."""
+    champion on recent labelled rows neither trained on (by registry.margin). One at a time per model.
+
+    Example: raygbm retrain --config pipelines/configs/demo.yaml --data .raygbm/demo-data
+    """
     import os
     import time
 
@@ -572,7 +575,8 @@ def _retrain_here(cfg: Any, state: Any, fired: Any, by_hand: bool, progress: Pro
     return result
 
 
-loop_app = typer.Typer(no_args_is_help=True, help="The loop: triggers, retraining jobs and decisions.")
+loop_app = _App(cls=_Group, no_args_is_help=True,
+                help="The loop: triggers, retraining jobs and decisions.\n\nExample: raygbm loop status")
 app.add_typer(loop_app, name="loop")
 
 
@@ -582,7 +586,10 @@ def loop_status(
     set_: list[str] = _SET,
     url: Optional[str] = typer.Option(None, "--url", help="ask this running endpoint's GET /retrain instead"),
 ) -> None:
-    """Print the loop's triggers, retraining jobs and decisions (as GET /retrain answers them), as JSON."""
+    """Print the loop's triggers, retraining jobs and decisions (as GET /retrain answers them), as JSON.
+
+    Example: raygbm loop status --url http://127.0.0.1:8000
+    """
     import json
 
     if url is not None:

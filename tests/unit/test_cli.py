@@ -91,3 +91,5 @@ def test_no_help_text_shows_a_bool_label_and_every_command_has_an_example():
         assert result.exit_code == 0, result.output
         assert "<bool>" not in result.output, f"{name} --help:\n{result.output}"
         assert f"Example: raygbm {name}" in _help(name), f"{name} --help has no example"
+    status = CliRunner().invoke(app, ["loop", "status", "--help"], terminal_width=200)
+    assert status.exit_code == 0 and "<bool>" not in status.output and "Example: raygbm loop status" in status.output
