@@ -381,6 +381,23 @@ def drift_report(
     typer.echo(f"{len(verdicts)} windows ({verdicts.count('drift')} with drift); report: {output.resolve()}")
 
 
+@app.command()
+def feedback(
+    input: Path = typer.Option(..., "--input", help="Parquet file or folder, or CSV file, with columns prediction_id and label"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the endpoint's base URL"),
+) -> None:
+    """Send labels for served predictions to a running endpoint's POST /feedback and print the counts.
+    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set."""
+    from raygbm.loop.client import send_feedback
+
+    try:
+        out = send_feedback(input, url)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"{out['rows']:,} labels sent to {url}: accepted {out['accepted']:,}, unknown ids {out['unknown_ids']:,}, "
+               f"duplicates {out['duplicates']:,}")
+
+
 def _progress(quiet: bool = False) -> Any:
     """The progress display (``report.progress_display``), imported on use: rich loads slowly."""
     from raygbm.report import progress_display

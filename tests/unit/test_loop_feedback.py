@@ -205,9 +205,12 @@ def test_joined_rows_encode_for_the_window_metrics(tmp_path):
     _add(log, 4)
     spec = LabelSpec("label", "string", "binary", ["no", "yes"])
     joined = join(log, pa.array(["id0", "id3"]), pa.array(["yes", "no"]), spec)
-    windows, y, ids, scores = encoded(joined.table, spec)
+    windows, ids, y, scores = encoded(joined.table, spec)
     assert y.tolist() == [1, 0] and ids == ["id0", "id3"] and windows.tolist() == [0, 0]
     assert scores.tolist() == pytest.approx(joined.table.column(SCORE).to_pylist())
+    perf = WindowPerformance("binary", 0.5, None, 0.01, min_labelled_rows=1, keep_windows=5)
+    perf.add_labels(windows, ids, y, scores)
+    assert perf.describe(0, 4, None)["labelled_rows"] == 2
 
 
 # ---- performance
@@ -230,13 +233,16 @@ def test_cbpe_matches_the_realized_metrics_on_calibrated_scores():
     assert est["accuracy"] == pytest.approx(real["accuracy"], abs=0.005)
 
 
-def test_calibration_map_fits_a_miscalibrated_score_and_round_trips_as_json():
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_calibration_map_fits_a_miscalibrated_score_and_round_trips_as_json(kind):
     rng = np.random.default_rng(2)
-    q = rng.random(50_000)
+    z = rng.normal(0, 2, 50_000)
+    q = 1 / (1 + np.exp(-z))
     y = (rng.random(len(q)) < q).astype(float)
-    raw = q**3  # the model's score: monotone in the truth but miscalibrated
-    cal = CalibrationMap.from_json(json.loads(json.dumps(CalibrationMap.fit(y, raw).to_json())))
-    assert np.abs(cal(raw) - q).mean() < 0.03
+    raw = 1 / (1 + np.exp(-0.5 * z + 1))  # the model's score: monotone in the truth but miscalibrated
+    assert np.abs(raw - q).mean() > 0.1
+    cal = CalibrationMap.from_json(json.loads(json.dumps(CalibrationMap.fit(y, raw, kind).to_json())))
+    assert np.abs(cal(raw) - q).mean() < 0.02
     with pytest.raises(ValueError):
         CalibrationMap.from_json({"kind": "pickle"})
 

@@ -208,13 +208,13 @@ def join(log: PredictionLog, ids: pa.Array, labels: pa.Array, spec: LabelSpec, n
     return Joined(table, accepted, n - accepted, repeated + int(before.sum()))
 
 
-def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray, list[str], Any]:
-    """A joined table as the window metrics take it: (windows, encoded labels, ids, scores)."""
+def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, list[str], np.ndarray, Any]:
+    """A joined table as ``WindowPerformance.add_labels`` takes it: (windows, ids, encoded labels, scores)."""
     windows = np.asarray(table.column(WINDOW).fill_null(-1), dtype=np.int64)
     ids = table.column(PREDICTION_ID).to_pylist()
     label = table.column(spec.name)
     if spec.task == "regression":
-        return windows, np.asarray(label.cast(pa.float64()), dtype=np.float64), ids, np.asarray(
+        return windows, ids, np.asarray(label.cast(pa.float64()), dtype=np.float64), np.asarray(
             table.column(SCORE).fill_null(np.nan), dtype=np.float64)
     codes = pc.index_in(label, value_set=pa.array(spec.classes, label.type))
     y = np.asarray(codes.fill_null(-1), dtype=np.int64)
@@ -223,5 +223,5 @@ def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray, l
     else:
         scores = np.asarray(table.column(SCORE).fill_null(np.nan), dtype=np.float64)
     keep = y >= 0
-    return windows[keep], y[keep], [i for i, k in zip(ids, keep) if k], (
+    return windows[keep], [i for i, k in zip(ids, keep) if k], y[keep], (
         [s for s, k in zip(scores, keep) if k] if isinstance(scores, list) else scores[keep])

@@ -79,6 +79,13 @@ class ServedModel:
         return {"fields": list(self.schema.fields), "types": {f: types[f] for f in self.schema.fields if f in types},
                 "label": LabelSpec.of(self.bundle.preprocessor).to_json(), "threshold": self.bundle.threshold}
 
+    def info(self) -> dict[str, Any]:
+        """What ``GET /model`` says about the model itself."""
+        b = self.bundle
+        return {"name": self.name, "version": self.version, "task": b.task, "metrics": b.metrics,
+                "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
+                "request_schema": self.schema.json_schema()}
+
 
 def new_ids(n: int) -> list[str]:
     """Prediction ids of ``n`` records (one random id each)."""
@@ -90,13 +97,6 @@ def table_ids(n: int) -> pa.Array:
     import pyarrow.compute as pc
 
     return pc.binary_join_element_wise(pa.scalar(uuid.uuid4().hex + "."), pc.cast(pa.array(np.arange(n)), pa.string()), "")
-
-    def info(self) -> dict[str, Any]:
-        """What ``GET /model`` says about the model itself."""
-        b = self.bundle
-        return {"name": self.name, "version": self.version, "task": b.task, "metrics": b.metrics,
-                "classes": b.preprocessor.label_classes_, "threshold": b.threshold,
-                "request_schema": self.schema.json_schema()}
 
 
 def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
