@@ -48,21 +48,25 @@ def test_arrow_types_from_the_schema_strings():
 
 
 def test_raw_rows_keep_the_training_types_from_json_and_tables():
-    t = raw_table(_json_part(3), FIELDS, TYPES)
+    t = raw_table([_json_part(3)], FIELDS, TYPES)
     assert t.schema.field("x").type == pa.float64() and t.schema.field("t").type == pa.timestamp("us", "UTC")
     assert t.column("c").to_pylist() == [None, "a", None] and t.column("t").null_count == 0
     # An integer field sent 2.5 is kept as sent (not truncated to the training type).
-    mixed = raw_table(("json", b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ["a", "b"]),
+    mixed = raw_table([("json", b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ["a", "b"])],
                       ["x"], {"x": "int64"})
     assert mixed.column("x").to_pylist() == [1, 2.5]
     table = pa.table({"x": pa.array([1, 2], pa.int32()), "c": ["a", "b"], "t": pa.array([0, 1], pa.timestamp("s", "UTC"))})
-    assert raw_table(("table", table, ["a", "b"]), FIELDS, TYPES).schema.field("x").type == pa.float64()
+    assert raw_table([("table", table, ["a", "b"])], FIELDS, TYPES).schema.field("x").type == pa.float64()
+    # Parts in order: JSON runs, then a table, then JSON again.
+    both = raw_table([_json_part(1), _json_part(2, 1), ("table", table, ["a", "b"]), _json_part(1, 3)], FIELDS, TYPES)
+    assert both.column("x").to_pylist() == [0.0, 1.0, 2.0, 1.0, 2.0, 3.0]
 
 
 def test_log_finds_buffered_and_written_rows_and_rotates(tmp_path):
     log = _log(tmp_path, max_rows=1000)
     _add(log, 600)
     assert log.lookup(pa.array(["id5", "nope"])).tolist()[1] == -1 and log.lookup(pa.array(["id5"]))[0] >= 0
+    assert log.lookup(pa.array(["id7", "id5", "id7"])).tolist() == [7, 5, 7]  # a repeated id: the same row
     log.flush()
     _add(log, 600, start=600)
     log.flush()
