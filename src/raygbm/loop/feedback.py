@@ -10,7 +10,6 @@ never a value. Plain Python: no Ray, no FastAPI.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 
 from raygbm.loop.labelled import LABELLED_AT, PREDICTION_ID, PROBA, SCORE, WINDOW
 from raygbm.loop.prediction_log import PredictionLog, arrow_type
-from raygbm.serving.request import MAX_SAFE_INTEGER, RequestError
+from raygbm.serving.request import MAX_SAFE_INTEGER, RequestError, load_json
 from raygbm.serving.tables import ARROW_STREAM, read_table
 
 ID_FIELD, LABEL_FIELD = "prediction_id", "label"
@@ -82,20 +81,9 @@ def _class_set(spec: LabelSpec) -> set[Any] | None:
     return set(spec.classes) if spec.classes is not None and spec.task != "regression" else None
 
 
-def _reject_constant(name: str) -> Any:
-    raise RequestError(f"{name} is not a valid JSON number", 400)
-
-
 def parse_json(body: bytes, spec: LabelSpec, max_rows: int) -> tuple[pa.Array, pa.Array]:
     """A JSON body → (prediction ids, labels in the training label's type)."""
-    try:
-        obj = json.loads(body, parse_constant=_reject_constant)
-    except RequestError:
-        raise
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("body is not valid JSON", 400) from None
-    except RecursionError:
-        raise RequestError("body is nested too deeply", 400) from None
+    obj = load_json(body)
     records = [obj] if isinstance(obj, dict) else obj
     if not isinstance(records, list):
         raise RequestError("body must be a JSON object {prediction_id, label} or a list of them")

@@ -77,14 +77,7 @@ class RequestSchema:
     # ---- parsing
 
     def parse(self, body: bytes) -> Parsed:
-        try:
-            obj = json.loads(body, parse_constant=_reject_constant)
-        except RequestError:
-            raise
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError("body is not valid JSON", 400) from None
-        except RecursionError:
-            raise RequestError("body is nested too deeply", 400) from None
+        obj = load_json(body)
         single = isinstance(obj, dict)
         if single:
             records = [obj]
@@ -180,6 +173,18 @@ class RequestSchema:
                 props[name] = {"type": ["number", "null"], "description": f"numeric ({kind}); null = missing"}
         record = {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
         return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
+
+
+def load_json(body: bytes) -> Any:
+    """A JSON body, strictly: NaN/Infinity, bad JSON and deep nesting are a 400 that quotes nothing."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RequestError:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("body is not valid JSON", 400) from None
+    except RecursionError:
+        raise RequestError("body is nested too deeply", 400) from None
 
 
 def _check_number(v: Any, kind: str, what: str) -> None:
