@@ -460,6 +460,26 @@ def drift_report(
 
 
 @app.command()
+def feedback(
+    input: Path = typer.Option(..., "--input", help="Parquet file or folder, or CSV file, with columns prediction_id and label"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the endpoint's base URL"),
+) -> None:
+    """Send labels for served predictions to a running endpoint's POST /feedback and print the counts.
+    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set.
+
+    Example: raygbm feedback --input labels.parquet --url http://127.0.0.1:8000
+    """
+    from raygbm.loop.client import send_feedback
+
+    try:
+        out = send_feedback(input, url)
+    except RaygbmError as exc:
+        _fail(str(exc))
+    typer.echo(f"{out['rows']:,} labels sent to {url}: accepted {out['accepted']:,}, unknown ids {out['unknown_ids']:,}, "
+               f"duplicates {out['duplicates']:,}")
+
+
+@app.command()
 def ui(
     port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
 ) -> None:

@@ -48,21 +48,25 @@ def test_arrow_types_from_the_schema_strings():
 
 
 def test_raw_rows_keep_the_training_types_from_json_and_tables():
-    t = raw_table(_json_part(3), FIELDS, TYPES)
+    t = raw_table([_json_part(3)], FIELDS, TYPES)
     assert t.schema.field("x").type == pa.float64() and t.schema.field("t").type == pa.timestamp("us", "UTC")
     assert t.column("c").to_pylist() == [None, "a", None] and t.column("t").null_count == 0
     # An integer field sent 2.5 is kept as sent (not truncated to the training type).
-    mixed = raw_table(("json", b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ["a", "b"]),
+    mixed = raw_table([("json", b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ["a", "b"])],
                       ["x"], {"x": "int64"})
     assert mixed.column("x").to_pylist() == [1, 2.5]
     table = pa.table({"x": pa.array([1, 2], pa.int32()), "c": ["a", "b"], "t": pa.array([0, 1], pa.timestamp("s", "UTC"))})
-    assert raw_table(("table", table, ["a", "b"]), FIELDS, TYPES).schema.field("x").type == pa.float64()
+    assert raw_table([("table", table, ["a", "b"])], FIELDS, TYPES).schema.field("x").type == pa.float64()
+    # Parts in order: JSON runs, then a table, then JSON again.
+    both = raw_table([_json_part(1), _json_part(2, 1), ("table", table, ["a", "b"]), _json_part(1, 3)], FIELDS, TYPES)
+    assert both.column("x").to_pylist() == [0.0, 1.0, 2.0, 1.0, 2.0, 3.0]
 
 
 def test_log_finds_buffered_and_written_rows_and_rotates(tmp_path):
     log = _log(tmp_path, max_rows=1000)
     _add(log, 600)
     assert log.lookup(pa.array(["id5", "nope"])).tolist()[1] == -1 and log.lookup(pa.array(["id5"]))[0] >= 0
+    assert log.lookup(pa.array(["id7", "id5", "id7"])).tolist() == [7, 5, 7]  # a repeated id: the same row
     log.flush()
     _add(log, 600, start=600)
     log.flush()
@@ -205,9 +209,12 @@ def test_joined_rows_encode_for_the_window_metrics(tmp_path):
     _add(log, 4)
     spec = LabelSpec("label", "string", "binary", ["no", "yes"])
     joined = join(log, pa.array(["id0", "id3"]), pa.array(["yes", "no"]), spec)
-    windows, y, ids, scores = encoded(joined.table, spec)
+    windows, ids, y, scores = encoded(joined.table, spec)
     assert y.tolist() == [1, 0] and ids == ["id0", "id3"] and windows.tolist() == [0, 0]
     assert scores.tolist() == pytest.approx(joined.table.column(SCORE).to_pylist())
+    perf = WindowPerformance("binary", 0.5, None, 0.01, min_labelled_rows=1, keep_windows=5)
+    perf.add_labels(windows, ids, y, scores)
+    assert perf.describe(0, 4, None)["labelled_rows"] == 2
 
 
 # ---- performance
@@ -230,13 +237,16 @@ def test_cbpe_matches_the_realized_metrics_on_calibrated_scores():
     assert est["accuracy"] == pytest.approx(real["accuracy"], abs=0.005)
 
 
-def test_calibration_map_fits_a_miscalibrated_score_and_round_trips_as_json():
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_calibration_map_fits_a_miscalibrated_score_and_round_trips_as_json(kind):
     rng = np.random.default_rng(2)
-    q = rng.random(50_000)
+    z = rng.normal(0, 2, 50_000)
+    q = 1 / (1 + np.exp(-z))
     y = (rng.random(len(q)) < q).astype(float)
-    raw = q**3  # the model's score: monotone in the truth but miscalibrated
-    cal = CalibrationMap.from_json(json.loads(json.dumps(CalibrationMap.fit(y, raw).to_json())))
-    assert np.abs(cal(raw) - q).mean() < 0.03
+    raw = 1 / (1 + np.exp(-0.5 * z + 1))  # the model's score: monotone in the truth but miscalibrated
+    assert np.abs(raw - q).mean() > 0.1
+    cal = CalibrationMap.from_json(json.loads(json.dumps(CalibrationMap.fit(y, raw, kind).to_json())))
+    assert np.abs(cal(raw) - q).mean() < 0.02
     with pytest.raises(ValueError):
         CalibrationMap.from_json({"kind": "pickle"})
 

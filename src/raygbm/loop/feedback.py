@@ -10,7 +10,6 @@ never a value. Plain Python: no Ray, no FastAPI.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 
 from raygbm.loop.labelled import LABELLED_AT, PREDICTION_ID, PROBA, SCORE, WINDOW
 from raygbm.loop.prediction_log import PredictionLog, arrow_type
-from raygbm.serving.request import MAX_SAFE_INTEGER, RequestError
+from raygbm.serving.request import MAX_SAFE_INTEGER, RequestError, load_json
 from raygbm.serving.tables import ARROW_STREAM, read_table
 
 ID_FIELD, LABEL_FIELD = "prediction_id", "label"
@@ -82,20 +81,9 @@ def _class_set(spec: LabelSpec) -> set[Any] | None:
     return set(spec.classes) if spec.classes is not None and spec.task != "regression" else None
 
 
-def _reject_constant(name: str) -> Any:
-    raise RequestError(f"{name} is not a valid JSON number", 400)
-
-
 def parse_json(body: bytes, spec: LabelSpec, max_rows: int) -> tuple[pa.Array, pa.Array]:
     """A JSON body → (prediction ids, labels in the training label's type)."""
-    try:
-        obj = json.loads(body, parse_constant=_reject_constant)
-    except RequestError:
-        raise
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("body is not valid JSON", 400) from None
-    except RecursionError:
-        raise RequestError("body is nested too deeply", 400) from None
+    obj = load_json(body)
     records = [obj] if isinstance(obj, dict) else obj
     if not isinstance(records, list):
         raise RequestError("body must be a JSON object {prediction_id, label} or a list of them")
@@ -208,13 +196,13 @@ def join(log: PredictionLog, ids: pa.Array, labels: pa.Array, spec: LabelSpec, n
     return Joined(table, accepted, n - accepted, repeated + int(before.sum()))
 
 
-def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray, list[str], Any]:
-    """A joined table as the window metrics take it: (windows, encoded labels, ids, scores)."""
+def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, list[str], np.ndarray, Any]:
+    """A joined table as ``WindowPerformance.add_labels`` takes it: (windows, ids, encoded labels, scores)."""
     windows = np.asarray(table.column(WINDOW).fill_null(-1), dtype=np.int64)
     ids = table.column(PREDICTION_ID).to_pylist()
     label = table.column(spec.name)
     if spec.task == "regression":
-        return windows, np.asarray(label.cast(pa.float64()), dtype=np.float64), ids, np.asarray(
+        return windows, ids, np.asarray(label.cast(pa.float64()), dtype=np.float64), np.asarray(
             table.column(SCORE).fill_null(np.nan), dtype=np.float64)
     codes = pc.index_in(label, value_set=pa.array(spec.classes, label.type))
     y = np.asarray(codes.fill_null(-1), dtype=np.int64)
@@ -223,5 +211,5 @@ def encoded(table: pa.Table, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray, l
     else:
         scores = np.asarray(table.column(SCORE).fill_null(np.nan), dtype=np.float64)
     keep = y >= 0
-    return windows[keep], y[keep], [i for i, k in zip(ids, keep) if k], (
+    return windows[keep], [i for i, k in zip(ids, keep) if k], y[keep], (
         [s for s, k in zip(scores, keep) if k] if isinstance(scores, list) else scores[keep])

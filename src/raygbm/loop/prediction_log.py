@@ -76,17 +76,35 @@ def _column(values: list[Any], type_name: str | None) -> pa.Array:
         return pa.array(values)
 
 
-def raw_table(part: RawPart, fields: list[str], types: dict[str, str]) -> pa.Table:
-    """One replica part's rows as a table of the raw fields (JSON records parsed again here, off the
-    request path)."""
-    kind, payload, _ = part
-    if kind in ("json", "records"):
-        obj = json.loads(payload) if kind == "json" else payload
-        records = [obj] if isinstance(obj, dict) else obj
-        return pa.table({f: _column([r.get(f) for r in records], types.get(f)) for f in fields})
+def raw_table(parts: list[RawPart], fields: list[str], types: dict[str, str]) -> pa.Table:
+    """Replica parts' rows as one table of the raw fields, in order. JSON bodies are parsed again here
+    (off the request path), and a run of them becomes one set of columns: built per part, single-record
+    requests would cost more in Arrow's per-column overhead than in parsing."""
+    out: list[pa.Table] = []
+    records: list[dict[str, Any]] = []
+    for kind, payload, _ in parts:
+        if kind in ("json", "records"):
+            obj = json.loads(payload) if kind == "json" else payload
+            records.extend([obj] if isinstance(obj, dict) else obj)
+            continue
+        if records:
+            out.append(_records_table(records, fields, types))
+            records = []
+        out.append(_typed(payload, fields, types))
+    if records:
+        out.append(_records_table(records, fields, types))
+    return pa.concat_tables(out, promote_options="permissive")
+
+
+def _records_table(records: list[dict[str, Any]], fields: list[str], types: dict[str, str]) -> pa.Table:
+    return pa.table({f: _column([r.get(f) for r in records], types.get(f)) for f in fields})
+
+
+def _typed(table: pa.Table, fields: list[str], types: dict[str, str]) -> pa.Table:
+    """A table body's raw fields cast to their training types (a column that does not cast kept as sent)."""
     cols = {}
     for f in fields:
-        col = payload.column(f)
+        col = table.column(f)
         try:
             cols[f] = col.cast(arrow_type(types[f])) if f in types else col
         except (pa.ArrowException, ValueError, TypeError):
@@ -120,7 +138,6 @@ class PredictionLog:
         self.unlogged = 0  # served rows that could not be logged (a failed conversion)
         self._buf_labelled: np.ndarray | None = None  # whether each buffered row was labelled
         self.segments: list[Segment] = self._load(labelled_ids)
-        self._index: pa.Array | None = None  # every id, in segment order (rebuilt when segments change)
 
     def _load(self, labelled_ids: pa.Array | None) -> list[Segment]:
         import pyarrow.parquet as pq
@@ -140,7 +157,7 @@ class PredictionLog:
     def add(self, version: str, ts: float, parts: list[RawPart], scores: np.ndarray, windows: np.ndarray) -> None:
         """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept."""
         try:
-            raw = pa.concat_tables([raw_table(p, self.fields, self.types) for p in parts], promote_options="permissive")
+            raw = raw_table(parts, self.fields, self.types)
             ids = pa.concat_arrays([pa.array(p[2], pa.string()) if not isinstance(p[2], pa.Array) else p[2].cast(pa.string())
                                     for p in parts])
         except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
@@ -156,7 +173,6 @@ class PredictionLog:
             table = table.filter(pa.array(self._rng.random(table.num_rows) < self.sample_rate))
         if table.num_rows:
             self._buf.append(table)
-            self._index = None
         if time.time() - self._last_flush >= self.flush_s:
             self.flush()
 
@@ -182,7 +198,6 @@ class PredictionLog:
         self._buf, self._buf_labelled = [], None
         self.segments.append(Segment(part, table.column(PREDICTION_ID).combine_chunks(), labelled))
         self._prune()
-        self._index = None
 
     def _prune(self) -> None:
         total = sum(len(s.ids) for s in self.segments)
@@ -204,23 +219,32 @@ class PredictionLog:
         self._buf_labelled = done
         return Segment(None, ids, done)
 
-    def _all(self) -> tuple[list[Segment], pa.Array, np.ndarray]:
+    def _all(self) -> tuple[list[Segment], np.ndarray]:
         segs = [*self.segments, self._buffered()]
-        if self._index is None:
-            self._index = pa.concat_arrays([s.ids for s in segs]) if segs else pa.array([], pa.string())
-        starts = np.cumsum([0] + [len(s.ids) for s in segs])
-        return segs, self._index, starts
+        return segs, np.cumsum([0] + [len(s.ids) for s in segs])
 
     def lookup(self, ids: pa.Array) -> np.ndarray:
-        """Each id's position in the log (-1: not there)."""
-        _, index, _ = self._all()
-        pos = pc.index_in(ids, value_set=index)
-        return np.asarray(pos.fill_null(-1), dtype=np.int64)
+        """Each id's position in the log (-1: not there). Each part's ids are scanned against a hash of
+        the asked ids (small), never the other way round: no index of the whole log is built or kept."""
+        segs, starts = self._all()
+        pos = np.full(len(ids), -1, dtype=np.int64)
+        for seg, start in zip(segs, starts):
+            hit = np.asarray(pc.is_in(seg.ids, value_set=ids))
+            if not hit.any():
+                continue
+            rows = np.flatnonzero(hit)
+            asked = np.asarray(pc.index_in(seg.ids.filter(pa.array(hit)), value_set=ids), dtype=np.int64)
+            pos[asked] = start + rows
+        # index_in gives each matched log row its id's first place in ``ids``: later repeats too
+        if len(ids) and (pos >= 0).any():
+            first = np.asarray(pc.index_in(ids, value_set=ids), dtype=np.int64)
+            pos = pos[first]
+        return pos
 
     def rows(self, positions: np.ndarray) -> tuple[pa.Table, np.ndarray]:
         """The logged rows at ``positions`` (in that order) and whether each was labelled before; marks
         them labelled."""
-        segs, _, starts = self._all()
+        segs, starts = self._all()
         seg_of = np.searchsorted(starts, positions, side="right") - 1
         pieces, order, before = [], [], np.zeros(len(positions), bool)
         for k in np.unique(seg_of):
