@@ -119,6 +119,7 @@ def write_pyfunc(bundle_dir: Path, pre: Preprocessor) -> list[str]:
         saved = work / "model"
         save_model(str(saved), python_model=str(CODE_FILE), signature=signature(pre), input_example=input_example(pre),
                    pip_requirements=requirements(), metadata={"raygbm_bundle": "raygbm.bundle/1"})
+        _deterministic(saved / "MLmodel", bundle_dir)
         added = []
         for p in sorted(saved.iterdir()):
             if (bundle_dir / p.name).exists():
@@ -128,6 +129,24 @@ def write_pyfunc(bundle_dir: Path, pre: Preprocessor) -> list[str]:
         return added
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _deterministic(mlmodel: Path, bundle_dir: Path) -> None:
+    """The same model gives the same bundle, byte for byte (registration finds an interrupted one by its
+    manifest hash): MLflow's random ``model_uuid`` becomes one derived from the bundle's files written so
+    far, and its save time is left out (MLflow fills it in when the model is loaded)."""
+    import hashlib
+    import uuid
+
+    import yaml
+
+    digest = hashlib.sha256()
+    for f in sorted(p for p in bundle_dir.iterdir() if p.is_file()):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    doc = yaml.safe_load(mlmodel.read_text())
+    doc["model_uuid"] = uuid.UUID(bytes=digest.digest()[:16], version=5).hex
+    doc.pop("utc_time_created", None)
+    mlmodel.write_text(yaml.safe_dump(doc, sort_keys=True))
 
 
 class BundleScorer:
