@@ -195,18 +195,6 @@ class RequestSchema:
         return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
 
 
-def load_json(body: bytes) -> Any:
-    """A JSON body, strictly: NaN/Infinity, bad JSON and deep nesting are a 400 that quotes nothing."""
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except RequestError:
-        raise
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("body is not valid JSON", 400) from None
-    except RecursionError:
-        raise RequestError("body is nested too deeply", 400) from None
-
-
 def _check_number(v: Any, kind: str, what: str) -> None:
     if isinstance(v, bool) and kind != "bool" or not isinstance(v, (int, float)):
         raise RequestError(f"{what}: expected a number or null, got {_json_type(v)}")
