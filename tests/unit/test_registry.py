@@ -212,3 +212,11 @@ def test_write_bundle_writes_a_verified_loadable_bundle(meta, tmp_path):
     assert MANIFEST_FILE not in manifest["sha256"]
     loaded = Bundle.load(tmp_path / "b", sha)
     assert loaded.threshold == 0.4 and loaded.booster.num_trees() == 5 and loaded.task == "binary"
+
+
+def test_a_fresh_registry_promotes_without_having_connected_first(meta):
+    """``promote`` downloads and verifies the version's bundle before moving the alias: a Registry that
+    has not touched its client yet still knows its store."""
+    _register(meta, 5)
+    Registry().promote(Registry().get("1"))
+    assert Registry().get().version == "1"

@@ -57,6 +57,11 @@ class Registry:
     # ---- connection
 
     @property
+    def uri(self) -> str:
+        """The tracking and registry store's URI (the client's, once connected)."""
+        return self._client_uri if hasattr(self, "_client") else (self._uri or tracking_uri())
+
+    @property
     def client(self) -> Any:
         if not hasattr(self, "_client"):
             silence_mlflow_logging()
@@ -65,8 +70,8 @@ class Registry:
             uri = self._uri or tracking_uri()
             if uri.startswith("sqlite:///"):
                 home().mkdir(parents=True, exist_ok=True)
+            self._client_uri = uri
             self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            self.uri = uri
         return self._client
 
     def experiment_id(self) -> str:
