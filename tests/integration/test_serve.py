@@ -255,7 +255,8 @@ def test_batch_route_arrow_and_csv_equal_the_batch_path(served):
     ref, path = local_bundle(Registry(), "1")
     expected = Bundle.load(path).scores(Bundle.load(path).features(raw))
     out = _score_arrow(raw)
-    assert out.column_names == ["prediction", "score"] and out.num_rows == raw.num_rows == 10_000
+    assert out.column_names == ["prediction", "score", "prediction_id"] and out.num_rows == raw.num_rows == 10_000
+    assert len(set(out["prediction_id"].to_pylist())) == 10_000  # one id per row, for POST /feedback
     np.testing.assert_array_equal(np.asarray(out["score"]), expected)
     csv_sink = pa.BufferOutputStream()
     pacsv.write_csv(raw.drop_columns(["label"]), csv_sink)
