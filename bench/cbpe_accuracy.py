@@ -38,3 +38,5 @@ for k in range(10):
     g2.append(estimated_metrics(q, s[sl], 0.5)["roc_auc"] - realized_metrics("binary", yf[sl], s[sl])["roc_auc"])
 g3 = [estimated_metrics(s[k*W:(k+1)*W], s[k*W:(k+1)*W], 0.5)["roc_auc"] - realized_metrics("binary", yf[k*W:(k+1)*W], s[k*W:(k+1)*W])["roc_auc"] for k in range(10)]
 print("platt", np.round(np.mean(g2),4), sum(abs(g) <= 0.03 for g in g2), "raw", np.round(np.mean(g3),4), sum(abs(g) <= 0.03 for g in g3), lr.coef_, lr.intercept_)
+print(f"RESULT windows_within_0.03={sum(abs(g) <= 0.03 for g in gaps)} windows=10 max_abs_gap={max(abs(g) for g in gaps):.4f} "
+      f"mean_gap={np.mean(gaps):.4f} raw_scores_within_0.03={sum(abs(g) <= 0.03 for g in g3)}")
