@@ -33,7 +33,11 @@ test: install
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
 	$(BIN)/python -m pytest -q tests/cluster
-	$(BIN)/python -m pytest -q tests/multinode
+	$(BIN)/python -m pytest -q -m "not known_hang" tests/multinode
+
+# Tests left out of `make test` because they hung once (see README's Reliability section).
+test-known-hangs: install
+	$(BIN)/python -m pytest -q -m known_hang tests/multinode
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit
