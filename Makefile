@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAYGBM_HOME ?= $(CURDIR)/.raygbm
 DEMO_DATA := $(RAYGBM_HOME)/demo-data
 
-.PHONY: install demo ui test test-fast bench clean
+.PHONY: install demo ui test test-fast test-known-hangs bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "raygbm needs Python 3.11, found " + sys.version.split()[0]'
