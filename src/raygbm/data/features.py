@@ -52,15 +52,22 @@ def add_derived(table: pa.Table, derived: list[DerivedFeature]) -> pa.Table:
     return table
 
 
+def as_datetime(v: Any) -> Any:
+    """A request's timestamp value as a datetime: ISO text, epoch seconds (UTC) or a date; anything else
+    is returned as it came (the caller decides whether that is an error)."""
+    if isinstance(v, str):
+        return datetime.fromisoformat(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return datetime.fromtimestamp(v, tz=timezone.utc)
+    if isinstance(v, date) and not isinstance(v, datetime):
+        return datetime(v.year, v.month, v.day)
+    return v
+
+
 def _to_datetime(v: Any, arrow_type: str) -> datetime | None:
     if v is None:
         return None
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = datetime.fromtimestamp(v, tz=timezone.utc)
-    elif isinstance(v, date) and not isinstance(v, datetime):
-        v = datetime(v.year, v.month, v.day)
+    v = as_datetime(v)
     if not isinstance(v, datetime):
         raise DataError(f"expected a timestamp, got {type(v).__name__}")
     tz = _tz_of(arrow_type)

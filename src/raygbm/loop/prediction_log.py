@@ -20,7 +20,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raygbm.data.features import as_datetime
 from raygbm.loop.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
@@ -46,12 +47,7 @@ def arrow_type(name: str) -> pa.DataType:
 
 
 def _to_datetime(v: Any) -> Any:
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = datetime.fromtimestamp(v, tz=timezone.utc)
-    elif isinstance(v, date) and not isinstance(v, datetime):
-        v = datetime(v.year, v.month, v.day)
+    v = as_datetime(v)
     if isinstance(v, datetime) and v.tzinfo is not None:
         v = v.astimezone(timezone.utc)
     return v
