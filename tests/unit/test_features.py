@@ -136,3 +136,23 @@ def test_ratio_by_zero_is_missing():
     d = [DerivedFeature(name="r", op="ratio", inputs=["a", "b"])]
     assert math.isnan(derived_record({"a": 1.0, "b": 0.0}, d, {})["r"])
     assert derived_record({"a": 1.0, "b": 4.0}, d, {})["r"] == 0.25
+
+
+def test_text_categories_read_as_dictionaries_transform_like_strings(tmp_path):
+    """The data stage reads text categoricals as dictionary arrays (one per row group); the features must
+    be the same as from plain strings, nulls and unseen values included."""
+    train = _table(tmp_path, seed=0)
+    pre = _fitted(train, derived=DERIVED)
+    test = _table(tmp_path, seed=1)
+    test = test.set_column(test.column_names.index("cat_0"), "cat_0", pc.if_else(
+        pc.equal(test["cat_0"], "cat_0_002"), pa.scalar(None, pa.string()), test["cat_0"]))
+    test = test.set_column(test.column_names.index("cat_1"), "cat_1", pc.if_else(
+        pc.equal(test["cat_1"], "cat_1_001"), "never-seen", test["cat_1"]))
+    half = test.num_rows // 2
+    as_dict = test
+    for c in ("cat_0", "cat_1", "cat_2"):
+        col = test[c].combine_chunks()
+        chunks = [col.slice(0, half).dictionary_encode(), col.slice(half).dictionary_encode()]  # two dictionaries
+        as_dict = as_dict.set_column(as_dict.column_names.index(c), c, pa.chunked_array(chunks))
+    assert pa.types.is_dictionary(as_dict.schema.field("cat_0").type)
+    assert pre.transform_table(as_dict).equals(pre.transform_table(test))

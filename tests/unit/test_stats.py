@@ -38,3 +38,21 @@ def test_merge_equals_whole_and_survives_bytes():
     x = np.asarray(whole["x"].to_numpy(zero_copy_only=False), dtype=float)
     assert r.nulls == int(np.isnan(x).sum())
     assert r.below == int((x < -1).sum()) and r.above == int((x > 1).sum())
+
+
+@pytest.mark.parametrize("label_numeric", [False, True])
+def test_all_and_subset_in_one_pass_equal_two_passes(label_numeric):
+    t = _t(3000, 3)
+    t = t.append_column("d", pa.chunked_array([t["c"].combine_chunks().slice(0, 1000).dictionary_encode(),
+                                              t["c"].combine_chunks().slice(1000).dictionary_encode()]))
+    subset = np.random.default_rng(4).random(t.num_rows) < 0.7
+    sample = np.random.default_rng(5).random(t.num_rows) < 0.5
+    args = (["x"], ["c", "d"], "y", label_numeric)
+    bounds = {"x": Bounds(min=-1, max=1)}
+    every, part = TableStats.of_all_and(t, subset, *args, sample, bounds)
+    ref_every = TableStats.of(t, *args, sample, bounds)
+    ref_part = TableStats.of(t.filter(pa.array(subset)), *args, sample[subset])
+    for got, ref in ((every, ref_every), (part, ref_part)):
+        assert got.to_bytes() == ref.to_bytes()
+        assert got.categorical["d"].counts == got.categorical["c"].counts  # dictionary and text alike
+    assert part.rows == int(subset.sum()) and every.rows == t.num_rows

@@ -67,10 +67,13 @@ def _read_tasks(shards: ShardSet, chunk_rows: int, columns: list[str] | None) ->
     return tasks
 
 
-def _read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int, columns: list[str] | None) -> pa.Table:
+def _read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
+                columns: list[str] | None, dictionary: list[str] = ()) -> pa.Table:
     try:
         with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
+            # Text categoricals decoded as dictionaries: 2-3x faster to read than strings, and every later
+            # step (hash, counts, encoding) works on the few distinct values instead of every row.
+            pf = pq.ParquetFile(f, read_dictionary=list(dictionary) or None)
             table = pf.read_row_groups(groups, columns=columns, use_threads=False) if groups else pf.schema_arrow.empty_table()
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{display}: corrupt Parquet data ({str(exc).strip().splitlines()[0]})") from None
@@ -79,7 +82,13 @@ def _read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int],
     return table.append_column(ROW_COL, pa.array(np.arange(first, first + n, dtype=np.int64)))
 
 
-def read_dataset(shards: ShardSet, chunk_rows: int, columns: list[str] | None = None):
+def dictionary_columns(shards: ShardSet, categorical: list[str]) -> list[str]:
+    """The text categorical columns, read as dictionary arrays (see ``_read_block``)."""
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    return [c for c in categorical if c in shards.schema.names and any(t(shards.schema.field(c).type) for t in text)]
+
+
+def read_dataset(shards: ShardSet, chunk_rows: int, columns: list[str] | None = None, dictionary: list[str] = ()):
     """A Ray Data dataset over the checked shards, one read task per chunk of row groups.
 
     A custom datasource rather than ``read_parquet``: the checks already read every footer, so the
@@ -93,6 +102,10 @@ def read_dataset(shards: ShardSet, chunk_rows: int, columns: list[str] | None = 
     fs = shards.filesystem
     plan = _read_tasks(shards, chunk_rows, columns)
     schema = shards.schema if columns is None else pa.schema([shards.schema.field(c) for c in columns])
+    for c in dictionary:
+        if c in schema.names:
+            i = schema.get_field_index(c)
+            schema = schema.set(i, schema.field(i).with_type(pa.dictionary(pa.int32(), schema.field(i).type)))
     schema = schema.append(pa.field(SHARD_COL, pa.int32())).append(pa.field(ROW_COL, pa.int64()))
     sizes = {s.path: (s.size, s.num_rows) for s in shards.shards}
 
@@ -107,7 +120,7 @@ def read_dataset(shards: ShardSet, chunk_rows: int, columns: list[str] | None = 
                 rows = sum(shards.shards[shard].row_groups[g] for g in groups)
                 meta = BlockMetadata(num_rows=rows, size_bytes=int(size * 3 * rows / max(total, 1)), input_files=[path], exec_stats=None)
                 display = shards.display_path(path)
-                fn = lambda p=path, g=groups, s=shard, f=first, d=display: [_read_block(fs, d, p, g, s, f, columns)]  # noqa: E731
+                fn = lambda p=path, g=groups, s=shard, f=first, d=display: [_read_block(fs, d, p, g, s, f, columns, dictionary)]  # noqa: E731
                 out.append(ReadTask(fn, meta, schema=schema, per_task_row_limit=per_task_row_limit))
             return out
 
@@ -145,20 +158,23 @@ def _collect(ds: Any) -> list[dict[str, Any]]:
 class RayDataRunner:
     """Runs a block function over every read block as one fused Ray Data task (read → fn)."""
 
-    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
+                   columns: list[str] | None = None, dictionary: list[str] = ()) -> list[dict[str, Any]]:
         # batch_size=None hands each block to fn whole, so Ray Data fuses read and fn into one task and
         # the (large) block never goes through the object store; only fn's small result does.
-        ds = read_dataset(shards, chunk_rows, columns).map_batches(fn, fn_args=args, batch_size=None, batch_format="pyarrow")
+        ds = read_dataset(shards, chunk_rows, columns, dictionary).map_batches(fn, fn_args=args, batch_size=None, batch_format="pyarrow")
         return _collect(ds)
 
 
 class LocalRunner:
     """The same block functions in a plain single-process loop (the baseline in bench/preprocess.py)."""
 
-    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
+                   columns: list[str] | None = None, dictionary: list[str] = ()) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for shard, path, groups, first in _read_tasks(shards, chunk_rows, columns):
-            table = _read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns)
+            table = _read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
+                                dictionary)
             out = fn(table, *args)
             keys = list(out)
             rows.extend(dict(zip(keys, values)) for values in zip(*(out[k] for k in keys)))
@@ -179,6 +195,7 @@ class BlockPlan:
     label_numeric: bool
     hash_columns: list[str]
     sample_rate: float
+    dictionary: list[str] = field(default_factory=list)  # text categoricals read as dictionary arrays
     cutoffs: tuple[float, float] | None = None
 
 
@@ -210,13 +227,8 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
     derived = add_derived(table, plan.features.derived)
     sample = to_unit(h, plan.split.seed ^ _SAMPLE_SALT) < plan.sample_rate
     numeric = plan.schema.numeric + [d.name for d in plan.features.derived]
-    bounds = plan.data.bounds
-    everything = TableStats.of(derived, numeric, plan.schema.categorical, plan.schema.label, plan.label_numeric, sample, bounds)
-    is_train = codes == TRAIN
-    train = TableStats.of(
-        derived.filter(pa.array(is_train)), numeric, plan.schema.categorical, plan.schema.label,
-        plan.label_numeric, sample[is_train],
-    )
+    everything, train = TableStats.of_all_and(derived, codes == TRAIN, numeric, plan.schema.categorical,
+                                              plan.schema.label, plan.label_numeric, sample, plan.data.bounds)
     return {
         "all": [everything.to_bytes()],
         "train": [train.to_bytes()],
@@ -248,20 +260,42 @@ def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: t
         part = features.filter(pa.array(mask)) if n != len(codes) else features
         rel = f"{name}/part-{shard:05d}-{first:011d}.parquet"
         dest = os.path.join(out_dir, rel)
-        pq.write_table(part, dest)
+        digest = write_parquet(part, dest)
         out["split"].append(name)
         out["file"].append(rel)
         out["rows"].append(n)
-        out["sha256"].append(sha256_file(dest))
+        out["sha256"].append(digest)
         if name == "test":
             # The raw test rows too: a champion with another preprocessor is scored on the same rows.
             raw = table.filter(pa.array(mask)) if n != len(codes) else table
             rel = f"{RAW_TEST}/part-{shard:05d}-{first:011d}.parquet"
             dest = os.path.join(out_dir, rel)
-            pq.write_table(raw.select(plan.schema.read_columns), dest)
-            for k, v in (("split", RAW_TEST), ("file", rel), ("rows", n), ("sha256", sha256_file(dest))):
+            digest = write_parquet(_undictionary(raw.select(plan.schema.read_columns), plan.dictionary), dest)
+            for k, v in (("split", RAW_TEST), ("file", rel), ("rows", n), ("sha256", digest)):
                 out[k].append(v)
     return out
+
+
+def write_parquet(table: pa.Table, dest: str) -> str:
+    """Write Parquet and return its sha256 (hashed from memory, not read back). Dictionary pages only for
+    non-float columns: floats rarely repeat, and trying a dictionary first and falling back doubles the
+    cost of writing them."""
+    dict_cols = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, use_dictionary=dict_cols)
+    data = sink.getvalue()
+    with open(dest, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _undictionary(table: pa.Table, columns: list[str]) -> pa.Table:
+    """The columns read as dictionaries back in their stored type (raw rows keep the input's schema)."""
+    for c in columns:
+        if c in table.column_names and pa.types.is_dictionary(table.schema.field(c).type):
+            i = table.schema.get_field_index(c)
+            table = table.set_column(i, c, pc.cast(table.column(c), table.schema.field(c).type.value_type))
+    return table
 
 
 def time_block(table: pa.Table, label: str, column: str) -> dict[str, list]:
@@ -395,6 +429,7 @@ def _block_plan(config: PipelineConfig, shards: ShardSet, schema: DatasetSchema,
         label_numeric=label_is_numeric(label_type, config.data.task),
         hash_columns=list(shards.schema.names),
         sample_rate=min(1.0, config.features.quantile_sample_rows / max(shards.num_rows, 1)),
+        dictionary=dictionary_columns(shards, schema.categorical),
     )
 
 
@@ -410,7 +445,8 @@ def _time_cutoffs(runner: RayDataRunner | LocalRunner, shards: ShardSet, config:
 
 def _profile(runner: RayDataRunner | LocalRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig) -> Profile:
     """The profile pass: every block's statistics merged, label and duplicate counts, split sizes."""
-    blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,))
+    blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,),
+                               dictionary=plan.dictionary)
     everything = TableStats()
     train = TableStats()
     for b in blocks:
@@ -438,7 +474,7 @@ def _write_run(final: Path, key: str, runner: RayDataRunner | LocalRunner, shard
             (staging / name).mkdir(parents=True)
         t = time.perf_counter()
         written = runner.map_blocks(shards, config.resources.read_chunk_rows, transform_block,
-                                    (plan, pre, profile.drop, str(staging)))
+                                    (plan, pre, profile.drop, str(staging)), dictionary=plan.dictionary)
         timings["transform_s"] = time.perf_counter() - t
         rows_out = {name: 0 for name in SPLIT_NAMES}
         manifest: dict[str, str] = {}

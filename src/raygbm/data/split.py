@@ -43,9 +43,11 @@ def _column_bits(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     t = arr.type
     valid = np.asarray(pc.is_valid(arr), dtype=bool) if arr.null_count else None
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        x = np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), 0.0), dtype=np.float64).copy()
-        x[x == 0.0] = 0.0  # -0.0 and 0.0 are the same value
-        x[np.isnan(x)] = np.nan  # one NaN bit pattern
+        x = pc.cast(arr, pa.float64())
+        x = np.asarray(pc.fill_null(x, 0.0) if arr.null_count else x, dtype=np.float64) + 0.0  # -0.0 → 0.0
+        nan = np.isnan(x)
+        if nan.any():
+            x[nan] = np.nan  # one NaN bit pattern
         h = x.view(np.uint64)
     elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_temporal(t):
         if pa.types.is_temporal(t):
