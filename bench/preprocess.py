@@ -4,16 +4,30 @@ same transforms (the same block functions: profile pass, fit, transform-and-writ
     python bench/preprocess.py [--rows 4000000] [--shards 8] [--object-store-mb N]
 
 Prints rows/s for both and the ratio, and the peak resident memory of each path (for Ray: the driver
-plus every Ray process it started, sampled), ending with one line:
+plus every Ray process it started, sampled).
 
-    RESULT ratio=<ray / plain rows/s> ray_rows_per_s=... plain_rows_per_s=... peak_rss_mb=...
+Two references beside them, on the same shards:
+
+- the floor: one pyarrow pass per shard (read, fill nulls, encode categories, write), the least any data
+  stage has to do, on every core (a process per core; text read as dictionaries, floats written without
+  dictionary pages, as our stage does). ``floor_ratio`` is our Ray Data rows/s over the floor's.
+- Polars with a thread per core, the tool a one-machine user would pick: per-column statistics (count, nulls,
+  mean, std, min, max, median), category counts, a row hash and the duplicate count, nulls filled with
+  the medians, categories encoded, one Parquet file written (``polars_rows_per_s``).
+
+It ends with one line:
+
+    RESULT ratio=<ray / plain rows/s> ray_rows_per_s=... plain_rows_per_s=... floor_rows_per_s=...
+           floor_ratio=<ray / floor> polars_rows_per_s=... peak_rss_mb=...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -71,7 +85,82 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_tree_mb(os.getpid()))
 
 
+def _floor_shard(path: Path, out: Path) -> int:
+    """The floor's work on one shard: read, fill nulls, encode categories, write."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    table = pq.read_table(path, read_dictionary=text, use_threads=False)
+    cols = []
+    for f in table.schema:
+        c = table[f.name]
+        if pa.types.is_floating(f.type):
+            c = pc.fill_null(c, 0.0)
+        elif pa.types.is_dictionary(f.type):
+            c = pa.chunked_array([pc.fill_null(ch.indices, -1) for ch in c.chunks])
+        cols.append(c)
+    out_table = pa.table(cols, names=table.column_names)
+    pq.write_table(out_table, out, use_dictionary=[f.name for f in out_table.schema if not pa.types.is_floating(f.type)])
+    return table.num_rows
+
+
+def floor_rows_per_s(data: Path, processes: int = 2) -> float:
+    """The floor pass over every shard, ``processes`` shards at a time."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = Path(tempfile.mkdtemp(prefix="raygbm-floor-"))
+    shards = sorted(data.glob("*.parquet"))
+    try:
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(len, [[]] * processes))  # workers started before the clock
+            t = time.perf_counter()
+            rows = sum(pool.map(_floor_shard, shards, [out / p.name for p in shards]))
+            return rows / (time.perf_counter() - t)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _polars_child(data: Path, out: Path) -> None:
+    import polars as pl
+
+    t = time.perf_counter()
+    df = pl.read_parquet(sorted(data.glob("*.parquet")))
+    num = [c for c, d in df.schema.items() if d.is_float()]
+    cat = [c for c, d in df.schema.items() if d == pl.String]
+    stats = df.select([pl.col(num).count().name.suffix("_n"), pl.col(num).null_count().name.suffix("_nulls"),
+                       pl.col(num).mean().name.suffix("_mean"), pl.col(num).std().name.suffix("_std"),
+                       pl.col(num).min().name.suffix("_min"), pl.col(num).max().name.suffix("_max"),
+                       pl.col(num).median().name.suffix("_median")]).row(0, named=True)
+    counts = {c: df[c].value_counts() for c in cat}
+    hashes = df.hash_rows(seed=7)
+    duplicates = int(hashes.is_duplicated().sum())
+    filled = [pl.col(c).fill_null(stats[f"{c}_median"]) for c in num]
+    encoded = [pl.col(c).cast(pl.Categorical).to_physical().cast(pl.Int32).fill_null(-1) for c in cat]
+    df.with_columns(filled + encoded).with_columns(hashes.alias("row_hash")).write_parquet(out / "out.parquet")
+    s = time.perf_counter() - t
+    print(json.dumps({"rows_per_s": df.height / s, "threads": pl.thread_pool_size(), "duplicates": duplicates,
+                      "categories": sum(len(v) for v in counts.values())}))
+
+
+def polars_rows_per_s(data: Path, threads: int = 2) -> tuple[float, int]:
+    """Polars' pass in a child process (its thread pool is sized once, at import): rows/s and threads."""
+    out = Path(tempfile.mkdtemp(prefix="raygbm-polars-"))
+    try:
+        done = subprocess.run([sys.executable, __file__, "--polars-child", str(data), str(out)], check=True,
+                              capture_output=True, text=True, env={**os.environ, "POLARS_MAX_THREADS": str(threads)})
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        return r["rows_per_s"], r["threads"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--polars-child":
+        _polars_child(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=4_000_000)
     ap.add_argument("--shards", type=int, default=8)
@@ -110,6 +199,12 @@ def main() -> None:
             plain_rss = mem.peak
             print(f"plain pyarrow loop : {plain_s:6.2f}s  {args.rows / plain_s / 1e6:5.2f}M rows/s  peak {plain_rss:,.0f} MB", flush=True)
 
+        cores = os.cpu_count() or 1  # the references use every core, as Ray does
+        floor = floor_rows_per_s(data, cores)
+        print(f"floor ({cores} processes): {floor / 1e6:5.2f}M rows/s", flush=True)
+        polars, threads = polars_rows_per_s(data, cores)
+        print(f"polars ({threads} threads)  : {polars / 1e6:5.2f}M rows/s", flush=True)
+
         from raygbm.runtime import ensure_ray
 
         t = time.perf_counter()
@@ -138,6 +233,8 @@ def main() -> None:
             "object_store_mb": round(store_mb),
             "ray_start_s": round(ray_start, 1),
         }
+        result = {"floor_ratio": round(ray_rps / floor, 3), **result, "floor_rows_per_s": round(floor),
+                  "polars_rows_per_s": round(polars)}
         if plain_s is not None:
             plain_rps = args.rows / plain_s
             result = {

@@ -56,3 +56,14 @@ def test_all_and_subset_in_one_pass_equal_two_passes(label_numeric):
         assert got.to_bytes() == ref.to_bytes()
         assert got.categorical["d"].counts == got.categorical["c"].counts  # dictionary and text alike
     assert part.rows == int(subset.sum()) and every.rows == t.num_rows
+
+
+def test_dictionary_columns_count_like_text_across_chunks_with_different_dictionaries():
+    from raygbm.data.stats import categorical_stats
+
+    text = pa.chunked_array([pa.array(["a", "b", None]), pa.array(["c", "a", "c"]), pa.array([None], pa.string())])
+    as_dict = pa.chunked_array([ch.dictionary_encode() for ch in text.chunks])
+    for rows in (None, np.array([0, 3, 4, 6]), np.array([True, False, True, True, False, True, True])):
+        a, b = categorical_stats(text, rows), categorical_stats(as_dict, rows)
+        assert (a.counts, a.nulls) == (b.counts, b.nulls)
+    assert categorical_stats(as_dict).counts == {"a": 2, "b": 1, "c": 2}

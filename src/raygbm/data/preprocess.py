@@ -43,7 +43,7 @@ from raygbm.progress import Progress, no_progress
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
-STAGE_FORMAT = 2  # bump when outputs of the same inputs and config would change
+STAGE_FORMAT = 3  # bump when outputs of the same inputs and config would change
 
 
 # ------------------------------------------------------------------------------------------- reading

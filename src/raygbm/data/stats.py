@@ -85,84 +85,94 @@ class CategoricalStats:
 
 def _as_float(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """float64 numpy with NaN for nulls (bool, integers and decimals included)."""
-    if not pa.types.is_floating(arr.type):
-        arr = pc.cast(arr, pa.float64())
-    return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), np.nan), dtype=np.float64)
+    arr = pc.cast(arr, pa.float64())  # a no-op for float64
+    return np.asarray(pc.fill_null(arr, np.nan) if arr.null_count else arr, dtype=np.float64)
 
 
-def numeric_stats(arr: pa.ChunkedArray | pa.Array | np.ndarray, sample_mask: np.ndarray | None, bounds: Any = None,
+def numeric_stats(arr: pa.ChunkedArray | pa.Array | np.ndarray, sample: np.ndarray | None, bounds: Any = None,
                   distinct: bool = False) -> NumericStats:
-    """``arr``: an Arrow column, or one already converted by ``_as_float``."""
+    """``arr``: an Arrow column, or one already converted by ``_as_float``; ``sample``: the rows kept for
+    quantiles, as a mask or (cheaper to apply) their positions.
+
+    Written for speed (it runs per column, per block, twice): no boolean indexing of the values, which
+    costs ten times a gather; missing and infinite values are zeroed for the sums instead of removed."""
     x = arr if isinstance(arr, np.ndarray) else _as_float(arr)
     nan = np.isnan(x)
     inf = np.isinf(x)
     n_nan, n_inf = int(np.count_nonzero(nan)), int(np.count_nonzero(inf))
-    present = x[~nan] if n_nan else x  # copies only when there is something to leave out
-    finite = present[np.isfinite(present)] if n_inf else present
+    finite = np.where(nan | inf, 0.0, x) if n_nan or n_inf else x
+    present = x.size - n_nan
     s = NumericStats(
-        count=int(x.size - n_nan),
+        count=present,
         nulls=n_nan,
         nonfinite=n_inf,
         total=float(finite.sum()),
         total_sq=float(np.dot(finite, finite)),
-        min=float(present.min()) if present.size else float("inf"),
-        max=float(present.max()) if present.size else float("-inf"),
+        min=float("inf") if not present else float(np.nanmin(x) if n_nan else x.min()),
+        max=float("-inf") if not present else float(np.nanmax(x) if n_nan else x.max()),
     )
     if bounds is not None:
         if bounds.min is not None:
-            s.below = int((x < bounds.min).sum())
+            s.below = int(np.count_nonzero(x < bounds.min))
         if bounds.max is not None:
-            s.above = int((x > bounds.max).sum())
-    if sample_mask is not None:
-        picked = x[sample_mask]
+            s.above = int(np.count_nonzero(x > bounds.max))
+    if sample is not None:
+        picked = x[sample]
         s.sample = picked[np.isfinite(picked)]
     if distinct:  # a hash pass (Arrow's unique) before sorting: labels are long, their values few
-        values = np.sort(pc.unique(pa.array(finite + 0.0)).to_numpy(zero_copy_only=False))
-        s.distinct = [float(v) for v in values] if len(values) <= MAX_TRACKED_LABEL_VALUES else None
+        values = pc.unique(pa.array(x[~(nan | inf)] + 0.0)).to_numpy(zero_copy_only=False)  # + 0.0: -0.0 is 0.0
+        s.distinct = [float(v) for v in np.sort(values)] if len(values) <= MAX_TRACKED_LABEL_VALUES else None
     return s
 
 
-def categorical_stats(arr: pa.ChunkedArray | pa.Array, mask: np.ndarray | None = None) -> CategoricalStats:
-    """Counts of the values of ``arr`` (of its rows in ``mask`` when given)."""
+def categorical_stats(arr: pa.ChunkedArray | pa.Array, rows: np.ndarray | None = None) -> CategoricalStats:
+    """Counts of the values of ``arr`` (of its ``rows``, a mask or positions, when given)."""
     if pa.types.is_dictionary(arr.type):
-        out = _dictionary_counts(arr, mask)
-    else:
-        vc = pc.value_counts(arr if mask is None else arr.filter(pa.array(mask)))
-        out = CategoricalStats()
-        for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
-            if v is None:
-                out.nulls += c
-            else:
-                out.counts[v] = c
+        codes, values = dictionary_codes(arr)
+        return counts_of_codes(codes if rows is None else codes[rows], values)
+    if rows is not None:
+        arr = arr.filter(pa.array(rows)) if rows.dtype == bool else arr.take(pa.array(rows))
+    vc = pc.value_counts(arr)
+    out = CategoricalStats()
+    for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+        if v is None:
+            out.nulls += c
+        else:
+            out.counts[v] = c
+    return _capped(out)
+
+
+def dictionary_codes(arr: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
+    """A dictionary column as one integer code per row into a list of values (the chunks' dictionaries one
+    after another); a null row gets ``len(values)``. Counting codes is a bincount, not a hash per row."""
+    if isinstance(arr, pa.ChunkedArray):
+        # One dictionary for all chunks (Arrow unifies them, remapping the indices): then the codes are
+        # the indices themselves, with no copy when there is no null.
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
+    values = arr.dictionary.to_pylist()
+    indices = arr.indices
+    codes = np.asarray(pc.fill_null(indices, len(values)) if indices.null_count else indices)
+    return codes, values
+
+
+def counts_of_codes(codes: np.ndarray, values: list) -> CategoricalStats:
+    """Counts by value of codes from ``dictionary_codes``."""
+    out = CategoricalStats()
+    counts = np.bincount(codes, minlength=len(values) + 1).tolist()
+    for v, c in zip(values + [None], counts):
+        if c == 0:
+            continue
+        if v is None:
+            out.nulls += c
+        else:
+            out.counts[v] += c
+    return _capped(out)
+
+
+def _capped(out: CategoricalStats) -> CategoricalStats:
     if len(out.counts) > MAX_TRACKED_CATEGORIES:
         out.counts = Counter(dict(out.counts.most_common(MAX_TRACKED_CATEGORIES)))
         out.truncated = True
-    return out
-
-
-def _dictionary_counts(arr: pa.ChunkedArray | pa.Array, mask: np.ndarray | None) -> CategoricalStats:
-    """Counts of a dictionary column from its integer indices (a bincount per chunk), then by value."""
-    out = CategoricalStats()
-    start = 0
-    for chunk in arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]:
-        n = len(chunk)
-        keep = np.ones(n, dtype=bool) if mask is None else np.asarray(mask[start:start + n], dtype=bool)
-        start += n
-        indices = chunk.indices
-        if indices.null_count:
-            valid = np.asarray(pc.is_valid(indices), dtype=bool)
-            out.nulls += int(np.count_nonzero(keep & ~valid))
-            keep &= valid
-            indices = pc.fill_null(indices, 0)
-        codes = np.asarray(indices, dtype=np.int64)
-        counts = np.bincount(codes if mask is None and keep.all() else codes[keep], minlength=len(chunk.dictionary))
-        for v, c in zip(chunk.dictionary.to_pylist(), counts.tolist()):
-            if c == 0:
-                continue
-            if v is None:
-                out.nulls += c
-            else:
-                out.counts[v] += c
     return out
 
 
@@ -213,22 +223,28 @@ class TableStats:
         column converted once: the same as ``of`` on the table and on the filtered table, cheaper."""
         bounds = bounds or {}
         every, part = cls(rows=table.num_rows), cls(rows=int(np.count_nonzero(subset)))
-        part_sample = sample_mask[subset] if sample_mask is not None else None
+        rows = np.flatnonzero(subset)  # positions: gathering by them is ~10x cheaper than by a mask
+        picked = None if sample_mask is None else np.flatnonzero(sample_mask)
+        part_picked = None if sample_mask is None else np.flatnonzero(sample_mask[rows])
         for c in numeric:
             x = _as_float(table.column(c))
-            every.numeric[c] = numeric_stats(x, sample_mask, bounds.get(c))
-            part.numeric[c] = numeric_stats(x[subset], part_sample)
-        for c in categorical:
+            every.numeric[c] = numeric_stats(x, picked, bounds.get(c))
+            part.numeric[c] = numeric_stats(x.take(rows), part_picked)
+        for c in categorical + ([label] if label is not None and not label_is_numeric else []):
             col = table.column(c)
-            every.categorical[c], part.categorical[c] = categorical_stats(col), categorical_stats(col, subset)
-        if label is not None:
-            col = table.column(label)
-            if label_is_numeric:
-                y = _as_float(col)
-                every.label = numeric_stats(y, sample_mask, distinct=True)
-                part.label = numeric_stats(y[subset], part_sample, distinct=True)
+            if pa.types.is_dictionary(col.type):
+                codes, values = dictionary_codes(col)
+                pair = counts_of_codes(codes, values), counts_of_codes(codes.take(rows), values)
             else:
-                every.label, part.label = categorical_stats(col), categorical_stats(col, subset)
+                pair = categorical_stats(col), categorical_stats(col, rows)
+            if c == label:
+                every.label, part.label = pair
+            else:
+                every.categorical[c], part.categorical[c] = pair
+        if label is not None and label_is_numeric:
+            y = _as_float(table.column(label))
+            every.label = numeric_stats(y, picked, distinct=True)
+            part.label = numeric_stats(y.take(rows), part_picked, distinct=True)
         return every, part
 
     def merge(self, o: "TableStats") -> "TableStats":
