@@ -112,8 +112,8 @@ def _block_task() -> Any:
     @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
     def read_and_map(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
                      columns: list[str] | None, dictionary: list[str], fn: Callable[..., dict[str, list]],
-                     args: tuple) -> dict[str, list]:
-        return fn(_read_block(fs, display, path, groups, shard, first, columns, dictionary), *args)
+                     args: tuple, extra: tuple) -> dict[str, list]:
+        return fn(_read_block(fs, display, path, groups, shard, first, columns, dictionary), *args, *extra)
 
     return read_and_map
 
@@ -128,14 +128,17 @@ class RayTaskRunner:
     a data error is not retried and comes back as the one line it is."""
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
-                   columns: list[str] | None = None, dictionary: list[str] = ()) -> list[dict[str, Any]]:
+                   columns: list[str] | None = None, dictionary: list[str] = (),
+                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
+        """``fn(block, *args, *per_block[i])`` for the i-th read block; its rows, in block order."""
         import ray
 
         args_ref = ray.put(args)  # stored once, not once per task
         task = _block_task().options(name=f"read->{fn.__name__}")
+        plan = _read_tasks(shards, chunk_rows, columns)
         refs = [task.remote(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
-                            list(dictionary), fn, args_ref)
-                for shard, path, groups, first in _read_tasks(shards, chunk_rows, columns)]
+                            list(dictionary), fn, args_ref, per_block[i] if per_block else ())
+                for i, (shard, path, groups, first) in enumerate(plan)]
         try:
             outs = ray.get(refs)
         except Exception as exc:  # Ray wraps task errors; report ours as the one line they are
@@ -158,12 +161,13 @@ class LocalRunner:
     """The same block functions in a plain single-process loop (the baseline in bench/preprocess.py)."""
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
-                   columns: list[str] | None = None, dictionary: list[str] = ()) -> list[dict[str, Any]]:
+                   columns: list[str] | None = None, dictionary: list[str] = (),
+                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for shard, path, groups, first in _read_tasks(shards, chunk_rows, columns):
+        for i, (shard, path, groups, first) in enumerate(_read_tasks(shards, chunk_rows, columns)):
             table = _read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
                                 dictionary)
-            rows.extend(_rows_of(fn(table, *args)))
+            rows.extend(_rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
         return rows
 
 
@@ -222,14 +226,26 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
         "ids": [_row_ids(table).tobytes() if plan.data.duplicates == "drop" else b""],
         "missing_label": [missing],
         "splits": [np.bincount(codes, minlength=3).tolist()],
+        "codes": [codes.tobytes()],  # handed to this block's transform task: no second hash of its rows
     }
 
 
-def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: tuple[np.ndarray, np.ndarray] | None, out_dir: str) -> dict[str, list]:
+def transform_block(table: pa.Table, plan: BlockPlan, pre: Preprocessor, drop: tuple[np.ndarray, np.ndarray] | None,
+                    out_dir: str, split_codes: bytes | None = None) -> dict[str, list]:
+    """Transform and write one block; ``split_codes``: its labelled rows' splits from the profile pass
+    (recomputed when not given)."""
     shard = int(table.column(SHARD_COL)[0].as_py()) if table.num_rows else -1
     first = int(table.column(ROW_COL)[0].as_py()) if table.num_rows else -1
-    table, h, codes, _ = _split_block(table, plan)
-    if drop is not None and len(drop[0]):
+    dedupe = drop is not None and len(drop[0]) > 0
+    if split_codes is None:
+        table, h, codes, _ = _split_block(table, plan)
+    else:
+        table, _ = _drop_unlabelled(table, plan.schema.label)
+        codes = np.frombuffer(split_codes, dtype=np.int8)
+        if len(codes) != table.num_rows:
+            raise DataError(f"shard {shard}, rows from {first}: the input changed while the data stage read it")
+        h = row_hash(table, plan.hash_columns) if dedupe else None
+    if dedupe:
         dup_hashes, keepers = drop
         pos = np.searchsorted(dup_hashes, h).clip(max=len(dup_hashes) - 1)
         is_dup = dup_hashes[pos] == h
@@ -340,6 +356,7 @@ class Profile:
     split_rows: np.ndarray  # rows per split, before de-duplication
     duplicates: int
     drop: tuple[np.ndarray, np.ndarray] | None  # what transform_block needs to drop duplicates
+    split_codes: list[bytes]  # per read block, in order: its labelled rows' split codes
 
 
 def preprocess(
@@ -445,7 +462,7 @@ def _profile(runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockP
         raise DataError(f"{config.data.source}: no rows with a label (read {shards.num_rows} rows)")
     if train.rows == 0:
         raise DataError("the training split is empty: check split fractions and the key/time column")
-    return Profile(everything, train, missing_label, split_rows, duplicates, drop)
+    return Profile(everything, train, missing_label, split_rows, duplicates, drop, [b["codes"] for b in blocks])
 
 
 def _write_run(final: Path, key: str, runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockPlan,
@@ -460,7 +477,8 @@ def _write_run(final: Path, key: str, runner: RayTaskRunner | LocalRunner, shard
             (staging / name).mkdir(parents=True)
         t = time.perf_counter()
         written = runner.map_blocks(shards, config.resources.read_chunk_rows, transform_block,
-                                    (plan, pre, profile.drop, str(staging)), dictionary=plan.dictionary)
+                                    (plan, pre, profile.drop, str(staging)), dictionary=plan.dictionary,
+                                    per_block=[(c,) for c in profile.split_codes])
         timings["transform_s"] = time.perf_counter() - t
         rows_out = {name: 0 for name in SPLIT_NAMES}
         manifest: dict[str, str] = {}
