@@ -6,7 +6,6 @@ sample (rows chosen by a hash of their content, so the sample does not depend on
 
 from __future__ import annotations
 
-import base64
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -262,19 +261,25 @@ class TableStats:
                 self.label.merge(o.label)  # type: ignore[arg-type]
         return self
 
-    # Transport between Ray tasks and the driver as plain JSON bytes (no pickle of our own objects).
+    # Transport between Ray tasks and the driver as plain bytes, no pickle of our own objects: an 8-byte
+    # header length, a JSON header, then every quantile sample as raw little-endian float64 (the samples
+    # are most of the bytes; base64 in JSON cost the driver ~10 ms a block to decode).
     def to_bytes(self) -> bytes:
-        return json.dumps(_encode(self)).encode()
+        samples: list[np.ndarray] = []
+        header = json.dumps(_encode(self, samples)).encode()
+        return len(header).to_bytes(8, "little") + header + b"".join(a.tobytes() for a in samples)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TableStats":
-        return _decode(json.loads(data))
+        n = int.from_bytes(data[:8], "little")
+        return _decode(json.loads(data[8:8 + n]), np.frombuffer(data, dtype="<f8", offset=8 + n))
 
 
-def _enc_num(s: NumericStats) -> dict[str, Any]:
+def _enc_num(s: NumericStats, samples: list[np.ndarray]) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in ("count", "nulls", "nonfinite", "total", "total_sq", "below", "above")}
     d["min"], d["max"] = repr(s.min), repr(s.max)
-    d["sample"] = base64.b64encode(np.ascontiguousarray(s.sample, dtype="<f8").tobytes()).decode()
+    d["sample"] = [sum(a.size for a in samples), int(s.sample.size)]  # offset and length in the float64 tail
+    samples.append(np.ascontiguousarray(s.sample, dtype="<f8"))
     d["distinct"] = s.distinct
     return {"kind": "num", **d}
 
@@ -283,30 +288,31 @@ def _enc_cat(s: CategoricalStats) -> dict[str, Any]:
     return {"kind": "cat", "nulls": s.nulls, "truncated": s.truncated, "counts": [[k, v] for k, v in s.counts.items()]}
 
 
-def _dec(d: dict[str, Any]) -> NumericStats | CategoricalStats:
+def _dec(d: dict[str, Any], tail: np.ndarray) -> NumericStats | CategoricalStats:
     if d["kind"] == "cat":
         return CategoricalStats(d["nulls"], Counter({k: v for k, v in d["counts"]}), d["truncated"])
     s = NumericStats(**{k: d[k] for k in ("count", "nulls", "nonfinite", "total", "total_sq", "below", "above")})
     s.min, s.max = float(d["min"]), float(d["max"])
-    s.sample = np.frombuffer(base64.b64decode(d["sample"]), dtype="<f8").copy()
+    offset, size = d["sample"]
+    s.sample = tail[offset:offset + size].astype(np.float64)  # a copy, in native order
     s.distinct = d.get("distinct")
     return s
 
 
-def _encode(t: TableStats) -> dict[str, Any]:
-    enc = lambda s: _enc_cat(s) if isinstance(s, CategoricalStats) else _enc_num(s)  # noqa: E731
+def _encode(t: TableStats, samples: list[np.ndarray]) -> dict[str, Any]:
+    enc = lambda s: _enc_cat(s) if isinstance(s, CategoricalStats) else _enc_num(s, samples)  # noqa: E731
     return {
         "rows": t.rows,
-        "numeric": {c: _enc_num(s) for c, s in t.numeric.items()},
+        "numeric": {c: _enc_num(s, samples) for c, s in t.numeric.items()},
         "categorical": {c: _enc_cat(s) for c, s in t.categorical.items()},
         "label": enc(t.label) if t.label is not None else None,
     }
 
 
-def _decode(d: dict[str, Any]) -> TableStats:
+def _decode(d: dict[str, Any], tail: np.ndarray) -> TableStats:
     return TableStats(
         rows=d["rows"],
-        numeric={c: _dec(s) for c, s in d["numeric"].items()},  # type: ignore[misc]
-        categorical={c: _dec(s) for c, s in d["categorical"].items()},  # type: ignore[misc]
-        label=_dec(d["label"]) if d["label"] is not None else None,
+        numeric={c: _dec(s, tail) for c, s in d["numeric"].items()},  # type: ignore[misc]
+        categorical={c: _dec(s, tail) for c, s in d["categorical"].items()},  # type: ignore[misc]
+        label=_dec(d["label"], tail) if d["label"] is not None else None,
     )
