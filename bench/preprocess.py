@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _rss_tree_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc (Linux)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -50,14 +50,36 @@ def _rss_tree_mb(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [pid]
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
+        out.append(p)
         stack.extend(children.get(p, []))
+    return out
+
+
+def _rss_tree_mb(pid: int) -> float:
+    """Resident memory of a process tree: the sum of each process's resident set (pages shared between
+    processes, such as libraries and the object store, counted once per process)."""
+    total = 0
+    for p in _tree(pid):
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
+            pass
+    return total / 2**20
+
+
+def _pss_tree_mb(pid: int) -> float:
+    """Proportional memory of a process tree (PSS: a shared page counts 1/n in each of its n processes),
+    so the sum is the memory the tree really holds."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration, IndexError, ValueError):
             pass
     return total / 2**20
 

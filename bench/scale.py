@@ -7,7 +7,9 @@ Ours: ``preprocess`` (Ray Data: validation, profile, split, fitted preprocessor,
 ``train_in_process`` on the training split (the path ``raygbm train`` takes for data that fits one node).
 Plain: ``pyarrow.parquet.read_table`` of every shard, the categoricals dictionary-encoded, then
 ``lgb.train`` on the same number of training rows with the same parameters and rounds. Peak memory is
-the resident set of the process and all its children (Ray's workers included), sampled every 100 ms.
+that of the process and all its children (Ray's workers included), sampled every 100 ms, as PSS (a page
+shared by n processes, like a library or the object store, counts 1/n in each, so the sum is what the
+tree holds); the sum of resident sets, which counts shared pages once per process, is printed beside it.
 A size stops the sweep when either path fails (out of memory: killed) and says so. Ends with:
 
     RESULT max_rows=... bytes_per_row_ratio=<worst ours/plain> rows_per_s_ratio=<worst ours/plain> sizes=...
@@ -94,17 +96,18 @@ def measure(path: str, data: Path, rounds: int, train_rows: int) -> dict | None:
     out = Path(tempfile.mkdtemp(prefix="raygbm-scale-")) / "result.json"
     child = subprocess.Popen([sys.executable, __file__, "--child", path, str(data), str(rounds), str(train_rows),
                               str(out)], env={**os.environ, "RAYGBM_HOME": str(out.parent / "home")})
-    peak = 0.0
-    from preprocess import _rss_tree_mb
+    peak = peak_rss = 0.0
+    from preprocess import _pss_tree_mb, _rss_tree_mb
 
     while child.poll() is None:
-        peak = max(peak, _rss_tree_mb(child.pid))
+        peak = max(peak, _pss_tree_mb(child.pid))
+        peak_rss = max(peak_rss, _rss_tree_mb(child.pid))
         time.sleep(0.1)
     if child.returncode != 0 or not out.exists():
         print(f"{path}: failed with exit code {child.returncode} (peak {peak:,.0f} MB)", flush=True)
         return None
     result = json.loads(out.read_text())
-    return {**result, "peak_mb": peak}
+    return {**result, "peak_mb": peak, "peak_rss_mb": peak_rss}
 
 
 def main() -> None:
@@ -129,7 +132,8 @@ def main() -> None:
         plain = measure("plain", data, args.rounds, ours["train_rows"])
         ours_s = ours["data_s"] + ours["train_s"]
         line = (f"{size:>11,} rows  ours {ours_s:7.1f}s ({ours['data_s']:.1f} data + {ours['train_s']:.1f} train) "
-                f"{size / ours_s:9,.0f} rows/s peak {ours['peak_mb']:8,.0f} MB ({ours['peak_mb'] * 2**20 / size:6.0f} B/row)")
+                f"{size / ours_s:9,.0f} rows/s peak {ours['peak_mb']:8,.0f} MB ({ours['peak_mb'] * 2**20 / size:6.0f} B/row; "
+                f"RSS sum {ours['peak_rss_mb']:,.0f} MB)")
         if plain is None:
             print(line + "  |  plain: failed (out of memory?)", flush=True)
             done.append(size)

@@ -143,7 +143,7 @@ def preprocess(
     force: bool = _FORCE,
     json_out: bool = typer.Option(False, "--json", help="print the data report as JSON"),
 ) -> None:
-    """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report.
+    """Validate, profile, split and preprocess Parquet shards (Ray tasks). Prints the data report.
 
     Example: raygbm preprocess --data data/ --label label
     """
@@ -303,7 +303,7 @@ def predict(
     url: Optional[str] = typer.Option(None, "--url", help="score through this running endpoint's /predict/batch "
                                       "(Arrow IPC, in chunks) instead of a local batch job"),
 ) -> None:
-    """Score a dataset with a registered model as a Ray Data batch job (or through a running endpoint).
+    """Score a dataset with a registered model as a Ray batch job (or through a running endpoint).
 
     Example: raygbm predict --input data/ --output scored/
     """

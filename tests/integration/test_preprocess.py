@@ -152,7 +152,7 @@ def test_quarantine_skips_bad_shards(tmp_path, home):
 
 
 def test_corrupt_data_page_found_while_reading(tmp_path, home):
-    # The footer is intact, so the checks pass; the damage shows only when Ray Data reads the pages.
+    # The footer is intact, so the checks pass; the damage shows only when a read task reads the pages.
     data = make_shards(tmp_path / "data", rows=6000, shards=3)
     p = data / "part-00001.parquet"
     raw = bytearray(p.read_bytes())

@@ -1,5 +1,5 @@
-"""The preprocessor: learned on the training split only, saved as JSON, applied identically to a Ray Data
-batch (a pyarrow Table) and to a single request record (a dict).
+"""The preprocessor: learned on the training split only, saved as JSON, applied identically to a read
+block (a pyarrow Table) and to a single request record (a dict).
 
 Output features: numeric (and derived) columns as float64, categorical columns as int32 codes for
 LightGBM's native categorical handling, where code 0 is reserved for missing and unseen categories and

@@ -1,4 +1,4 @@
-"""Deterministic train/validation/test assignment, computed row by row so that any Ray Data block can
+"""Deterministic train/validation/test assignment, computed row by row so that any read block can
 assign its own rows without seeing the others:
 
 - ``key``: a hash of the key column (a key's rows always land together, stable when shards are re-cut);

@@ -1,4 +1,4 @@
-"""Mergeable column statistics: computed per Ray Data block, merged in the driver.
+"""Mergeable column statistics: computed per read block (a Ray task), merged in the driver.
 
 Counts, sums, extremes and category frequencies are exact; quantiles come from a deterministic row
 sample (rows chosen by a hash of their content, so the sample does not depend on how shards are cut).

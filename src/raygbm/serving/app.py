@@ -268,7 +268,7 @@ class ModelServer:
 
     @api.post("/predict/batch", summary="Score a table (Arrow IPC or CSV body), or start a job over a Parquet dataset",
               description="An Arrow IPC stream or CSV body is scored and answered in the same format. A JSON "
-              "body {\"input\": PARQUET_DIR_OR_URI} starts a Ray Data job over that dataset (under "
+              "body {\"input\": PARQUET_DIR_OR_URI} starts a Ray batch job over that dataset (under "
               "serve.batch_input_roots) and answers 202 with its id; GET /predict/batch/{id} tells its status and "
               "output folder (input columns plus prediction and score).",
               openapi_extra={"requestBody": _BATCH_BODY})

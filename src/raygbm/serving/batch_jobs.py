@@ -1,6 +1,6 @@
 """Parquet batch jobs started from the endpoint: ``POST /predict/batch`` with ``{"input": PATH_OR_URI}``.
 
-A job is a Ray task on the replica's node that runs a Ray Data scoring job (``raygbm.predict``) into a
+A job is a Ray task on the replica's node that runs a Ray batch scoring job (``raygbm.predict``) into a
 folder per job; its state is a JSON status file beside that folder, so any replica (or a person) can
 tell how a job went. Inputs are restricted to ``serve.batch_input_roots``.
 """
