@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAYGBM_HOME ?= $(CURDIR)/.raygbm
 DEMO_DATA := $(RAYGBM_HOME)/demo-data
 
-.PHONY: install demo ui test test-fast test-known-hangs bench clean
+.PHONY: install demo ui test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "raygbm needs Python 3.11, found " + sys.version.split()[0]'
@@ -33,11 +33,7 @@ test: install
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
 	$(BIN)/python -m pytest -q tests/cluster
-	$(BIN)/python -m pytest -q -m "not known_hang" tests/multinode
-
-# Tests left out of `make test` because they hung once (see README's Reliability section).
-test-known-hangs: install
-	$(BIN)/python -m pytest -q -m known_hang tests/multinode
+	$(BIN)/python -m pytest -q tests/multinode
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit

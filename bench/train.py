@@ -4,8 +4,8 @@
     python bench/train.py [--rows 200000] [--rounds 60] [--threads 1] [--report-every 25]
 
 The boosting loop is timed inside the Ray Train worker (reports and checkpoints included) and compared
-with plain LightGBM's; Ray's fixed per-run setup (materialising the datasets, starting the worker group,
-tearing it down) is reported separately. Ends with:
+with plain LightGBM's; Ray's fixed per-run setup (planning the shards from the Parquet footers, starting
+the worker group, each worker reading its shard, tearing it down) is reported separately. Ends with:
 
     RESULT loop_ratio=<ray loop / plain loop> setup_s=... ray_loop_s=... plain_loop_s=... total_s=...
 """

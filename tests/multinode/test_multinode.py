@@ -102,14 +102,18 @@ def _test_auc(meta: RunMeta, booster) -> float:
     return roc_auc_score(np.asarray(test["label"]), booster.predict(test.drop_columns(["label"])))
 
 
+def _unfinished_tasks() -> list[str]:
+    """What a stuck run waits on: each unfinished task's name, state and the resources it asks for."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(filters=[("state", "!=", "FINISHED")], limit=1000, raise_on_missing_output=False, detail=True)
+    return [f"{t.name} {t.state} {t.required_resources}" for t in tasks if t.state != "FAILED"]
+
+
 def _checkpoints(storage: Path) -> list[Path]:
     return list(storage.glob("*/checkpoint_*"))
 
 
-# Passed twice (resumed from round 10, AUC within 0.0004), then hung once in the final CI-lane run: after
-# the node went, the restarted worker group sat idle for over 9 minutes (objects of the removed node's
-# read tasks, being reconstructed?). Out of `make test` until that is understood: `make test-known-hangs`.
-@pytest.mark.known_hang
 def test_two_node_training_survives_losing_a_node_and_resumes_from_its_checkpoint(cluster, meta, tmp_path, figure):
     import ray
     from ray.util.state import list_actors
@@ -132,8 +136,8 @@ def test_two_node_training_survives_losing_a_node_and_resumes_from_its_checkpoin
     c.remove_node(gone, allow_graceful=False)
     workers.remove(gone)
     workers.append(c.add_node(num_cpus=1))  # the replacement an autoscaler would start
-    run.join(600)
-    assert "r" in result, "the interrupted run did not finish"
+    run.join(300)  # about a minute when it works: fail, rather than hang the lane, when it does not
+    assert "r" in result, f"the interrupted run did not finish; unfinished tasks: {_unfinished_tasks()}"
     cut = result["r"]
     figure(f"multinode node lost mid-training: resumed from round {cut.metrics['resumed_from']:.0f}, "
           f"test AUC {_test_auc(meta, cut.booster):.5f} vs {clean_auc:.5f} uninterrupted")

@@ -116,3 +116,35 @@ def test_background_reporter_keeps_order_and_surfaces_errors():
     bad.submit({"i": 0}, None)
     with pytest.raises(RuntimeError, match="storage unreachable"):
         bad.close()
+
+
+def test_part_slices_cut_every_row_into_contiguous_shards_of_near_equal_size():
+    from raygbm.errors import DataError
+    from raygbm.training.train import part_slices
+
+    parts = [("a", 5), ("b", 0), ("c", 7), ("d", 3)]
+    shards = part_slices(parts, 4)
+    assert shards == [[("a", 0, 3)], [("a", 3, 2), ("c", 0, 2)], [("c", 2, 4)], [("c", 6, 1), ("d", 0, 3)]]
+    for workers in (1, 2, 3, 15):
+        sizes = [sum(n for _, _, n in s) for s in part_slices(parts, workers)]
+        assert sum(sizes) == 15 and max(sizes) - min(sizes) <= 1
+    with pytest.raises(DataError, match="15 training rows for 16 workers"):
+        part_slices(parts, 16)
+
+
+def test_read_slices_reads_exactly_the_sliced_rows_across_files_and_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygbm.training.train import part_slices, read_slices, split_parts
+
+    split = tmp_path / "train"
+    split.mkdir()
+    for i, (lo, hi) in enumerate([(0, 25), (25, 40), (40, 70)]):
+        pq.write_table(pa.table({"x": list(range(lo, hi)), "y": [v * 2 for v in range(lo, hi)]}),
+                       split / f"part-{i}.parquet", row_group_size=4)
+    parts = split_parts([split])
+    assert [rows for _, rows in parts] == [25, 15, 30]
+    shards = [read_slices(s, ["x"]) for s in part_slices(parts, 3)]
+    assert [t.column_names for t in shards] == [["x"]] * 3
+    assert [t["x"].to_pylist() for t in shards] == [list(range(0, 23)), list(range(23, 46)), list(range(46, 70))]

@@ -224,16 +224,9 @@ def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) ->
 # ------------------------------------------------------------------------------------------ Ray Train
 
 
-def _shard_table(name: str) -> pa.Table:
-    import ray.train
-
-    shard = ray.train.get_dataset_shard(name)
-    blocks = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-    return pa.concat_tables(blocks) if blocks else pa.table({})
-
-
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: its shard of train, all of validation, data-parallel when > 1."""
+    """Runs on every Ray Train worker: reads its shard of train and all of validation from the splits'
+    Parquet files, and trains data-parallel when there is more than one worker."""
     import ray.train
     from ray.train.lightgbm import get_network_params
 
@@ -242,8 +235,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train = TrainConfig.model_validate(config["train"])
     label, categorical = config["label"], config["categorical"]
     t_start = time.time()
-    tr = _shard_table(f"train_{rank}" if world > 1 else "train")
-    va = _shard_table("validation") if config["holdout"] else None
+    tr = read_slices(config["train_slices"][rank], config["columns"])
+    va = read_slices(config["validation_slices"], config["columns"]) if config["validation_slices"] else None
     t_data = time.time()
     dtrain, dvalid = lgb_datasets(tr, va, label, categorical)
     params = lgb_params(train, config["task"], config["num_classes"], config["num_threads"])
@@ -358,41 +351,51 @@ class _FailAt:
             os._exit(1)
 
 
-def _read_part(path: str, columns: list[str]) -> pa.Table:
-    return pq.read_table(path, columns=columns)
-
-
-def _split_dataset(split_dirs: list[Path], columns: list[str]) -> Any:
-    """Splits (one, or train + validation for a refit) as one materialised Ray Dataset, one block per
-    part file, read by plain Ray tasks.
-
-    Not ``read_parquet(...).materialize()``: that plans the read, fetches metadata and starts Ray
-    Data's streaming executor, a fixed cost larger than reading these few files; a plain task per file
-    that returns its table has none of it. The blocks live in the object store, so workers on any node
-    can read their shards; nothing passes through the driver.
-    """
-    import ray
-    import ray.data
-
+def split_parts(split_dirs: list[Path]) -> list[tuple[str, int]]:
+    """The Parquet part files of one or more splits, in order, with their row counts (from the footers)."""
     files = [str(p) for d in split_dirs for p in sorted(d.glob("*.parquet"))]
     if not files:
         raise DataError(f"{', '.join(map(str, split_dirs))}: no Parquet parts (an empty split?)")
-    read = ray.remote(num_cpus=1)(_read_part)
-    return ray.data.from_arrow_refs([read.remote(f, columns) for f in files])
+    return [(f, pq.ParquetFile(f).metadata.num_rows) for f in files]
 
 
-def _worker_shards(train: Any, workers: int) -> dict[str, Any]:
-    """The training rows as ``train`` (one worker) or ``train_0`` … ``train_<n-1>`` (one per worker).
+def part_slices(parts: list[tuple[str, int]], workers: int) -> list[list[tuple[str, int, int]]]:
+    """The rows of ``parts`` (files in order, with their row counts) cut into ``workers`` contiguous
+    shards at row ``n * i // workers``: each shard a list of ``(file, first row, rows)`` slices.
 
-    Ray Train's own split (``streaming_split(equal=True)``) drops up to workers − 1 rows to make the
-    shards equal, and starts a coordinator actor; cutting the materialised dataset at row indices keeps
-    every row, and the shards differ by at most one row.
+    Every row lands in exactly one shard and the shards differ by at most one row (Ray Train's own
+    ``streaming_split(equal=True)`` drops up to workers − 1 rows to make them equal).
     """
-    if workers == 1:
-        return {"train": train}
-    n = train.count()
-    shards = train.split_at_indices([n * i // workers for i in range(1, workers)])
-    return {f"train_{i}": shard for i, shard in enumerate(shards)}
+    n = sum(rows for _, rows in parts)
+    if n < workers:
+        raise DataError(f"{n} training rows for {workers} workers: each worker needs at least one row")
+    bounds = [n * i // workers for i in range(workers + 1)]
+    shards = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        shard, start = [], 0
+        for path, rows in parts:
+            first, last = max(lo, start), min(hi, start + rows)
+            if first < last:
+                shard.append((path, first - start, last - first))
+            start += rows
+        shards.append(shard)
+    return shards
+
+
+def read_slices(slices: list[tuple[str, int, int]], columns: list[str]) -> pa.Table:
+    """The rows of ``slices`` (see ``part_slices``) as one table, reading only the row groups that hold them."""
+    tables = []
+    for path, offset, length in slices:
+        pf = pq.ParquetFile(path)
+        groups, group_start, first = [], 0, None
+        for g in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            if group_start < offset + length and group_start + rows > offset:
+                groups.append(g)
+                first = group_start if first is None else first
+            group_start += rows
+        tables.append(pf.read_row_groups(groups, columns=columns).slice(offset - (first or 0), length))
+    return pa.concat_tables(tables)
 
 
 def train_with_ray(
@@ -412,7 +415,6 @@ def train_with_ray(
     workers' every-K-rounds reports to Tune (and so to ASHA). The model trains on the ``fit_on`` splits,
     early-stopped on ``holdout``; a refit passes ``("train", "validation")`` and no holdout.
     """
-    import ray.data
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
 
@@ -422,12 +424,14 @@ def train_with_ray(
     # driver's RAY_TRAIN_* variables are propagated to the controller actor.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     t0 = time.perf_counter()
-    # Materialise before the trainer takes the CPUs: on a small cluster, N workers holding every CPU
-    # would otherwise starve Ray Data's lazy read tasks and hang.
-    columns = [*meta.features, meta.label]
-    datasets = _worker_shards(_split_dataset([meta.run_dir / s for s in fit_on], columns), resources.num_workers)
-    if holdout:
-        datasets["validation"] = _split_dataset([meta.run_dir / holdout], columns)
+    # Each worker reads its own rows from the split's Parquet files (which the data stage's tasks wrote
+    # from every node, so the run directory is on storage all nodes share, like the checkpoints), not
+    # blocks from the object store. Blocks read by tasks live on the node that ran them: when that node
+    # dies, a restarted worker group's read waits on lineage reconstruction, whose read tasks need a CPU
+    # that the new group's placement group already holds on every small node (a deadlock, not a delay).
+    # Files have no owner to lose, and there is nothing to materialise before the workers start.
+    train_slices = part_slices(split_parts([meta.run_dir / s for s in fit_on]), resources.num_workers)
+    validation_slices = part_slices(split_parts([meta.run_dir / holdout]), 1)[0] if holdout else []
     trainer = LightGBMTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -438,14 +442,13 @@ def train_with_ray(
             "num_classes": meta.num_classes,
             "num_threads": resources.cpus_per_worker,
             "fail_at_iteration": fail_at_iteration,
-            "holdout": bool(holdout),
+            "columns": [*meta.features, meta.label],
+            "train_slices": train_slices,
+            "validation_slices": validation_slices,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
-        # Nothing is split by Ray Train: every worker evaluates the whole validation split (so early
-        # stopping agrees across workers) and reads its own train_<rank> shard (_worker_shards).
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),
@@ -453,7 +456,6 @@ def train_with_ray(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
         ),
-        datasets=datasets,
     )
     t1 = time.perf_counter()
     fit_started_at = time.time()
@@ -465,7 +467,7 @@ def train_with_ray(
     with result.checkpoint.as_directory() as d:
         booster = lgb.Booster(model_file=str(Path(d) / CHECKPOINT_FILE))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    timings = {"materialize_s": t1 - t0, "fit_s": t2 - t1}
+    timings = {"plan_s": t1 - t0, "fit_s": t2 - t1}
     if "worker_started_at" in metrics:
         timings.update(start_workers_s=metrics["worker_started_at"] - fit_started_at,
                        shard_read_s=metrics["shard_read_s"], teardown_s=fit_ended_at - metrics["worker_ended_at"])

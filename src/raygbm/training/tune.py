@@ -169,9 +169,6 @@ def _ray_train_trial(meta: RunMeta, train: TrainConfig, setup: TrialSetup) -> No
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raygbm.runtime import configure_data_context
-
-    configure_data_context()  # a trial is a fresh process: no Ray Data progress bars here either
     trial_id = ray.tune.get_context().get_trial_id()
     # The workers report every K rounds and at the end; TuneReportCallback forwards each report.
     train_with_ray(meta, train, ResourcesConfig.model_validate(setup.resources), Path(setup.storage) / "train",
