@@ -13,6 +13,10 @@ tree holds); the sum of resident sets, which counts shared pages once per proces
 A size stops the sweep when either path fails (out of memory: killed) and says so. Ends with:
 
     RESULT max_rows=... bytes_per_row_ratio=<worst ours/plain> rows_per_s_ratio=<worst ours/plain> sizes=...
+           marginal_bytes_per_row_ratio=<worst (ours - Ray idle)/plain>
+
+``marginal``: our peak less what the driver and Ray's processes hold right after ``ray.init`` (a fixed
+cost that does not grow with the data).
 """
 
 from __future__ import annotations
@@ -55,8 +59,11 @@ def run_ours(data: Path, rounds: int) -> dict:
     from raygbm.runtime import ensure_ray
     from raygbm.training.train import RunMeta, train_in_process
 
+    from preprocess import _pss_tree_mb
+
     cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
     ensure_ray(cfg.resources)
+    idle_mb = _pss_tree_mb(os.getpid())  # this driver and the Ray processes it started, before any data
     t = time.perf_counter()
     meta = RunMeta.load(preprocess(cfg, force=True).run_dir)
     data_s = time.perf_counter() - t
@@ -64,7 +71,7 @@ def run_ours(data: Path, rounds: int) -> dict:
     train = TrainConfig(num_boost_round=rounds, early_stopping_rounds=None, params={**params, "seed": 7})
     t = time.perf_counter()
     train_in_process(meta, train, num_threads=2)
-    return {"data_s": data_s, "train_s": time.perf_counter() - t, "train_rows": meta.rows("train")}
+    return {"data_s": data_s, "train_s": time.perf_counter() - t, "train_rows": meta.rows("train"), "idle_mb": idle_mb}
 
 
 def run_plain(data: Path, rounds: int, train_rows: int) -> dict:
@@ -122,7 +129,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / ".data"), help="generated shards are cached here")
     args = ap.parse_args()
-    done, bytes_ratios, rps_ratios = [], [], []
+    done, bytes_ratios, rps_ratios, marginal_ratios = [], [], [], []
     for size in [_rows(s) for s in args.sizes.split(",")]:
         data = data_for(size, Path(args.data_dir))
         ours = measure("ours", data, args.rounds, 0)
@@ -140,14 +147,15 @@ def main() -> None:
             continue
         plain_s = plain["data_s"] + plain["train_s"]
         bytes_ratios.append(ours["peak_mb"] / plain["peak_mb"])
+        marginal_ratios.append((ours["peak_mb"] - ours["idle_mb"]) / plain["peak_mb"])
         rps_ratios.append(plain_s / ours_s)
         print(line + f"  |  plain {plain_s:7.1f}s {size / plain_s:9,.0f} rows/s peak {plain['peak_mb']:8,.0f} MB "
               f"({plain['peak_mb'] * 2**20 / size:6.0f} B/row)  ratios bytes {bytes_ratios[-1]:.2f} rows/s "
-              f"{rps_ratios[-1]:.2f}", flush=True)
+              f"{rps_ratios[-1]:.2f} (bytes over Ray's idle {ours['idle_mb']:,.0f} MB: {marginal_ratios[-1]:.2f})", flush=True)
         done.append(size)
     print(f"RESULT max_rows={max(done) if done else 0} bytes_per_row_ratio={max(bytes_ratios, default=float('nan')):.3f} "
           f"rows_per_s_ratio={min(rps_ratios, default=float('nan')):.3f} sizes={','.join(str(s) for s in done)} "
-          f"rounds={args.rounds}")
+          f"rounds={args.rounds} marginal_bytes_per_row_ratio={max(marginal_ratios, default=float('nan')):.3f}")
 
 
 if __name__ == "__main__":
