@@ -195,16 +195,9 @@ class TableStats:
         sample_mask: np.ndarray | None,
         bounds: dict[str, Any] | None = None,
     ) -> "TableStats":
-        bounds = bounds or {}
-        out = cls(rows=table.num_rows)
-        for c in numeric:
-            out.numeric[c] = numeric_stats(table.column(c), sample_mask, bounds.get(c))
-        for c in categorical:
-            out.categorical[c] = categorical_stats(table.column(c))
-        if label is not None:
-            col = table.column(label)
-            out.label = numeric_stats(col, sample_mask, distinct=True) if label_is_numeric else categorical_stats(col)
-        return out
+        """The statistics of every row of ``table`` (``of_all_and`` with an empty subset)."""
+        empty = np.zeros(table.num_rows, dtype=bool)
+        return cls.of_all_and(table, empty, numeric, categorical, label, label_is_numeric, sample_mask, bounds)[0]
 
     @classmethod
     def of_all_and(
