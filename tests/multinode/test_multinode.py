@@ -91,10 +91,16 @@ def _two_worker_nodes(cluster) -> None:
 def test_the_data_stage_spreads_its_read_tasks_over_both_nodes(meta, figure):
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000, raise_on_missing_output=False)
-    read_nodes = {t.node_id for t in tasks if t.name.startswith("read->")}
-    figure(f"multinode data stage: read tasks ran on {len(read_nodes)} nodes")
-    assert len(read_nodes & _alive_worker_nodes()) == 2
+    def read_nodes() -> set[str]:
+        tasks = list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000, raise_on_missing_output=False)
+        return {t.node_id for t in tasks if t.name.startswith("read->")} & _alive_worker_nodes()
+
+    # Workers report task events to the GCS in batches (about once a second): wait for them to arrive.
+    try:
+        nodes = wait_until(lambda: n if len(n := read_nodes()) == 2 else None, 30, message="read tasks on 2 nodes")
+    finally:
+        figure(f"multinode data stage: read tasks ran on {len(read_nodes())} nodes")
+    assert len(nodes) == 2
 
 
 def _test_auc(meta: RunMeta, booster) -> float:
