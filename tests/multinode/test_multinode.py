@@ -44,10 +44,13 @@ def cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from raygbm.runtime import configure_data_context, enable_token_auth, ensure_private_token, loopback_node
+    from raygbm.runtime import (HTTP_CALLBACK_ENV, HTTP_LIMITS_ENV, bounded_http_reads, configure_data_context,
+                                enable_token_auth, ensure_private_token, loopback_node)
 
-    # Every node on 127.0.0.1 (Ray's single-host mode), token auth as on every cluster raygbm starts.
+    # Every node on 127.0.0.1 (Ray's single-host mode), token auth and Serve's guarded proxy (a request
+    # lost with its replica answered 503, not 500) as on every cluster raygbm starts.
     loopback_node()
+    bounded_http_reads(ServeConfig())
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path_factory.mktemp("auth") / "token")
     enable_token_auth()
     ensure_private_token()
@@ -62,7 +65,8 @@ def cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         c.shutdown()
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        for name in ("RAY_AUTH_TOKEN_PATH", HTTP_CALLBACK_ENV, HTTP_LIMITS_ENV):
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +263,11 @@ def test_sigkill_of_one_of_two_replicas_under_load(cluster, endpoint, figure):
         wait_until(lambda: time.monotonic() - started >= 30, 40, message="30 s of load")
     ok = sum(code == 200 for code in load.first)
     figure(f"SIGKILL of one of two replicas, 30 s of load: {ok}/{len(load.first)} requests answered 200 "
-          f"({ok / len(load.first):.2%}), {len(load.retried)} retried, all retries 200: "
+          f"({ok / len(load.first):.2%}), {len(load.retried)} retried (first answers "
+          f"{sorted(set(load.first) - {200})}), all retries 200: "
           f"{all(c == 200 for c in load.retried)}; replaced after {replaced_after:.1f} s")
     assert ok / len(load.first) >= 0.995
+    assert set(load.first) <= {200, 503}  # a request lost with its replica: the guarded proxy's 503
     assert all(code == 200 for code in load.retried)
 
 
@@ -279,7 +285,8 @@ def test_serve_keeps_answering_when_a_replica_node_goes(cluster, endpoint, figur
     after = load.first[before:]
     ok = sum(code == 200 for code in after)
     figure(f"multinode one of two replica nodes removed: {ok}/{len(after)} requests answered 200, "
-          f"{len(load.retried)} retried, all retries 200: {all(c == 200 for c in load.retried)}")
+          f"{len(load.retried)} retried (first answers {sorted(set(after) - {200})}), "
+          f"all retries 200: {all(c == 200 for c in load.retried)}")
     assert set(after) <= {200, 503}  # nothing but Serve's retryable 503 while the node's replica is gone
     assert all(code == 200 for code in load.retried)
     assert all(code == 200 for code in after[-100:])  # answering steadily from the node that is left
