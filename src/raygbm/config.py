@@ -191,8 +191,8 @@ class TuneConfig(_Section):
         16, ge=1, description="sampled configurations (with a grid: repeats of the grid); null: as many as "
         "time_budget_s allows")
     time_budget_s: float | None = Field(
-        None, gt=0, description="stop the search after this many seconds (Ray Tune's time_budget_s); with trials "
-        "set too, whichever comes first")
+        None, gt=0, description="stop the search after this many seconds, or at the first trial score after "
+        "them if none came sooner; with trials set too, whichever comes first")
     search: Literal["tpe", "random"] = Field("tpe", description="Optuna TPE or random sampling")
     space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: dict(DEFAULT_SPACE))
     asha: bool = Field(True, description="stop unpromising trials early (ASHA)")

@@ -183,11 +183,22 @@ def test_a_time_budget_ends_a_search_without_a_trial_count(tmp_path, home):
     from raygbm.training.tune import tune_search
 
     data = make_shards(tmp_path / "data", rows=3_000, shards=1, seed=2)
-    cfg = load_config(None, ["data.drop=[id]", "tune.trials=null", "tune.time_budget_s=6", "tune.asha=false",
-                             "train.num_boost_round=30"], {"data.source": str(data), "data.label": "label"})
+    overrides = ["data.drop=[id]", "tune.trials=null", "tune.asha=false", "train.num_boost_round=30"]
+    cfg = load_config(None, overrides + ["tune.time_budget_s=6"], {"data.source": str(data), "data.label": "label"})
     meta = RunMeta.load(preprocess(cfg).run_dir)
     result = tune_search(meta, cfg.train, cfg.tune, cfg.resources)
-    # Trials kept being sampled until the budget ran out; then the search ended by itself.
-    assert len(result.trials) > 2 and result.fit_s < 60
+    # Trials kept being sampled (more than the first concurrent batch) until the budget ran out; then the search
+    # ended by itself with a scored best.
+    print(f"6 s budget: {len(result.trials)} trials in {result.fit_s:.1f} s, {result.concurrency} at a time")
+    assert len(result.trials) > result.concurrency and result.fit_s < 60
+    assert result.best_score is not None
     assert result.cv_folds == 5  # 2,550 train+validation rows: the trials cross-validated
     assert all(t["score"] is not None for t in result.trials if t["status"] == "complete")
+
+    # A budget that passes before any trial can report (as on a busy machine, where starting the first
+    # trial's worker took longer than 6 s): the search runs on to the first score instead of ending empty.
+    tiny = load_config(None, overrides + ["tune.time_budget_s=0.001"], {"data.source": str(data), "data.label": "label"})
+    quick = tune_search(meta, tiny.train, tiny.tune, tiny.resources)
+    print(f"0.001 s budget: {len(quick.trials)} trials in {quick.fit_s:.1f} s, best {quick.best_score}")
+    assert quick.best_score is not None and quick.name != result.name
+    assert any(t["score"] is not None for t in quick.trials)

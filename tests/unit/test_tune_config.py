@@ -133,3 +133,40 @@ def test_refit_settings_do_not_rename_the_search(tmp_path):
     name = experiment_name(meta, TrainConfig(), TuneConfig(), ResourcesConfig())
     assert experiment_name(meta, TrainConfig(refit=False, refit_rounds_scale=1.2), TuneConfig(), ResourcesConfig()) == name
     assert experiment_name(meta, TrainConfig(num_boost_round=7), TuneConfig(), ResourcesConfig()) != name
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_budget_waits_for_a_first_score_and_counts_only_running_time(monkeypatch):
+    import pickle
+
+    from raygbm.training import budget
+
+    clock = _Clock()
+    monkeypatch.setattr(budget.time, "monotonic", clock)
+    stopper = budget.ScoredTimeBudget(6)
+    assert stopper.stop_all() is False  # the first check starts the clock: Tune's set-up is not counted
+    clock.now += 10
+    assert stopper.stop_all() is False  # budget spent, but no trial has reported a score yet
+    assert stopper("t1", {"score": float("nan"), "iteration": 5}) is False
+    assert stopper.stop_all() is False  # a NaN score is no score
+    assert stopper("t1", {"score": 0.41, "iteration": 10}) is False  # never stops a single trial
+    assert stopper.stop_all() is True
+
+    # A restored search keeps what the interrupted one left and does not count the time it was down.
+    early = budget.ScoredTimeBudget(6)
+    early.stop_all()
+    clock.now += 4
+    early("t1", {"score": 0.5})
+    assert early.stop_all() is False
+    restored = pickle.loads(pickle.dumps(early))
+    clock.now += 1000
+    assert restored.stop_all() is False and restored.left_s == pytest.approx(2)
+    clock.now += 2
+    assert restored.stop_all() is True

@@ -283,6 +283,8 @@ def _open_tuner(trainable: Any, path: Path, train: TrainConfig, tune_cfg: TuneCo
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from raygbm.training.budget import ScoredTimeBudget
+
     if path.exists() and tune.Tuner.can_restore(str(path)) and not force:
         progress(f"resuming interrupted search {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True), True
@@ -299,12 +301,13 @@ def _open_tuner(trainable: Any, path: Path, train: TrainConfig, tune_cfg: TuneCo
         param_space=search_space(tune_cfg.space),
         tune_config=tune.TuneConfig(
             # num_samples -1: sample until the time budget ends the search.
-            metric="score", mode=mode, num_samples=tune_cfg.trials or -1, time_budget_s=tune_cfg.time_budget_s,
+            metric="score", mode=mode, num_samples=tune_cfg.trials or -1,
             search_alg=_search_algorithm(tune_cfg), scheduler=scheduler, max_concurrent_trials=plan.concurrency,
             reuse_actors=plan.trial_mode == "in_process",
         ),
         run_config=tune.RunConfig(
             name=path.name, storage_path=str(path.parent), verbose=0,
+            stop=ScoredTimeBudget(tune_cfg.time_budget_s) if tune_cfg.time_budget_s else None,
             failure_config=tune.FailureConfig(max_failures=1),
             # Trials are cheap to rerun; Tune keeps only the experiment state it needs to restore.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -349,6 +352,8 @@ def _best_trial(trials: list[dict[str, Any]], grid: Any, metric: str) -> dict[st
     scored = [t for t in trials if t["score"] is not None]
     if not scored:
         first_error = next((r.error for r in grid if r.error), None)
+        if first_error is None:
+            raise ConfigError("the search ended before any tuning trial reported a score")
         raise ConfigError(f"every tuning trial failed: {first_error}")
     return best(metric, scored, key=lambda t: t["score"])
 
