@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+# The MLflow UI's environment for the tests (full MLflow, created on first use): shared by test sessions.
+UI_ENV = Path(os.environ.get("RAYGBM_UI_ENV") or REPO / ".venv-mlflow-ui")
 
 
 def wait_until(cond: Callable[[], T], timeout: float, *, interval: float = 0.1, message: str = "condition") -> T:

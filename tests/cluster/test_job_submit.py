@@ -115,14 +115,14 @@ def test_job_submission_without_the_token_is_refused(head, tmp_path):
 
 
 def test_submitted_pipeline_job_succeeds_and_registers(head, tmp_path, monkeypatch):
-    data = make_shards(tmp_path / "data", rows=20_000, shards=2, seed=9)
+    data = make_shards(tmp_path / "data", rows=10_000, shards=2, seed=9)
     home, env, local = head.home, head.env, LOCAL
     assert _listening(DASHBOARD) == ["0100007F"]  # dashboard and job API on 127.0.0.1 only
 
     job = subprocess.run(
-        [str(local / "submit.sh"), "run", "--data", str(data), "--label", "label", "--trials", "4",
-         "--set", "data.drop=[id]", "--set", "train.num_boost_round=80", "--set", "tune.grace_period=10",
-         "--set", "train.report_every=10"],
+        [str(local / "submit.sh"), "run", "--data", str(data), "--label", "label", "--trials", "2",
+         "--set", "data.drop=[id]", "--set", "train.num_boost_round=40", "--set", "tune.grace_period=10",
+         "--set", "train.report_every=10", "--set", "evaluate.permutation_rows=500"],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]

@@ -3,7 +3,8 @@ as child runs, and the champion's version and artifacts over MLflow's REST API; 
 (no --config, as after `make demo`) lists the demo's model.
 
 The UI's environment (the full mlflow, created on first use) is shared by test sessions through
-``RAYGBM_UI_ENV``: the first session on a machine creates it (a minute or two with a warm pip cache)."""
+``RAYGBM_UI_ENV``: the first session on a machine creates it (a minute or two), alongside the session's first
+tests (tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,10 @@ import pytest
 from raygbm.config import load_config
 from raygbm.pipeline import run_pipeline
 from tests.conftest import make_shards
-from tests.helpers import raygbm_home, wait_until
+from tests.helpers import UI_ENV, raygbm_home, wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-UI_ENV = Path(os.environ.get("RAYGBM_UI_ENV") or REPO / ".venv-mlflow-ui")
 RAYGBM = Path(sys.executable).with_name("raygbm")
 
 
