@@ -80,10 +80,13 @@ def ensure_env(env: Path, wanted: str, say: Callable[[str], None]) -> Path:
         try:
             _run([sys.executable, "-m", "venv", str(stage)], "python -m venv")
             # --no-compile: pip would byte-compile every module of MLflow and its dependencies (half the
-            # install's time); the import check below compiles only those the server loads.
+            # install's time); the import check below compiles those the server loads.
             _run([str(env_python(stage)), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-compile",
                   wanted], "pip install")
-            _run([str(env_python(stage)), "-c", "import mlflow.server"], "import mlflow.server")
+            # The import check writes the bytecode of what the server loads, even where the caller's
+            # PYTHONDONTWRITEBYTECODE would have every start compile MLflow from source again.
+            _run([str(env_python(stage)), "-c", "import mlflow.server"], "import mlflow.server",
+                 {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
         except UIError:
             shutil.rmtree(stage, ignore_errors=True)
             raise
@@ -93,8 +96,8 @@ def ensure_env(env: Path, wanted: str, say: Callable[[str], None]) -> Path:
     return env_python(env)
 
 
-def _run(cmd: list[str], what: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         last = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()[-1]
         raise UIError(f"creating the MLflow UI's environment failed at {what}: {last}")
