@@ -26,9 +26,9 @@ demo: install
 ui: install
 	$(BIN)/raygbm ui
 
-# Unit tests (no Ray, one worker per core) first, then integration tests sharing one local Ray, then a real head node and
-# `ray job submit`, then three Ray nodes on this host with faults (each its own session: never two Ray
-# instances at once).
+# Unit tests (no Ray, one worker per core) first, then integration tests sharing one local Ray, then a
+# real head node and `ray job submit`, then three Ray nodes on this host with faults (each its own session:
+# never two Ray instances at once).
 test: install
 	$(BIN)/python -m pytest -q -n auto tests/unit
 	$(BIN)/python -m pytest -q tests/integration

@@ -80,7 +80,7 @@ def ensure_env(env: Path, wanted: str, say: Callable[[str], None]) -> Path:
         try:
             _run([sys.executable, "-m", "venv", str(stage)], "python -m venv")
             # --no-compile: pip would byte-compile every module of MLflow and its dependencies (half the
-            # install's time); the import check below compiles those the server loads.
+            # install's time).
             _run([str(env_python(stage)), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-compile",
                   wanted], "pip install")
             # The import check writes the bytecode of what the server loads, even where the caller's

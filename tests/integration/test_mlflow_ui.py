@@ -23,10 +23,9 @@ import pytest
 from raygbm.config import load_config
 from raygbm.pipeline import run_pipeline
 from tests.conftest import make_shards
-from tests.helpers import UI_ENV, raygbm_home, wait_until
+from tests.helpers import REPO, UI_ENV, raygbm_home, wait_until
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 RAYGBM = Path(sys.executable).with_name("raygbm")
 
 

@@ -185,10 +185,15 @@ def test_a_time_budget_ends_a_search_without_a_trial_count(tmp_path, home):
     data = make_shards(tmp_path / "data", rows=3_000, shards=1, seed=2)
     overrides = ["data.drop=[id]", "tune.trials=null", "tune.asha=false", "train.num_boost_round=30"]
 
+    def config(budget_s: float):
+        return load_config(None, overrides + [f"tune.time_budget_s={budget_s}"],
+                           {"data.source": str(data), "data.label": "label"})
+
+    meta = RunMeta.load(preprocess(config(0.001)).run_dir)  # the data stage does not depend on the budget
+
     def search(budget_s: float):
-        cfg = load_config(None, overrides + [f"tune.time_budget_s={budget_s}"],
-                          {"data.source": str(data), "data.label": "label"})
-        return tune_search(RunMeta.load(preprocess(cfg).run_dir), cfg.train, cfg.tune, cfg.resources)
+        cfg = config(budget_s)
+        return tune_search(meta, cfg.train, cfg.tune, cfg.resources)
 
     # A budget that passes before any trial can report (as on a busy machine, where starting the first
     # trial's worker took longer than 6 s): the search runs on to the first score instead of ending empty.
@@ -197,8 +202,8 @@ def test_a_time_budget_ends_a_search_without_a_trial_count(tmp_path, home):
     assert quick.best_score is not None
     assert any(t["score"] is not None for t in quick.trials)
 
-    # A budget of three times what the first concurrent batch took on this machine (at least 6 s): trials kept
-    # being sampled after that batch until the budget ran out, then the search ended by itself with a scored
+    # A budget of three times what that search took on this machine (at least 6 s): trials kept being sampled
+    # after the first concurrent batch until the budget ran out, then the search ended by itself with a scored
     # best. The budget scales with the machine: a busy one can take longer than any fixed figure for one batch.
     budget = max(6.0, 3 * quick.fit_s)
     result = search(budget)
