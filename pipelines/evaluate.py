@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from raygbm.cli import app
+from raygbm.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(["evaluate", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.evaluate")
+    cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.evaluate")
 
 
 if __name__ == "__main__":

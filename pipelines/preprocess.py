@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from raygbm.cli import app
+from raygbm.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(["preprocess", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.preprocess")
+    cli_main(["preprocess", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.preprocess")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from raygbm.cli import app
+from raygbm.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(["tune", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.tune")
+    cli_main(["tune", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines.tune")
 
 
 if __name__ == "__main__":

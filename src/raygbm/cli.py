@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -673,11 +674,46 @@ def _run_data_stage(cfg: Any, progress: Progress, force: bool) -> Any:
     return preprocess_stage(cfg, progress=progress, force=force, shards=shards)
 
 
-def main() -> None:
+EXIT_CRASH = 1
+
+
+def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """The console script and the Ray Job entry points (``pipelines.*``). An unexpected exception (a bug,
+    or a failure no check foresaw) prints one line: the command, the stage, the exception's type and the
+    log file that holds the traceback; exit code 1. Work already finished stays finished: a re-run resumes."""
     try:
-        app()
+        app(args=argv, prog_name=prog_name)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001  the last line of defence: no traceback reaches the user
+        from raygbm.errors import stage_of
+
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if not a.startswith("-")), "raygbm")
+        where = f" in the {stage_of(exc)} stage" if stage_of(exc) else ""
+        log = _crash_log(command, args, exc)
+        typer.echo(f"error: raygbm {command} failed unexpectedly{where} ({type(exc).__name__}); "
+                   f"the traceback is in {log}", err=True)
+        sys.exit(EXIT_CRASH)
+
+
+def _crash_log(command: str, args: list[str], exc: BaseException) -> Path:
+    """The traceback in ``$RAYGBM_HOME/logs/`` (the temporary folder where the home is not writable)."""
+    import tempfile
+    import traceback
+
+    from raygbm.paths import home
+
+    name = f"crash-{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"raygbm {' '.join(args)}\n\n" + "".join(traceback.format_exception(exc))
+    for folder in (home() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    return Path("(no writable folder for the log)")
 
 
 if __name__ == "__main__":

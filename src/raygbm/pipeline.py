@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from raygbm.config import PipelineConfig, TrainConfig
+from raygbm.errors import stage
 from raygbm.data.preprocess import preprocess
 from raygbm.progress import Progress, no_progress
 from raygbm.registry.register import Outcome, evaluate_and_register
@@ -24,11 +25,13 @@ def run_pipeline(cfg: PipelineConfig, *, progress: Progress = no_progress, force
                  shards: Any = None, promote: bool = True) -> tuple[Outcome, TuneResult | None]:
     """Preprocess, tune (unless ``tune`` is false), then ``train_and_register``; returns the outcome and
     the search. ``promote`` false: the model is registered as a candidate whatever the gate says."""
-    pre = preprocess(cfg, progress=progress, force=force, shards=shards)
-    meta = RunMeta.load(pre.run_dir)
+    with stage("data"):
+        pre = preprocess(cfg, progress=progress, force=force, shards=shards)
+        meta = RunMeta.load(pre.run_dir)
     tuning = None
     if tune:
-        tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
+        with stage("tune"):
+            tuning = tune_search(meta, cfg.train, cfg.tune, cfg.resources, progress=progress, force=force)
         progress(f"best {tuning.metric} {tuning.best_score:.6g} after {len(tuning.trials)} trials")
     return train_and_register(meta, cfg, tuning, progress, force=force, promote=promote), tuning
 
@@ -45,10 +48,12 @@ def train_and_register(meta: RunMeta, cfg: PipelineConfig, tuning: TuneResult | 
         progress(f"reusing finished training {kept}")
         trained, train = found
     else:
-        trained, train = _train(meta, cfg, tuning, progress)
-        save_trained(kept, trained, train)
-    return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress,
-                                 monitor=cfg.monitor, promote=promote)
+        with stage("train"):
+            trained, train = _train(meta, cfg, tuning, progress)
+            save_trained(kept, trained, train)
+    with stage("register"):
+        return evaluate_and_register(meta, trained, train, cfg.evaluate, cfg.registry, tuning, progress,
+                                     monitor=cfg.monitor, promote=promote)
 
 
 def _train(meta: RunMeta, cfg: PipelineConfig, tuning: TuneResult | None,

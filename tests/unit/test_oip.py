@@ -152,9 +152,12 @@ def test_integers_out_of_their_datatypes_range_and_floats_beyond_fp32_are_refuse
         assert err.status == 422 and f"out of {dt}'s range" in str(err), dt
     huge = _json_request(model, [{**r, "num_0": 1} for r in records[:2]]).replace(b'"data": [1, 1]', b'"data": [1, ' + b"9" * 400 + b"]")
     assert _refused(model, huge).status == 422
-    # Within the datatype but beyond what float64 features hold exactly: /predict's own check.
-    err = _refused(model, _json_request(model, [{**r, "num_0": 2**60} for r in records[:2]], {"num_0": "INT64"}))
-    assert "number out of range" in str(err)
+    # Within the datatype but beyond what float64 holds exactly: a feature like any other (rounded to
+    # float64 as in training), not an error.
+    big = [{**r, "num_0": 2**60} for r in records[:2]]
+    parsed = _parse(model, _json_request(model, big, {"num_0": "INT64"})).parsed
+    assert parsed.features[0][model.names.index("num_0")] == float(2**60)
+    _same_rows(model, parsed, big)
 
 
 def test_nan_and_infinity_are_not_json_and_an_infinite_binary_value_is_refused(served):

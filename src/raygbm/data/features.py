@@ -20,25 +20,22 @@ import pyarrow.compute as pc
 
 from raygbm.config import DerivedFeature, FeaturesConfig
 from raygbm.data.schema import DatasetSchema
-from raygbm.data.stats import TableStats
+from raygbm.data.stats import TableStats, to_float64 as _f64
 from raygbm.data.task import infer_task, label_classes
 from raygbm.errors import DataError
 
 FORMAT = "raygbm.preprocessor/1"
 UNSEEN = 0  # the reserved code for missing and unseen categories
+TIME_OPS = ("hour", "dayofweek", "month")  # derived features of one time column
 
 
 # --------------------------------------------------------------------------------------- derived features
 
 
-def _f64(arr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    return arr if pa.types.is_float64(arr.type) else pc.cast(arr, pa.float64())
-
-
 def add_derived(table: pa.Table, derived: list[DerivedFeature]) -> pa.Table:
     """Append derived columns (float64) computed from raw columns; missing inputs give missing outputs."""
     for d in derived:
-        if d.op in ("hour", "dayofweek", "month"):
+        if d.op in TIME_OPS:
             ts = table.column(d.inputs[0])
             part = {"hour": pc.hour, "dayofweek": pc.day_of_week, "month": pc.month}[d.op](ts)
             col = pc.cast(part, pa.float64())
@@ -50,6 +47,26 @@ def add_derived(table: pa.Table, derived: list[DerivedFeature]) -> pa.Table:
                 col = {"difference": pc.subtract, "sum": pc.add, "product": pc.multiply}[d.op](a, b)
         table = table.append_column(d.name, col)
     return table
+
+
+def as_training_time(col: pa.ChunkedArray | pa.Array, trained: str) -> pa.ChunkedArray | pa.Array:
+    """A time column sent for scoring, in the time type the model was trained on, so calendar parts come
+    out as in training and as ``transform_record`` takes them: naive times are UTC, zoned times are
+    converted to the training zone (or to naive UTC), and a timestamp sent for a date column is its UTC
+    date (MLflow and CSV readers hand dates over as timestamps)."""
+    from raygbm.data.schema import arrow_type
+
+    try:
+        want = arrow_type(trained)
+    except ValueError:
+        return col
+    if col.type == want or not pa.types.is_timestamp(col.type):
+        return col
+    if pa.types.is_timestamp(want) and want.tz is not None and col.type.tz is None:
+        col = pc.assume_timezone(col, "UTC")
+    elif pa.types.is_date(want) and col.type.tz is not None:
+        col = pc.cast(col, pa.timestamp(col.type.unit))  # the UTC wall clock
+    return pc.cast(col, want, safe=False)
 
 
 def _index_in(v: pa.ChunkedArray | pa.Array, values: list) -> pa.ChunkedArray | pa.Array:
@@ -106,7 +123,7 @@ def _num(v: Any) -> float:
 def derived_record(record: Mapping[str, Any], derived: list[DerivedFeature], types: Mapping[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for d in derived:
-        if d.op in ("hour", "dayofweek", "month"):
+        if d.op in TIME_OPS:
             dt = _to_datetime(record.get(d.inputs[0]), types.get(d.inputs[0], ""))
             if dt is None:
                 out[d.name] = math.nan
@@ -224,6 +241,8 @@ class Preprocessor:
     def transform_table(self, table: pa.Table, with_label: bool = True) -> pa.Table:
         """Features (and the encoded label, when present and asked for) of a pyarrow Table."""
         self._check_fitted()
+        for c in {d.inputs[0] for d in self.config.derived if d.op in TIME_OPS}:
+            table = table.set_column(table.column_names.index(c), c, as_training_time(table.column(c), self.schema.types[c]))
         table = add_derived(table, self.config.derived)
         cols: dict[str, pa.Array | pa.ChunkedArray] = {}
         for c in self.numeric_features:

@@ -215,6 +215,19 @@ def check_shards(source: str, *, label: str | None, quarantine: bool = False, th
 # Which columns are features
 
 
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type of a value from a column's type as the data schema keeps it (``int64``,
+    ``timestamp[us, tz=UTC]``); a dictionary column's values are of its value type. ValueError for a
+    name with no such form."""
+    if name.startswith("dictionary<values="):
+        return arrow_type(name[len("dictionary<values="):].split(",", 1)[0])
+    if name.startswith("timestamp["):
+        unit, _, tz = name[len("timestamp["):-1].partition(",")
+        tz = tz.strip()
+        return pa.timestamp(unit.strip(), tz[3:] if tz.startswith("tz=") else None)
+    return pa.type_for_alias(name)
+
+
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raygbm.config import SplitConfig
+from raygbm.data.stats import to_float64
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
@@ -95,7 +96,7 @@ def time_values(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     t = arr.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         arr = pc.cast(arr, pa.int64()) if not pa.types.is_date32(t) else pc.cast(pc.cast(arr, pa.int32()), pa.int64())
-    return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), -np.inf), dtype=np.float64)
+    return np.asarray(pc.fill_null(to_float64(arr), -np.inf), dtype=np.float64)
 
 
 def time_cutoffs(times: np.ndarray, split: SplitConfig) -> tuple[float, float]:

@@ -29,21 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raygbm.data.features import as_datetime
+from raygbm.data.schema import arrow_type
 from raygbm.loop.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
 RawPart = tuple[str, Any, Any]
 """Served rows as a replica sends them: ``("json", body bytes, ids)``, ``("records", decoded records, ids)``
 (the Open Inference Protocol's rows) or ``("table", Arrow table, ids)``."""
-
-
-def arrow_type(name: str) -> pa.DataType:
-    """An Arrow type from its string form as the data schema keeps it (``int64``, ``timestamp[us, tz=UTC]``)."""
-    if name.startswith("timestamp["):
-        unit, _, tz = name[len("timestamp["):-1].partition(",")
-        tz = tz.strip()
-        return pa.timestamp(unit.strip(), tz[3:] if tz.startswith("tz=") else None)
-    return pa.type_for_alias(name)
 
 
 def _to_datetime(v: Any) -> Any:

@@ -135,7 +135,7 @@ class Bundle:
             elif c in s.numeric:
                 ok = pa.types.is_integer(got) or pa.types.is_floating(got) or pa.types.is_boolean(got)
             else:
-                ok = str(got) == trained or pa.types.is_timestamp(got) and "timestamp" in str(trained)
+                ok = str(got) == trained or pa.types.is_timestamp(got) and str(trained).startswith(("timestamp", "date"))
             if not ok:
                 raise DataError(f"column {c!r} is {got}, but the model was trained on {trained}")
 

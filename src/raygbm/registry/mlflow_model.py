@@ -30,9 +30,11 @@ CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
 # bundle loading imports, at the versions this model was saved with.
 REQUIREMENTS = ("lightgbm", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "mlflow-skinny")
 # An input example's time for timestamp columns: the schema has no typical value for them. MLflow's
-# ``datetime`` columns are timezone-naive; ``BundleScorer`` reads them as UTC.
+# ``datetime`` columns are timezone-naive; the preprocessor reads naive times as UTC (``as_training_time``).
 EXAMPLE_TIME = datetime(2024, 1, 1, 12)
-_TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=([^\]]+))?\]")
+# A dictionary column's values are the column's type (pandas writes every categorical as
+# ``dictionary<values=string, indices=int8, ordered=0>``); the indices are an encoding detail.
+_DICTIONARY = re.compile(r"dictionary<values=([^,]+), indices=")
 
 
 def _mlflow_type(arrow_type: str, numeric: bool) -> str:
@@ -42,6 +44,9 @@ def _mlflow_type(arrow_type: str, numeric: bool) -> str:
     if numeric:
         return "double"
     t = arrow_type.lower()
+    m = _DICTIONARY.match(t)
+    if m:
+        t = m.group(1)
     if t.startswith("timestamp") or t.startswith("date"):
         return "datetime"
     if t == "bool":
@@ -57,14 +62,25 @@ def _mlflow_type(arrow_type: str, numeric: bool) -> str:
     return "string"
 
 
+def _pandas_extension(arrow_type: str) -> bool:
+    """Whether pandas reads a column of this training type back as one of its own dtypes that MLflow's
+    schema check refuses for every MLflow type: ``category`` (a dictionary column), nullable ``Int64``
+    and ``boolean`` (integers and booleans that pandas wrote). Such a column is declared ``Any``:
+    ``BundleScorer`` checks it against the training type, as the endpoint does."""
+    t = arrow_type.lower()
+    return t.startswith("dictionary<") or t == "bool" or t.startswith(("int", "uint"))
+
+
 def signature(pre: Preprocessor) -> Any:
     """Inputs: the raw columns the model reads (with their training types); outputs: prediction, score."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     numeric = set(pre.numeric_features)
-    inputs = Schema([ColSpec(_mlflow_type(pre.schema.types.get(c, "string"), c in numeric), c)
-                     for c in pre.input_columns])
+    types = pre.schema.types
+    inputs = Schema([ColSpec(AnyType() if _pandas_extension(types.get(c, "")) else
+                             _mlflow_type(types.get(c, "string"), c in numeric), c) for c in pre.input_columns])
     if pre.task_ == "regression":
         prediction = "double"
     else:
@@ -166,20 +182,6 @@ class BundleScorer:
         import pandas as pd
         import pyarrow as pa
 
-        table = _training_timestamps(pa.Table.from_pandas(frame, preserve_index=False),
-                                     self.bundle.preprocessor.schema.types)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
         prediction, score = self.bundle.predictions(self.bundle.scores(self.bundle.features(table)))
         return pd.DataFrame({"prediction": prediction.to_pandas(), "score": score.to_numpy()})
-
-
-def _training_timestamps(table: Any, types: dict[str, str]) -> Any:
-    """Timestamp columns back to their training type: MLflow hands them over timezone-naive (in ns), and
-    naive values are taken as UTC, as Arrow's cast takes them."""
-    import pyarrow as pa
-
-    for i, name in enumerate(table.column_names):
-        m = _TIMESTAMP.fullmatch(types.get(name, ""))
-        col = table.column(i)
-        if m and pa.types.is_timestamp(col.type) and str(col.type) != types[name]:
-            table = table.set_column(i, name, col.cast(pa.timestamp(m.group(1), m.group(2))))
-    return table

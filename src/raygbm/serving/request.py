@@ -5,7 +5,7 @@ A request body is one JSON object or a list of them, each carrying every raw fea
 reads (``null`` is allowed and means missing, as in training). Rejected with a 4xx and a message that
 names the model's fields, types and limits but never echoes request content (values, unknown field
 names): NaN/Infinity (not JSON), strings for numbers, numbers for string categories, integers beyond
-±2^53, unknown fields, missing fields, too many rows. Unknown category values are accepted: they map to
+64 bits, unknown fields, missing fields, too many rows. Unknown category values are accepted: they map to
 the reserved "unseen" code, and are counted. Table bodies (``/predict/batch``) are held to the same
 rules by :meth:`RequestSchema.check_table`, and their width is bounded before they are parsed.
 """
@@ -63,7 +63,10 @@ def _kind(arrow_type: str) -> str:
     return "number"
 
 
-MAX_SAFE_INTEGER = 2**53  # integers beyond this do not survive the float64 features exactly
+MAX_SAFE_INTEGER = 2**53  # integers beyond this do not survive float64 exactly (ids, labels)
+# A feature's integers: any 64-bit value. Beyond 2^53 the float64 feature is the nearest float, as in
+# training (the data stage casts int64/uint64 columns the same way), so the score is the same.
+MAX_INTEGER = 2**64
 EXTRA_COLUMNS = 64  # columns a table body may carry beyond the model's fields (ids, the label, ...)
 
 
@@ -155,8 +158,7 @@ class RequestSchema:
                                f"{len(self.fields)} fields)", 413)
 
     def check_table(self, table: pa.Table, max_rows: int) -> None:
-        """A table body by the rules of JSON records: every field once, numbers finite, integers within
-        ±2^53. Columns the model does not read are ignored (a table may carry ids or the label); the
+        """A table body by the rules of JSON records: every field once, numbers finite. Columns the model does not read are ignored (a table may carry ids or the label); the
         column types are checked where the bundle transforms the table."""
         self.check_width(table.num_columns)
         if table.num_rows > max_rows:
@@ -200,20 +202,16 @@ def _check_number(v: Any, kind: str, what: str) -> None:
         raise RequestError(f"{what}: expected a number or null, got {_json_type(v)}")
     if isinstance(v, float) and not math.isfinite(v):
         raise RequestError(f"{what}: number out of range")
-    if isinstance(v, int) and abs(v) > MAX_SAFE_INTEGER:
+    if isinstance(v, int) and abs(v) > MAX_INTEGER:
         raise RequestError(f"{what}: number out of range")
 
 
 def _check_numbers(col: pa.ChunkedArray, what: str) -> None:
-    """A numeric column: no NaN or infinity (null is missing), integers within ±2^53."""
-    t = col.type
-    if pa.types.is_floating(t):
+    """A numeric column: no NaN or infinity (null is missing). Integer columns hold 64-bit values, all
+    accepted (see ``MAX_INTEGER``)."""
+    if pa.types.is_floating(col.type):
         if col.null_count < len(col) and not pc.all(pc.is_finite(col)).as_py():
             raise RequestError(f"{what}: NaN or infinite value; send null for a missing value")
-    elif pa.types.is_integer(t) and col.null_count < len(col):
-        lo, hi = pc.min_max(col).values()
-        if max(abs(lo.as_py()), abs(hi.as_py())) > MAX_SAFE_INTEGER:
-            raise RequestError(f"{what}: number out of range")
 
 
 def _check_time(v: Any, what: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from raygbm.data.schema import arrow_type
 from raygbm.serving.request import RequestError
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -53,9 +54,11 @@ def _read_csv(body: bytes, types: dict[str, str], max_columns: int) -> pa.Table:
     column_types = {}
     for c, t in types.items():
         try:
-            column_types[c] = pa.type_for_alias(t)
+            column_types[c] = arrow_type(t)
         except ValueError:
-            pass  # e.g. timestamps with a zone: let the CSV reader infer them
+            continue  # a type with no text form: let the CSV reader infer it
+        if pa.types.is_timestamp(column_types[c]):
+            del column_types[c]  # inferred, zoned or not; the preprocessor converts it to the training zone
     return pacsv.read_csv(pa.BufferReader(body), convert_options=pacsv.ConvertOptions(column_types=column_types))
 
 
