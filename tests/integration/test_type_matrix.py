@@ -46,8 +46,9 @@ def test_pandas_categoricals_register_and_a_crash_at_registration_resumes(tmp_pa
     def broken(*_a, **_k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(register, "write_bundle", broken)
-    code, out, err = _main(capsys, *run)
+    with monkeypatch.context() as patched:
+        patched.setattr(register, "write_bundle", broken)
+        code, out, err = _main(capsys, *run)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1, err
     assert "raygbm run failed unexpectedly in the register stage (RuntimeError)" in lines[0]
@@ -56,7 +57,6 @@ def test_pandas_categoricals_register_and_a_crash_at_registration_resumes(tmp_pa
     assert log.exists() and "disk on fire" in log.read_text() and "Traceback" in log.read_text()
     assert Registry().versions() == []  # nothing half-registered
 
-    monkeypatch.undo()
     code, out, err = _main(capsys, *run)
     assert code == 0, err
     assert "reusing finished search" in out and "reusing finished training" in out, out

@@ -297,3 +297,15 @@ def test_the_buffer_carries_each_batch_request_in_row_order():
 
     asyncio.run(scenario())
     assert [p[2] for p in sent[0][6]] == [["a", "b"], ["c", "d", "e"]] and sent[1][6] is None
+
+
+def test_raw_table_keeps_dates_and_survives_a_field_kept_as_sent():
+    """JSON dates (ISO text) become date32 like a table body's; a part whose field does not fit the
+    training type (kept as sent) turns that field to text in every part instead of failing the flush."""
+    types = {"d": "date32[day]", "n": "int64"}
+    table = pa.table({"d": pa.array([None], pa.date32()), "n": pa.array([1])})
+    good = raw_table([("json", json.dumps([{"d": "2024-08-08", "n": 2}]).encode(), None), ("table", table, None)],
+                     ["d", "n"], types)
+    assert good.schema.field("d").type == pa.date32() and good.column("d").to_pylist()[0].isoformat() == "2024-08-08"
+    mixed = raw_table([("table", table, None), ("records", [{"d": "not a date", "n": 3}], None)], ["d", "n"], types)
+    assert mixed.column("d").to_pylist() == [None, "not a date"] and mixed.column("n").to_pylist() == [1, 3]

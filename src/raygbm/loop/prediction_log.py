@@ -39,7 +39,11 @@ RawPart = tuple[str, Any, Any]
 
 
 def _to_datetime(v: Any) -> Any:
-    v = as_datetime(v)
+    """A time as a datetime (UTC where zoned); a value that is no time is returned as sent."""
+    try:
+        v = as_datetime(v)
+    except (ValueError, OverflowError, OSError):
+        return v
     if isinstance(v, datetime) and v.tzinfo is not None:
         v = v.astimezone(timezone.utc)
     return v
@@ -56,6 +60,9 @@ def _column(values: list[Any], type_name: str | None) -> pa.Array:
         values = [None if v is None else _to_datetime(v) for v in values]
         if t.tz is None:
             values = [v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in values]
+    elif t is not None and pa.types.is_date(t):  # ISO text or epoch seconds: the (UTC) date
+        values = [None if v is None else _to_datetime(v) for v in values]
+        values = [v.date() if isinstance(v, datetime) else v for v in values]
     if t is not None and pa.types.is_integer(t) and any(isinstance(v, float) and not v.is_integer() for v in values):
         t = None  # pyarrow would truncate it
     try:
@@ -81,7 +88,12 @@ def raw_table(parts: list[RawPart], fields: list[str], types: dict[str, str]) ->
         out.append(_typed(payload, fields, types))
     if records:
         out.append(_records_table(records, fields, types))
-    return pa.concat_tables(out, promote_options="permissive")
+    try:
+        return pa.concat_tables(out, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field kept as sent in one part: as text in all
+        mixed = [f for f in fields if len({t.schema.field(f).type for t in out}) > 1]
+        return pa.concat_tables([t.select(fields).cast(pa.schema([pa.field(f, pa.string() if f in mixed else
+                                t.schema.field(f).type) for f in fields])) for t in out])
 
 
 def _records_table(records: list[dict[str, Any]], fields: list[str], types: dict[str, str]) -> pa.Table:
