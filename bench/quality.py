@@ -9,12 +9,14 @@ column to drop, the time column of a time split). The baseline is plain ``LGBMCl
 the bench recomputes the split with ``raygbm.data.split`` and checks the test rows are the same), string
 columns as pandas categories, missing values left to LightGBM. Both are scored on the same test rows.
 
-Datasets: real ones that ship inside installed packages: scikit-learn's bundled breast_cancer (binary),
-diabetes (regression), digits (10 classes), and two full OpenML datasets scikit-learn ships as test
-fixtures, Titanic (binary, mixed types, missing values) and kr-vs-kp (binary, 36 categorical columns);
-plus `raygbm generate` data with a time split whose scoring period is shifted (the generator's drift from
-85% of the rows on: numeric means moved 1.5 standard deviations, a categorical's frequencies reversed),
-binary and regression. The small sets are repeated over split seeds; each dataset's delta is its mean
+Datasets (``bench/corpus.py``): real ones that ship inside installed packages, in the column types their
+users hold: scikit-learn's bundled breast_cancer, diabetes, digits and wine; the full OpenML datasets it
+ships as test fixtures, Titanic, kr-vs-kp (t/f attributes as booleans), cpu and glass2; palmerpenguins
+(pandas categoricals, missing values, a categorical label); statsmodels' fair (nullable integer codes),
+randhie (booleans, a count), anes96 (integer codes and a categorical) and macrodata (a date column, time
+split); plus `raygbm generate` data with a time split whose scoring period is shifted (the generator's drift
+from 85% of the rows on: numeric means moved 1.5 standard deviations, a categorical's frequencies
+reversed), binary and regression. The small sets are repeated over split seeds; each dataset's delta is its mean
 over seeds, with its standard error. Seeds are added (from ``--min-seeds`` up to ``--max-seeds``) until
 the verdict against the tolerance cannot be noise: the mean ± 2 standard errors lies wholly above or wholly
 below -0.001 (so a dataset whose runs all land near the same delta stops early, and a noisy one such as
@@ -32,17 +34,14 @@ generated set only, at 100k rows.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,93 +50,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-@dataclass
-class DatasetSpec:
-    name: str
-    load: Callable[[int], pa.Table]  # rows (only the generated sets use it) → the raw table
-    label: str
-    sets: list[str] = field(default_factory=list)  # what a user would set: ids to drop, the time split
-    not_features: list[str] = field(default_factory=list)  # columns plain LightGBM is not given either
-    repeat: bool = True  # small: repeated over split seeds
-
-
-# ------------------------------------------------------------------------------------------ datasets
-
-
-def _sklearn_bundled(loader: str) -> Callable[[int], pa.Table]:
-    def load(_rows: int) -> pa.Table:
-        import sklearn.datasets
-
-        d = getattr(sklearn.datasets, loader)()
-        cols = {f"f{i}": d.data[:, i].astype(np.float64) for i in range(d.data.shape[1])}
-        target = d.target.astype(np.float64 if loader == "load_diabetes" else np.int64)
-        return pa.table({**cols, "target": target})
-
-    return load
-
-
-def _openml_fixture(dataset_id: int, columns: list[str] | None = None) -> Callable[[int], pa.Table]:
-    """A full OpenML dataset scikit-learn ships as a test fixture (ARFF, gzipped): every value as a string
-    column, '?' missing; numeric attributes as float64."""
-
-    def load(_rows: int) -> pa.Table:
-        import sklearn
-
-        folder = Path(sklearn.__file__).parent / "datasets" / "tests" / "data" / "openml" / f"id_{dataset_id}"
-        lines = gzip.open(next(folder.glob("data-*.arff.gz")), "rt").read().splitlines()
-        names, kinds, body = [], [], []
-        for i, line in enumerate(lines):
-            low = line.strip().lower()
-            if low.startswith("@attribute"):
-                name, kind = next(csv.reader([line.strip().split(None, 1)[1]], delimiter=" ", quotechar="'",
-                                             skipinitialspace=True))[:2]
-                names.append(name)
-                kinds.append(kind.lower())
-            elif low.startswith("@data"):
-                body = [x for x in lines[i + 1:] if x.strip() and not x.startswith("%")]
-                break
-        quote = '"' if any(x.startswith('"') or ',"' in x for x in body[:50]) else "'"
-        rows = list(csv.reader(body, quotechar=quote, escapechar="\\", skipinitialspace=True))
-        assert all(len(r) == len(names) for r in rows), f"openml {dataset_id}: ragged rows"
-        out: dict[str, pa.Array] = {}
-        for j, (name, kind) in enumerate(zip(names, kinds)):
-            if columns is not None and name not in columns:
-                continue
-            values = [None if r[j] == "?" else r[j] for r in rows]
-            numeric = kind in ("numeric", "real", "integer")
-            out[name] = pa.array([float(v) if v is not None else None for v in values] if numeric else values,
-                                 pa.float64() if numeric else pa.string())
-        return pa.table(out)
-
-    return load
-
-
-def _generated(task: str) -> Callable[[int], pa.Table]:
-    def load(rows: int) -> pa.Table:
-        from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
-
-        with tempfile.TemporaryDirectory() as d:
-            generate_dataset(d, GeneratorSpec(rows=rows, shards=1, seed=11, task=task,
-                                              drift=DriftSpec(start_row=int(rows * 0.85))))
-            return pq.read_table(d)
-
-    return load
-
-
-def datasets() -> list[DatasetSpec]:
-    # Titanic: the passenger's own attributes; boat and body record what happened (the label leaks).
-    titanic = ["pclass", "survived", "sex", "age", "sibsp", "parch", "fare", "embarked"]
-    gen = dict(sets=["data.drop=[id]", "split.time=event_time"], not_features=["id", "event_time"], repeat=False)
-    return [
-        DatasetSpec("breast_cancer", _sklearn_bundled("load_breast_cancer"), "target"),
-        DatasetSpec("diabetes", _sklearn_bundled("load_diabetes"), "target"),
-        DatasetSpec("digits", _sklearn_bundled("load_digits"), "target"),
-        DatasetSpec("titanic", _openml_fixture(40945, titanic), "survived"),
-        DatasetSpec("kr_vs_kp", _openml_fixture(3), "class"),
-        DatasetSpec("generated_binary_shift", _generated("binary"), "label", **gen),  # type: ignore[arg-type]
-        DatasetSpec("generated_regression_shift", _generated("regression"), "label", **gen),  # type: ignore[arg-type]
-    ]
+from bench.corpus import DatasetSpec, datasets  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ one run
