@@ -155,9 +155,20 @@ class TrainConfig(_Section):
     refit: bool = Field(
         True, description="after selection, train the registered model on train + validation with the selected "
         "number of rounds (false: the model fitted on train and early-stopped on validation)")
-    refit_rounds_scale: float = Field(
-        1.0, gt=0, description="the refit's rounds = the selection's best iteration (holdout) or the rounded mean "
-        "of the folds' best iterations (CV), times this")
+    refit_rounds_scale: float | Literal["auto"] = Field(
+        1.0, description="the refit's rounds = the selection's best iteration (holdout) or the rounded mean "
+        "of the folds' best iterations (CV), times this; auto: times the refit's rows over the rows each "
+        "selection model trained on (k/(k-1) under k-fold CV, (train+validation)/train on the holdout)")
+    ensemble: bool = Field(
+        False, description="under k-fold CV, register the average of the k fold models (one LightGBM model, "
+        "each fold model at its own best round) instead of a refit on train + validation")
+
+    @field_validator("refit_rounds_scale")
+    @classmethod
+    def _positive_scale(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:
+            raise ValueError("must be a number > 0 or auto")
+        return v
 
     @field_validator("params")
     @classmethod

@@ -37,7 +37,11 @@ def _selection_lines(validation: dict[str, Any] | None, refit: dict[str, Any] | 
     if comparison and comparison.get("tuned_score") is not None and comparison.get("defaults_score") is not None:
         lines.append(f"- Against LightGBM's defaults by the same scheme: tuned {comparison['tuned_score']:.6g}, "
                      f"defaults {comparison['defaults_score']:.6g}; kept **{comparison['kept']}**")
-    if refit:
+    if refit and refit.get("ensemble"):
+        lines.append(f"- The average of the {refit['ensemble']} fold models (one LightGBM model; rounds "
+                     f"{', '.join(map(str, refit['fold_rounds']))}), trained on {' + '.join(refit['splits'])} "
+                     f"({refit['rows']:,} rows); the test split was not used")
+    elif refit:
         lines.append(f"- Refit on {' + '.join(refit['splits'])} ({refit['rows']:,} rows): {refit['rounds']} rounds = "
                      f"best iteration {refit['selection_best_iteration']} × {refit['rounds_scale']:g}; the test split "
                      "was not used")

@@ -4,9 +4,10 @@
    on the holdout, one fit on train early-stopped on validation; under k-fold CV, k fold models on
    train + validation. With feature selection on, low-gain features are dropped and it is scored again.
 2. ``keep_better_than_defaults``: LightGBM's defaults scored the same way; the better of the two is kept.
-3. ``final_model``: with ``train.refit`` (the default), one fit on train + validation for the selected
-   rounds × ``train.refit_rounds_scale``, the test split untouched; otherwise the holdout model (under
-   CV: one fit on train, early-stopped on validation).
+3. ``final_model``: under k-fold CV with ``train.ensemble``, the average of the k fold models as one
+   LightGBM model (``training.ensemble``); else with ``train.refit`` (the default), one fit on train +
+   validation for the selected rounds × ``train.refit_rounds_scale``, the test split untouched; otherwise
+   the holdout model (under CV: one fit on train, early-stopped on validation).
 
 Each fit is a Ray task using a node's CPUs when the data fits one worker, else data-parallel Ray Train.
 Ray must be initialised by the entry point.
@@ -208,20 +209,54 @@ def keep_better_than_defaults(meta: RunMeta, tuned: Candidate, cfg: PipelineConf
     return chosen
 
 
+def rounds_scale(cand: Candidate) -> float:
+    """``train.refit_rounds_scale`` as a number: ``auto`` scales by the refit's rows over the rows each
+    selection model trained on (k/(k-1) under k-fold CV; (train+validation)/train on the holdout)."""
+    scale = cand.train.refit_rounds_scale
+    if scale != "auto":
+        return float(scale)
+    if cand.scheme.folds:
+        return cand.scheme.folds / (cand.scheme.folds - 1)
+    train_rows = cand.meta.rows("train")
+    return sum(cand.meta.rows(s) for s in REFIT_SPLITS) / max(1, train_rows)
+
+
 def final_model(cand: Candidate, resources: ResourcesConfig, progress: Progress = no_progress) -> Trained:
-    """The model to register: the refit on train + validation (``train.refit``), or the holdout model."""
+    """The model to register: under CV with ``train.ensemble`` the average of the fold models; else the refit
+    on train + validation (``train.refit``), or the holdout model."""
     train, meta = cand.train, cand.meta
     record = cand.record()
+    if train.ensemble and cand.cv is not None and cand.cv.models:
+        return _fold_ensemble(cand, record, progress)
     if not train.refit:
         # The model fitted on train, early-stopped on validation: its own validation scores are out of sample.
         result = cand.model if cand.model is not None else fit_model(meta, train, resources, progress)
         return Trained(result, meta, cand.selection, cand.comparison, record)
-    rounds = refit_rounds(cand.best_iteration, train.refit_rounds_scale)
+    scale = rounds_scale(cand)
+    rounds = refit_rounds(cand.best_iteration, scale)
     rows = sum(meta.rows(s) for s in REFIT_SPLITS)
     progress(f"refit on train + validation ({rows:,} rows): {rounds} rounds = best iteration {cand.best_iteration} "
-             f"× {train.refit_rounds_scale:g}")
+             f"× {scale:.4g}")
     fixed = train.model_copy(update={"num_boost_round": rounds, "early_stopping_rounds": None})
     result = fit_model(meta, fixed, resources, progress, fit_on=REFIT_SPLITS, holdout=None)
-    refit = {"splits": list(REFIT_SPLITS), "rows": rows, "rounds": rounds, "rounds_scale": train.refit_rounds_scale,
+    refit = {"splits": list(REFIT_SPLITS), "rows": rows, "rounds": rounds, "rounds_scale": scale,
              "selection_best_iteration": cand.best_iteration}
     return Trained(result, meta, cand.selection, cand.comparison, record, refit, cand.heldout)
+
+
+def _fold_ensemble(cand: Candidate, record: dict[str, Any], progress: Progress) -> Trained:
+    """The k fold models of the selection's CV as one model (``training.ensemble``): no refit; the
+    threshold is chosen on the out-of-fold predictions, as for a refit."""
+    from raygbm.training.ensemble import average_models
+
+    cv = cand.cv
+    assert cv is not None
+    rows = sum(cand.meta.rows(s) for s in REFIT_SPLITS)
+    progress(f"ensemble of the {len(cv.models)} fold models ({rows:,} train + validation rows; rounds "
+             f"{', '.join(map(str, cv.fold_best_iterations))})")
+    booster = lgb.Booster(model_str=average_models(cv.models))
+    result = TrainResult(booster, {"score": cv.score}, cand.best_iteration, {})
+    refit = {"splits": list(REFIT_SPLITS), "rows": rows, "rounds": cand.best_iteration, "rounds_scale": 1.0,
+             "selection_best_iteration": cand.best_iteration, "ensemble": len(cv.models),
+             "fold_rounds": cv.fold_best_iterations}
+    return Trained(result, cand.meta, cand.selection, cand.comparison, record, refit, cand.heldout)

@@ -16,7 +16,7 @@ rounds of the refit: the best iteration on the holdout, or the rounded mean of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -86,6 +86,7 @@ class CVResult:
     y: np.ndarray  # the labels, in the table's row order
     oof: np.ndarray  # each row's prediction by the fold model that did not train on it
     gain: dict[str, float]  # feature gain summed over the fold models
+    models: list[str] = field(default_factory=list, repr=False)  # each fold model (LightGBM text, cut at its best round)
 
     @property
     def score(self) -> float:
@@ -131,7 +132,7 @@ def cross_validate(table: pa.Table, meta: RunMeta, train: TrainConfig, folds: in
     full = lgb_dataset(table, meta.label, meta.categorical, params=params).construct()
     X = table.drop_columns([meta.label])
     oof = np.zeros((len(y), meta.num_classes) if meta.task == "multiclass" else len(y))
-    scores, iterations, gain = [], [], dict.fromkeys(meta.features, 0.0)
+    scores, iterations, models, gain = [], [], [], dict.fromkeys(meta.features, 0.0)
     for held in fold_indices(y, folds, seed, meta.task != "regression"):
         fit_rows = np.setdiff1d(np.arange(len(y)), held)
         dtrain, dvalid = full.subset(fit_rows.tolist()), full.subset(held.tolist())
@@ -144,9 +145,10 @@ def cross_validate(table: pa.Table, meta: RunMeta, train: TrainConfig, folds: in
         iterations.append(int(best))
         scores.append(float(booster.best_score["fold"][metric]))
         oof[held] = booster.predict(X.take(pa.array(held)), num_iteration=best)
+        models.append(booster.model_to_string(num_iteration=best))
         for k, v in gain_importance(booster).items():
             gain[k] += v
-    return CVResult(metric, scores, iterations, y, oof, gain)
+    return CVResult(metric, scores, iterations, y, oof, gain, models)
 
 
 def paired_comparison(metric: str, tuned: list[float], defaults: list[float]) -> dict[str, Any]:
