@@ -96,12 +96,47 @@ def plain_scores(table: pa.Table, spec: DatasetSpec, test: np.ndarray, y: np.nda
     return proba[:, 1] if task == "binary" else proba
 
 
-def run_once(spec: DatasetSpec, table: pa.Table, seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
-    """Our pipeline and the plain model on one split; both scored on the same test rows."""
-    from raygbm.config import load_config
+def _score(spec: DatasetSpec, cfg: Any, labelled: pa.Table, test: np.ndarray) -> tuple[str, np.ndarray, float, float, Any]:
+    """One ``run_pipeline`` of ``cfg``: (task, encoded labels, test metric, wall seconds, outcome)."""
     from raygbm.pipeline import run_pipeline
     from raygbm.registry.bundle import Bundle
     from raygbm.registry.store import Registry, local_bundle
+
+    t = time.perf_counter()
+    outcome, _ = run_pipeline(cfg)
+    wall = time.perf_counter() - t
+    ref, path = local_bundle(Registry(cfg.registry), outcome.version)
+    bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
+    assert int(test.sum()) == outcome.metrics["test_rows"], "the bench's test rows are not the pipeline's"
+    feats = bundle.features(labelled)  # every row's label encoded as the model encodes it
+    y = np.asarray(feats.column(spec.label))
+    ours = metric(bundle.task, y[test], bundle.scores(feats.filter(pa.array(test))))
+    if bundle.task == "binary":  # the same rows and model as the pipeline's own test evaluation
+        assert abs(ours - outcome.metrics["roc_auc"]) < 1e-9, (ours, outcome.metrics["roc_auc"])
+    return bundle.task, y, ours, wall, (outcome, bundle, feats.filter(pa.array(test)))
+
+
+def one_row_latency_us(bundle: Any, feats: pa.Table, calls: int = 300) -> float:
+    """Median time of scoring one row as the endpoint does (one thread), in microseconds."""
+    from raygbm.registry.evaluate import features_matrix
+
+    X = features_matrix(bundle.booster, feats.slice(0, 1))
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        bundle.booster.predict(X, num_threads=1)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e6)
+
+
+def run_once(spec: DatasetSpec, table: pa.Table, seed: int, work: Path, extra: list[str],
+             variants: dict[str, list[str]]) -> dict[str, Any]:
+    """Our pipeline and the plain model on one split; both scored on the same test rows. Each variant then
+    runs in the same home (the data stage and the search are reused: only training and registration
+    differ) and is scored on the same rows: a paired comparison with the default."""
+    import json
+
+    from raygbm.config import load_config
 
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
@@ -109,27 +144,22 @@ def run_once(spec: DatasetSpec, table: pa.Table, seed: int, work: Path, extra: l
     pq.write_table(table, data / "part-0.parquet")
     home = work / f"home-{spec.name}-{seed}"  # never reused: MLflow caches a store per URI
     os.environ["RAYGBM_HOME"] = str(home)
-    cfg = load_config(None, [f"split.seed={seed}", *spec.sets, *extra], {"data.source": str(data), "data.label": spec.label})
-    t = time.perf_counter()
-    outcome, tuning = run_pipeline(cfg)
-    ours_s = time.perf_counter() - t
-    ref, path = local_bundle(Registry(cfg.registry), outcome.version)
-    bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
-    task = bundle.task
+    given = {"data.source": str(data), "data.label": spec.label}
+    cfg = load_config(None, [f"split.seed={seed}", *spec.sets, *extra], given)
     labelled = table.filter(table.column(spec.label).is_valid())
     test = test_mask(labelled, cfg)
-    assert int(test.sum()) == outcome.metrics["test_rows"], "the bench's test rows are not the pipeline's"
-    feats = bundle.features(labelled)  # every row's label encoded as the model encodes it
-    y = np.asarray(feats.column(spec.label))
-    ours = metric(task, y[test], bundle.scores(feats.filter(pa.array(test))))
-    if task == "binary":  # the same rows and model as the pipeline's own test evaluation
-        assert abs(ours - outcome.metrics["roc_auc"]) < 1e-9, (ours, outcome.metrics["roc_auc"])
+    task, y, ours, ours_s, (outcome, bundle, test_feats) = _score(spec, cfg, labelled, test)
     t = time.perf_counter()
     plain = metric(task, y[test], plain_scores(labelled, spec, test, y, task))
     plain_s = time.perf_counter() - t
+    latency = one_row_latency_us(bundle, test_feats)
+    out_variants = {}
+    for name, sets in variants.items():
+        vcfg = load_config(None, [f"split.seed={seed}", *spec.sets, *extra, *sets], given)
+        _, _, v_ours, v_s, (_, v_bundle, _) = _score(spec, vcfg, labelled, test)
+        out_variants[name] = {"ours": v_ours, "delta": delta(task, v_ours, plain), "ours_s": v_s,
+                              "latency_us": one_row_latency_us(v_bundle, test_feats)}
     sel = outcome.report_dir / "model_selection.json"
-    import json
-
     chosen = json.loads(sel.read_text()) if sel.exists() else {}
     cmp_file = outcome.report_dir / "defaults_comparison.json"
     comparison = json.loads(cmp_file.read_text()) if cmp_file.exists() else {}
@@ -138,13 +168,16 @@ def run_once(spec: DatasetSpec, table: pa.Table, seed: int, work: Path, extra: l
     return {"task": task, "ours": ours, "plain": plain, "delta": delta(task, ours, plain), "ours_s": ours_s,
             "plain_s": plain_s, "kept": kept, "scheme": (chosen.get("validation") or {}).get("scheme"),
             "rounds": outcome.params.get("num_boost_round"), "rows": labelled.num_rows, "test_rows": int(test.sum()),
-            "tuned_score": comparison.get("tuned_score"), "defaults_score": comparison.get("defaults_score")}
+            "tuned_score": comparison.get("tuned_score"), "defaults_score": comparison.get("defaults_score"),
+            "latency_us": latency, "variants": out_variants}
 
 
 # ------------------------------------------------------------------------------------------ report
 
 
 TOLERANCE = 0.001  # worst_delta's goal is -TOLERANCE
+# Config changes scored beside the default on the same splits and searches (--variant replaces them).
+VARIANTS = {"ensemble": ["train.ensemble=true"], "rounds_auto": ["train.refit_rounds_scale=auto"]}
 
 
 def settled(deltas: list[float], min_seeds: int, max_seeds: int) -> bool:
@@ -158,14 +191,29 @@ def settled(deltas: list[float], min_seeds: int, max_seeds: int) -> bool:
     return mean - 2 * se >= -TOLERANCE or mean + 2 * se < -TOLERANCE
 
 
+def _mean_se(d: np.ndarray) -> tuple[float, float]:
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
 def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     d = np.array([r["delta"] for r in runs])
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    mean, se = _mean_se(d)
+    variants = {}
+    for v in runs[0]["variants"]:
+        vd = np.array([r["variants"][v]["delta"] for r in runs])
+        variants[v] = {"delta": float(vd.mean()), "paired": _mean_se(vd - d),
+                       "ours": float(np.mean([r["variants"][v]["ours"] for r in runs])),
+                       "latency_ratio": float(np.median([r["variants"][v]["latency_us"] / r["latency_us"] for r in runs]))}
     return {"name": name, "task": runs[0]["task"], "rows": runs[0]["rows"], "seeds": len(runs),
             "ours": float(np.mean([r["ours"] for r in runs])), "plain": float(np.mean([r["plain"] for r in runs])),
-            "delta": float(d.mean()), "se": se, "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+            "delta": mean, "se": se, "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
             "ours_s": float(np.mean([r["ours_s"] for r in runs])),
-            "defaults_kept": sum(r["kept"] != "tuned" for r in runs)}
+            "latency_us": float(np.median([r["latency_us"] for r in runs])),
+            "defaults_kept": sum(r["kept"] != "tuned" for r in runs), "variants": variants}
+
+
+def _se(x: float) -> str:
+    return f" ± {x:.4f}" if not math.isnan(x) else ""
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -173,9 +221,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = {"binary": "AUC", "multiclass": "AUC (ovr)", "regression": "RMSE"}[r["task"]]
-        se = f" ± {r['se']:.4f}" if not math.isnan(r["se"]) else ""
         print(f"| {r['name']} | {r['task']} | {r['rows']:,} | {r['seeds']} | {m} | {r['ours']:.4f} | {r['plain']:.4f} | "
-              f"{r['delta']:+.4f}{se} | {r['wins']}/{r['losses']} | {r['defaults_kept']} | {r['ours_s']:.0f} |")
+              f"{r['delta']:+.4f}{_se(r['se'])} | {r['wins']}/{r['losses']} | {r['defaults_kept']} | {r['ours_s']:.0f} |")
+    names = list(rows[0]["variants"]) if rows else []
+    for v in names:
+        print(f"\nvariant {v}: the same splits and searches, scored on the same rows (paired: variant − default)\n")
+        print("| dataset | delta, default | delta, variant | paired difference (± s.e.) | 1-row scoring time, variant / default |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            x = r["variants"][v]
+            print(f"| {r['name']} | {r['delta']:+.4f} | {x['delta']:+.4f} | {x['paired'][0]:+.4f}{_se(x['paired'][1])} | "
+                  f"{x['latency_ratio']:.2f}× |")
 
 
 def main() -> None:
@@ -185,10 +241,14 @@ def main() -> None:
     ap.add_argument("--max-seeds", type=int, default=30, help="split seeds per small dataset, at most")
     ap.add_argument("--big-rows", type=int, default=120_000, help="rows of each generated dataset")
     ap.add_argument("--only", default="", help="comma-separated dataset names")
+    ap.add_argument("--variant", dest="variants", action="append", default=[],
+                    help="NAME=KEY=VALUE[,KEY=VALUE]: also score this config change, paired with the default on the "
+                    f"same splits and searches (default: {', '.join(f'{k}={chr(44).join(v)}' for k, v in VARIANTS.items())})")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="a config override for our runs, e.g. train.metric=binary_logloss (investigations; the goal "
                     "is measured with the default config)")
     args = ap.parse_args()
+    variants = dict((v.split("=", 1)[0], v.split("=", 1)[1].split(",")) for v in args.variants) if args.variants else VARIANTS
     (min_seeds, max_seeds), big_rows = ((2, 4), 100_000) if args.quick else ((args.min_seeds, args.max_seeds), args.big_rows)
     specs = [s for s in datasets() if not args.only or s.name in args.only.split(",")]
     if args.quick and not args.only:
@@ -207,9 +267,10 @@ def main() -> None:
             runs: list[dict[str, Any]] = []
             while not runs or spec.repeat and not settled([r["delta"] for r in runs], min_seeds, max_seeds):
                 seed = len(runs)
-                r = run_once(spec, table, seed, work, args.sets)
+                r = run_once(spec, table, seed, work, args.sets, variants)
                 runs.append(r)
-                print(f"{spec.name:<28} seed {seed}: raygbm {r['ours']:.5f}  plain {r['plain']:.5f}  delta {r['delta']:+.5f}  "
+                more = "".join(f"  {k} {x['delta']:+.5f}" for k, x in r["variants"].items())
+                print(f"{spec.name:<28} seed {seed}: raygbm {r['ours']:.5f}  plain {r['plain']:.5f}  delta {r['delta']:+.5f}{more}  "
                       f"({r['scheme']}, tuned {r['tuned_score']} defaults {r['defaults_score']} kept {r['kept']}, "
                       f"{r['rounds']} rounds, {r['ours_s']:.0f}s vs {r['plain_s']:.1f}s)",
                       flush=True)
@@ -219,9 +280,14 @@ def main() -> None:
     print_table(summary)
     deltas = [s["delta"] for s in summary]
     se_mean = math.sqrt(sum((s["se"] if not math.isnan(s["se"]) else 0.0) ** 2 for s in summary)) / len(summary)
+    per_variant = "".join(
+        f" {v}_worst_delta={min(s['variants'][v]['delta'] for s in summary):.5f}"
+        f" {v}_mean_delta={float(np.mean([s['variants'][v]['delta'] for s in summary])):.5f}"
+        f" {v}_latency_ratio={float(np.median([s['variants'][v]['latency_ratio'] for s in summary])):.2f}"
+        for v in variants)
     print(f"\nRESULT worst_delta={min(deltas):.5f} mean_delta={float(np.mean(deltas)):.5f} datasets={len(summary)} "
           f"mean_delta_se={se_mean:.5f} runs={sum(x['seeds'] for x in summary)} wall_s={time.perf_counter() - t0:.0f} "
-          f"worst={summary[int(np.argmin(deltas))]['name']}" + (f" set={','.join(args.sets)}" if args.sets else ""))
+          f"worst={summary[int(np.argmin(deltas))]['name']}{per_variant}" + (f" set={','.join(args.sets)}" if args.sets else ""))
 
 
 if __name__ == "__main__":

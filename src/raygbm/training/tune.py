@@ -224,7 +224,7 @@ class TuneResult:
 def experiment_name(meta: RunMeta, train: TrainConfig, tune: TuneConfig, resources: ResourcesConfig) -> str:
     """Same data, schedule and search → same name, so a crashed search is found and restored. (The refit
     settings do not change the trials: a new refit reuses the search.)"""
-    schedule = train.model_dump(mode="json", exclude={"refit", "refit_rounds_scale"})
+    schedule = train.model_dump(mode="json", exclude={"refit", "refit_rounds_scale", "ensemble"})
     key = json.dumps({"run": meta.run_dir.name, "features": meta.features, "train": schedule,
                       "tune": tune.model_dump(mode="json"), "mode": resources.trial_mode}, sort_keys=True)
     return f"tune-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
