@@ -122,3 +122,37 @@ def test_missing_data_or_label_fails_before_ray_starts(tmp_path, command, missin
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: no ") and missing in line
     assert "starting Ray" not in r.stdout + r.stderr and not home.exists()
+
+
+@pytest.mark.parametrize("label", [pa.array([1, 2] * 1000, pa.timestamp("s")), pa.array([[1], [0]] * 1000),
+                                   pa.array([1, 0] * 1000, pa.decimal128(5, 0))], ids=["timestamp", "list", "decimal"])
+def test_a_label_of_a_type_no_task_reads_is_refused_before_any_work(tmp_path, label):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"x": pa.array(range(2000), pa.float64()), "y": label}), data / "part-0.parquet")
+    home = tmp_path / "home"
+    r = _run("run", "--data", str(data), "--label", "y", home=home)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    kind = str(label.type).split("[")[0].split("<")[0].split("(")[0]  # Parquet keeps seconds as milliseconds
+    assert "part-0.parquet" in line and f"label column 'y' is {kind}" in line
+    assert not home.exists()
+
+
+def test_an_unexpected_error_prints_one_line_and_the_log_holding_the_traceback(tmp_path, monkeypatch, capsys):
+    from raygbm import cli
+    from raygbm.registry.store import Registry
+
+    def broken(self):
+        raise KeyError("secret-value")
+
+    monkeypatch.setenv("RAYGBM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(Registry, "versions", broken)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["models"])
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert exit_.value.code == 1 and line.startswith("error: raygbm models failed unexpectedly (KeyError)")
+    assert "secret-value" not in line and "Traceback" not in err
+    log = Path(line.rsplit(" ", 1)[1])
+    assert log.parent == tmp_path / "home" / "logs" and "secret-value" in log.read_text()

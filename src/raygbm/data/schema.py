@@ -208,6 +208,9 @@ def check_shards(source: str, *, label: str | None, quarantine: bool = False, th
             f"{_display(fs, good[0].path)}: label column {label!r} not found "
             f"(columns: {', '.join(expected.names)})"
         )
+    if label is not None and not is_label_type(expected.field(label).type):
+        raise DataError(f"{_display(fs, good[0].path)}: label column {label!r} is {expected.field(label).type}; a label "
+                        "must be integers, floats, booleans or strings (cast it to one of those)")
     return ShardSet(source, fs, good, expected, problems)
 
 
@@ -226,6 +229,14 @@ def arrow_type(name: str) -> pa.DataType:
         tz = tz.strip()
         return pa.timestamp(unit.strip(), tz[3:] if tz.startswith("tz=") else None)
     return pa.type_for_alias(name)
+
+
+def is_label_type(t: pa.DataType) -> bool:
+    """What the task rule reads: numbers, booleans, strings, or a dictionary of strings or integers."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t))
 
 
 def _is_numeric(t: pa.DataType) -> bool:

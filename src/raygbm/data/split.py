@@ -54,6 +54,10 @@ def _column_bits(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
         if pa.types.is_temporal(t):
             arr = arr.view(pa.int64()) if t.bit_width == 64 else pc.cast(arr.view(pa.int32()), pa.int64())
         h = np.asarray(pc.fill_null(pc.cast(arr, pa.int64()), 0), dtype=np.int64).view(np.uint64)
+    elif pa.types.is_nested(t) or pa.types.is_fixed_size_binary(t):
+        # Lists, structs, maps (never features, but part of the row): hashed by their Python value's text.
+        return _mix_none(np.asarray(pd.util.hash_array(np.asarray([repr(v) for v in arr.to_pylist()], dtype=object)),
+                                    dtype=np.uint64), valid)
     else:
         if pa.types.is_dictionary(t):
             dictionary, indices = arr.dictionary, arr.indices
@@ -62,10 +66,12 @@ def _column_bits(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
             dictionary, indices = enc.dictionary, enc.indices
         dict_hash = pd.util.hash_array(np.asarray(dictionary.to_pylist(), dtype=object))
         h = dict_hash[np.asarray(pc.fill_null(indices, 0), dtype=np.int64)] if len(dictionary) else np.zeros(len(arr), np.uint64)
-    h = np.asarray(h, dtype=np.uint64)
-    if valid is not None:
-        h = np.where(valid, h, _NULL)
-    return h
+    return _mix_none(np.asarray(h, dtype=np.uint64), valid)
+
+
+def _mix_none(h: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Nulls hash alike (``_NULL``), whatever the column's type."""
+    return h if valid is None else np.where(valid, h, _NULL)
 
 
 _ROW_PRIME = np.uint64(0x9FB21C651E98DF25)
