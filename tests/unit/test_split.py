@@ -67,3 +67,10 @@ def test_time_split_trains_on_the_past(tmp_path):
     assert times[codes == TRAIN].max() < times[codes == VALIDATION].min()
     assert times[codes == VALIDATION].max() < times[codes == TEST].min()
     np.testing.assert_allclose(np.bincount(codes) / len(codes), [0.7, 0.15, 0.15], atol=0.001)
+
+
+def test_row_hash_reads_nested_and_binary_columns_equal_rows_alike():
+    t = pa.table({"l": pa.array([[1, 2], [1, 2], [3], None]), "s": pa.array([{"a": 1}, {"a": 1}, {"a": 2}, None]),
+                  "b": pa.array([b"x", b"x", b"y", None])})
+    h = row_hash(t, t.column_names)
+    assert h[0] == h[1] and len({int(h[0]), int(h[2]), int(h[3])}) == 3
