@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raygbm.config import DerivedFeature, FeaturesConfig
-from raygbm.data.schema import DatasetSchema
+from raygbm.data.schema import DatasetSchema, arrow_type
 from raygbm.data.stats import TableStats, to_float64 as _f64
 from raygbm.data.task import infer_task, label_classes
 from raygbm.errors import DataError
@@ -54,8 +54,6 @@ def as_training_time(col: pa.ChunkedArray | pa.Array, trained: str) -> pa.Chunke
     out as in training and as ``transform_record`` takes them: naive times are UTC, zoned times are
     converted to the training zone (or to naive UTC), and a timestamp sent for a date column is its UTC
     date (MLflow and CSV readers hand dates over as timestamps)."""
-    from raygbm.data.schema import arrow_type
-
     try:
         want = arrow_type(trained)
     except ValueError:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import re
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from raygbm.data.schema import arrow_type as value_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,9 +33,6 @@ REQUIREMENTS = ("lightgbm", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", 
 # An input example's time for timestamp columns: the schema has no typical value for them. MLflow's
 # ``datetime`` columns are timezone-naive; the preprocessor reads naive times as UTC (``as_training_time``).
 EXAMPLE_TIME = datetime(2024, 1, 1, 12)
-# A dictionary column's values are the column's type (pandas writes every categorical as
-# ``dictionary<values=string, indices=int8, ordered=0>``); the indices are an encoding detail.
-_DICTIONARY = re.compile(r"dictionary<values=([^,]+), indices=")
 
 
 def _mlflow_type(arrow_type: str, numeric: bool) -> str:
@@ -44,9 +42,10 @@ def _mlflow_type(arrow_type: str, numeric: bool) -> str:
     if numeric:
         return "double"
     t = arrow_type.lower()
-    m = _DICTIONARY.match(t)
-    if m:
-        t = m.group(1)
+    if t.startswith("dictionary<"):
+        # The values are the column's type (pandas writes every categorical as
+        # ``dictionary<values=string, indices=int8, ordered=0>``); the indices are an encoding detail.
+        t = str(value_type(arrow_type)).lower()
     if t.startswith("timestamp") or t.startswith("date"):
         return "datetime"
     if t == "bool":
