@@ -1,5 +1,8 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero; anything else is a bug."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class RaygbmError(Exception):
     """Base class: the message is complete, names the offending thing, and fits on one line."""
@@ -17,22 +20,21 @@ class RegistryError(RaygbmError):
     """No such model or version, a tampered bundle, or an unreachable store."""
 
 
-class stage:  # noqa: N801  (used as a context manager: ``with stage("register"): ...``)
-    """Names the pipeline stage an unexpected exception came from: the CLI's one-line report of a crash
-    says where it happened. The innermost stage wins; a ``RaygbmError`` passes untouched."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self) -> "stage":
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, Exception) and not isinstance(exc, RaygbmError) and not hasattr(exc, "raygbm_stage"):
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Names the pipeline stage an unexpected exception came from, so the CLI's one-line report of a
+    crash says where it happened. The innermost stage wins; a ``RaygbmError`` passes untouched."""
+    try:
+        yield
+    except RaygbmError:
+        raise
+    except Exception as exc:
+        if not hasattr(exc, "raygbm_stage"):
             try:
-                exc.raygbm_stage = self.name  # type: ignore[attr-defined]
+                exc.raygbm_stage = name  # type: ignore[attr-defined]
             except AttributeError:  # an exception type with __slots__
                 pass
+        raise
 
 
 def stage_of(exc: BaseException) -> str | None:
