@@ -309,3 +309,17 @@ def test_raw_table_keeps_dates_and_survives_a_field_kept_as_sent():
     assert good.schema.field("d").type == pa.date32() and good.column("d").to_pylist()[0].isoformat() == "2024-08-08"
     mixed = raw_table([("table", table, None), ("records", [{"d": "not a date", "n": 3}], None)], ["d", "n"], types)
     assert mixed.column("d").to_pylist() == [None, "not a date"] and mixed.column("n").to_pylist() == [1, 3]
+
+
+def test_integers_beyond_2_53_in_a_float_field_are_logged_as_the_features_take_them():
+    """A table body's int64 column for a double field (2^60: accepted by the endpoint) and JSON integers
+    are logged as float64 alongside other parts, and buffered parts of either kind flush together."""
+    from raygbm.loop.prediction_log import concat_parts
+
+    types = {"x": "double"}
+    table = pa.table({"x": pa.array([2**60])})
+    t = raw_table([("json", json.dumps([{"x": 2**60}]).encode(), None), ("table", table, None),
+                   ("records", [{"x": 1.5}], None)], ["x"], types)
+    assert t.schema.field("x").type == pa.float64() and t.column("x").to_pylist() == [float(2**60)] * 2 + [1.5]
+    both = concat_parts([pa.table({"x": pa.array([2**60])}), pa.table({"x": pa.array([1.5])})], types)
+    assert both.column("x").to_pylist() == [float(2**60), 1.5]

@@ -65,6 +65,8 @@ def _column(values: list[Any], type_name: str | None) -> pa.Array:
         values = [v.date() if isinstance(v, datetime) else v for v in values]
     if t is not None and pa.types.is_integer(t) and any(isinstance(v, float) and not v.is_integer() for v in values):
         t = None  # pyarrow would truncate it
+    if t is not None and pa.types.is_floating(t):  # integers beyond 2^53 as the features take them (rounded)
+        values = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
     try:
         return pa.array(values, type=t)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
@@ -88,12 +90,30 @@ def raw_table(parts: list[RawPart], fields: list[str], types: dict[str, str]) ->
         out.append(_typed(payload, fields, types))
     if records:
         out.append(_records_table(records, fields, types))
+    return concat_parts(out, types)
+
+
+def concat_parts(tables: list[pa.Table], types: dict[str, str]) -> pa.Table:
+    """Tables of the same columns as one. A column whose types differ between them (a value kept as sent)
+    is cast, unchecked, to its training type in every table, or where that fails to text: a mix never
+    fails the log."""
     try:
-        return pa.concat_tables(out, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field kept as sent in one part: as text in all
-        mixed = [f for f in fields if len({t.schema.field(f).type for t in out}) > 1]
-        return pa.concat_tables([t.select(fields).cast(pa.schema([pa.field(f, pa.string() if f in mixed else
-                                t.schema.field(f).type) for f in fields])) for t in out])
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    names = tables[0].column_names
+    target = {}
+    for f in names:
+        kinds = {t.schema.field(f).type for t in tables}
+        if len(kinds) > 1:
+            try:
+                want = arrow_type(types[f])
+                [t.column(f).cast(want, safe=False) for t in tables]
+            except (KeyError, ValueError, pa.ArrowException):
+                want = pa.string()
+            target[f] = want
+    return pa.concat_tables([t.select(names).cast(pa.schema([pa.field(f, target.get(f, t.schema.field(f).type))
+                                                             for f in names]), safe=False) for t in tables])
 
 
 def _records_table(records: list[dict[str, Any]], fields: list[str], types: dict[str, str]) -> pa.Table:
@@ -106,7 +126,9 @@ def _typed(table: pa.Table, fields: list[str], types: dict[str, str]) -> pa.Tabl
     for f in fields:
         col = table.column(f)
         try:
-            cols[f] = col.cast(arrow_type(types[f])) if f in types else col
+            want = arrow_type(types[f]) if f in types else None
+            # Numbers into a float type unchecked (integers beyond 2^53 round, as the features take them).
+            cols[f] = col.cast(want, safe=not pa.types.is_floating(want)) if want is not None else col
         except (pa.ArrowException, ValueError, TypeError):
             cols[f] = col
     return pa.table(cols)
@@ -183,7 +205,12 @@ class PredictionLog:
         self._last_flush = time.time()
         if not self._buf:
             return
-        table = pa.concat_tables(self._buf, promote_options="permissive")
+        try:
+            table = concat_parts(self._buf, self.types)
+        except (pa.ArrowException, ValueError) as exc:  # never expected: concat_parts falls back to text
+            self.error = f"{self.root}: buffered rows could not be combined ({type(exc).__name__}); dropped"
+            self._buf, self._buf_labelled = [], None
+            return
         labelled = self._buffered().labelled
         self.root.mkdir(parents=True, exist_ok=True)
         part = self.root / f"part-{int(self._last_flush * 1000):013d}-{next(self._seq):06d}.parquet"
