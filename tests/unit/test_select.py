@@ -111,3 +111,26 @@ def test_refit_trains_exactly_the_rounds_on_train_and_validation(meta):
     text, metrics, best, _ = fit_rows(meta, holdout.model_dump(mode="json"), 1, ("train",), "validation")
     booster = lgb.Booster(model_str=text)
     assert _root_count(booster) == meta.rows("train") and best < 400 and "validation-binary_logloss" in metrics
+
+
+def test_cv_folds_keep_identical_rows_together_as_the_data_split_does():
+    """Where rows repeat (features and label), every copy of a row is held out by the same fold; with
+    distinct rows the folds are the plain (stratified) ones."""
+    import pyarrow as pa
+
+    from raygbm.training.select import duplicate_groups, fold_indices, grouped_folds
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 50, 300)
+    table = pa.table({"x": pa.array(base % 17, pa.float64()), "label": pa.array((base % 2).astype(np.int64))})
+    y = np.asarray(table.column("label"))
+    held = grouped_folds(table, y, 5, seed=1, stratified=True)
+    fold_of = np.empty(len(y), int)
+    for i, h in enumerate(held):
+        fold_of[h] = i
+    groups = duplicate_groups(table)
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(y)))
+    assert all(len(set(fold_of[groups == g])) == 1 for g in np.unique(groups))
+    distinct = pa.table({"x": pa.array(np.arange(300, dtype=np.float64)), "label": table.column("label")})
+    assert duplicate_groups(distinct) is None and grouped_folds(distinct, y, 5, 1, True) is None
+    assert len(fold_indices(y, 5, 1, True)) == 5

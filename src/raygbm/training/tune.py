@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
@@ -35,7 +36,7 @@ from raygbm.errors import ConfigError
 from raygbm.paths import home, write_text_atomic
 from raygbm.progress import Progress, no_progress
 from raygbm.training.direction import best, tune_mode
-from raygbm.training.select import validation_scheme
+from raygbm.training.select import grouped_folds, validation_scheme
 from raygbm.training.train import (
     ReportEveryK,
     RunMeta,
@@ -181,9 +182,12 @@ def _cv_trial(lgbp: dict[str, Any], full: pa.Table, meta: RunMeta, train: TrainC
     callbacks: list[Any] = [reporter]
     if train.early_stopping_rounds:
         callbacks.append(lgb.early_stopping(train.early_stopping_rounds, first_metric_only=True, verbose=False))
+    # Where rows repeat, identical rows stay in one fold, as the data split keeps them (select.grouped_folds).
+    held = grouped_folds(full, np.asarray(full.column(meta.label)), setup.cv_folds, setup.cv_seed, meta.task != "regression")
+    folds = [(np.setdiff1d(np.arange(full.num_rows), h), h) for h in held] if held else None
     hist = lgb.cv(lgbp, lgb_dataset(full, meta.label, meta.categorical), num_boost_round=train.num_boost_round,
                   nfold=setup.cv_folds, stratified=meta.task != "regression", shuffle=True, seed=setup.cv_seed,
-                  callbacks=callbacks)
+                  folds=folds, callbacks=callbacks)
     key = next(k for k in hist if k.endswith("-mean"))
     values = hist[key]
     best_i = best(lgbp["metric"], range(len(values)), key=values.__getitem__)
