@@ -244,11 +244,14 @@ def main() -> None:
     ap.add_argument("--variant", dest="variants", action="append", default=[],
                     help="NAME=KEY=VALUE[,KEY=VALUE]: also score this config change, paired with the default on the "
                     f"same splits and searches (default: {', '.join(f'{k}={chr(44).join(v)}' for k, v in VARIANTS.items())})")
+    ap.add_argument("--no-variants", action="store_true", help="the default config only")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="a config override for our runs, e.g. train.metric=binary_logloss (investigations; the goal "
                     "is measured with the default config)")
     args = ap.parse_args()
     variants = dict((v.split("=", 1)[0], v.split("=", 1)[1].split(",")) for v in args.variants) if args.variants else VARIANTS
+    if args.no_variants:
+        variants = {}
     (min_seeds, max_seeds), big_rows = ((2, 4), 100_000) if args.quick else ((args.min_seeds, args.max_seeds), args.big_rows)
     specs = [s for s in datasets() if not args.only or s.name in args.only.split(",")]
     if args.quick and not args.only:
