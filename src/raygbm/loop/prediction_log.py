@@ -102,18 +102,15 @@ def concat_parts(tables: list[pa.Table], types: dict[str, str]) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     names = tables[0].column_names
-    target = {}
-    for f in names:
-        kinds = {t.schema.field(f).type for t in tables}
-        if len(kinds) > 1:
+    columns: dict[str, list[Any]] = {f: [t.column(f) for t in tables] for f in names}
+    for f, cols in columns.items():
+        if len({c.type for c in cols}) > 1:
             try:
                 want = arrow_type(types[f])
-                [t.column(f).cast(want, safe=False) for t in tables]
+                columns[f] = [c.cast(want, safe=False) for c in cols]
             except (KeyError, ValueError, pa.ArrowException):
-                want = pa.string()
-            target[f] = want
-    return pa.concat_tables([t.select(names).cast(pa.schema([pa.field(f, target.get(f, t.schema.field(f).type))
-                                                             for f in names]), safe=False) for t in tables])
+                columns[f] = [c.cast(pa.string()) for c in cols]
+    return pa.concat_tables([pa.table({f: columns[f][i] for f in names}) for i in range(len(tables))])
 
 
 def _records_table(records: list[dict[str, Any]], fields: list[str], types: dict[str, str]) -> pa.Table:

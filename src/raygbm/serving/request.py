@@ -158,8 +158,9 @@ class RequestSchema:
                                f"{len(self.fields)} fields)", 413)
 
     def check_table(self, table: pa.Table, max_rows: int) -> None:
-        """A table body by the rules of JSON records: every field once, numbers finite. Columns the model does not read are ignored (a table may carry ids or the label); the
-        column types are checked where the bundle transforms the table."""
+        """A table body by the rules of JSON records: every field once, numbers finite. Columns the model
+        does not read are ignored (a table may carry ids or the label); the column types are checked where
+        the bundle transforms the table."""
         self.check_width(table.num_columns)
         if table.num_rows > max_rows:
             raise RequestError(f"{table.num_rows} rows; the limit is {max_rows}", 413)

@@ -107,13 +107,17 @@ def refit_rounds(best_iteration: float, scale: float = 1.0) -> int:
     return max(1, int(round(best_iteration * scale)))
 
 
+def _can_stratify(y: np.ndarray, folds: int) -> bool:
+    """A class rarer than the folds cannot be spread over them."""
+    _, counts = np.unique(y, return_counts=True)
+    return bool(counts.min() >= folds)
+
+
 def fold_indices(y: np.ndarray, folds: int, seed: int, stratified: bool) -> list[np.ndarray]:
     """Each fold's held-out row indices (sorted): stratified by label for classification."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    if stratified:
-        _, counts = np.unique(y, return_counts=True)
-        stratified = counts.min() >= folds  # a class rarer than the folds cannot be spread over them
+    stratified = stratified and _can_stratify(y, folds)
     splitter = (StratifiedKFold if stratified else KFold)(n_splits=folds, shuffle=True, random_state=seed)
     return [np.sort(test) for _, test in splitter.split(np.zeros(len(y)), y)]
 
@@ -138,9 +142,7 @@ def grouped_folds(table: pa.Table, y: np.ndarray, folds: int, seed: int, stratif
         return None
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    if stratified:
-        _, counts = np.unique(y, return_counts=True)
-        stratified = counts.min() >= folds
+    stratified = stratified and _can_stratify(y, folds)
     splitter = (StratifiedGroupKFold if stratified else GroupKFold)(n_splits=folds, shuffle=True, random_state=seed)
     return [np.sort(test) for _, test in splitter.split(np.zeros(len(y)), y, groups)]
 
