@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from raygbm.config import ResourcesConfig, TrainConfig, load_config
 from raygbm.data.preprocess import preprocess
+from raygbm.training.faults import Faults
 from raygbm.training.train import RunMeta, train_in_process, train_with_ray
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home
@@ -40,7 +41,8 @@ def test_ray_train_matches_in_process_and_survives_a_killed_worker(meta, tmp_pat
     clean_auc = _test_auc(meta, ray_run.booster)
     assert abs(clean_auc - _test_auc(meta, plain.booster)) < 0.005
     # Kill the worker process at round 35: Ray Train restarts it, and it resumes from a checkpoint.
-    failed = train_with_ray(meta, TC, ResourcesConfig(max_failures=1), tmp_path / "train", "killed", fail_at_iteration=35)
+    failed = train_with_ray(meta, TC, ResourcesConfig(max_failures=1), tmp_path / "train", "killed",
+                            faults=Faults(fail_at_iteration=35))
     assert failed.metrics["resumed_from"] in (10, 20, 30)  # the last checkpoint the controller had registered, not 0
     assert failed.booster.current_iteration() == 40
     assert abs(_test_auc(meta, failed.booster) - clean_auc) <= 0.002

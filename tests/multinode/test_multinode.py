@@ -28,6 +28,7 @@ from raygbm.data.preprocess import preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import Registry
+from raygbm.training.faults import Faults
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process, train_with_ray
 from tests.conftest import make_shards
@@ -136,8 +137,11 @@ def test_two_node_training_survives_losing_a_node_and_resumes_from_its_checkpoin
     clean_auc = _test_auc(meta, clean.booster)
 
     result: dict = {}
+    # Rounds slowed on the first attempt (at least 15 s for 300): the node goes while the run is surely
+    # still training, however fast this machine boosts. The restarted group trains at full speed.
+    slow = Faults(round_pause_s=0.05)
     run = threading.Thread(target=lambda: result.update(
-        r=train_with_ray(meta, tc, resources, tmp_path / "cut", "cut")), daemon=True)
+        r=train_with_ray(meta, tc, resources, tmp_path / "cut", "cut", faults=slow)), daemon=True)
     run.start()
     wait_until(lambda: _checkpoints(tmp_path / "cut"), 180, message="a first checkpoint")
     nodes = {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}

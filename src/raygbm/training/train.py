@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from raygbm.config import ResourcesConfig, TrainConfig
 from raygbm.errors import DataError
+from raygbm.training.faults import Faults
 
 CHECKPOINT_FILE = "model.txt"  # the LightGBM text model inside a Ray Train checkpoint
 
@@ -266,10 +267,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         # barrier plus the checkpoint upload) runs in the background while boosting goes on.
         reporter.submit(metrics, model.model_to_string() if model is not None and rank == 0 else None)
 
-    fail_at = config.get("fail_at_iteration")
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
-    if fail_at and checkpoint is None and rank == 0:
-        callbacks.append(_FailAt(fail_at, reporter.flush))
+    if checkpoint is None:
+        callbacks += Faults.from_config(config.get("faults")).callbacks(rank, reporter.flush)
     t = time.perf_counter()
     try:
         booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
@@ -331,26 +331,6 @@ class BackgroundReporter:
             raise self._error
 
 
-class _FailAt:
-    """Test hook: kill this worker process at a given round (only on a run that did not resume).
-
-    It first lets the background reporter hand over what it holds, so the crash comes after at least
-    one checkpoint reached the controller (the report queue holds one report: once the last one is
-    queued, the one before was consumed), as it would on any run longer than a few seconds.
-    """
-
-    order = 50
-
-    def __init__(self, iteration: int, flush: Callable[[], None]):
-        self.iteration = iteration
-        self.flush = flush
-
-    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
-        if env.iteration + 1 == self.iteration:
-            self.flush()
-            os._exit(1)
-
-
 def split_parts(split_dirs: list[Path]) -> list[tuple[str, int]]:
     """The Parquet part files of one or more splits, in order, with their row counts (from the footers)."""
     files = [str(p) for d in split_dirs for p in sorted(d.glob("*.parquet"))]
@@ -404,7 +384,7 @@ def train_with_ray(
     resources: ResourcesConfig,
     storage: Path,
     name: str,
-    fail_at_iteration: int | None = None,
+    faults: Faults | None = None,
     callbacks: list[Any] | None = None,
     fit_on: tuple[str, ...] = ("train",),
     holdout: str | None = "validation",
@@ -441,7 +421,7 @@ def train_with_ray(
             "task": meta.task,
             "num_classes": meta.num_classes,
             "num_threads": resources.cpus_per_worker,
-            "fail_at_iteration": fail_at_iteration,
+            "faults": (faults or Faults()).to_config(),
             "columns": [*meta.features, meta.label],
             "train_slices": train_slices,
             "validation_slices": validation_slices,
