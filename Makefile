@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAYGBM_HOME ?= $(CURDIR)/.raygbm
 DEMO_DATA := $(RAYGBM_HOME)/demo-data
 
-.PHONY: install demo ui test test-fast bench clean
+.PHONY: install demo ui lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "raygbm needs Python 3.11, found " + sys.version.split()[0]'
@@ -29,7 +29,12 @@ ui: install
 # Unit tests (no Ray, one worker per core) first, then integration tests sharing one local Ray, then a
 # real head node and `ray job submit`, then three Ray nodes on this host with faults (each its own session:
 # never two Ray instances at once).
-test: install
+# The layer contract (import-linter) and the lint rules (ruff) first: both take seconds.
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests bench pipelines
+
+test: install lint
 	$(BIN)/python -m pytest -q -n auto tests/unit
 	$(BIN)/python -m pytest -q tests/integration
 	$(BIN)/python -m pytest -q tests/cluster

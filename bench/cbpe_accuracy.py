@@ -1,9 +1,18 @@
 """CBPE accuracy offline: train LightGBM on generated rows (80%), fit the calibration on the last 10%, and compare
 the estimated with the realized AUC on 10 windows of fresh rows. Usage: bench/cbpe_accuracy.py TRAIN_ROWS WINDOW [SEED]
 (prints the gaps with raygbm's calibration map, Platt; then a scikit-learn Platt fit's and the raw scores' mean gap and windows within 0.03)."""
-import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq, lightgbm as lgb, tempfile
-from raygbm.data.generate import generate_dataset, GeneratorSpec, NUMERIC, CATEGORICAL
-from raygbm.loop.performance import performance_reference, CalibrationMap, estimated_metrics, realized_metrics
+import sys
+import tempfile
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygbm.data.generate import CATEGORICAL, NUMERIC, GeneratorSpec, generate_dataset
+from raygbm.metrics import realized_metrics
+from raygbm.monitoring.performance import CalibrationMap, estimated_metrics, performance_reference
+
 train_rows = int(sys.argv[1]); W = int(sys.argv[2]); seed = int(sys.argv[3]) if len(sys.argv) > 3 else 11
 CATS = {}
 def load(rows, s):
@@ -29,6 +38,7 @@ for k in range(10):
     gaps.append(e - r)
 print(len(y[te:]), "test rows; gaps:", np.round(gaps, 4), "within 0.03:", sum(abs(g) <= 0.03 for g in gaps), "mean", np.mean(gaps))
 from sklearn.linear_model import LogisticRegression
+
 ps = b.predict(X[te:]); lg = lambda p: np.log(np.clip(p,1e-6,1-1e-6)/(1-np.clip(p,1e-6,1-1e-6)))
 lr = LogisticRegression(C=1e6).fit(lg(ps)[:, None], y[te:])
 g2 = []

@@ -1,9 +1,16 @@
 """The monitor-side cost of the prediction log: rows/s logged (single-record JSON requests, tables), the
 replica-side cost of table ids, and a join lookup against a large log. No Ray: ./.venv/bin/python bench/prediction_log.py"""
-import json, time, tempfile, numpy as np, pyarrow as pa
+import json
+import tempfile
+import time
 from pathlib import Path
-from raygbm.loop.prediction_log import PredictionLog
-from raygbm.serving.model_slot import table_ids, new_ids
+
+import numpy as np
+import pyarrow as pa
+
+from raygbm.monitoring.prediction_log import PredictionLog
+from raygbm.serving.model_slot import table_ids
+
 fields = [f"num_{i}" for i in range(12)] + [f"cat_{i}" for i in range(5)]
 types = {**{f"num_{i}": "double" for i in range(12)}, **{f"cat_{i}": "string" for i in range(5)}}
 rec = {**{f"num_{i}": 0.5 * i for i in range(12)}, **{f"cat_{i}": f"v{i}" for i in range(5)}}

@@ -52,7 +52,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpus import DatasetSpec, datasets  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------ one run
 
 

@@ -54,12 +54,11 @@ def data_for(rows: int, cache: Path) -> Path:
 
 
 def run_ours(data: Path, rounds: int) -> dict:
+    from preprocess import _pss_tree_mb
     from raygbm.config import TrainConfig, load_config
     from raygbm.data.preprocess import preprocess
     from raygbm.runtime import ensure_ray
     from raygbm.training.train import RunMeta, train_in_process
-
-    from preprocess import _pss_tree_mb
 
     cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
     ensure_ray(cfg.resources)
@@ -98,7 +97,6 @@ def run_plain(data: Path, rounds: int, train_rows: int) -> dict:
 
 def measure(path: str, data: Path, rounds: int, train_rows: int) -> dict | None:
     """One (path, size) in a child process: its result and the peak memory of its process tree."""
-    from preprocess import PeakRSS  # bench/preprocess.py's sampler of a process tree
 
     out = Path(tempfile.mkdtemp(prefix="raygbm-scale-")) / "result.json"
     child = subprocess.Popen([sys.executable, __file__, "--child", path, str(data), str(rounds), str(train_rows),

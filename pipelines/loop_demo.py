@@ -99,12 +99,12 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
     import pyarrow.parquet as pq
 
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
-    from raygbm.loop.labelled import read_labelled, training_rows
     from raygbm.loop.retrain import holdout_metric, labelled_root
     from raygbm.loop.runner import start_loop
+    from raygbm.monitoring.labelled import read_labelled, training_rows
+    from raygbm.monitoring.loop_state import LoopState
     from raygbm.paths import home
     from raygbm.registry.store import Registry
-    from raygbm.loop.state import LoopState
 
     with tempfile.TemporaryDirectory() as d:
         step = 50  # spread like the training data (rows 15 s apart)

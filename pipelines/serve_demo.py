@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import preprocess
     from raygbm.data.split import RAW_TEST
-    from raygbm.drift.report import drift_report_html
     from raygbm.errors import RaygbmError
+    from raygbm.monitoring.report import drift_report_html
     from raygbm.paths import home
     from raygbm.runtime import ensure_ray
     from raygbm.serving.deploy import deploy

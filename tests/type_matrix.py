@@ -3,7 +3,7 @@ each kind the task rule accepts: the type-matrix tests feed it through every sur
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np

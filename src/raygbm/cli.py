@@ -308,8 +308,9 @@ def predict(
 
     Example: raygbm predict --input data/ --output scored/
     """
-    from raygbm.predict import predict_dataset, predict_via_endpoint
+    from raygbm.predict import predict_dataset
     from raygbm.registry.store import Registry, local_bundle
+    from raygbm.serving.client import predict_via_endpoint
 
     if url is not None:
         try:
@@ -421,7 +422,7 @@ def serve(
         return
     if cfg.retrain.enabled:
         from raygbm.loop.runner import start_loop
-        from raygbm.predict import endpoint_auth
+        from raygbm.serving.client import endpoint_auth
 
         start_loop(cfg, url, endpoint_auth())
         typer.echo(f"the loop is on: triggers checked every {cfg.retrain.check_s:g}s (raygbm loop status)")
@@ -440,19 +441,13 @@ def drift_report(
 
     Example: raygbm drift-report --url http://127.0.0.1:8000 --output drift.html
     """
-    import json
-    import urllib.error
-    import urllib.request
-
-    from raygbm.drift.report import drift_report_html
-    from raygbm.predict import endpoint_auth
+    from raygbm.monitoring.report import drift_report_html
+    from raygbm.serving.client import Endpoint
 
     try:
-        request = urllib.request.Request(url.rstrip("/") + "/drift", headers=endpoint_auth())
-        with urllib.request.urlopen(request, timeout=30) as r:
-            report = json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _fail(f"cannot read {url}/drift: {getattr(exc, 'reason', exc)}")
+        report = Endpoint(url).get_json("/drift")
+    except RaygbmError as exc:
+        _fail(str(exc))
     from raygbm.paths import write_text_atomic
 
     write_text_atomic(output, drift_report_html(report))
@@ -470,7 +465,7 @@ def feedback(
 
     Example: raygbm feedback --input labels.parquet --url http://127.0.0.1:8000
     """
-    from raygbm.loop.client import send_feedback
+    from raygbm.serving.client import send_feedback
 
     try:
         out = send_feedback(input, url)
@@ -538,8 +533,8 @@ def retrain(
     import os
     import time
 
-    from raygbm.loop.state import LoopState
     from raygbm.loop.triggers import Trigger
+    from raygbm.monitoring.loop_state import LoopState
     from raygbm.paths import home
 
     try:
@@ -614,19 +609,14 @@ def loop_status(
     import json
 
     if url is not None:
-        import urllib.error
-        import urllib.request
-
-        from raygbm.predict import endpoint_auth
+        from raygbm.serving.client import Endpoint
 
         try:
-            with urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/retrain", headers=endpoint_auth()),
-                                        timeout=30) as r:
-                doc = json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            _fail(f"cannot read {url}/retrain: {getattr(exc, 'reason', exc)}")
+            doc = Endpoint(url).get_json("/retrain")
+        except RaygbmError as exc:
+            _fail(str(exc))
     else:
-        from raygbm.loop.state import LoopState, public
+        from raygbm.monitoring.loop_state import LoopState, public
         from raygbm.paths import home
 
         try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from raygbm.config import PipelineConfig, TrainConfig
-from raygbm.errors import stage
 from raygbm.data.preprocess import preprocess
+from raygbm.errors import stage
 from raygbm.progress import Progress, no_progress
 from raygbm.registry.register import Outcome, evaluate_and_register
 from raygbm.training.finished import load_trained, save_trained, trained_dir

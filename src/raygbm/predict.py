@@ -76,14 +76,14 @@ def predict_dataset(source: str, output: Path, bundle: Path, *, chunk_rows: int 
                     overwrite: bool = False, runner: RayTaskRunner | LocalRunner | None = None) -> dict[str, Any]:
     """Score every row of ``source`` into the Parquet folder ``output``; returns rows, files and seconds."""
     t0 = time.perf_counter()
-    shards = _input_shards(source, Path(output), overwrite)
+    shards = input_shards(source, Path(output), overwrite)
     Bundle.load(bundle).check_columns(shards.schema)
-    with _staged(Path(output)) as staging:
+    with staged(Path(output)) as staging:
         written = (runner or RayTaskRunner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
     return {"rows": sum(int(w["rows"]) for w in written), "files": len(written), "seconds": time.perf_counter() - t0}
 
 
-def _input_shards(source: str, output: Path, overwrite: bool) -> ShardSet:
+def input_shards(source: str, output: Path, overwrite: bool) -> ShardSet:
     """The checked input shards of a scoring run, once ``output`` may be written."""
     if output.exists() and not overwrite:
         raise DataError(f"{output} already exists (use --overwrite to replace it)")
@@ -95,7 +95,7 @@ def _input_shards(source: str, output: Path, overwrite: bool) -> ShardSet:
 
 
 @contextmanager
-def _staged(output: Path) -> Iterator[Path]:
+def staged(output: Path) -> Iterator[Path]:
     """A hidden staging folder beside ``output``, renamed to it only when the block succeeds (replacing
     what was there); removed on any failure, so nothing half-written is ever at ``output``."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -109,53 +109,3 @@ def _staged(output: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def endpoint_auth() -> dict[str, str]:
-    """``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` for a client of the endpoint, when that is set."""
-    token = os.environ.get("RAYGBM_ENDPOINT_TOKEN")
-    return {"authorization": f"Bearer {token}"} if token else {}
-
-
-def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int = 100_000, overwrite: bool = False,
-                         timeout_s: float = 300) -> dict[str, Any]:
-    """Score a local Parquet dataset through a running endpoint's ``/predict/batch`` (Arrow IPC, one request
-    per chunk), into the Parquet folder ``output``: every input column plus ``prediction`` and ``score``.
-    Sends ``Authorization: Bearer $RAYGBM_ENDPOINT_TOKEN`` when that is set."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    import pyarrow.dataset as pads
-
-    t0 = time.perf_counter()
-    shards = _input_shards(source, Path(output), overwrite)
-    headers = {"content-type": "application/vnd.apache.arrow.stream", **endpoint_auth()}
-    rows, files, version = 0, 0, None
-    with _staged(Path(output)) as staging:
-        for shard in shards.shards:
-            f = shards.display_path(shard.path)
-            for batch in pads.dataset(shard.path, format="parquet", filesystem=shards.filesystem).to_batches(batch_size=chunk_rows):
-                table = pa.Table.from_batches([batch])
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, table.schema) as w:
-                    w.write_table(table)
-                req = urllib.request.Request(url.rstrip("/") + "/predict/batch", data=sink.getvalue().to_pybytes(),
-                                             method="POST", headers=headers)
-                try:
-                    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                        scored = pa.ipc.open_stream(r.read()).read_all()
-                        version = r.headers.get("x-model-version", version)
-                except urllib.error.HTTPError as exc:
-                    try:
-                        msg = json.loads(exc.read()).get("error", exc.reason)
-                    except ValueError:
-                        msg = exc.reason
-                    raise DataError(f"{f}: the endpoint answered {exc.code}: {msg}") from None
-                except (urllib.error.URLError, OSError) as exc:
-                    raise DataError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
-                out = table.append_column("prediction", scored.column("prediction")).append_column("score", scored.column("score"))
-                pq.write_table(out, staging / f"part-{files:05d}.parquet")
-                rows += out.num_rows
-                files += 1
-    return {"rows": rows, "files": files, "seconds": time.perf_counter() - t0, "model_version": version}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from raygbm.config import ResourcesConfig, ServeConfig
 
-
 # Ray's switch between a single-node local instance (its macOS and Windows default) and a node that other
 # nodes may join (its Linux default). Read once, when ``ray`` is first imported.
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

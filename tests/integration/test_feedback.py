@@ -11,7 +11,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -19,8 +18,8 @@ import pytest
 
 from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
 from raygbm.data.preprocess import preprocess
-from raygbm.drift.actor import MONITOR_ACTOR
-from raygbm.loop.labelled import PREDICTION_ID, labelled_dir, read_labelled
+from raygbm.monitoring.actor import MONITOR_ACTOR
+from raygbm.monitoring.labelled import PREDICTION_ID, labelled_dir, read_labelled
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import Registry
 from raygbm.serving.deploy import deploy

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from raygbm.config import PipelineConfig, load_config
 from raygbm.data.generate import DriftSpec
-from raygbm.loop.gate import Decision
-from raygbm.loop.labelled import META, read_labelled, training_rows, write_labelled
+from raygbm.loop.decisions import Decision
 from raygbm.loop.retrain import apply_decision, holdout_metric, labelled_root, retrain
 from raygbm.loop.rollback import check_rollback
 from raygbm.loop.runner import realized_trigger
-from raygbm.loop.state import LoopState
+from raygbm.monitoring.labelled import META, read_labelled, training_rows, write_labelled
+from raygbm.monitoring.loop_state import LoopState
 from raygbm.pipeline import run_pipeline
 from raygbm.registry.bundle import Bundle
 from raygbm.registry.store import Registry, local_bundle

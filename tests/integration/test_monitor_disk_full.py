@@ -20,7 +20,7 @@ import pytest
 from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
 from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.data.split import RAW_TEST
-from raygbm.drift.actor import MONITOR_ACTOR
+from raygbm.monitoring.actor import MONITOR_ACTOR
 from raygbm.registry.register import evaluate_and_register
 from raygbm.serving.deploy import deploy
 from raygbm.training.fit import Trained

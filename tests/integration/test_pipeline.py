@@ -4,6 +4,7 @@ the champion gate, and a tuned model at least as good as plain LightGBM defaults
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

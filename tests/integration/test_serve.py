@@ -11,9 +11,9 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,8 +21,8 @@ from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, ServeCo
 from raygbm.data.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, DriftSpec
 from raygbm.data.preprocess import preprocess
 from raygbm.data.split import RAW_TEST
-from raygbm.drift.actor import MONITOR_ACTOR
-from raygbm.drift.report import drift_report_html
+from raygbm.monitoring.actor import MONITOR_ACTOR
+from raygbm.monitoring.report import drift_report_html
 from raygbm.registry.bundle import Bundle
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import Registry, local_bundle

@@ -11,7 +11,15 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.config import AutoscalingConfig, EvaluateConfig, MonitorConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
+from raygbm.config import (
+    AutoscalingConfig,
+    EvaluateConfig,
+    MonitorConfig,
+    RegistryConfig,
+    ServeConfig,
+    TrainConfig,
+    load_config,
+)
 from raygbm.data.preprocess import preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register

@@ -108,7 +108,7 @@ def test_type_matrix_scores_the_same_through_predict_and_every_endpoint_format(m
     from typer.testing import CliRunner
 
     from raygbm.cli import app
-    from raygbm.drift.report import drift_report_html
+    from raygbm.monitoring.report import drift_report_html
     from raygbm.serving.deploy import deploy
 
     home, data, bundle, raw, expected = matrix_run
@@ -172,5 +172,5 @@ def test_type_matrix_scores_the_same_through_predict_and_every_endpoint_format(m
             serve.shutdown()
             import ray
 
-            from raygbm.drift.actor import MONITOR_ACTOR
+            from raygbm.monitoring.actor import MONITOR_ACTOR
             ray.kill(ray.get_actor(MONITOR_ACTOR, namespace="raygbm"))

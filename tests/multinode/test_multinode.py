@@ -22,8 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from raygbm.config import (EvaluateConfig, MonitorConfig, RegistryConfig, ResourcesConfig, ServeConfig, TrainConfig,
-                           load_config)
+from raygbm.config import (
+    EvaluateConfig,
+    MonitorConfig,
+    RegistryConfig,
+    ResourcesConfig,
+    ServeConfig,
+    TrainConfig,
+    load_config,
+)
 from raygbm.data.preprocess import preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register
@@ -45,8 +52,15 @@ def cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from raygbm.runtime import (HTTP_CALLBACK_ENV, HTTP_LIMITS_ENV, bounded_http_reads, configure_data_context,
-                                enable_token_auth, ensure_private_token, loopback_node)
+    from raygbm.runtime import (
+        HTTP_CALLBACK_ENV,
+        HTTP_LIMITS_ENV,
+        bounded_http_reads,
+        configure_data_context,
+        enable_token_auth,
+        ensure_private_token,
+        loopback_node,
+    )
 
     # Every node on 127.0.0.1 (Ray's single-host mode), token auth and Serve's guarded proxy (a request
     # lost with its replica answered 503, not 500) as on every cluster raygbm starts.

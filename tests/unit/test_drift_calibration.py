@@ -9,10 +9,10 @@ import pytest
 from scipy.special import bdtr
 
 from raygbm.config import MonitorConfig
-from raygbm.drift.calibration import FLOORS, calibrate, missing_threshold, null_draws, tail_threshold
-from raygbm.drift.reference import Calibration, reference_profile
-from raygbm.drift.stats import js_distance, js_distance_rows, psi, psi_rows
-from raygbm.drift.windows import DriftMonitorCore
+from raygbm.monitoring.calibration import FLOORS, calibrate, missing_threshold, null_draws, tail_threshold
+from raygbm.monitoring.reference import Calibration, reference_profile
+from raygbm.monitoring.stats import js_distance, js_distance_rows, psi, psi_rows
+from raygbm.monitoring.windows import DriftMonitorCore
 
 NAMES = ["a", "flat", "c"]
 
@@ -161,7 +161,7 @@ def test_calibrated_thresholds_flag_a_shift_the_static_ones_miss():
 
 
 def test_the_html_report_says_how_thresholds_were_set():
-    from raygbm.drift.report import drift_report_html
+    from raygbm.monitoring.report import drift_report_html
 
     core = DriftMonitorCore(_reference(), NAMES, MonitorConfig(window_size=500, calibration_draws=2000))
     X, s = _data(500, 7)
@@ -179,7 +179,7 @@ def test_the_score_threshold_holds_its_rate_although_its_bins_come_from_the_held
     reference's own noise)."""
     from scipy.stats import beta
 
-    from raygbm.drift.stats import hist, quantile_cuts, shares
+    from raygbm.monitoring.stats import hist, quantile_cuts, shares
 
     rate, n, rows, rates = 0.01, 1500, 3000, []
     for seed in range(40):

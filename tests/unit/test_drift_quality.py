@@ -21,8 +21,8 @@ from scipy.special import bdtr
 
 from raygbm.config import MonitorConfig
 from raygbm.data.generate import CATEGORICAL, NUMERIC, GeneratorSpec, generate_dataset
-from raygbm.drift.reference import Calibration, reference_profile
-from raygbm.drift.windows import DriftMonitorCore
+from raygbm.monitoring.reference import Calibration, reference_profile
+from raygbm.monitoring.windows import DriftMonitorCore
 
 NAMES = NUMERIC + CATEGORICAL
 WINDOW = 1000

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from raygbm.drift.scoring import score_categorical, score_missing, score_numeric
+from raygbm.monitoring.scoring import score_categorical, score_missing, score_numeric
 
 REF = [0.25, 0.25, 0.5]
 

@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
-from raygbm.drift.reference import bin_counts, reference_profile
-from raygbm.drift.stats import chi_square_pvalue, code_hist, hist, js_distance, psi, quantile_cuts, shares, top_score
+from raygbm.monitoring.reference import bin_counts, reference_profile
+from raygbm.monitoring.stats import (
+    chi_square_pvalue,
+    code_hist,
+    hist,
+    js_distance,
+    psi,
+    quantile_cuts,
+    shares,
+    top_score,
+)
 
 
 def test_statistics():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from raygbm.config import MonitorConfig
-from raygbm.drift.reference import reference_profile
-from raygbm.drift.report import drift_report_html
-from raygbm.drift.window_log import WindowLog
-from raygbm.drift.windows import DriftMonitorCore, window_from_json, window_to_json
+from raygbm.monitoring.reference import reference_profile
+from raygbm.monitoring.report import drift_report_html
+from raygbm.monitoring.window_log import WindowLog
+from raygbm.monitoring.windows import DriftMonitorCore, window_from_json, window_to_json
 
 NAMES = ["a", "b", "c"]
 
@@ -144,7 +144,7 @@ def test_an_unwritable_log_never_stops_the_windows(tmp_path, reference):
     assert log.error is not None and "file" in log.error
 
 
-# A reference and two windows.jsonl lines as written before the monitor was split into raygbm.drift:
+# A reference and two windows.jsonl lines as written before the monitor was split into raygbm.monitoring:
 # a scored window, then one closed by time with too few rows. Such logs must still load.
 OLD_REFERENCE = json.loads(
     '{"format": "raygbm.reference/1", "features": {"x": {"kind": "numeric", "cuts": [-0.5, 0.5], "probs": [0.3, 0.4, 0.3]},'
@@ -263,8 +263,8 @@ def test_alert_after_m_of_n_windows_drifted(reference, tmp_path):
 
 
 def test_labels_name_category_codes_and_the_decision_threshold(reference):
-    from raygbm.drift.reference import with_labels
-    from raygbm.drift.report import category_labels
+    from raygbm.monitoring.reference import with_labels
+    from raygbm.monitoring.report import category_labels
 
     labelled = with_labels(reference, {"c": ["red", "green", "blue", "grey"]}, 0.3)
     c = labelled["features"]["c"]

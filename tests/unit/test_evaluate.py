@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 from sklearn import metrics as skm
 
+from raygbm.metrics import best, better, higher_is_better, task_metrics, tune_mode
 from raygbm.registry.card import card_html, model_card
-from raygbm.registry.evaluate import choose_threshold, evaluate_model, task_metrics
+from raygbm.registry.evaluate import choose_threshold, evaluate_model
 from raygbm.registry.plots import save_plots
-from raygbm.training.direction import best, better, higher_is_better, tune_mode
 from raygbm.training.fit import selected_features
 
 

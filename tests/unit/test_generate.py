@@ -6,7 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygbm.data.generate import (
-    CATEGORICAL, DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERIC, NUMERIC, DriftSpec, GeneratorSpec, generate_dataset,
+    CATEGORICAL,
+    DRIFT_SHIFTED_CATEGORICAL,
+    DRIFT_SHIFTED_NUMERIC,
+    NUMERIC,
+    DriftSpec,
+    GeneratorSpec,
+    generate_dataset,
 )
 from raygbm.errors import ConfigError
 

@@ -3,8 +3,17 @@
 import pyarrow as pa
 import pytest
 
-from raygbm.loop.labelled import (LABELLED_AT, MODEL_VERSION, PREDICTION_ID, SCORE, SERVED_AT, labelled_dir,
-                                  read_labelled, training_rows, write_labelled)
+from raygbm.monitoring.labelled import (
+    LABELLED_AT,
+    MODEL_VERSION,
+    PREDICTION_ID,
+    SCORE,
+    SERVED_AT,
+    labelled_dir,
+    read_labelled,
+    training_rows,
+    write_labelled,
+)
 
 
 def _rows(ids, labels, versions, served, labelled):

@@ -11,11 +11,11 @@ import pytest
 
 from raygbm.config import AlertAfter, RetrainConfig, load_config
 from raygbm.errors import ConfigError
-from raygbm.loop.gate import challenger_verdict, recent, rollback_verdict, split_holdout
+from raygbm.loop.decisions import challenger_verdict, recent, rollback_verdict, split_holdout
 from raygbm.loop.jobs import entrypoint, submission_id, write_job_config
-from raygbm.loop.labelled import SERVED_AT
-from raygbm.loop.state import LoopState, public
 from raygbm.loop.triggers import Controller, Trigger, drift_trigger, performance_trigger
+from raygbm.monitoring.labelled import SERVED_AT
+from raygbm.monitoring.loop_state import LoopState, public
 
 
 def _windows(*verdicts: str) -> dict:
@@ -174,6 +174,9 @@ def test_challenger_gate_by_margin_both_directions():
     assert challenger_verdict("rmse", 0.0, "2", 1.0, "1", 1.5, 300).action == "promoted"
     assert challenger_verdict("rmse", 0.0, "2", 1.5, "1", 1.0, 300).action == "rejected"
     assert challenger_verdict("roc_auc", 0.0, "1", 0.7, None, None, 300).action == "promoted"
+    # The one gate keeps an unscorable champion at registration; the loop replaces it.
+    unscorable = challenger_verdict("roc_auc", 0.0, "2", 0.7, "1", None, 300)
+    assert unscorable.action == "promoted" and "cannot be scored on the holdout" in unscorable.reason
 
 
 def test_rollback_verdicts():

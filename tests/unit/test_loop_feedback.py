@@ -7,15 +7,29 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from raygbm.loop.feedback import LabelSpec, encoded, join, parse_json, parse_table
-from raygbm.loop.labelled import LABELLED_AT, MODEL_VERSION, PREDICTION_ID, SCORE, WINDOW, read_labelled, write_labelled
-from raygbm.loop.performance import (CalibrationMap, WindowPerformance, estimated_metrics, performance_reference,
-                                     realized_metrics, weighted_auc)
-from raygbm.loop.prediction_log import PredictionLog, arrow_type, raw_table
+from raygbm.monitoring.feedback import LabelSpec, encoded, join
+from raygbm.monitoring.labelled import (
+    LABELLED_AT,
+    MODEL_VERSION,
+    PREDICTION_ID,
+    SCORE,
+    WINDOW,
+    read_labelled,
+    write_labelled,
+)
+from raygbm.monitoring.performance import (
+    CalibrationMap,
+    WindowPerformance,
+    estimated_metrics,
+    performance_reference,
+    realized_metrics,
+    weighted_auc,
+)
+from raygbm.monitoring.prediction_log import PredictionLog, arrow_type, raw_table
+from raygbm.serving.feedback import parse_json, parse_table
 from raygbm.serving.request import RequestError
 from raygbm.serving.tables import ARROW_STREAM, CSV, write_table
 
@@ -314,7 +328,7 @@ def test_raw_table_keeps_dates_and_survives_a_field_kept_as_sent():
 def test_integers_beyond_2_53_in_a_float_field_are_logged_as_the_features_take_them():
     """A table body's int64 column for a double field (2^60: accepted by the endpoint) and JSON integers
     are logged as float64 alongside other parts, and buffered parts of either kind flush together."""
-    from raygbm.loop.prediction_log import concat_parts
+    from raygbm.monitoring.prediction_log import concat_parts
 
     types = {"x": "double"}
     table = pa.table({"x": pa.array([2**60])})

@@ -18,9 +18,9 @@ from raygbm.data.split import RAW_TEST
 from raygbm.errors import DataError
 from raygbm.paths import sha256_file
 from raygbm.predict import predict_dataset
-from raygbm.registry.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_bundle, write_manifest
+from raygbm.registry.bundle import MANIFEST_FILE, Bundle, verify_bundle, write_manifest
 from raygbm.registry.gate import Gate, gate_decision
-from raygbm.registry.register import evaluate_and_register, evaluate_registered
+from raygbm.registry.register import evaluate_and_register, evaluate_registered, write_bundle
 from raygbm.registry.store import Registry, RegistryError, local_bundle
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
@@ -123,7 +123,7 @@ def test_one_flipped_byte_in_the_store_is_refused_and_never_promoted(meta, home,
     (line,) = r.stderr.strip().splitlines()
     assert r.returncode == 2 and line.startswith("error: model v2 not promoted") and found in line
     assert reg.get().version == "1"
-    print(f"FAULT tamper-store file=model.txt load_refused=yes named_hash=yes promoted=no")
+    print("FAULT tamper-store file=model.txt load_refused=yes named_hash=yes promoted=no")
 
 
 @pytest.mark.parametrize("dies_at", ["register", "promote"])

@@ -26,9 +26,9 @@ from raygbm.config import DataConfig, MonitorConfig, SplitConfig
 from raygbm.data.features import Preprocessor
 from raygbm.data.generate import DRIFT_SHIFTED_CATEGORICAL, DriftSpec, GeneratorSpec, generate_dataset
 from raygbm.data.schema import infer_schema
-from raygbm.drift.reference import Calibration, reference_profile, with_labels
-from raygbm.drift.report import drift_report_html
-from raygbm.drift.windows import DriftMonitorCore
+from raygbm.monitoring.reference import Calibration, reference_profile, with_labels
+from raygbm.monitoring.report import drift_report_html
+from raygbm.monitoring.windows import DriftMonitorCore
 from raygbm.registry.card import card_html, model_card
 from raygbm.registry.evaluate import evaluate_model, features_matrix
 from raygbm.registry.plots import save_plots

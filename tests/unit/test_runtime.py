@@ -22,7 +22,7 @@ def test_import_does_nothing():
     import sys
 
     code = ("import raygbm, raygbm.cli, raygbm.data.preprocess, raygbm.data.features, raygbm.data.schema, "
-            "raygbm.training.tune, raygbm.registry.register, raygbm.serving.deploy, raygbm.drift.actor, sys;"
+            "raygbm.training.tune, raygbm.registry.register, raygbm.serving.deploy, raygbm.monitoring.actor, sys;"
             " print('ray' in sys.modules and __import__('ray').is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False"

@@ -2,10 +2,17 @@
 
 import pytest
 
-from raygbm.config import ResourcesConfig, TrainConfig, load_config
-from raygbm.config import TuneConfig
+from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig, load_config
 from raygbm.errors import ConfigError
-from raygbm.training.tune import has_grid, plan_trials, search_space, trial_mode, trial_record, trial_train_config, typed_params
+from raygbm.training.tune import (
+    has_grid,
+    plan_trials,
+    search_space,
+    trial_mode,
+    trial_record,
+    trial_train_config,
+    typed_params,
+)
 
 
 def test_default_space_becomes_tune_domains():

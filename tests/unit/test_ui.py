@@ -10,8 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 from raygbm.cli import app
-from raygbm.ui import (READY_FILE, UIError, check_port, ensure_env, env_dir, is_ready, requirement, server_command,
-                       store_uri)
+from raygbm.ui import (
+    READY_FILE,
+    UIError,
+    check_port,
+    ensure_env,
+    env_dir,
+    is_ready,
+    requirement,
+    server_command,
+    store_uri,
+)
 
 
 def test_the_environment_holds_the_full_mlflow_at_the_skinny_version(home, monkeypatch):

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from raygbm.config import DerivedFeature, FeaturesConfig
 from raygbm.data.schema import DatasetSchema, arrow_type
-from raygbm.data.stats import TableStats, to_float64 as _f64
+from raygbm.data.stats import TableStats
+from raygbm.data.stats import to_float64 as _f64
 from raygbm.data.task import infer_task, label_classes
 from raygbm.errors import DataError
 

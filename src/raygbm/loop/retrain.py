@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 
 from raygbm.config import MonitorConfig, PipelineConfig, RegistryConfig
 from raygbm.errors import DataError, RaygbmError
-from raygbm.loop.gate import Decision, challenger_verdict, recent, split_holdout
-from raygbm.loop.labelled import SERVED_AT, read_labelled, training_rows
-from raygbm.loop.state import LoopState
+from raygbm.loop.decisions import Decision, challenger_verdict, recent, split_holdout
+from raygbm.monitoring.labelled import SERVED_AT, read_labelled, training_rows
+from raygbm.monitoring.loop_state import LoopState
 from raygbm.paths import home
 from raygbm.progress import Progress, no_progress
 from raygbm.registry.bundle import Bundle
@@ -126,7 +126,7 @@ def gate_challenger(registry_cfg: RegistryConfig, challenger: str, holdout: pa.T
     """The challenger against the current champion on the same holdout rows."""
     registry = Registry(registry_cfg)
     ref = registry.get(challenger)
-    metric = ref.tags.get("gate_metric") or "roc_auc"
+    metric = ref.gate_metric
     value = holdout_metric(registry, challenger, holdout, metric)
     if value is None:
         raise DataError(f"challenger v{challenger} cannot be scored on the labelled holdout")

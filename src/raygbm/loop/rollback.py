@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import RegistryConfig, RetrainConfig
-from raygbm.loop.gate import Decision, rollback_verdict
-from raygbm.loop.labelled import read_labelled, training_rows
+from raygbm.loop.decisions import Decision, rollback_verdict
 from raygbm.loop.retrain import holdout_metric, record_decision
-from raygbm.loop.state import LoopState
+from raygbm.monitoring.labelled import read_labelled, training_rows
+from raygbm.monitoring.loop_state import LoopState
 from raygbm.registry.store import Registry
 
 
@@ -35,7 +35,7 @@ def check_rollback(cfg: RetrainConfig, registry_cfg: RegistryConfig, state: Loop
         return None
     raw = training_rows(rows.slice(0, windows * cfg.rollback_window_rows))
     registry = Registry(registry_cfg)
-    metric = registry.get(version).tags.get("gate_metric") or "roc_auc"
+    metric = registry.get(version).gate_metric
     value = holdout_metric(registry, version, raw, metric)
     before = holdout_metric(registry, previous, raw, metric)
     if value is None or before is None:

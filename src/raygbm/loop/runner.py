@@ -4,21 +4,21 @@ retraining Ray Job. A background thread of the serving entry point, never in a r
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.request
 from typing import Any, Callable
 
 from raygbm.config import PipelineConfig
-from raygbm.loop.gate import performance_drop
-from raygbm.loop.labelled import read_labelled, training_rows
+from raygbm.errors import DataError
+from raygbm.loop.decisions import performance_drop
 from raygbm.loop.retrain import holdout_metric, labelled_root
 from raygbm.loop.rollback import check_rollback
-from raygbm.loop.state import LoopState
 from raygbm.loop.triggers import Controller, Trigger
+from raygbm.monitoring.labelled import read_labelled, training_rows
+from raygbm.monitoring.loop_state import LoopState
 from raygbm.paths import home
 from raygbm.registry.store import Registry
+from raygbm.serving.client import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def realized_trigger(cfg: PipelineConfig) -> Trigger | None:
     n = cfg.retrain.performance_rows
     if rows is None or rows.num_rows < n:
         return None
-    metric = champ.tags.get("gate_metric") or "roc_auc"
+    metric = champ.gate_metric
     expected = champ.tags.get(f"test_{metric}")
     value = holdout_metric(registry, champ.version, training_rows(rows.slice(rows.num_rows - n)), metric)
     if value is None or expected is None:
@@ -51,12 +51,12 @@ def realized_trigger(cfg: PipelineConfig) -> Trigger | None:
 
 def drift_fetcher(url: str, headers: dict[str, str] | None = None) -> Callable[[], dict[str, Any] | None]:
     """GET /drift of the endpoint (None when it does not answer: monitoring off, restarting)."""
+    endpoint = Endpoint(url, headers)
+
     def fetch() -> dict[str, Any] | None:
         try:
-            req = urllib.request.Request(url.rstrip("/") + "/drift", headers=headers or {})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError):
+            return endpoint.get_json("/drift")
+        except DataError:
             return None
 
     return fetch

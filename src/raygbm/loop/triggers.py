@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from raygbm.config import RetrainConfig
-from raygbm.loop.state import LoopState
+from raygbm.monitoring.loop_state import LoopState
 
 ACTIVE = ("PENDING", "RUNNING")
 

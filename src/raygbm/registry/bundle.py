@@ -1,8 +1,8 @@
-"""The model bundle: its file format, its manifest, writing one, and loading one (text and JSON only).
+"""The model bundle: its file format, its manifest, and loading one (text and JSON only).
 
 A bundle is a folder: the LightGBM text model, the preprocessor JSON, the schema, the test metrics, the
 LightGBM parameters, the drift monitor's reference profile, and ``manifest.json`` with the sha256 of
-every other file. The registry stores the manifest's own sha256 as a tag on the model version, so a
+every other file (``register.write_bundle`` writes one). The registry stores the manifest's own sha256 as a tag on the model version, so a
 bundle read back is verified end to end. Nothing is ever unpickled. Batch prediction, the champion
 gate and the endpoint all load a ``Bundle``.
 """
@@ -10,7 +10,6 @@ gate and the endpoint all load a ``Bundle``.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from raygbm.drift.reference import REFERENCE_FILE
 from raygbm.errors import DataError, RegistryError
 from raygbm.paths import sha256_file
 
@@ -65,25 +63,6 @@ def verify_bundle(bundle: Path, manifest_sha256: str | None) -> dict[str, Any]:
             raise RegistryError(f"{bundle}: {rel} does not match its sha256 in the manifest "
                                 f"(sha256 {found}, manifest {digest})")
     return manifest
-
-
-def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[str, Any], reference: dict[str, Any],
-                 params: dict[str, Any]) -> str:
-    """Write a new bundle folder ``dest``: the model, the preprocess run's preprocessor and schema, the
-    test metrics, the drift reference and the parameters, the MLflow pyfunc flavour over them
-    (``registry.mlflow_model``), then the manifest. Returns the manifest's sha256."""
-    dest.mkdir()
-    booster.save_model(str(dest / MODEL_FILE))
-    shutil.copy(run_dir / PREPROCESSOR_FILE, dest / PREPROCESSOR_FILE)
-    shutil.copy(run_dir / SCHEMA_FILE, dest / SCHEMA_FILE)
-    (dest / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-    (dest / REFERENCE_FILE).write_text(json.dumps(reference, allow_nan=False))
-    (dest / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
-    from raygbm.data.features import Preprocessor
-    from raygbm.registry.mlflow_model import write_pyfunc
-
-    write_pyfunc(dest, Preprocessor.from_json((dest / PREPROCESSOR_FILE).read_text()))
-    return write_manifest(dest)
 
 
 @dataclass
@@ -167,7 +146,7 @@ class Bundle:
 
     def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
         """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
-        from raygbm.registry.evaluate import task_metrics
+        from raygbm.metrics import task_metrics
 
         feats = self.features(raw)
         y = np.asarray(feats.column(self.preprocessor.schema.label))

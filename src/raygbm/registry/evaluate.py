@@ -8,7 +8,6 @@ and a confusion matrix. Regression: RMSE, MAE, R².
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -16,16 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from raygbm.errors import DataError
-from raygbm.training.direction import higher_is_better
+from raygbm.metrics import higher_is_better, task_metrics
 from raygbm.training.train import gain_importance
 
-# The gate's default metric per task (raygbm.training.direction says which way each one is better).
-DEFAULT_GATE_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 SHAP_ROWS = 1_000  # test rows whose SHAP contributions the summary plot and mean |SHAP| are computed on
-
-
-def gate_metric(task: str, metric: str | None) -> str:
-    return metric or DEFAULT_GATE_METRIC[task]
 
 
 def features_matrix(booster: lgb.Booster, table: pa.Table) -> np.ndarray:
@@ -48,39 +41,6 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     precision, recall, thresholds = precision_recall_curve(y, p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
-
-
-def task_metrics(task: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5, num_classes: int | None = None) -> dict[str, Any]:
-    from sklearn import metrics as skm
-
-    if task == "binary":
-        pred = (p >= threshold).astype(int)
-        return {
-            "roc_auc": float(skm.roc_auc_score(y, p)),
-            "pr_auc": float(skm.average_precision_score(y, p)),
-            "log_loss": float(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
-            "threshold": float(threshold),
-            "accuracy": float(skm.accuracy_score(y, pred)),
-            "precision": float(skm.precision_score(y, pred, zero_division=0)),
-            "recall": float(skm.recall_score(y, pred, zero_division=0)),
-            "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        }
-    if task == "multiclass":
-        labels = list(range(num_classes or p.shape[1]))
-        pred = p.argmax(axis=1)
-        return {
-            "accuracy": float(skm.accuracy_score(y, pred)),
-            "precision_macro": float(skm.precision_score(y, pred, average="macro", labels=labels, zero_division=0)),
-            "recall_macro": float(skm.recall_score(y, pred, average="macro", labels=labels, zero_division=0)),
-            "f1_macro": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
-            "log_loss": float(skm.log_loss(y, np.clip(p, 1e-15, 1), labels=labels)),
-            "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
-        }
-    return {
-        "rmse": float(np.sqrt(skm.mean_squared_error(y, p))),
-        "mae": float(skm.mean_absolute_error(y, p)),
-        "r2": float(skm.r2_score(y, p)),
-    }
 
 
 def permutation_importance(booster: lgb.Booster, table: pa.Table, label: str, task: str, metric: str,

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from raygbm.metrics import best
 from raygbm.registry.evaluate import Evaluation
-from raygbm.training.direction import best
 
 CHOSEN = "#d62728"  # the chosen trial, the decision threshold: one colour across the plots
 TOP_FEATURES = 15  # features shown in the SHAP summary

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+
 class BundleModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from raygbm.registry.mlflow_model import BundleScorer

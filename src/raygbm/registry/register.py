@@ -18,15 +18,26 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raygbm.config import EvaluateConfig, MonitorConfig, RegistryConfig, TrainConfig
+from raygbm.data.features import Preprocessor
 from raygbm.data.split import RAW_TEST
-from raygbm.drift.reference import Calibration, reference_profile
 from raygbm.errors import DataError
+from raygbm.metrics import gate_metric
+from raygbm.monitoring.reference import REFERENCE_FILE, Calibration, reference_profile
 from raygbm.paths import home
 from raygbm.progress import Progress, no_progress
-from raygbm.registry.bundle import Bundle, write_bundle
+from raygbm.registry.bundle import (
+    METRICS_FILE,
+    MODEL_FILE,
+    PARAMS_FILE,
+    PREPROCESSOR_FILE,
+    SCHEMA_FILE,
+    Bundle,
+    write_manifest,
+)
 from raygbm.registry.card import card_html, model_card
-from raygbm.registry.evaluate import Evaluation, evaluate_model, features_matrix, gate_metric
+from raygbm.registry.evaluate import Evaluation, evaluate_model, features_matrix
 from raygbm.registry.gate import Gate, gate_decision, score_champion
+from raygbm.registry.mlflow_model import write_pyfunc
 from raygbm.registry.plots import save_plots
 from raygbm.registry.store import BUNDLE_PATH, ModelRef, Registry, local_bundle
 from raygbm.training.fit import Trained
@@ -55,6 +66,22 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[str, Any], reference: dict[str, Any],
+                 params: dict[str, Any]) -> str:
+    """Write a new bundle folder ``dest``: the model, the preprocess run's preprocessor and schema, the
+    test metrics, the drift reference and the parameters, the MLflow pyfunc flavour over them
+    (``registry.mlflow_model``), then the manifest. Returns the manifest's sha256."""
+    dest.mkdir()
+    booster.save_model(str(dest / MODEL_FILE))
+    shutil.copy(run_dir / PREPROCESSOR_FILE, dest / PREPROCESSOR_FILE)
+    shutil.copy(run_dir / SCHEMA_FILE, dest / SCHEMA_FILE)
+    (dest / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    (dest / REFERENCE_FILE).write_text(json.dumps(reference, allow_nan=False))
+    (dest / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
+    write_pyfunc(dest, Preprocessor.from_json((dest / PREPROCESSOR_FILE).read_text()))
+    return write_manifest(dest)
 
 
 def registered_params(train: TrainConfig, meta: RunMeta, trained: Trained) -> dict[str, Any]:
@@ -256,7 +283,7 @@ def _reference(booster: lgb.Booster, meta: RunMeta, report: dict[str, Any], moni
     window size and false-alarm rate, and ``performance``: what each window's performance is held to and
     the score calibration map (JSON) that estimates it, from the same held-out rows as the score's bins.
     A split without rows is replaced by the next one (train last)."""
-    from raygbm.loop.performance import performance_reference
+    from raygbm.monitoring.performance import performance_reference
 
     tables = {}
     for seed, split in enumerate(("train", "validation", "test")):

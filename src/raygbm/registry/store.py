@@ -19,6 +19,7 @@ from typing import Any
 
 from raygbm.config import RegistryConfig
 from raygbm.errors import RegistryError  # also importable from here, where callers expect it
+from raygbm.metrics import DEFAULT_GATE_METRIC, gate_metric
 from raygbm.paths import home
 from raygbm.registry.bundle import verify_bundle
 
@@ -45,6 +46,14 @@ class ModelRef:
     run_id: str
     tags: dict[str, str]
     aliases: list[str]
+
+    @property
+    def gate_metric(self) -> str:
+        """The metric this version was gated on (its task's default where the tag is missing)."""
+        task = self.tags.get("task")
+        if not self.tags.get("gate_metric") and task not in DEFAULT_GATE_METRIC:
+            raise RegistryError(f"model version {self.version} has neither a gate_metric nor a task tag")
+        return gate_metric(task or "", self.tags.get("gate_metric"))
 
 
 class Registry:

@@ -30,8 +30,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.background import BackgroundTask
 from ray import serve
+from starlette.background import BackgroundTask
 
 from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.runtime import loopback_replica_grpc
@@ -180,7 +180,7 @@ class ModelServer:
     # ---- wiring
 
     def _monitor_actor(self) -> Any:
-        from raygbm.drift.actor import monitor_handle
+        from raygbm.monitoring.actor import monitor_handle
 
         return monitor_handle() if self.monitor_cfg.enabled else None
 
@@ -335,7 +335,8 @@ class ModelServer:
                   "application/json": {"schema": {"description": "{prediction_id, label} or a list of them"}},
                   ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}, CSV: {"schema": {"type": "string"}}}}})
     async def feedback(self, request: Request) -> JSONResponse:
-        from raygbm.loop.feedback import LabelSpec, parse_json, parse_table
+        from raygbm.monitoring.feedback import LabelSpec
+        from raygbm.serving.feedback import parse_json, parse_table
 
         model = self._loaded()
         if not (self.logging and self._monitored(model)):
@@ -369,7 +370,7 @@ class ModelServer:
 
     @api.get("/retrain", summary="The loop: retraining triggers, jobs and decisions (promoted, rejected, rolled back)")
     async def retrain_state(self) -> JSONResponse:
-        from raygbm.loop.state import LoopState, public
+        from raygbm.monitoring.loop_state import LoopState, public
 
         config = getattr(self.slot, "user_config", None)
         if not config:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import MonitorConfig, RegistryConfig, ServeConfig
-from raygbm.drift.actor import start_monitor
 from raygbm.errors import RaygbmError
+from raygbm.monitoring.actor import start_monitor
 
 APP_NAME = "raygbm"
 

@@ -73,7 +73,7 @@ class ServedModel:
     def loop_spec(self) -> dict[str, Any]:
         """What the monitor's prediction log needs: the raw fields and their training types, the label
         (``loop.feedback.LabelSpec``) and the binary threshold."""
-        from raygbm.loop.feedback import LabelSpec
+        from raygbm.monitoring.feedback import LabelSpec
 
         types = self.bundle.preprocessor.schema.types
         return {"fields": list(self.schema.fields), "types": {f: types[f] for f in self.schema.fields if f in types},
@@ -102,7 +102,7 @@ def table_ids(n: int) -> pa.Array:
 def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
     """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
     from raygbm.config import RegistryConfig
-    from raygbm.drift.reference import REFERENCE_FILE, with_labels
+    from raygbm.monitoring.reference import REFERENCE_FILE, with_labels
     from raygbm.registry.store import Registry, local_bundle
 
     # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.

@@ -24,11 +24,17 @@ import lightgbm as lgb
 import numpy as np
 
 from raygbm.config import EvaluateConfig, PipelineConfig, ResourcesConfig, TrainConfig
+from raygbm.metrics import better
 from raygbm.paths import home
 from raygbm.progress import Progress, no_progress
-from raygbm.training.direction import better
-from raygbm.training.select import CVResult, Scheme, cross_validate, paired_comparison, refit_rounds
-from raygbm.training.select import SELECTION_SEED_OFFSET
+from raygbm.training.select import (
+    SELECTION_SEED_OFFSET,
+    CVResult,
+    Scheme,
+    cross_validate,
+    paired_comparison,
+    refit_rounds,
+)
 from raygbm.training.train import (
     RunMeta,
     TrainResult,

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
-from raygbm.training.direction import better
+from raygbm.metrics import better
 from raygbm.training.train import RunMeta, gain_importance, lgb_dataset, lgb_params, metric_name, trial_mode
 
 AUTO_CV_FOLDS = 5

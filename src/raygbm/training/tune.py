@@ -33,9 +33,9 @@ import pyarrow as pa
 
 from raygbm.config import ResourcesConfig, TrainConfig, TuneConfig
 from raygbm.errors import ConfigError
+from raygbm.metrics import best, tune_mode
 from raygbm.paths import home, write_text_atomic
 from raygbm.progress import Progress, no_progress
-from raygbm.training.direction import best, tune_mode
 from raygbm.training.select import grouped_folds, validation_scheme
 from raygbm.training.train import (
     ReportEveryK,

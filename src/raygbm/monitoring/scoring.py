@@ -11,7 +11,7 @@ from typing import NotRequired, TypedDict
 
 import numpy as np
 
-from raygbm.drift.stats import chi_square_pvalue, js_distance, psi, shares
+from raygbm.monitoring.stats import chi_square_pvalue, js_distance, psi, shares
 
 
 class FeatureScore(TypedDict):

@@ -12,7 +12,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from raygbm.drift.svg import bars_svg, trend_svg
+from raygbm.monitoring.svg import bars_svg, trend_svg
 
 MISSING_LABEL = "(missing or unseen)"  # code 0 of a categorical feature without labels in the reference
 DRIFT, VALUE, THRESHOLD, ESTIMATED = "#c62828", "#3366cc", "#c62828", "#ef8f00"

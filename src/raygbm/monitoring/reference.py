@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from raygbm.drift.calibration import ESTIMATOR, FLOORS, calibrate
-from raygbm.drift.stats import code_hist, hist, quantile_cuts, shares, top_score
+from raygbm.monitoring.calibration import ESTIMATOR, FLOORS, calibrate
+from raygbm.monitoring.stats import code_hist, hist, quantile_cuts, shares, top_score
 
 REFERENCE_FILE = "reference.json"
 FORMAT = "raygbm.reference/2"

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from raygbm.drift.stats import js_distance_rows, psi_rows
+from raygbm.monitoring.stats import js_distance_rows, psi_rows
 
 FLOORS = {"psi": 0.01, "js_distance": 0.04, "missing_rate_delta": 0.01}
 ESTIMATOR = "scaled_chi2"  # see the module docstring

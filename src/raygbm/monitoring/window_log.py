@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from raygbm.drift.windows import ClosedWindow, RowBatch, window_from_json, window_to_json
+from raygbm.monitoring.windows import ClosedWindow, RowBatch, window_from_json, window_to_json
 from raygbm.paths import write_text_atomic
 
 LoggedBatch = tuple[int, float, np.ndarray, np.ndarray, np.ndarray | None]

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from raygbm.config import MonitorConfig
-from raygbm.drift.window_log import WindowLog
-from raygbm.drift.windows import ClosedWindow, DriftMonitorCore
-from raygbm.loop.feedback import LabelSpec, encoded, join
-from raygbm.loop.labelled import MODEL_VERSION, PREDICTION_ID, labelled_dir, read_labelled, write_labelled
-from raygbm.loop.performance import WindowPerformance
-from raygbm.loop.prediction_log import PredictionLog
+from raygbm.monitoring.feedback import LabelSpec, encoded, join
+from raygbm.monitoring.labelled import MODEL_VERSION, PREDICTION_ID, labelled_dir, read_labelled, write_labelled
+from raygbm.monitoring.performance import WindowPerformance
+from raygbm.monitoring.prediction_log import PredictionLog
+from raygbm.monitoring.window_log import WindowLog
+from raygbm.monitoring.windows import ClosedWindow, DriftMonitorCore
 from raygbm.paths import write_text_atomic
 
 MONITOR_ACTOR = "raygbm-drift-monitor"

@@ -15,11 +15,17 @@ from typing import Any, NotRequired, TypedDict
 import numpy as np
 
 from raygbm.config import MonitorConfig
-from raygbm.drift.reference import bin_counts
-from raygbm.drift.scoring import (FeatureScore, MissingScore, score_categorical, score_categorical_js, score_missing,
-                                  score_numeric)
-from raygbm.drift.stats import hist, top_score
-from raygbm.drift.thresholds import Thresholds
+from raygbm.monitoring.reference import bin_counts
+from raygbm.monitoring.scoring import (
+    FeatureScore,
+    MissingScore,
+    score_categorical,
+    score_categorical_js,
+    score_missing,
+    score_numeric,
+)
+from raygbm.monitoring.stats import hist, top_score
+from raygbm.monitoring.thresholds import Thresholds
 
 RowBatch = tuple[float, np.ndarray, np.ndarray, np.ndarray | None]
 """Served rows as logged and replayed: ``(ts, features, scores, missing)``."""

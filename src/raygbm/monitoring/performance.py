@@ -23,51 +23,10 @@ from typing import Any
 
 import numpy as np
 
-REALIZED = {"binary": ("roc_auc", "log_loss", "accuracy"), "regression": ("rmse", "mae"),
-            "multiclass": ("accuracy", "log_loss")}
+from raygbm.metrics import higher_is_better, realized_metrics, weighted_auc
+
 ESTIMATED = ("roc_auc", "accuracy")  # binary only
-HIGHER_IS_BETTER = frozenset({"roc_auc", "accuracy"})
 FORMAT = "raygbm.performance/1"
-EPS = 1e-15
-
-
-def weighted_auc(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """ROC AUC of ``scores`` where row i counts as ``pos[i]`` of a positive and ``neg[i]`` of a negative
-    (labels: 1/0 weights; CBPE: ``q``/``1 − q``); ties count a half; a row is never paired with itself.
-    None when there are no positive or no negative weights."""
-    scores, pos, neg = (np.asarray(a, dtype=np.float64) for a in (scores, pos, neg))
-    self_pairs = float(np.dot(pos, neg))
-    total = float(pos.sum()) * float(neg.sum()) - self_pairs
-    if total <= 0:
-        return None
-    uniq, inverse = np.unique(scores, return_inverse=True)
-    p_g = np.bincount(inverse, weights=pos, minlength=len(uniq))
-    n_g = np.bincount(inverse, weights=neg, minlength=len(uniq))
-    below = np.concatenate([[0.0], np.cumsum(n_g)[:-1]])  # negative weight at strictly lower scores
-    wins = float(np.dot(p_g, below + 0.5 * n_g)) - 0.5 * self_pairs
-    return wins / total
-
-
-def realized_metrics(task: str, y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """The task's window metrics on labelled rows (``y``: class indices, or values for regression;
-    ``scores``: the positive class's probability, the values, or rows × classes probabilities)."""
-    y = np.asarray(y)
-    if len(y) == 0:
-        return {}
-    if task == "binary":
-        p = np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)
-        y = y.astype(np.float64)
-        out = {"log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
-               "accuracy": float(np.mean((p >= threshold) == (y == 1)))}
-        auc = weighted_auc(p, y, 1 - y)
-        return {"roc_auc": auc, **out} if auc is not None else out
-    if task == "multiclass":
-        probs = np.asarray(scores, dtype=np.float64)
-        y = y.astype(np.int64)
-        picked = np.clip(probs[np.arange(len(y)), y], EPS, 1)
-        return {"accuracy": float(np.mean(probs.argmax(axis=1) == y)), "log_loss": float(-np.mean(np.log(picked)))}
-    err = np.asarray(scores, dtype=np.float64) - y.astype(np.float64)
-    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
 def estimated_metrics(calibrated: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -168,7 +127,7 @@ def bound(reference: dict[str, Any], metric: str, rows: int, z: float) -> float 
     if ref is None or rows <= 0:
         return None
     spread = z * ref["sd"] * math.sqrt(reference["window_size"] / rows)
-    return ref["value"] - spread if metric in HIGHER_IS_BETTER else ref["value"] + spread
+    return ref["value"] - spread if higher_is_better(metric) else ref["value"] + spread
 
 
 def beyond(metrics: dict[str, float], bounds: dict[str, float | None]) -> list[str]:
@@ -176,7 +135,7 @@ def beyond(metrics: dict[str, float], bounds: dict[str, float | None]) -> list[s
     out = []
     for m, v in metrics.items():
         b = bounds.get(m)
-        if b is not None and (v < b if m in HIGHER_IS_BETTER else v > b):
+        if b is not None and (v < b if higher_is_better(m) else v > b):
             out.append(m)
     return out
 
@@ -256,5 +215,5 @@ class WindowPerformance:
         for m in metrics:
             b = bound(self.reference, m, rows, self.z)
             if b is not None:
-                out[m] = {"lower" if m in HIGHER_IS_BETTER else "upper": b}
+                out[m] = {"lower" if higher_is_better(m) else "upper": b}
         return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from raygbm.config import MonitorConfig
-from raygbm.drift.calibration import ESTIMATOR, FLOORS, calibrate, feature_statistic
+from raygbm.monitoring.calibration import ESTIMATOR, FLOORS, calibrate, feature_statistic
 
 CALIBRATED, STATIC, OVERRIDE = "calibrated", "static", "override"
 _CACHED_SIZES = 8  # row counts whose recalibrated thresholds are kept (windows closed by time vary)

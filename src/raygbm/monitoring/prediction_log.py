@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from raygbm.data.features import as_datetime
 from raygbm.data.schema import arrow_type
-from raygbm.loop.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
+from raygbm.monitoring.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
 RawPart = tuple[str, Any, Any]

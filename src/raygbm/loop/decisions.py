@@ -1,5 +1,6 @@
 """The loop's decisions on numbers: which labelled rows a retraining may use and which it holds back, whether
-a challenger replaces the champion, and whether a promotion is rolled back. Plain functions, no I/O."""
+a challenger replaces the champion (the registry's one gate, on the holdout), whether a promotion is rolled
+back, and whether realized performance calls for retraining. Plain functions, no I/O."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raygbm.loop.labelled import SERVED_AT
-from raygbm.training.direction import better, higher_is_better
+from raygbm.metrics import worse_by
+from raygbm.monitoring.labelled import SERVED_AT
+from raygbm.registry.gate import gate_decision
 
 
 @dataclass(frozen=True)
@@ -50,24 +52,14 @@ def split_holdout(table: pa.Table, share: float, min_rows: int) -> tuple[pa.Tabl
 
 def challenger_verdict(metric: str, margin: float, challenger: str, challenger_value: float,
                        champion: str | None, champion_value: float | None, rows: int) -> Decision:
-    """Promote the challenger only if it beats the champion on the same holdout by more than ``margin``
-    (with no champion, or one that cannot be scored on these rows, it is promoted)."""
-    if champion is None or champion_value is None:
-        why = "no champion" if champion is None else f"champion v{champion} cannot be scored on the holdout"
-        return Decision("promoted", challenger, f"{why}: holdout {metric} {challenger_value:.6g}", metric,
-                        challenger_value, champion, champion_value, rows)
-    if better(metric, challenger_value, champion_value, margin):
-        return Decision("promoted", challenger, f"holdout {metric} {challenger_value:.6g} beats champion "
-                        f"v{champion}'s {champion_value:.6g} by more than {margin:g} on {rows} recent labelled rows",
-                        metric, challenger_value, champion, champion_value, rows)
-    return Decision("rejected", challenger, f"holdout {metric} {challenger_value:.6g} does not beat champion "
-                    f"v{champion}'s {champion_value:.6g} by more than {margin:g} on {rows} recent labelled rows",
-                    metric, challenger_value, champion, champion_value, rows)
-
-
-def worse_by(metric: str, value: float, reference: float) -> float:
-    """How much worse ``value`` is than ``reference`` (negative: better), in the metric's own units."""
-    return reference - value if higher_is_better(metric) else value - reference
+    """The champion gate (``registry.gate``) on the holdout of recent labelled rows, as the loop's record: a
+    challenger is promoted only if it beats the champion there by more than ``margin`` (with no champion,
+    or one that cannot score these rows, it is promoted)."""
+    why = "no champion" if champion is None else f"champion v{champion} cannot be scored on the holdout"
+    gate = gate_decision(metric, challenger_value, champion, champion_value, why, margin,
+                         rows=f"holdout of {rows} recent labelled rows:", unscorable_wins=True)
+    return Decision("promoted" if gate.wins else "rejected", challenger, gate.reason, metric, challenger_value,
+                    champion, champion_value, rows)
 
 
 def rollback_verdict(metric: str, margin: float, version: str, value: float, previous: str, previous_value: float,
