@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raygbm.monitoring.prediction_log import PredictionLog
+from raygbm.monitoring.prediction_log import PredictionLog, RawRows
 from raygbm.serving.model_slot import table_ids
 
 fields = [f"num_{i}" for i in range(12)] + [f"cat_{i}" for i in range(5)]
@@ -19,7 +19,7 @@ body = json.dumps(rec).encode()
 n = 20_000
 t = time.perf_counter()
 for k in range(0, n, 64):  # a monitor batch: 64 single-record requests
-    parts = [("json", body, [f"{k}-{j}"]) for j in range(64)]
+    parts = [RawRows(body=body, ids=[f"{k}-{j}"]) for j in range(64)]
     log.add("1", time.time(), parts, np.full(64, 0.3), np.zeros(64, int))
 log.flush()
 dt = time.perf_counter() - t
@@ -28,7 +28,7 @@ table = pa.table({f: pa.array(np.random.random(100_000)) if f.startswith("num") 
 t = time.perf_counter(); ids = table_ids(100_000); d1 = time.perf_counter() - t
 t = time.perf_counter()
 for _ in range(5):
-    log.add("1", time.time(), [("table", table, table_ids(100_000))], np.full(100_000, 0.3), np.zeros(100_000, int))
+    log.add("1", time.time(), [RawRows(table=table, ids=table_ids(100_000))], np.full(100_000, 0.3), np.zeros(100_000, int))
 log.flush()
 d2 = time.perf_counter() - t
 print(f"table ids: {d1 * 1000:.1f} ms per 100k rows (replica); table rows logged: {500_000 / d2:,.0f} rows/s")

@@ -17,7 +17,7 @@ from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import tracking_uri
-from raygbm.serving.deploy import model_user_config
+from raygbm.serving.deploy import model_spec
 from raygbm.serving.model_slot import load_served_model
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
@@ -48,7 +48,7 @@ def test_each_dataset_registers_and_scores_alike_everywhere(spec, tmp_path, monk
                                     EvaluateConfig(permutation_rows=100), RegistryConfig(), None)
     assert outcome.decision == "champion" and all(np.isfinite(v) for v in outcome.metrics.values()
                                                   if isinstance(v, float))
-    model = load_served_model(model_user_config(RegistryConfig(), "1"), 100_000)
+    model = load_served_model(model_spec(RegistryConfig(), "1"), 100_000)
     raw = pq.read_table(meta.run_dir / RAW_TEST)
     expected = model.bundle.scores(model.bundle.features(raw))
     parsed = model.schema.parse(json.dumps(json_records(raw, model.schema.fields)).encode())

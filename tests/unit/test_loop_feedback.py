@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from raygbm.metrics import realized_metrics, weighted_auc
 from raygbm.monitoring.feedback import LabelSpec, encoded, join
 from raygbm.monitoring.labelled import (
     LABELLED_AT,
@@ -25,10 +26,8 @@ from raygbm.monitoring.performance import (
     WindowPerformance,
     estimated_metrics,
     performance_reference,
-    realized_metrics,
-    weighted_auc,
 )
-from raygbm.monitoring.prediction_log import PredictionLog, arrow_type, raw_table
+from raygbm.monitoring.prediction_log import PredictionLog, RawRows, arrow_type, raw_table
 from raygbm.serving.feedback import parse_json, parse_table
 from raygbm.serving.request import RequestError
 from raygbm.serving.tables import ARROW_STREAM, CSV, write_table
@@ -38,10 +37,10 @@ TYPES = {"x": "double", "c": "string", "t": "timestamp[us, tz=UTC]"}
 BINARY = LabelSpec("label", "int64", "binary", [0, 1])
 
 
-def _json_part(n: int, start: int = 0) -> tuple[str, bytes, list[str]]:
+def _json_part(n: int, start: int = 0) -> RawRows:
     records = [{"x": float(i), "c": "a" if i % 2 else None, "t": "2026-01-01T00:00:00+00:00" if i % 3 else i * 60}
                for i in range(start, start + n)]
-    return "json", json.dumps(records if n > 1 else records[0]).encode(), [f"id{i}" for i in range(start, start + n)]
+    return RawRows(body=json.dumps(records if n > 1 else records[0]).encode(), ids=[f"id{i}" for i in range(start, start + n)])
 
 
 def _log(tmp_path, **kw) -> PredictionLog:
@@ -66,13 +65,13 @@ def test_raw_rows_keep_the_training_types_from_json_and_tables():
     assert t.schema.field("x").type == pa.float64() and t.schema.field("t").type == pa.timestamp("us", "UTC")
     assert t.column("c").to_pylist() == [None, "a", None] and t.column("t").null_count == 0
     # An integer field sent 2.5 is kept as sent (not truncated to the training type).
-    mixed = raw_table([("json", b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ["a", "b"])],
+    mixed = raw_table([RawRows(body=b'[{"x": 1, "c": "a", "t": null}, {"x": 2.5, "c": "b", "t": null}]', ids=["a", "b"])],
                       ["x"], {"x": "int64"})
     assert mixed.column("x").to_pylist() == [1, 2.5]
     table = pa.table({"x": pa.array([1, 2], pa.int32()), "c": ["a", "b"], "t": pa.array([0, 1], pa.timestamp("s", "UTC"))})
-    assert raw_table([("table", table, ["a", "b"])], FIELDS, TYPES).schema.field("x").type == pa.float64()
+    assert raw_table([RawRows(table=table, ids=["a", "b"])], FIELDS, TYPES).schema.field("x").type == pa.float64()
     # Parts in order: JSON runs, then a table, then JSON again.
-    both = raw_table([_json_part(1), _json_part(2, 1), ("table", table, ["a", "b"]), _json_part(1, 3)], FIELDS, TYPES)
+    both = raw_table([_json_part(1), _json_part(2, 1), RawRows(table=table, ids=["a", "b"]), _json_part(1, 3)], FIELDS, TYPES)
     assert both.column("x").to_pylist() == [0.0, 1.0, 2.0, 1.0, 2.0, 3.0]
 
 
@@ -113,7 +112,7 @@ def test_a_restarted_log_knows_its_rows_and_which_were_labelled(tmp_path):
 
 def test_a_part_that_does_not_convert_is_counted_not_raised(tmp_path):
     log = _log(tmp_path)
-    log.add("1", 0.0, [("json", b"not json", ["a"])], np.zeros(1), np.zeros(1))
+    log.add("1", 0.0, [RawRows(body=b"not json", ids=["a"])], np.zeros(1), np.zeros(1))
     log.add("1", 0.0, [_json_part(2)], np.zeros(3), np.zeros(3))  # rows and scores disagree
     assert log.unlogged == 4 and log.summary()["logged_predictions"] == 0
 
@@ -305,12 +304,12 @@ def test_the_buffer_carries_each_batch_request_in_row_order():
 
     async def scenario() -> None:
         buf = MonitorBuffer(lambda *b: sent.append(b), rows=5)
-        buf.add("1", np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1), bool), [("json", b"[..]", ["a", "b"])])
-        buf.add("1", np.zeros((3, 1)), np.zeros(3), np.zeros((3, 1), bool), [("json", b"[...]", ["c", "d", "e"])])
+        buf.add("1", np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1), bool), [RawRows(body=b"[..]", ids=["a", "b"])])
+        buf.add("1", np.zeros((3, 1)), np.zeros(3), np.zeros((3, 1), bool), [RawRows(body=b"[...]", ids=["c", "d", "e"])])
         buf.add("1", np.zeros((5, 1)), np.zeros(5), np.zeros((5, 1), bool), None)  # not logged: none sent
 
     asyncio.run(scenario())
-    assert [p[2] for p in sent[0][6]] == [["a", "b"], ["c", "d", "e"]] and sent[1][6] is None
+    assert [p.ids for p in sent[0][6]] == [["a", "b"], ["c", "d", "e"]] and sent[1][6] is None
 
 
 def test_raw_table_keeps_dates_and_survives_a_field_kept_as_sent():
@@ -318,10 +317,10 @@ def test_raw_table_keeps_dates_and_survives_a_field_kept_as_sent():
     training type (kept as sent) turns that field to text in every part instead of failing the flush."""
     types = {"d": "date32[day]", "n": "int64"}
     table = pa.table({"d": pa.array([None], pa.date32()), "n": pa.array([1])})
-    good = raw_table([("json", json.dumps([{"d": "2024-08-08", "n": 2}]).encode(), None), ("table", table, None)],
+    good = raw_table([RawRows(body=json.dumps([{"d": "2024-08-08", "n": 2}]).encode(), ids=None), RawRows(table=table, ids=None)],
                      ["d", "n"], types)
     assert good.schema.field("d").type == pa.date32() and good.column("d").to_pylist()[0].isoformat() == "2024-08-08"
-    mixed = raw_table([("table", table, None), ("records", [{"d": "not a date", "n": 3}], None)], ["d", "n"], types)
+    mixed = raw_table([RawRows(table=table, ids=None), RawRows(records=[{"d": "not a date", "n": 3}], ids=None)], ["d", "n"], types)
     assert mixed.column("d").to_pylist() == [None, "not a date"] and mixed.column("n").to_pylist() == [1, 3]
 
 
@@ -332,8 +331,8 @@ def test_integers_beyond_2_53_in_a_float_field_are_logged_as_the_features_take_t
 
     types = {"x": "double"}
     table = pa.table({"x": pa.array([2**60])})
-    t = raw_table([("json", json.dumps([{"x": 2**60}]).encode(), None), ("table", table, None),
-                   ("records", [{"x": 1.5}], None)], ["x"], types)
+    t = raw_table([RawRows(body=json.dumps([{"x": 2**60}]).encode(), ids=None), RawRows(table=table, ids=None),
+                   RawRows(records=[{"x": 1.5}], ids=None)], ["x"], types)
     assert t.schema.field("x").type == pa.float64() and t.column("x").to_pylist() == [float(2**60)] * 2 + [1.5]
     both = concat_parts([pa.table({"x": pa.array([2**60])}), pa.table({"x": pa.array([1.5])})], types)
     assert both.column("x").to_pylist() == [float(2**60), 1.5]

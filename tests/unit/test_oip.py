@@ -16,7 +16,7 @@ from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register
 from raygbm.serving import oip
-from raygbm.serving.deploy import model_user_config
+from raygbm.serving.deploy import model_spec
 from raygbm.serving.model_slot import load_served_model
 from raygbm.serving.request import RequestError
 from raygbm.training.fit import Trained
@@ -39,7 +39,7 @@ def served(tmp_path_factory):
         train = TrainConfig(num_boost_round=10, early_stopping_rounds=None)
         evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
                               EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
-        model = load_served_model(model_user_config(RegistryConfig(), "1"), MAX_ROWS)
+        model = load_served_model(model_spec(RegistryConfig(), "1"), MAX_ROWS)
         raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 40)
         records = [{c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in row.items() if c in model.schema.fields}
                    for row in raw.to_pylist()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from raygbm.registry.bundle import Bundle
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import Registry, RegistryError
 from raygbm.serving.batch_jobs import allowed_input, job_input
-from raygbm.serving.deploy import model_user_config
+from raygbm.serving.deploy import model_spec
 from raygbm.serving.model_slot import ModelSlot
 from raygbm.serving.monitor_buffer import MonitorBuffer
 from raygbm.serving.request import RequestError
@@ -48,35 +49,35 @@ def _slot(switched: list[str] | None = None) -> ModelSlot:
 def test_slot_loads_and_switches_on_reconfigure(two_versions):
     switched: list[str] = []
     slot = _slot(switched)
-    slot.reconfigure(model_user_config(RegistryConfig(), "1"))
+    slot.reconfigure(model_spec(RegistryConfig(), "1"))
     first = slot.model
     assert slot.version == "1" and first.reference is not None and first.schema.max_rows == 10
     assert not slot.follows()  # a version by number is pinned
-    slot.reconfigure(model_user_config(RegistryConfig(), "2"))
+    slot.reconfigure(model_spec(RegistryConfig(), "2"))
     assert slot.version == "2" and switched == ["1", "2"]
     assert first.version == "1"  # a request holding the old model keeps it whole
-    slot.reconfigure({**slot.user_config})  # the same version again: nothing reloads
+    slot.reconfigure(slot.spec.to_user_config())  # the same version again (as Serve sends it): nothing reloads
     assert switched == ["1", "2"]
 
 
 def test_slot_follows_the_champion_alias(two_versions):
     slot = _slot()
-    slot.reconfigure(model_user_config(RegistryConfig()))  # "the champion"
+    slot.reconfigure(model_spec(RegistryConfig()))  # "the champion"
     assert slot.version == "1" and slot.follows()
     slot.check_champion()
     assert slot.version == "1" and slot.champion_check["error"] is None and slot.champion_check["checked_at"]
     two_versions.promote(two_versions.get("2"))
     slot.check_champion()
-    assert slot.version == "2" and slot.user_config["version"] == "2" and slot.follows()
+    assert slot.version == "2" and slot.spec.version == "2" and slot.follows()
     # A replica started after the promotion with the original user_config starts on the new champion.
     late = _slot()
-    late.reconfigure(model_user_config(RegistryConfig(), None) | {"version": "1"})
+    late.reconfigure(replace(model_spec(RegistryConfig(), None), version="1"))
     assert late.version == "2"
 
 
 def test_pinned_slot_ignores_the_alias(two_versions):
     slot = _slot()
-    slot.reconfigure(model_user_config(RegistryConfig(), "1"))
+    slot.reconfigure(model_spec(RegistryConfig(), "1"))
     two_versions.promote(two_versions.get("2"))
     slot.check_champion()
     assert slot.version == "1" and slot.champion_check["checked_at"] is None
@@ -84,22 +85,22 @@ def test_pinned_slot_ignores_the_alias(two_versions):
 
 def test_slot_refuses_a_bad_manifest_and_keeps_serving(two_versions):
     slot = _slot()
-    slot.reconfigure(model_user_config(RegistryConfig(), "1"))
-    bad = {**model_user_config(RegistryConfig(), "2"), "manifest_sha256": "0" * 64}
+    slot.reconfigure(model_spec(RegistryConfig(), "1"))
+    bad = replace(model_spec(RegistryConfig(), "2"), manifest_sha256="0" * 64)
     with pytest.raises(RaygbmError, match="manifest hash differs"):
         slot.reconfigure(bad)
     assert slot.version == "1"
     # A tampered file in the cached bundle is caught by the manifest (and fetched again, verified).
-    good = model_user_config(RegistryConfig(), "2")
+    good = model_spec(RegistryConfig(), "2")
     slot.reconfigure(good)
     model_file = slot.model.bundle.path / "model.txt"
     model_file.write_text(model_file.read_text() + "\n")
     with pytest.raises(RegistryError, match="does not match"):
-        Bundle.load(slot.model.bundle.path, good["manifest_sha256"])
+        Bundle.load(slot.model.bundle.path, good.manifest_sha256)
     slot2 = _slot()
     slot2.reconfigure(good)  # finds its cached copy tampered and fetches the version again
     assert slot2.version == "2"
-    Bundle.load(slot2.model.bundle.path, good["manifest_sha256"])
+    Bundle.load(slot2.model.bundle.path, good.manifest_sha256)
 
 
 def test_a_tampered_version_in_the_store_is_never_served(two_versions, home):
@@ -108,23 +109,23 @@ def test_a_tampered_version_in_the_store_is_never_served(two_versions, home):
     and a pinned swap to it fails: both keep serving v1 and say which file and hash."""
     flip_one_byte(store_file(two_versions, "2"))
     follower, pinned = _slot(), _slot()
-    follower.reconfigure(model_user_config(RegistryConfig()))
-    pinned.reconfigure(model_user_config(RegistryConfig(), "1"))
+    follower.reconfigure(model_spec(RegistryConfig()))
+    pinned.reconfigure(model_spec(RegistryConfig(), "1"))
     two_versions.client.set_registered_model_alias("raygbm", "champion", "2")
     follower.check_champion()
     assert follower.version == "1" and "model.txt does not match its sha256" in follower.champion_check["error"]
     with pytest.raises(RegistryError, match="model.txt does not match its sha256 in the manifest \\(sha256 [0-9a-f]{64}"):
-        pinned.reconfigure(model_user_config(RegistryConfig(), "2"))
+        pinned.reconfigure(model_spec(RegistryConfig(), "2"))
     assert pinned.version == "1" and follower.version == "1"
     print("FAULT tamper-serve follower_kept=v1 pinned_kept=v1")
 
 
 def test_failed_champion_check_keeps_the_model_and_says_why(two_versions):
     slot = _slot()
-    slot.reconfigure(model_user_config(RegistryConfig()))
+    slot.reconfigure(model_spec(RegistryConfig()))
     two_versions.promote(two_versions.get("2"))
 
-    def broken(user_config, max_rows):
+    def broken(spec, max_rows):
         raise RegistryError("store unreachable")
 
     slot.loader = broken
@@ -241,3 +242,14 @@ def test_bearer_token_middleware_guards_every_route_but_the_probes():
         assert call("/v2/models/m/infer", secret) == 200
     finally:
         Replica.token_sha256 = old
+
+
+def test_model_spec_travels_as_user_config_and_refuses_unknown_or_missing_keys():
+    from raygbm.serving.model_slot import ModelSpec
+
+    spec = ModelSpec("m", "3", "file:///x", "/h", manifest_sha256="a" * 64, follow=True)
+    assert ModelSpec.of(spec.to_user_config()) == spec
+    with pytest.raises(RaygbmError, match=r"unknown key\(s\) \['versoin'\]"):
+        ModelSpec.of({**spec.to_user_config(), "versoin": "4"})
+    with pytest.raises(RaygbmError, match=r"missing key\(s\) \['home'\]"):
+        ModelSpec.of({k: v for k, v in spec.to_user_config().items() if k != "home"})

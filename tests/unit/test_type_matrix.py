@@ -19,7 +19,7 @@ from raygbm.data.split import RAW_TEST
 from raygbm.registry.register import evaluate_and_register
 from raygbm.registry.store import tracking_uri
 from raygbm.serving import oip, tables
-from raygbm.serving.deploy import model_user_config
+from raygbm.serving.deploy import model_spec
 from raygbm.serving.model_slot import load_served_model
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
@@ -40,7 +40,7 @@ def registered(request, tmp_path_factory):
         train = TrainConfig(num_boost_round=20, early_stopping_rounds=None)
         evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
                               EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
-        model = load_served_model(model_user_config(RegistryConfig(), "1"), 5000)
+        model = load_served_model(model_spec(RegistryConfig(), "1"), 5000)
         raw = pq.read_table(meta.run_dir / RAW_TEST)
         yield label, model, raw, model.bundle.scores(model.bundle.features(raw)), tracking_uri()
 

@@ -33,9 +33,18 @@ from raygbm.data.schema import arrow_type
 from raygbm.monitoring.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
-RawPart = tuple[str, Any, Any]
-"""Served rows as a replica sends them: ``("json", body bytes, ids)``, ``("records", decoded records, ids)``
-(the Open Inference Protocol's rows) or ``("table", Arrow table, ids)``."""
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """Served rows on their way to the log as their request brought them, with their prediction ids:
+    exactly one of a JSON body's bytes (``/predict``, parsed again off the request path), decoded records
+    (the Open Inference Protocol's rows) or an Arrow table (``/predict/batch``)."""
+
+    ids: Any
+    body: bytes | None = None
+    records: list[dict[str, Any]] | None = None
+    table: pa.Table | None = None
 
 
 def _to_datetime(v: Any) -> Any:
@@ -73,21 +82,21 @@ def _column(values: list[Any], type_name: str | None) -> pa.Array:
         return pa.array(values)
 
 
-def raw_table(parts: list[RawPart], fields: list[str], types: dict[str, str]) -> pa.Table:
+def raw_table(parts: list[RawRows], fields: list[str], types: dict[str, str]) -> pa.Table:
     """Replica parts' rows as one table of the raw fields, in order. JSON bodies are parsed again here
     (off the request path), and a run of them becomes one set of columns: built per part, single-record
     requests would cost more in Arrow's per-column overhead than in parsing."""
     out: list[pa.Table] = []
     records: list[dict[str, Any]] = []
-    for kind, payload, _ in parts:
-        if kind in ("json", "records"):
-            obj = json.loads(payload) if kind == "json" else payload
+    for part in parts:
+        if part.table is None:
+            obj = json.loads(part.body) if part.body is not None else part.records
             records.extend([obj] if isinstance(obj, dict) else obj)
             continue
         if records:
             out.append(_records_table(records, fields, types))
             records = []
-        out.append(_typed(payload, fields, types))
+        out.append(_typed(part.table, fields, types))
     if records:
         out.append(_records_table(records, fields, types))
     return concat_parts(out, types)
@@ -173,11 +182,11 @@ class PredictionLog:
 
     # ---- writing
 
-    def add(self, version: str, ts: float, parts: list[RawPart], scores: np.ndarray, windows: np.ndarray) -> None:
+    def add(self, version: str, ts: float, parts: list[RawRows], scores: np.ndarray, windows: np.ndarray) -> None:
         """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept."""
         try:
             raw = raw_table(parts, self.fields, self.types)
-            ids = pa.concat_arrays([pa.array(p[2], pa.string()) if not isinstance(p[2], pa.Array) else p[2].cast(pa.string())
+            ids = pa.concat_arrays([p.ids.cast(pa.string()) if isinstance(p.ids, pa.Array) else pa.array(p.ids, pa.string())
                                     for p in parts])
         except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
             self.unlogged += len(scores)

@@ -68,6 +68,21 @@ class Outcome:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class Registration:
+    """One model on its way into the registry: what was trained, its evaluation, and the bundle written."""
+
+    meta: RunMeta
+    trained: Trained
+    ev: Evaluation
+    params: dict[str, Any]
+    data_report: dict[str, Any]
+    tuning: TuneResult | None
+    metric: str  # the gate metric
+    bundle_dir: Path
+    manifest_sha: str
+
+
 def write_bundle(dest: Path, booster: lgb.Booster, run_dir: Path, metrics: dict[str, Any], reference: dict[str, Any],
                  params: dict[str, Any]) -> str:
     """Write a new bundle folder ``dest``: the model, the preprocess run's preprocessor and schema, the
@@ -110,9 +125,9 @@ def write_report(report_dir: Path, ev: Evaluation, arrays: dict[str, Any], data_
     return plots
 
 
-def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str, Any], trained: Trained,
-               data_report: dict[str, Any], tuning: TuneResult | None, gate: Gate, plots: list[str]) -> Path:
+def write_card(report_dir: Path, ref: ModelRef, new: Registration, gate: Gate, plots: list[str]) -> Path:
     """The model card, as Markdown and HTML, in the report folder; returns the Markdown file."""
+    ev, params, trained, data_report, tuning = new.ev, new.params, new.trained, new.data_report, new.tuning
     card_md = model_card(name=ref.name, version=ref.version, ev=ev, params=params,
                          best_iteration=trained.result.best_iteration, data_report=data_report,
                          tuning=tuning.to_dict() if tuning else None,
@@ -124,10 +139,11 @@ def write_card(report_dir: Path, ref: ModelRef, ev: Evaluation, params: dict[str
     return report_dir / CARD_FILE
 
 
-def log_training_run(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
-                     data_report: dict[str, Any], tuning: TuneResult | None, manifest_sha: str) -> str:
+def log_training_run(registry: Registry, new: Registration) -> str:
     """An MLflow parent run with the parameters and metrics, a child run per tuning trial and the
     defaults comparison; returns the parent run's id (left open for the artifacts)."""
+    meta, trained, ev, params, tuning = new.meta, new.trained, new.ev, new.params, new.tuning
+    data_report, manifest_sha = new.data_report, new.manifest_sha
     parent = registry.start_run(f"{'tune+' if tuning else ''}train {meta.run_dir.name}",
                                 tags={"raygbm.task": meta.task, "raygbm.data": str(data_report.get("source")),
                                       BUNDLE_TAG: manifest_sha})
@@ -228,16 +244,16 @@ def evaluate_and_register(
                                     _reference(booster, trained.meta, data_report, monitor or MonitorConfig(),
                                                threshold=float(ev.metrics.get("threshold", 0.5))), params)
         plots = write_report(report_dir, ev, arrays, data_report, tuning, trained)
+        new = Registration(meta, trained, ev, params, data_report, tuning, metric, bundle_dir, manifest_sha)
         ref = registry.find(manifest_sha)
         if ref is None:
-            gate, champ_value, ref = _register_new(registry, meta, trained, ev, params, data_report, tuning, metric,
-                                                   bundle_dir, manifest_sha, registry_cfg.margin, progress, promote)
+            gate, champ_value, ref = _register_new(registry, new, registry_cfg.margin, progress, promote)
         else:  # this very bundle is registered already (by an interrupted run, or an earlier one)
             gate = Gate(ref.tags.get("decision", "candidate"), ref.tags.get("gate_reason", ""))
             champ_value = float(ref.tags["champion_score"]) if ref.tags.get("champion_score") else None
             progress(f"the same model is registered as v{ref.version}"
                      + ("" if ref.tags.get(PUBLISHED_TAG) else ": finishing its registration"))
-        write_card(report_dir, ref, ev, params, trained, data_report, tuning, gate, plots)
+        write_card(report_dir, ref, new, gate, plots)
         if not ref.tags.get(PUBLISHED_TAG):  # never again once done: the alias may have moved on since
             publish(registry, ref, gate, report_dir)
         kept = keep_report(report_dir, ref)
@@ -248,24 +264,23 @@ def evaluate_and_register(
                    params=params)
 
 
-def _register_new(registry: Registry, meta: RunMeta, trained: Trained, ev: Evaluation, params: dict[str, Any],
-                  data_report: dict[str, Any], tuning: TuneResult | None, metric: str, bundle_dir: Path,
-                  manifest_sha: str, margin: float, progress: Progress,
+def _register_new(registry: Registry, new: Registration, margin: float, progress: Progress,
                   promote: bool = True) -> tuple[Gate, float | None, ModelRef]:
     """The gate against the champion, the MLflow run with the whole bundle, then the version naming it
     (so no version ever points at a partial bundle). Runs an interrupted attempt left open are closed.
     ``promote`` false: registered as a candidate whatever the test split says (the loop gates it)."""
     progress("comparing with the champion")
-    champ, champ_value, why = score_champion(registry, meta, metric)
-    new_value = float(ev.metrics[metric])
+    metric, manifest_sha = new.metric, new.manifest_sha
+    champ, champ_value, why = score_champion(registry, new.meta, metric)
+    new_value = float(new.ev.metrics[metric])
     gate = gate_decision(metric, new_value, champ.version if champ else None, champ_value, why, margin)
     if not promote:
         gate = Gate("candidate", f"held for the loop's gate on recent labelled rows (test split: {gate.reason})")
     progress("logging to MLflow and registering")
     registry.close_unfinished_runs(BUNDLE_TAG, manifest_sha)
-    parent = log_training_run(registry, meta, trained, ev, params, data_report, tuning, manifest_sha)
-    registry.log_artifacts(parent, bundle_dir, BUNDLE_PATH)
-    tags = {"task": meta.task, "gate_metric": metric, f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision,
+    parent = log_training_run(registry, new)
+    registry.log_artifacts(parent, new.bundle_dir, BUNDLE_PATH)
+    tags = {"task": new.meta.task, "gate_metric": metric, f"test_{metric}": f"{new_value:.6g}", "decision": gate.decision,
             "gate_reason": gate.reason, **({"champion_score": repr(champ_value)} if champ_value is not None else {})}
     return gate, champ_value, registry.register(parent, manifest_sha, tags)
 

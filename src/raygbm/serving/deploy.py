@@ -11,39 +11,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from raygbm.config import MonitorConfig, RegistryConfig, ServeConfig
 from raygbm.errors import RaygbmError
 from raygbm.monitoring.actor import start_monitor
+from raygbm.serving.model_slot import ModelSpec
 
 APP_NAME = "raygbm"
 
 
-def model_user_config(registry_cfg: RegistryConfig, version: str | None = None) -> dict[str, Any]:
-    """The ``user_config`` naming the model a deployment serves (resolved now, pinned by hash)."""
+def model_spec(registry_cfg: RegistryConfig, version: str | None = None) -> ModelSpec:
+    """The model a deployment serves (resolved now, pinned by hash): its ``user_config``."""
     from raygbm.paths import home
     from raygbm.registry.store import Registry, RegistryError, tracking_uri
 
     ref = Registry(registry_cfg).get(version)
     if ref is None:
         raise RegistryError(f"no champion model yet for {registry_cfg.model_name!r}: run `raygbm run` first")
-    return {
-        "model_name": ref.name,
-        "version": ref.version,
-        "manifest_sha256": ref.tags.get("manifest_sha256"),
-        "tracking_uri": tracking_uri(),
-        "home": str(home().resolve()),
-        # Deployed as "the champion": replicas keep following the alias (serve.champion_poll_s).
-        "follow": version is None or version == "champion",
-    }
+    # Deployed as "the champion": replicas keep following the alias (serve.champion_poll_s).
+    return ModelSpec(model_name=ref.name, version=ref.version, tracking_uri=tracking_uri(), home=str(home().resolve()),
+                     manifest_sha256=ref.tags.get("manifest_sha256"), follow=version is None or version == "champion")
 
 
-def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any],
+def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSpec,
               token_sha256: str | None = None, code_version: str | None = None) -> Any:
     """The Serve application: the ``ModelServer`` deployment sized by ``serve`` (autoscaled when
-    ``serve.autoscaling`` is set), serving ``model`` (a :func:`model_user_config`).
+    ``serve.autoscaling`` is set), serving ``model``.
 
     With ``token_sha256`` every route but the probes needs ``Authorization: Bearer <token>``; only the
     token's hash travels in the deployment's arguments (visible in Serve's config), never the token.
@@ -58,7 +54,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[st
     sizing = ({"autoscaling_config": serve_cfg.autoscaling.model_dump()} if serve_cfg.autoscaling
               else {"num_replicas": serve_cfg.num_replicas})
     server = ModelServer.options(
-        user_config=model, ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
+        user_config=model.to_user_config(), ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
         # Serve writes an access-log line per request from the replica's event loop, buffered and flushed
         # 1,000 at a time with a rollover check per line: a stall of every request in flight once a
         # second under load. Off unless asked for.
@@ -97,7 +93,7 @@ def token_sha256(serve_cfg: ServeConfig) -> str | None:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: dict[str, Any]) -> None:
+def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSpec) -> None:
     """``serve.run`` of the app under its :func:`code_version`, a failed deployment reported as one line
     (the replica's own error)."""
     from ray import serve
@@ -117,7 +113,7 @@ def deploy(registry_cfg: RegistryConfig, serve_cfg: ServeConfig, monitor_cfg: Mo
     """Start Serve's HTTP proxy on ``serve.host:port`` and deploy the model; returns the URL. Ray must be up."""
     from ray import serve
 
-    model = model_user_config(registry_cfg, version)
+    model = model_spec(registry_cfg, version)
     token_sha256(serve_cfg)  # a missing token fails before anything starts
     if monitor_cfg.enabled:
         start_monitor(monitor_cfg)
@@ -133,9 +129,9 @@ def swap_model(registry_cfg: RegistryConfig, serve_cfg: ServeConfig, monitor_cfg
     """Point the running app at another version (default: the current champion) without downtime:
     only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas. ``monitor_on``
     pauses or resumes drift monitoring the same way."""
-    model = {**model_user_config(registry_cfg, version), "monitor": monitor_on}
+    model = replace(model_spec(registry_cfg, version), monitor=monitor_on)
     _run_pinned(serve_cfg, monitor_cfg, model)
-    return model["version"]
+    return model.version
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -154,7 +150,7 @@ def app_builder(args: dict[str, Any]) -> Any:
         config = str(Path(os.environ.get("RAYGBM_PROJECT") or Path.cwd()) / config)
     cfg = load_config(config, list(args.get("set", [])))
     model = args.get("model", "champion")
-    spec = model_user_config(cfg.registry, None if model == "champion" else str(model))
+    spec = model_spec(cfg.registry, None if model == "champion" else str(model))
     if cfg.monitor.enabled:
         start_monitor(cfg.monitor)
     return build_app(cfg.serve, cfg.monitor, spec, token_sha256(cfg.serve))

@@ -1,7 +1,7 @@
 """The model a replica serves: which registered version, loaded and verified, and how it changes.
 
-A deployment names its model in Serve's ``user_config`` (model name, version, pinned manifest hash,
-tracking URI, home, and whether it follows "the champion"). :class:`ModelSlot` loads and verifies that
+A deployment names its model in Serve's ``user_config``, a ``ModelSpec`` (model name, version, pinned
+manifest hash, tracking URI, home, whether it follows "the champion", whether the monitor gets its rows). :class:`ModelSlot` loads and verifies that
 version *beside* the current one and only then switches, so a request holds the model it started with
 and none fails during a swap. Deployed as "the champion", the slot also follows the registry's alias.
 Plain Python (threads, no Ray): unit-tested against a real MLflow store.
@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,35 @@ import pyarrow as pa
 from raygbm.errors import RaygbmError
 from raygbm.registry.bundle import Bundle
 from raygbm.serving.request import RequestError, RequestSchema
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model a deployment serves. It travels as Serve's ``user_config`` (a JSON object, which Serve
+    compares to decide whether replicas need a ``reconfigure``) and is read back here, checked."""
+
+    model_name: str
+    version: str
+    tracking_uri: str
+    home: str
+    manifest_sha256: str | None = None  # pinned: the bundle must match it
+    follow: bool = False  # deployed as "the champion": replicas follow the alias
+    monitor: bool = True  # scored rows go to the drift monitor (false pauses it without a restart)
+
+    def to_user_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, user_config: "ModelSpec | dict[str, Any]") -> "ModelSpec":
+        if isinstance(user_config, ModelSpec):
+            return user_config
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(user_config) - names)
+        missing = sorted(f.name for f in fields(cls) if f.name not in user_config
+                         and f.name in ("model_name", "version", "tracking_uri", "home"))
+        if unknown or missing:
+            raise RaygbmError(f"user_config: unknown key(s) {unknown}, missing key(s) {missing}")
+        return cls(**user_config)
 
 
 @dataclass
@@ -99,16 +128,16 @@ def table_ids(n: int) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(uuid.uuid4().hex + "."), pc.cast(pa.array(np.arange(n)), pa.string()), "")
 
 
-def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel:
+def load_served_model(spec: ModelSpec, max_rows: int) -> ServedModel:
     """Fetch the bundle from the registry (cached locally) and verify it against the pinned manifest hash."""
     from raygbm.config import RegistryConfig
     from raygbm.monitoring.reference import REFERENCE_FILE, with_labels
     from raygbm.registry.store import Registry, local_bundle
 
     # Explicit store and cache: a replica's environment is the cluster's, not the deploying CLI's.
-    reg = Registry(RegistryConfig(model_name=user_config["model_name"]), uri=user_config["tracking_uri"])
-    ref, path = local_bundle(reg, user_config["version"], Path(user_config["home"]) / "models")
-    pinned = user_config.get("manifest_sha256")
+    reg = Registry(RegistryConfig(model_name=spec.model_name), uri=spec.tracking_uri)
+    ref, path = local_bundle(reg, spec.version, Path(spec.home) / "models")
+    pinned = spec.manifest_sha256
     if pinned and ref.tags.get("manifest_sha256") != pinned:
         raise RaygbmError(f"model v{ref.version}: registry manifest hash differs from the one deployed")
     bundle = Bundle.load(path, pinned)
@@ -120,26 +149,26 @@ def load_served_model(user_config: dict[str, Any], max_rows: int) -> ServedModel
 
 
 class ChampionLookup:
-    """The registry's current champion for a deployed ``user_config`` (one registry client kept per
-    model name and store)."""
+    """The registry's current champion for a deployed ``ModelSpec`` (one registry client kept per model
+    name and store)."""
 
     def __init__(self) -> None:
         self._registry: Any = None
         self._key: tuple[str, str] | None = None
 
-    def __call__(self, user_config: dict[str, Any]) -> dict[str, Any]:
-        """``user_config`` pointed at the current champion (unchanged if there is none or it is the same)."""
+    def __call__(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` pointed at the current champion (unchanged if there is none or it is the same)."""
         from raygbm.config import RegistryConfig
         from raygbm.registry.store import Registry
 
-        key = (user_config["model_name"], user_config["tracking_uri"])
+        key = (spec.model_name, spec.tracking_uri)
         if self._key != key:
             self._registry = Registry(RegistryConfig(model_name=key[0]), uri=key[1])
             self._key = key
         ref = self._registry.get(None)
-        if ref is None or ref.version == user_config.get("version"):
-            return user_config
-        return {**user_config, "version": ref.version, "manifest_sha256": ref.tags.get("manifest_sha256")}
+        if ref is None or ref.version == spec.version:
+            return spec
+        return replace(spec, version=ref.version, manifest_sha256=ref.tags.get("manifest_sha256"))
 
 
 class ModelSlot:
@@ -150,12 +179,12 @@ class ModelSlot:
     """
 
     def __init__(self, max_rows: int, poll_s: float, on_switch: Callable[[ServedModel], None] | None = None,
-                 loader: Callable[[dict[str, Any], int], ServedModel] = load_served_model):
+                 loader: Callable[[ModelSpec, int], ServedModel] = load_served_model):
         self.max_rows, self.poll_s = max_rows, poll_s
         self.on_switch = on_switch
         self.loader = loader
         self.model: ServedModel | None = None
-        self.user_config: dict[str, Any] = {}
+        self.spec: ModelSpec | None = None
         self.champion_check: dict[str, Any] = {"checked_at": None, "error": None}
         self.champion = ChampionLookup()
         self._lock = threading.Lock()
@@ -164,39 +193,40 @@ class ModelSlot:
     def version(self) -> str | None:
         return self.model.version if self.model is not None else None
 
-    def follows(self, user_config: dict[str, Any] | None = None) -> bool:
+    def follows(self, spec: ModelSpec | None = None) -> bool:
         """Deployed as "the champion" (and following is on)."""
-        uc = self.user_config if user_config is None else user_config
-        return bool(uc.get("follow")) and self.poll_s > 0
+        spec = self.spec if spec is None else spec
+        return spec is not None and spec.follow and self.poll_s > 0
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve model ``user_config`` names: load and verify it, then switch (a failure keeps the
+    def reconfigure(self, user_config: ModelSpec | dict[str, Any]) -> None:
+        """Serve the model ``user_config`` names: load and verify it, then switch (a failure keeps the
         current model and raises)."""
-        if self.follows(user_config):
+        spec = ModelSpec.of(user_config)
+        if self.follows(spec):
             # A replica started after a promotion (autoscaling, a restart) gets the deployment's original
             # user_config: start on the alias's current version, like its peers.
             try:
-                user_config = self.champion(user_config)
+                spec = self.champion(spec)
             except Exception:
                 pass  # unreachable registry: serve what was deployed; the follower retries
         with self._lock:
-            self.user_config = user_config
-            if user_config.get("version") != self.version:
-                self._switch(self.loader(user_config, self.max_rows))
+            self.spec = spec
+            if spec.version != self.version:
+                self._switch(self.loader(spec, self.max_rows))
 
     def check_champion(self) -> None:
         """One step of following: when the alias has moved, load and verify that version beside the
         current one, then switch. A failed check keeps the current model and is kept in ``champion_check``."""
-        uc = self.user_config
-        if not self.follows(uc):
+        spec = self.spec
+        if spec is None or not self.follows(spec):
             return
         try:
-            target = self.champion(uc)
-            if target["version"] != self.version:
+            target = self.champion(spec)
+            if target.version != self.version:
                 model = self.loader(target, self.max_rows)
                 with self._lock:
-                    if self.user_config is uc:  # no redeploy or pinning happened meanwhile
-                        self.user_config = target
+                    if self.spec is spec:  # no redeploy or pinning happened meanwhile
+                        self.spec = target
                         self._switch(model)
             self.champion_check = {"checked_at": time.time(), "error": None}
         except Exception as exc:
