@@ -25,6 +25,7 @@ from raygbm.pipeline import run_pipeline
 from raygbm.registry.bundle import Bundle
 from raygbm.registry.store import Registry, local_bundle
 from tests.conftest import make_shards
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 BASE = ["data.drop=[id]", "train.num_boost_round=150", "train.early_stopping_rounds=15", "tune.cv_folds=null",
@@ -59,13 +60,12 @@ def _serve_and_label(cfg: PipelineConfig, version: str, rows: pa.Table, t0: floa
 
 
 def _wait_job(client, job_id: str, timeout_s: float = 420) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """The Ray Job's final status (the test fails if it has none within ``timeout_s``)."""
+    def final() -> str | None:
         status = str(client.get_job_status(job_id).value)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(1)
-    return "TIMEOUT"
+        return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    return wait_until(final, timeout_s, interval=1.0, message=f"Ray Job {job_id} to end")
 
 
 def test_concept_drift_triggers_one_retraining_job_whose_promotion_recovers(tmp_path, home):
@@ -113,7 +113,9 @@ def test_concept_drift_triggers_one_retraining_job_whose_promotion_recovers(tmp_
 
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory):
-    """A champion trained on the source, and a crippled retraining on undrifted labelled traffic."""
+    """A champion trained on the source, and two crippled retrainings on undrifted labelled traffic, each
+    rejected: one for the test of the rejection, one for the test of a rollback (which promotes it), so
+    neither test depends on what the other did or on their order."""
     tmp = tmp_path_factory.mktemp("gated")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAYGBM_HOME", str(tmp / "home"))
@@ -124,25 +126,30 @@ def gated(tmp_path_factory):
         bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={
             "num_boost_round": 2, "early_stopping_rounds": None, "params": {**cfg.train.params, "learning_rate": 0.01,
                                                                             "num_leaves": 2}})})
-        result = retrain(bad, trigger="manual-test")
-        yield cfg, v1, result, tmp
+        rejected = retrain(bad, trigger="manual-test")
+        worse = bad.model_copy(update={"train": bad.train.model_copy(update={"num_boost_round": 3})})
+        to_roll_back = retrain(worse, trigger="manual-rollback")
+        champion = Registry(cfg.registry).get().version  # after both rejections
+        yield cfg, v1, {"rejected": rejected, "rollback": to_roll_back, "champion": champion}, tmp
 
 
 def test_a_bad_challenger_is_not_promoted_and_the_reason_is_recorded(gated, monkeypatch):
-    cfg, v1, result, tmp = gated
+    cfg, v1, results, tmp = gated
+    result = results["rejected"]
     monkeypatch.setenv("RAYGBM_HOME", str(tmp / "home"))
     d = result.decision
     assert d.action == "rejected" and d.version != v1.version and d.other_version == v1.version
     assert f"does not beat champion v{v1.version}" in d.reason and d.value < d.other_value
     assert result.holdout_rows == 600 and result.train_rows == 1400
     reg = Registry(cfg.registry)
-    assert reg.get().version == v1.version
+    assert results["champion"] == v1.version and d.version != results["rollback"].version
     tags = reg.get(d.version).tags
     assert tags["loop_action"] == "rejected" and tags["gate_reason"] == d.reason and tags["decision"] == "candidate"
     run = reg.client.get_run(reg.get(d.version).run_id).data
     assert run.tags["raygbm.loop_action"] == "rejected" and run.tags["raygbm.loop_reason"] == d.reason
     assert run.metrics["loop_rejected_other_value"] == pytest.approx(d.other_value)
-    [recorded] = LoopState(tmp / "home", cfg.registry.model_name).read()["decisions"]
+    [recorded] = [r for r in LoopState(tmp / "home", cfg.registry.model_name).read()["decisions"]
+                  if r["version"] == d.version]
     assert recorded["action"] == "rejected" and recorded["reason"] == d.reason and recorded["trigger"] == "manual-test"
     from raygbm.cli import app
 
@@ -151,9 +158,10 @@ def test_a_bad_challenger_is_not_promoted_and_the_reason_is_recorded(gated, monk
 
 
 def test_a_bad_promotion_is_rolled_back_within_k_windows(gated, monkeypatch):
-    cfg, v1, result, tmp = gated
+    cfg, v1, results, tmp = gated
     monkeypatch.setenv("RAYGBM_HOME", str(tmp / "home"))
-    bad = result.version
+    bad = results["rollback"].version
+    assert results["rollback"].decision.action == "rejected" and bad != results["rejected"].version
     forced = Decision("promoted", bad, "forced by the test", "roc_auc", None, v1.version, None, 0)
     apply_decision(cfg.registry, forced)
     reg, state = Registry(cfg.registry), LoopState(tmp / "home", cfg.registry.model_name)
