@@ -36,3 +36,13 @@ def figure(capsys: pytest.CaptureFixture[str]):
             print(f"\nFIGURE {line}", flush=True)
 
     return show
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (a check that no test depends on an earlier one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
