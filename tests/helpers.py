@@ -65,3 +65,26 @@ def flip_one_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def registered_model(data_dir: Path, max_rows: int) -> tuple[Any, Any]:
+    """A binary model (numeric, categorical and time features, a derived hour) trained on 3,000 generated
+    rows without Ray, registered as v1 in the store of the current RAYGBM_HOME, and loaded as a replica
+    loads it: (the ``ServedModel``, the data run's ``RunMeta``)."""
+    from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
+    from raygbm.data.preprocess import LocalRunner, preprocess
+    from raygbm.registry.register import evaluate_and_register
+    from raygbm.serving.deploy import model_spec
+    from raygbm.serving.model_slot import load_served_model
+    from raygbm.training.fit import Trained
+    from raygbm.training.train import RunMeta, train_in_process
+    from tests.conftest import make_shards
+
+    data = make_shards(data_dir, rows=3000, shards=1)
+    cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
+                      {"data.source": str(data), "data.label": "label"})
+    meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
+    train = TrainConfig(num_boost_round=10, early_stopping_rounds=None)
+    evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                          EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
+    return load_served_model(model_spec(RegistryConfig(), "1"), max_rows), meta

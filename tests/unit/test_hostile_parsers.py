@@ -12,21 +12,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raygbm.config import EvaluateConfig, RegistryConfig, ServeConfig, TrainConfig, load_config
-from raygbm.data.preprocess import LocalRunner, preprocess
+from raygbm.config import ServeConfig
 from raygbm.data.split import RAW_TEST
-from raygbm.registry.register import evaluate_and_register
 from raygbm.serving import oip
 from raygbm.serving.batch_jobs import job_input
-from raygbm.serving.deploy import model_spec
-from raygbm.serving.model_slot import load_served_model
 from raygbm.serving.request import RequestError
 from raygbm.serving.tables import ARROW_STREAM, CSV, content_type, read_table
-from raygbm.training.fit import Trained
-from raygbm.training.train import RunMeta, train_in_process
-from tests.conftest import make_shards
 from tests.corpora import HTTP_ONLY, fuzz_corpus, hostile_corpus, oip_hostile_corpus, records_of
-from tests.helpers import raygbm_home
+from tests.helpers import raygbm_home, registered_model
 
 SERVE = ServeConfig()
 
@@ -36,14 +29,7 @@ def model_and_rows(tmp_path_factory):
     """A registered binary model (numeric, categorical and time features, a derived hour) as a replica
     loads it, five raw test rows and one good record."""
     with raygbm_home(tmp_path_factory.mktemp("home")):
-        data = make_shards(tmp_path_factory.mktemp("data"), rows=3000, shards=1)
-        cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
-                          {"data.source": str(data), "data.label": "label"})
-        meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
-        train = TrainConfig(num_boost_round=10, early_stopping_rounds=None)
-        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
-                              EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
-        model = load_served_model(model_spec(RegistryConfig(), "1"), SERVE.max_rows)
+        model, meta = registered_model(tmp_path_factory.mktemp("data"), SERVE.max_rows)
         raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 5).drop_columns(["label"])
         yield model, raw, records_of(raw.slice(0, 1), list(model.schema.fields))[0]
 

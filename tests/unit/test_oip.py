@@ -11,18 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
-from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
-from raygbm.data.preprocess import LocalRunner, preprocess
 from raygbm.data.split import RAW_TEST
-from raygbm.registry.register import evaluate_and_register
 from raygbm.serving import oip
-from raygbm.serving.deploy import model_spec
-from raygbm.serving.model_slot import load_served_model
 from raygbm.serving.request import RequestError
-from raygbm.training.fit import Trained
-from raygbm.training.train import RunMeta, train_in_process
-from tests.conftest import make_shards
-from tests.helpers import raygbm_home
+from tests.helpers import raygbm_home, registered_model
 
 MAX_ROWS = 50
 
@@ -32,14 +24,7 @@ def served(tmp_path_factory):
     """A registered binary model (numeric, categorical and time features) as a replica loads it, and raw
     test rows as /predict records (with their missing values)."""
     with raygbm_home(tmp_path_factory.mktemp("home")):
-        data = make_shards(tmp_path_factory.mktemp("data"), rows=3000, shards=1)
-        cfg = load_config(None, ["data.drop=[id]", "features.derived=[{name: h, op: hour, inputs: [event_time]}]"],
-                          {"data.source": str(data), "data.label": "label"})
-        meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
-        train = TrainConfig(num_boost_round=10, early_stopping_rounds=None)
-        evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
-                              EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
-        model = load_served_model(model_spec(RegistryConfig(), "1"), MAX_ROWS)
+        model, meta = registered_model(tmp_path_factory.mktemp("data"), MAX_ROWS)
         raw = pq.read_table(meta.run_dir / RAW_TEST).slice(0, 40)
         records = [{c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in row.items() if c in model.schema.fields}
                    for row in raw.to_pylist()]
