@@ -29,7 +29,6 @@ from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home, wait_until
 
-pytestmark = pytest.mark.slow
 PORT = 8131
 URL = f"http://127.0.0.1:{PORT}"
 WINDOW = 2000  # rows per drift window: the realized AUC's spread at this size is about 0.01
@@ -210,6 +209,7 @@ def _hostile(ids: list[str], rng: random.Random) -> list[tuple[bytes, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_two_thousand_hostile_feedback_payloads_get_no_5xx_and_corrupt_nothing(served):
     meta, log_dir, fresh = served
     fields = _fields(meta)

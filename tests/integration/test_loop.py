@@ -27,7 +27,6 @@ from raygbm.registry.store import Registry, local_bundle
 from tests.conftest import make_shards
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.slow
 BASE = ["data.drop=[id]", "train.num_boost_round=150", "train.early_stopping_rounds=15", "tune.cv_folds=null",
         "retrain.trials=0", "retrain.holdout_share=0.3"]
 
@@ -68,6 +67,7 @@ def _wait_job(client, job_id: str, timeout_s: float = 420) -> str:
     return wait_until(final, timeout_s, interval=1.0, message=f"Ray Job {job_id} to end")
 
 
+@pytest.mark.slow
 def test_concept_drift_triggers_one_retraining_job_whose_promotion_recovers(tmp_path, home):
     from raygbm.loop.jobs import JobSubmitter
     from raygbm.loop.triggers import Controller

@@ -19,8 +19,6 @@ from raygbm.registry.store import Registry
 from raygbm.training.train import RunMeta
 from tests.conftest import make_shards
 
-pytestmark = pytest.mark.slow
-
 
 def _default_lgbm_auc(meta: RunMeta, seed: int = 0, splits: tuple[str, ...] = ("train",)) -> float:
     """Plain ``LGBMClassifier()`` defaults fitted on the preprocessed ``splits`` (categoricals declared)."""
@@ -32,6 +30,7 @@ def _default_lgbm_auc(meta: RunMeta, seed: int = 0, splits: tuple[str, ...] = ("
     return roc_auc_score(np.asarray(te[meta.label]), clf.predict_proba(X(te))[:, 1])
 
 
+@pytest.mark.slow
 def test_run_registers_a_champion_that_beats_defaults_then_gates_a_worse_model(tmp_path, home):
     data = make_shards(tmp_path / "data", rows=100_000, shards=4, seed=3)
     # The holdout (85k train+validation rows would cross-validate by default: 5× the cost of this test).
@@ -160,6 +159,7 @@ def test_breast_cancer_with_cross_validation(tmp_path, home):
     assert outcome.metrics["roc_auc"] >= _default_lgbm_auc(meta, splits=("train", "validation")) - one_pair - 1e-12
 
 
+@pytest.mark.slow
 def test_a_time_budget_ends_a_search_without_a_trial_count(tmp_path, home):
     from raygbm.data.preprocess import preprocess
     from raygbm.training.tune import tune_search

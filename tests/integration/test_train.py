@@ -14,8 +14,6 @@ from raygbm.training.train import RunMeta, train_in_process, train_with_ray
 from tests.conftest import make_shards
 from tests.helpers import raygbm_home
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory):
@@ -34,6 +32,7 @@ def _test_auc(meta: RunMeta, booster) -> float:
 TC = TrainConfig(num_boost_round=40, early_stopping_rounds=None, report_every=10, checkpoint_every=10)
 
 
+@pytest.mark.slow
 def test_ray_train_matches_in_process_and_survives_a_killed_worker(meta, tmp_path):
     plain = train_in_process(meta, TC)
     ray_run = train_with_ray(meta, TC, ResourcesConfig(), tmp_path / "train", "clean")

@@ -24,8 +24,6 @@ from raygbm.registry.store import Registry, local_bundle
 from tests.helpers import raygbm_home, wait_until
 from tests.type_matrix import DERIVED, json_records, write_pandas_categoricals, write_type_matrix
 
-pytestmark = pytest.mark.slow
-
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
     """``raygbm ARGS`` through the console script's own function: (exit code, stdout, stderr)."""
@@ -103,6 +101,7 @@ def matrix_run(tmp_path_factory):
         yield home, data, bundle, raw, bundle.scores(bundle.features(raw))
 
 
+@pytest.mark.slow
 def test_type_matrix_scores_the_same_through_predict_and_every_endpoint_format(matrix_run, tmp_path):
     from ray import serve
     from typer.testing import CliRunner

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from raygbm.data.split import RAW_TEST
 from raygbm.registry.bundle import Bundle
@@ -16,8 +15,6 @@ from raygbm.registry.store import Registry, local_bundle
 from tests.conftest import make_shards
 from tests.helpers import wait_until
 from tests.integration.serve.endpoint import URL, http_get, http_post, job_done, post_raw, score_arrow, serving
-
-pytestmark = pytest.mark.slow
 
 
 def test_batch_route_arrow_and_csv_equal_the_batch_path(served):

@@ -13,8 +13,6 @@ from raygbm.data.split import RAW_TEST
 from tests.corpora import oip_tensors, records_of, triton_inputs
 from tests.integration.serve.endpoint import PORT, drift_when, http_get, http_post, serving
 
-pytestmark = pytest.mark.slow
-
 
 def test_open_inference_protocol_scores_equal_predict(served):
     """tritonclient (binary tensors) and a plain JSON call written from the protocol's spec (one tensor per

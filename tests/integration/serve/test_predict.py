@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from raygbm.config import RegistryConfig
 from raygbm.data.split import RAW_TEST
@@ -15,8 +14,6 @@ from raygbm.registry.bundle import Bundle
 from raygbm.registry.store import Registry, local_bundle
 from tests.corpora import records_of
 from tests.integration.serve.endpoint import http_get, http_post, score_arrow, serving
-
-pytestmark = pytest.mark.slow
 
 
 def test_http_scores_equal_the_batch_path_on_10k_rows(served):

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from raygbm.config import RegistryConfig
 from raygbm.data.split import RAW_TEST
@@ -17,8 +16,6 @@ from raygbm.serving.deploy import swap_model
 from tests.corpora import records_of
 from tests.helpers import wait_until
 from tests.integration.serve.endpoint import MONITOR, PORT, SERVE, http_get, http_post, serving
-
-pytestmark = pytest.mark.slow
 
 
 def _switch_under_load(meta, change, version: str, threads: int = 4) -> list[tuple[int, str]]:
