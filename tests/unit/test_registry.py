@@ -220,3 +220,17 @@ def test_a_fresh_registry_promotes_without_having_connected_first(meta):
     _register(meta, 5)
     Registry().promote(Registry().get("1"))
     assert Registry().get().version == "1"
+
+
+def test_a_version_is_gated_on_its_own_metric_or_its_task_default():
+    from raygbm.registry.store import ModelRef
+
+    def ref(**tags):
+        return ModelRef("m", "3", "run", tags, [])
+
+    assert ref(gate_metric="pr_auc", task="binary").gate_metric == "pr_auc"
+    # Without the tag (a version registered before it existed): the task's default, never roc_auc for all.
+    assert ref(task="regression").gate_metric == "rmse"
+    assert ref(task="multiclass").gate_metric == "log_loss"
+    with pytest.raises(RegistryError, match="neither a gate_metric nor a task tag"):
+        _ = ref().gate_metric
