@@ -44,11 +44,12 @@ class Endpoint:
         self.headers = endpoint_auth() if headers is None else headers
         self.timeout_s = timeout_s
 
-    def _call(self, route: str, body: bytes | None, headers: dict[str, str], what: str) -> tuple[bytes, Any]:
+    def _call(self, route: str, body: bytes | None, headers: dict[str, str], what: str,
+              timeout_s: float | None = None) -> tuple[bytes, Any]:
         req = urllib.request.Request(self.url + route, data=body, method="POST" if body is not None else "GET",
                                      headers={**self.headers, **headers})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as r:
                 return r.read(), r.headers
         except urllib.error.HTTPError as exc:
             try:
@@ -59,13 +60,9 @@ class Endpoint:
         except (urllib.error.URLError, OSError) as exc:
             raise DataError(f"cannot reach {self.url}{route}: {getattr(exc, 'reason', exc)}") from None
 
-    def get_json(self, route: str, timeout_s: float | None = 30) -> dict[str, Any]:
+    def get_json(self, route: str, timeout_s: float = 30) -> dict[str, Any]:
         """``GET route`` as JSON."""
-        saved, self.timeout_s = self.timeout_s, timeout_s or self.timeout_s
-        try:
-            body, _ = self._call(route, None, {}, "GET")
-        finally:
-            self.timeout_s = saved
+        body, _ = self._call(route, None, {}, "GET", timeout_s)
         try:
             doc = json.loads(body)
         except ValueError:
