@@ -10,7 +10,9 @@ if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then
 fi
 chmod 600 "$RAY_AUTH_TOKEN_PATH"
 args=(--head --port "$RAY_PORT" --node-ip-address "$RAY_NODE_IP_ADDRESS" --dashboard-host "$RAY_DASHBOARD_HOST"
-      --dashboard-port "$RAY_DASHBOARD_PORT" --metrics-export-port "$RAY_METRICS_EXPORT_PORT" --disable-usage-stats)
+      --dashboard-port "$RAY_DASHBOARD_PORT" --metrics-export-port "$RAY_METRICS_EXPORT_PORT" --disable-usage-stats
+      # The dashboard agent on a free port (Ray's fixed 52365 lets only one Ray per host run jobs).
+      --dashboard-agent-listen-port "${RAY_DASHBOARD_AGENT_PORT:-0}")
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus "$RAY_NUM_CPUS")
 [ -n "${RAY_TEMP_DIR:-}" ] && args+=(--temp-dir "$RAY_TEMP_DIR")
 ray start "${args[@]}"

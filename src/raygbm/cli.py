@@ -424,7 +424,7 @@ def serve(
         from raygbm.loop.runner import start_loop
         from raygbm.serving.client import endpoint_auth
 
-        start_loop(cfg, url, endpoint_auth())
+        start_loop(cfg, url, endpoint_auth(), say=lambda line: typer.echo(line, err=True))
         typer.echo(f"the loop is on: triggers checked every {cfg.retrain.check_s:g}s (raygbm loop status)")
     typer.echo("press Ctrl-C to stop")
     typer.echo(f"{stop.wait()}: draining the endpoint and stopping Ray")

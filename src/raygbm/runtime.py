@@ -39,6 +39,7 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
     else:
         ensure_private_token()
+        free_agent_port()
         ray.init(
             # "local": a new instance even when another Ray runs on this host (without it, ray.init joins
             # any local instance it finds, e.g. one left by `ray start`, and then refuses num_cpus).
@@ -53,6 +54,26 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
             log_to_driver=False,
         )
     configure_data_context()
+
+
+def free_agent_port() -> None:
+    """Let an embedded Ray's dashboard agent take a free port instead of the fixed 52365.
+
+    ``ray.init`` has no argument for it, and ``RayParams`` defaults it to ``DEFAULT_DASHBOARD_AGENT_LISTEN_PORT``
+    (ray/_private/parameter.py, Ray 2.60), so a second Ray on the host (another `raygbm serve`, a test
+    session beside `make demo`) cannot bind it and its Jobs API answers "No available agent to submit job".
+    0 is Ray's own "any free port": the agent reads back the port it bound and registers it with the GCS
+    (ray/dashboard/agent.py), where the dashboard finds it. Every other port of an embedded Ray is already
+    picked free. This changes that one default for the Ray processes this process starts.
+    """
+    from ray._private.parameter import RayParams
+
+    init = RayParams.__init__
+    names = init.__code__.co_varnames[1:init.__code__.co_argcount]
+    defaults = list(init.__defaults__ or ())
+    index = names.index("dashboard_agent_listen_port") - (len(names) - len(defaults))
+    defaults[index] = 0
+    init.__defaults__ = tuple(defaults)
 
 
 def loopback_node() -> None:

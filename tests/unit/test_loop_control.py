@@ -133,14 +133,31 @@ def test_a_job_unknown_to_the_jobs_api_does_not_block_forever(tmp_path):
     assert entry["outcome"] == "submitted" and state.read()["jobs"][0]["status"] == "LOST"
 
 
-def test_failed_submission_is_recorded_not_raised(tmp_path):
-    def refuse(_t):
-        raise RuntimeError("Request failed with status code 401: Unauthorized\nmore")
+def test_failed_submission_is_recorded_retried_with_backoff_and_shown(tmp_path):
+    clock, answers = Clock(), ["refuse", "refuse", "ok"]
 
-    c = Controller(RetrainConfig(drift=AlertAfter(m=1, n=1)), LoopState(tmp_path, "m"), refuse, lambda j: "RUNNING")
+    def submit(t):
+        if answers.pop(0) == "refuse":
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job\nmore")
+        return "raygbm-retrain-m-" + t.id
+
+    state = LoopState(tmp_path, "m")
+    c = Controller(RetrainConfig(drift=AlertAfter(m=1, n=1)), state, submit, lambda j: "RUNNING", clock=clock)
     entry = c.tick(_windows("drift"))
-    assert entry["outcome"] == "submission failed: Request failed with status code 401: Unauthorized"
-    assert LoopState(tmp_path, "m").read()["jobs"] == []
+    assert entry["outcome"] == "submission failed: Request failed with status code 500: No available agent to submit job"
+    assert entry["attempts"] == 1 and entry["retry_at"] == clock.t + 5 and state.read()["jobs"] == []
+    problem = public(state.read())["problem"]
+    assert problem.startswith(f"trigger {entry['id']}: submission failed: ") and "attempt 1" in problem
+    assert c.tick(_windows("drift")) is None  # within the backoff: no new try
+    clock.t += 5
+    again = c.tick(_windows("drift"))
+    assert again["attempts"] == 2 and again["retry_at"] == clock.t + 10  # the backoff doubles
+    clock.t += 10
+    assert c.tick(_windows("no_drift")) is None  # the trigger no longer holds: it expires untried
+    done = c.tick(_windows("drift"))
+    assert done["outcome"] == "submitted" and done["attempts"] == 3
+    doc = state.read()
+    assert len(doc["triggers"]) == 1 and public(doc)["problem"] is None and [j["status"] for j in doc["jobs"]] == ["PENDING"]
 
 
 def test_state_updates_are_locked_and_staged(tmp_path):
@@ -154,7 +171,7 @@ def test_state_updates_are_locked_and_staged(tmp_path):
     assert sorted(int(d["version"]) for d in doc["decisions"]) == list(range(20))
     assert not list(state.dir.glob(".*.tmp"))
     state.path.write_text("{not json")
-    assert public(state.read()) == {"triggers": [], "jobs": [], "decisions": [], "watch": None}
+    assert public(state.read()) == {"problem": None, "triggers": [], "jobs": [], "decisions": [], "watch": None}
 
 
 def test_holdout_is_the_most_recent_rows_and_the_window_bounds_age_and_count():

@@ -15,7 +15,7 @@ from raygbm.loop.retrain import holdout_metric, labelled_root
 from raygbm.loop.rollback import check_rollback
 from raygbm.loop.triggers import Controller, Trigger
 from raygbm.monitoring.labelled import read_labelled, training_rows
-from raygbm.monitoring.loop_state import LoopState
+from raygbm.monitoring.loop_state import LoopState, submission_problem
 from raygbm.paths import home
 from raygbm.registry.store import Registry
 from raygbm.serving.client import Endpoint
@@ -65,15 +65,21 @@ def drift_fetcher(url: str, headers: dict[str, str] | None = None) -> Callable[[
 class LoopRunner:
     """Rollback watch, then triggers, every ``retrain.check_s`` in a daemon thread."""
 
-    def __init__(self, cfg: PipelineConfig, controller: Controller, fetch_drift: Callable[[], dict[str, Any] | None]):
-        self.cfg, self.controller, self.fetch_drift = cfg, controller, fetch_drift
+    def __init__(self, cfg: PipelineConfig, controller: Controller, fetch_drift: Callable[[], dict[str, Any] | None],
+                 say: Callable[[str], None] = log.warning):
+        self.cfg, self.controller, self.fetch_drift, self.say = cfg, controller, fetch_drift, say
         self.state = LoopState(home(), cfg.registry.model_name)
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     def tick(self) -> dict[str, Any] | None:
         check_rollback(self.cfg.retrain, self.cfg.registry, self.state, labelled_root(self.cfg.monitor))
-        return self.controller.tick(self.fetch_drift(), realized_trigger(self.cfg))
+        entry = self.controller.tick(self.fetch_drift(), realized_trigger(self.cfg))
+        if entry is not None:  # what the loop did, where the person running the endpoint sees it
+            problem = submission_problem(self.state.read())
+            self.say(f"loop: cannot submit the retraining: {problem}" if problem else
+                     f"loop: trigger {entry['id']} ({entry['reason']}): {entry['outcome']}")
+        return entry
 
     def _run(self) -> None:
         while not self._stop.wait(self.cfg.retrain.check_s):
@@ -91,10 +97,11 @@ class LoopRunner:
         self._stop.set()
 
 
-def start_loop(cfg: PipelineConfig, url: str, headers: dict[str, str] | None = None) -> LoopRunner:
-    """The loop for an endpoint at ``url`` on the Ray this process is connected to."""
+def start_loop(cfg: PipelineConfig, url: str, headers: dict[str, str] | None = None,
+               say: Callable[[str], None] = log.warning) -> LoopRunner:
+    """The loop for an endpoint at ``url`` on the Ray this process is connected to; ``say`` shows what it does."""
     from raygbm.loop.jobs import JobSubmitter
 
     jobs = JobSubmitter(cfg)
     controller = Controller(cfg.retrain, LoopState(home(), cfg.registry.model_name), jobs.submit, jobs.status)
-    return LoopRunner(cfg, controller, drift_fetcher(url, headers)).start()
+    return LoopRunner(cfg, controller, drift_fetcher(url, headers), say).start()

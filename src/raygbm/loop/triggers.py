@@ -4,7 +4,9 @@ and submits through a callable, so the rules are tested without Ray.
 
 Every trigger has an id that is also the retraining job's submission id (its idempotency key): the same
 drift windows, the same block of labelled rows or the same schedule slot never submit twice. A trigger is
-recorded once, with what came of it: a job submitted, or skipped (a job running, the cooldown).
+recorded once, with what came of it: a job submitted, or skipped (a job running, the cooldown). A failed
+submission (the Jobs API unreachable or refusing) is retried with exponential backoff for as long as its
+trigger still holds, and the failure is shown (``loop_state.submission_problem``) until one succeeds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from raygbm.config import RetrainConfig
 from raygbm.monitoring.loop_state import LoopState
 
 ACTIVE = ("PENDING", "RUNNING")
+RETRY_FIRST_S, RETRY_MAX_S = 5.0, 300.0  # a failed submission's backoff: 5 s, doubled each time, at most 5 min
 
 
 @dataclass(frozen=True)
@@ -138,28 +141,40 @@ class Controller:
         return None
 
     def tick(self, report: dict[str, Any] | None = None, realized: Trigger | None = None) -> dict[str, Any] | None:
-        """Check the triggers once; returns the recorded trigger entry (None when no new trigger held)."""
+        """Check the triggers once; returns the recorded trigger entry (None when no new trigger held and no
+        failed submission was due for another try)."""
         active = self.refresh_jobs()
-        seen = {t["id"] for t in self.state.read()["triggers"]}
-        fresh = [t for t in self.candidates(report, realized) if t.id not in seen]
-        if not fresh:
+        seen = {t["id"]: t for t in self.state.read()["triggers"]}
+        now = self.clock()
+        due = [t for t in self.candidates(report, realized) if t.id not in seen or _retry_due(seen[t.id], now)]
+        if not due:
             return None
-        trigger = fresh[0]
-        return self.fire(trigger, self.blocked(active))
+        return self.fire(due[0], self.blocked(active), seen.get(due[0].id))
 
-    def fire(self, trigger: Trigger, blocked: str | None = None) -> dict[str, Any]:
-        """Submit a job for ``trigger`` unless ``blocked``; record the trigger and the job."""
-        entry: dict[str, Any] = {**trigger.to_dict()}
+    def fire(self, trigger: Trigger, blocked: str | None = None, failed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Submit a job for ``trigger`` unless ``blocked``; record the trigger and the job. ``failed``: the
+        trigger's entry from a failed submission, which this try replaces."""
+        entry: dict[str, Any] = {"at": failed["at"] if failed else self.clock(), **trigger.to_dict()}
         if blocked:
             entry["outcome"] = f"skipped: {blocked}"
         else:
             try:
                 job_id = self.submit(trigger)
-            except Exception as exc:  # the Jobs API refused or is unreachable: recorded, retried by the next trigger
-                entry["outcome"] = f"submission failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+            except Exception as exc:  # the Jobs API refused or is unreachable: retried while the trigger holds
+                attempts = int(failed.get("attempts", 1)) + 1 if failed else 1
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                entry.update(outcome=f"submission failed: {first}", attempts=attempts, last_try=self.clock(),
+                             retry_at=self.clock() + min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S))
             else:
                 entry["outcome"], entry["job"] = "submitted", job_id
+                if failed:
+                    entry["attempts"] = int(failed.get("attempts", 1)) + 1
                 self.state.set_job(job_id, status="PENDING", trigger=trigger.id, kind=trigger.kind,
                                    reason=trigger.reason, at=self.clock())
-        self.state.append("triggers", {"at": self.clock(), **entry})
+        self.state.set_trigger(entry)
         return entry
+
+
+def _retry_due(entry: dict[str, Any], now: float) -> bool:
+    """A trigger whose submission failed, once its backoff has passed."""
+    return str(entry.get("outcome", "")).startswith("submission failed") and now >= float(entry.get("retry_at", 0))

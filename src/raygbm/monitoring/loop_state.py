@@ -85,11 +85,34 @@ class LoopState:
 
         self.update(change)
 
+    def set_trigger(self, entry: dict[str, Any]) -> None:
+        """Record a trigger's entry, replacing the one with its id (a retried submission) or added."""
+        def change(doc: dict[str, Any]) -> None:
+            for i, old in enumerate(doc["triggers"]):
+                if old.get("id") == entry["id"]:
+                    doc["triggers"][i] = entry
+                    return
+            doc["triggers"].append(entry)
+
+        self.update(change)
+
     def set_watch(self, watch: dict[str, Any] | None) -> None:
         """The promotion under watch for a rollback (None: nothing watched)."""
         self.update(lambda doc: doc.__setitem__("watch", watch))
 
 
+def submission_problem(doc: dict[str, Any]) -> str | None:
+    """Why the loop cannot submit its retraining, when the latest trigger's submission failed (retried with
+    backoff while the trigger holds): what a person looking at the loop must see first."""
+    last = (doc.get("triggers") or [None])[-1]
+    outcome = str((last or {}).get("outcome", ""))
+    if not outcome.startswith("submission failed"):
+        return None
+    return (f"trigger {last['id']}: {outcome} (attempt {last.get('attempts', 1)}; next try after "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last.get('retry_at', 0)))})")
+
+
 def public(doc: dict[str, Any]) -> dict[str, Any]:
-    """What ``GET /retrain`` and ``raygbm loop status`` show: the three lists and the watch."""
-    return {k: doc.get(k) for k in (*LISTS, "watch")}
+    """What ``GET /retrain`` and ``raygbm loop status`` show: the three lists, the watch, and the problem
+    that keeps the loop from submitting (null when none)."""
+    return {"problem": submission_problem(doc), **{k: doc.get(k) for k in (*LISTS, "watch")}}
