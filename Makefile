@@ -40,7 +40,7 @@ test: install lint
 	$(BIN)/python -m pytest -q tests/cluster
 	$(BIN)/python -m pytest -q tests/multinode
 
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -q -n auto tests/unit
 
 bench: install
