@@ -157,7 +157,17 @@ def test_two_node_training_survives_losing_a_node_and_resumes_from_its_checkpoin
     run = threading.Thread(target=lambda: result.update(
         r=train_with_ray(meta, tc, resources, tmp_path / "cut", "cut", faults=slow)), daemon=True)
     run.start()
-    wait_until(lambda: _checkpoints(tmp_path / "cut"), 180, message="a first checkpoint")
+    # A checkpoint the controller has registered. A worker writes each checkpoint to storage before its
+    # report reaches the controller, through a queue of one report: the third checkpoint is written only
+    # after the second report was queued, so only after the controller took the first. (With the first
+    # alone on storage, a group restarted right then starts again from round 0.)
+    written: set[str] = set()
+
+    def third_written() -> bool:
+        written.update(p.name for p in _checkpoints(tmp_path / "cut"))
+        return len(written) >= 3
+
+    wait_until(third_written, 180, interval=0.05, message="a registered checkpoint")
     nodes = {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
     assert len(nodes) == 2, nodes  # one training worker per worker node
     gone = next(w for w in workers if w.node_id in nodes)
