@@ -57,7 +57,7 @@ def challenger_verdict(metric: str, margin: float, challenger: str, challenger_v
     or one that cannot score these rows, it is promoted)."""
     why = "no champion" if champion is None else f"champion v{champion} cannot be scored on the holdout"
     gate = gate_decision(metric, challenger_value, champion, champion_value, why, margin,
-                         rows=f"holdout of {rows} recent labelled rows:", unscorable_wins=True)
+                         on=f"holdout of {rows} recent labelled rows:", unscorable_wins=True)
     return Decision("promoted" if gate.wins else "rejected", challenger, gate.reason, metric, challenger_value,
                     champion, champion_value, rows)
 

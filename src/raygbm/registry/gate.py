@@ -28,9 +28,9 @@ class Gate:
 
 
 def gate_decision(metric: str, new_value: float, champion_version: str | None, champion_value: float | None,
-                  why: str, margin: float, rows: str = "test", unscorable_wins: bool = False) -> Gate:
+                  why: str, margin: float, on: str = "test", unscorable_wins: bool = False) -> Gate:
     """The one champion gate, for registration (the test split) and the loop (recent labelled rows): a new
-    model (``metric`` = ``new_value`` on ``rows``) replaces the champion only if it beats the champion's
+    model (``metric`` = ``new_value`` on the rows ``on`` names) replaces the champion only if it beats the champion's
     value on the same rows by more than ``margin``. ``champion_value`` is None when there is no champion or
     it cannot score these rows; ``why`` says which. An unscorable champion is kept at registration (a
     person decides with ``raygbm promote``) and replaced in the loop (``unscorable_wins``: its own served
@@ -39,7 +39,7 @@ def gate_decision(metric: str, new_value: float, champion_version: str | None, c
         return Gate("champion", "first model: " + why)
     if champion_value is None:
         return Gate("champion" if unscorable_wins else "candidate", why)
-    numbers = f"{rows} {metric} {new_value:.6g}"
+    numbers = f"{on} {metric} {new_value:.6g}"
     if better(metric, new_value, champion_value, margin):
         return Gate("champion", f"{numbers} beats champion v{champion_version}'s {champion_value:.6g}"
                                 + (f" by more than {margin:g}" if margin else ""))

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,10 +45,8 @@ class ModelSpec:
     def of(cls, user_config: "ModelSpec | dict[str, Any]") -> "ModelSpec":
         if isinstance(user_config, ModelSpec):
             return user_config
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(user_config) - names)
-        missing = sorted(f.name for f in fields(cls) if f.name not in user_config
-                         and f.name in ("model_name", "version", "tracking_uri", "home"))
+        unknown = sorted(set(user_config) - {f.name for f in fields(cls)})
+        missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.name not in user_config)
         if unknown or missing:
             raise RaygbmError(f"user_config: unknown key(s) {unknown}, missing key(s) {missing}")
         return cls(**user_config)
