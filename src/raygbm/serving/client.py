@@ -133,8 +133,8 @@ def predict_via_endpoint(source: str, output: Path, url: str, *, chunk_rows: int
             f = shards.display_path(shard.path)
             for batch in pads.dataset(shard.path, format="parquet", filesystem=shards.filesystem).to_batches(batch_size=chunk_rows):
                 table = pa.Table.from_batches([batch])
-                scored, version = endpoint.score(table, f)
-                version = version or None
+                scored, answered = endpoint.score(table, f)
+                version = answered or version
                 out = table.append_column("prediction", scored.column("prediction")).append_column("score", scored.column("score"))
                 pq.write_table(out, staging / f"part-{files:05d}.parquet")
                 rows += out.num_rows
