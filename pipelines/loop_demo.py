@@ -1,6 +1,7 @@
 """The loop's part of `make demo` (called by ``serve_demo`` with the endpoint still up): concept-drifted
-traffic is served and labelled (POST /feedback), GET /drift shows drift and the performance drop, the loop
-(the same runner `raygbm serve` starts with ``retrain.enabled``) submits a retraining Ray Job, the challenger
+traffic is served and labelled (POST /feedback), GET /drift shows drift and the performance drop, the app
+is redeployed with ``retrain.enabled`` (its live replicas keep answering), and the loop's controller (the
+deployment `raygbm serve` runs with ``retrain.enabled``) submits a retraining Ray Job, the challenger
 is promoted or rejected with its reason, and the endpoint ends up serving the winner, while a client keeps
 sending requests and counts the failed ones.
 """
@@ -98,9 +99,9 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
     """Concept drift → labels → the loop → the winner served; prints each step."""
     import pyarrow.parquet as pq
 
+    from raygbm.application import deploy
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
     from raygbm.loop.retrain import holdout_metric, labelled_root
-    from raygbm.loop.runner import start_loop
     from raygbm.monitoring.labelled import read_labelled, training_rows
     from raygbm.monitoring.loop_state import LoopState
     from raygbm.paths import home
@@ -131,13 +132,13 @@ def run_loop(cfg: Any, url: str, fields: list[str], rows: int, records_of: Calla
     champion = Registry(cfg.registry).get().version
     clean = records_of(table.slice(0, 200), fields)
     with Traffic(url, clean) as traffic:
-        loop = start_loop(cfg, url)
+        deploy(cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update={"enabled": True})}))
+        print("the loop is on: the app now holds its LoopController")
         job = _wait("a retraining job", lambda: next(iter(state.read()["jobs"][jobs_before:]), None), 120, 0.5)
         trigger = next(t for t in state.read()["triggers"] if t.get("job") == job["id"])
         print(f"trigger {trigger['id']} ({trigger['kind']}): {trigger['reason']}")
         print(f"retraining job submitted: {job['id']}")
         decision = _wait("the challenger's decision", lambda: (state.read()["decisions"][before:] or [None])[0], 900)
-        loop.stop()
         print(f"challenger v{decision['version']}: {decision['action']}: {decision['reason']}")
         winner = decision["version"] if decision["action"] == "promoted" else champion
         _wait(f"the endpoint to serve v{winner}", lambda: _get(url + "/model")["version"] == winner,

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     import pyarrow.parquet as pq
     from ray import serve
 
+    from raygbm.application import deploy
     from raygbm.config import load_config
     from raygbm.data.generate import DriftSpec, GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import preprocess
@@ -54,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     from raygbm.monitoring.report import drift_report_html
     from raygbm.paths import home
     from raygbm.runtime import ensure_ray
-    from raygbm.serving.deploy import deploy
 
     try:
         cfg = load_config(args.config, args.sets, {"data.source": args.data})
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             enable_fast_ingress()
         ensure_ray(cfg.resources, cfg.serve)
         run_dir = preprocess(cfg).run_dir  # the finished run is found and reused
-        url = deploy(cfg.registry, cfg.serve, cfg.monitor)
+        url = deploy(cfg)
     except RaygbmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

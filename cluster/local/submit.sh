@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submit a pipeline command as a Ray Job to the local head and wait for it:
-#   cluster/local/submit.sh run --config pipelines/configs/demo.yaml --data /abs/path/to/shards
+#   cluster/local/submit.sh run --config pipelines/configs/cluster.yaml --data /abs/path/to/shards
 #   cluster/local/submit.sh predict --input /abs/in --output /abs/out.parquet
 # Paths must be absolute (or URIs): the job runs in its own copy of the working directory.
 set -euo pipefail

@@ -396,8 +396,8 @@ def serve(
     """
     import os
 
+    from raygbm.application import deploy
     from raygbm.runtime import StopSignals, stop_serving
-    from raygbm.serving.deploy import deploy
 
     try:
         cfg = _config(config, set_, None, None, None, **{"serve.host": host, "serve.port": port})
@@ -411,21 +411,22 @@ def serve(
             progress("starting Ray")
             _ray(cfg)
             stop = StopSignals()
-            progress(f"deploying model {model}")
-            url = deploy(cfg.registry, cfg.serve, cfg.monitor, None if model == "champion" else model)
+            progress(f"deploying model {model}" + (" and the loop" if cfg.retrain.enabled else ""))
+            url = deploy(cfg, None if model == "champion" else model)
     except RaygbmError as exc:
         _fail(str(exc))
     typer.echo(f"serving at {url}  (POST /predict, GET /model, /drift, /retrain, /healthz, /readyz, /docs)")
+    if cfg.retrain.enabled:
+        typer.echo(f"the loop is on, in the app (LoopController): triggers checked every {cfg.retrain.check_s:g}s "
+                   "(GET /retrain, raygbm loop status)")
     if detach:
-        if cfg.retrain.enabled:
-            typer.echo("retrain.enabled: the loop runs in a foreground `raygbm serve` only; not started")
         return
     if cfg.retrain.enabled:
-        from raygbm.loop.runner import start_loop
-        from raygbm.serving.client import endpoint_auth
+        from raygbm.loop.watch import follow
+        from raygbm.monitoring.loop_state import LoopState
+        from raygbm.paths import home
 
-        start_loop(cfg, url, endpoint_auth(), say=lambda line: typer.echo(line, err=True))
-        typer.echo(f"the loop is on: triggers checked every {cfg.retrain.check_s:g}s (raygbm loop status)")
+        follow(LoopState(home(), cfg.registry.model_name), lambda line: typer.echo(line, err=True))
     typer.echo("press Ctrl-C to stop")
     typer.echo(f"{stop.wait()}: draining the endpoint and stopping Ray")
     stop_serving()

@@ -281,7 +281,8 @@ class RegistryConfig(_Section):
 
 class AutoscalingConfig(_Section):
     min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
+    max_replicas: int | None = Field(
+        2, ge=1, description="null: as many replicas as the cluster's CPUs hold at deploy (serve.replica_cpus each)")
     target_ongoing_requests: float = Field(8, gt=0)
     upscale_delay_s: float = Field(5, ge=0)
     downscale_delay_s: float = Field(30, ge=0)

@@ -1,6 +1,7 @@
 """The files under cluster/ are valid for the tools that read them (no Ray started, no cloud calls)."""
 
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_serve_config_is_a_valid_serve_deploy_file():
     doc = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
     schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
     app = schema.applications[0]
-    assert app.import_path == "raygbm.serving.deploy:app_builder" and schema.http_options.host == "127.0.0.1"
+    assert app.import_path == "raygbm.application:app_builder" and schema.http_options.host == "127.0.0.1"
     from raygbm.config import load_config
 
     load_config(ROOT / app.args["config"], app.args["set"])  # the config it names is valid
@@ -80,9 +81,13 @@ def test_ray_up_config_validates_with_the_installed_ray_schema(path):
     (head,) = [c for c in config["head_start_ray_commands"] if "--head" in c]
     assert "RAY_AUTH_MODE=token" in head and "--dashboard-host=127.0.0.1" in head and "--metrics-export-port=" in head
     assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
-    # The token is copied from a file outside the repository, never written in the config.
-    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/raygbm-cluster.token"}
-    assert "chmod 600 ~/.ray/auth_token" in config["head_setup_commands"] + config["worker_setup_commands"]
+    # The tokens (the cluster's, the endpoint's) are copied from files outside the repository, never written
+    # in the config; every node's Ray processes get the endpoint's in their environment.
+    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/raygbm-cluster.token",
+                                     "/home/ray/.ray/endpoint_token": "~/.ray/raygbm-endpoint.token"}
+    assert "chmod 600 ~/.ray/auth_token ~/.ray/endpoint_token" in config["head_setup_commands"] + config["worker_setup_commands"]
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAYGBM_ENDPOINT_TOKEN=$(cat ~/.ray/endpoint_token)" in c for c in starts)
     assert not re.search(r"RAY_AUTH_TOKEN=|[0-9a-f]{32}", path.read_text())
 
 
@@ -93,3 +98,36 @@ def test_ray_up_check_refuses_a_misspelt_field():
     raw["idle_timeout_minute"] = raw.pop("idle_timeout_minutes")
     with pytest.raises(Exception, match="idle_timeout_minute"):
         validate_config(prepare_config(raw))
+
+
+PRODUCTION = "pipelines/configs/cluster.yaml"
+
+
+def naming_the_demo_config(folder: Path) -> list[str]:
+    """The files under ``folder`` (configs, scripts, docs) that name the demo's pipeline config."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in (".yaml", ".yml", ".sh", ".md")]
+    return [p.name for p in files if re.search(r"configs/demo\.ya?ml", p.read_text())]
+
+
+def test_every_cluster_file_names_the_production_config_never_the_demo_one():
+    """What runs on a cluster autoscales, needs the endpoint's token and runs the loop: the files in cluster/
+    name pipelines/configs/cluster.yaml, never the demo's config."""
+    from raygbm.config import load_config
+
+    assert naming_the_demo_config(ROOT / "cluster") == []
+    deploying = ["cluster/serve.yaml", "cluster/kuberay/rayservice.yaml", "cluster/kuberay/rayjob.yaml",
+                 "cluster/kuberay/raycronjob.yaml", "cluster/README.md"]
+    assert [f for f in deploying if PRODUCTION not in (ROOT / f).read_text()] == []
+    cfg = load_config(str(ROOT / PRODUCTION), [])
+    scaling = cfg.serve.autoscaling
+    assert cfg.serve.require_token and cfg.retrain.enabled and scaling is not None and scaling.min_replicas == 1
+    assert scaling.max_replicas is None  # from the cluster's size at deploy (raygbm.application)
+    assert cfg.monitor.false_alarm_rate == type(cfg.monitor)().false_alarm_rate  # the calibrated default
+
+
+def test_a_cluster_file_naming_the_demo_config_is_caught(tmp_path):
+    """The check above catches a copy of cluster/ whose serve.yaml names the demo config again."""
+    shutil.copytree(ROOT / "cluster", tmp_path / "cluster")
+    serve_yaml = tmp_path / "cluster" / "serve.yaml"
+    serve_yaml.write_text(serve_yaml.read_text().replace(PRODUCTION, "pipelines/configs/demo.yaml"))
+    assert naming_the_demo_config(tmp_path / "cluster") == ["serve.yaml"]

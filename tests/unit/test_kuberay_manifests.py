@@ -204,6 +204,18 @@ def test_shared_volume_is_the_claim_the_pods_mount():
         for cluster in cluster_specs(doc):
             for pod in pod_specs(cluster):
                 assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]] == [claim["metadata"]["name"]]
-                env = {e["name"]: e["value"] for c in pod["containers"] for e in c["env"]}
+                env = {e["name"]: e.get("value") for c in pod["containers"] for e in c["env"]}
                 mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
                 assert env["RAYGBM_HOME"] in mounts and env["MLFLOW_TRACKING_URI"].startswith("http"), name
+
+
+def test_every_ray_container_takes_the_endpoint_token_from_a_secret():
+    """serve.require_token (the production config) needs RAYGBM_ENDPOINT_TOKEN where the app is built: every
+    Ray container reads it from the Secret, never from a literal value."""
+    for name, doc in ray_manifests():
+        for cluster in cluster_specs(doc):
+            for pod in pod_specs(cluster):
+                for container in pod["containers"]:
+                    (token,) = [e for e in container["env"] if e["name"] == "RAYGBM_ENDPOINT_TOKEN"]
+                    assert "value" not in token, name
+                    assert token["valueFrom"] == {"secretKeyRef": {"name": "raygbm-endpoint-token", "key": "token"}}

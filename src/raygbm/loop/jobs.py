@@ -23,10 +23,12 @@ from raygbm.paths import home
 
 
 def dashboard_address() -> str:
-    """The Jobs API of the Ray this process is connected to (``ray.init`` first)."""
+    """The Jobs API of the Ray this process is connected to (``ray.init`` first; a driver or, like the loop's
+    controller, a replica: a worker process knows the address through the GCS's key-value store)."""
+    from ray._private.services import get_webui_url_from_internal_kv
     from ray._private.worker import get_dashboard_url
 
-    url = get_dashboard_url()
+    url = get_dashboard_url() or get_webui_url_from_internal_kv()
     if not url:
         from raygbm.errors import RaygbmError
 
@@ -64,15 +66,22 @@ def entrypoint(config_path: Path, trigger: Trigger) -> str:
 
 
 class JobSubmitter:
-    """Submits retraining jobs for one pipeline config and reads their status."""
+    """Submits retraining jobs for one pipeline config and reads their status. The Jobs API client is made
+    on first use: a dashboard that is not up yet fails a submission (retried by the controller), not the
+    controller's start."""
 
     def __init__(self, cfg: PipelineConfig, address: str | None = None, folder: Path | None = None):
-        from ray.job_submission import JobSubmissionClient
-
-        self.cfg = cfg
-        self.client = JobSubmissionClient(address or dashboard_address())
+        self.cfg, self.address, self._client = cfg, address, None
         self.folder = folder or home() / "loop" / cfg.registry.model_name
         self.config_path = write_job_config(cfg, self.folder)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            self._client = JobSubmissionClient(self.address or dashboard_address())
+        return self._client
 
     def submit(self, trigger: Trigger) -> str:
         sid = submission_id(self.cfg.registry.model_name, trigger.id)

@@ -1,15 +1,16 @@
-"""The loop's driver in `raygbm serve`'s process: every ``retrain.check_s`` it checks the watched promotion
-(rollback), reads GET /drift and the champion's realized performance, and lets the ``Controller`` submit a
-retraining Ray Job. A background thread of the serving entry point, never in a replica's request path."""
+"""The loop's driver: every ``retrain.check_s`` it checks the watched promotion (rollback), reads the drift
+monitor's report (what GET /drift shows) and the champion's realized performance, and lets the
+``Controller`` submit a retraining Ray Job. A thread of the app's ``LoopController`` deployment
+(``loop.service``), never in a replica's request path."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from raygbm.config import PipelineConfig
-from raygbm.errors import DataError
 from raygbm.loop.decisions import performance_drop
 from raygbm.loop.retrain import holdout_metric, labelled_root
 from raygbm.loop.rollback import check_rollback
@@ -18,7 +19,6 @@ from raygbm.monitoring.labelled import read_labelled, training_rows
 from raygbm.monitoring.loop_state import LoopState, submission_problem
 from raygbm.paths import home
 from raygbm.registry.store import Registry
-from raygbm.serving.client import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,17 @@ def realized_trigger(cfg: PipelineConfig) -> Trigger | None:
                    f"champion v{champ.version}: {reason} on its last {n} labelled rows")
 
 
-def drift_fetcher(url: str, headers: dict[str, str] | None = None) -> Callable[[], dict[str, Any] | None]:
-    """GET /drift of the endpoint (None when it does not answer: monitoring off, restarting)."""
-    endpoint = Endpoint(url, headers)
-
+def monitor_report(timeout_s: float = 10.0) -> Callable[[], dict[str, Any] | None]:
+    """The drift monitor actor's report, as GET /drift answers it (None while it is absent or restarting).
+    Asked of the actor directly: the controller runs in the cluster and needs no URL or token."""
     def fetch() -> dict[str, Any] | None:
+        import ray
+
+        from raygbm.monitoring.actor import monitor_handle
+
         try:
-            return endpoint.get_json("/drift")
-        except DataError:
+            return ray.get(monitor_handle().report.remote(), timeout=timeout_s)
+        except Exception:  # no monitor (monitor.enabled: false), or Ray is restarting it
             return None
 
     return fetch
@@ -71,6 +74,22 @@ class LoopRunner:
         self.state = LoopState(home(), cfg.registry.model_name)
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.started_at = time.time()
+        self.ticks = 0
+        self.last_tick: float | None = None
+        self.last_error: str | None = None
+
+    def health(self) -> dict[str, Any]:
+        """What GET /retrain shows of the controller running this loop."""
+        import os
+        import socket
+
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started_at": self.started_at,
+                "check_s": self.cfg.retrain.check_s, "ticks": self.ticks, "last_tick": self.last_tick,
+                "last_error": self.last_error, "alive": self.alive()}
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
     def tick(self) -> dict[str, Any] | None:
         check_rollback(self.cfg.retrain, self.cfg.registry, self.state, labelled_root(self.cfg.monitor))
@@ -85,8 +104,11 @@ class LoopRunner:
         while not self._stop.wait(self.cfg.retrain.check_s):
             try:
                 self.tick()
-            except Exception:  # a failed check (registry, store) must not end the loop; the next one retries
+                self.last_error = None
+            except Exception as exc:  # a failed check (registry, store) must not end the loop; the next one retries
+                self.last_error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 log.exception("loop check failed")
+            self.ticks, self.last_tick = self.ticks + 1, time.time()
 
     def start(self) -> "LoopRunner":
         self.thread = threading.Thread(target=self._run, name="raygbm-loop", daemon=True)
@@ -97,11 +119,10 @@ class LoopRunner:
         self._stop.set()
 
 
-def start_loop(cfg: PipelineConfig, url: str, headers: dict[str, str] | None = None,
-               say: Callable[[str], None] = log.warning) -> LoopRunner:
-    """The loop for an endpoint at ``url`` on the Ray this process is connected to; ``say`` shows what it does."""
+def start_loop(cfg: PipelineConfig, say: Callable[[str], None] = log.warning) -> LoopRunner:
+    """The loop for ``cfg``'s model on the Ray this process is connected to; ``say`` shows what it does."""
     from raygbm.loop.jobs import JobSubmitter
 
     jobs = JobSubmitter(cfg)
     controller = Controller(cfg.retrain, LoopState(home(), cfg.registry.model_name), jobs.submit, jobs.status)
-    return LoopRunner(cfg, controller, drift_fetcher(url, headers), say).start()
+    return LoopRunner(cfg, controller, monitor_report(), say).start()

@@ -1,9 +1,10 @@
 """Putting the endpoint on a Ray cluster: deploy, swap the model, and Serve's app builder.
 
 ``deploy`` and ``swap_model`` run in the deploying process (the CLI, a test, a script) with Ray up;
-``app_builder`` is what ``serve deploy cluster/serve.yaml`` imports. Everything a replica needs from the
-deploying side (absolute paths, the tracking URI, the token's hash) is resolved here, because a
-replica's working directory and environment are the cluster's.
+``raygbm.application`` adds the loop's controller to the app they build (``loop``: a bound deployment,
+opaque here) and holds the app builder that ``serve deploy cluster/serve.yaml`` imports. Everything a
+replica needs from the deploying side (absolute paths, the tracking URI, the token's hash) is resolved
+here, because a replica's working directory and environment are the cluster's.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def model_spec(registry_cfg: RegistryConfig, version: str | None = None) -> Mode
 
 
 def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSpec,
-              token_sha256: str | None = None, code_version: str | None = None) -> Any:
+              token_sha256: str | None = None, code_version: str | None = None, loop: Any = None) -> Any:
     """The Serve application: the ``ModelServer`` deployment sized by ``serve`` (autoscaled when
-    ``serve.autoscaling`` is set), serving ``model``.
+    ``serve.autoscaling`` is set), serving ``model``; with ``loop`` (the loop's bound controller
+    deployment) the app holds it too, and ``GET /retrain`` asks it.
 
     With ``token_sha256`` every route but the probes needs ``Authorization: Bearer <token>``; only the
     token's hash travels in the deployment's arguments (visible in Serve's config), never the token.
@@ -63,10 +65,11 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSp
         # Ray 2.60 took ``version`` out of ``options()`` but still sends ``_version`` to the controller,
         # which compares it to decide between reconfiguring live replicas and replacing them.
         server._version = code_version
-    return server.bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256)
+    return server.bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256, loop)
 
 
-def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha256: str | None) -> str:
+def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha256: str | None,
+                 with_loop: bool = False) -> str:
     """What a replica is built from (raygbm's code, the serve and monitor config, the token's hash), hashed.
 
     ``serve.run`` gives a deployment without an explicit version a random one, so every run would be a
@@ -78,8 +81,8 @@ def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha25
     h = hashlib.sha256()
     for src in sorted(package.rglob("*.py")):
         h.update(str(src.relative_to(package)).encode() + b"\0" + src.read_bytes())
-    h.update(json.dumps([serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256],
-                        sort_keys=True).encode())
+    h.update(json.dumps([serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256,
+                         with_loop], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -93,13 +96,14 @@ def token_sha256(serve_cfg: ServeConfig) -> str | None:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSpec) -> None:
+def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSpec, loop: Any = None) -> None:
     """``serve.run`` of the app under its :func:`code_version`, a failed deployment reported as one line
     (the replica's own error)."""
     from ray import serve
 
     token = token_sha256(serve_cfg)
-    app = build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token))
+    app = build_app(serve_cfg, monitor_cfg, model, token, code_version(serve_cfg, monitor_cfg, token, loop is not None),
+                    loop)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as exc:
@@ -109,8 +113,9 @@ def _run_pinned(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: Model
 
 
 def deploy(registry_cfg: RegistryConfig, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig,
-           version: str | None = None) -> str:
-    """Start Serve's HTTP proxy on ``serve.host:port`` and deploy the model; returns the URL. Ray must be up."""
+           version: str | None = None, loop: Any = None) -> str:
+    """Start Serve's HTTP proxy on ``serve.host:port`` and deploy the model (and ``loop``, the loop's bound
+    controller, when given); returns the URL. Ray must be up."""
     from ray import serve
 
     model = model_spec(registry_cfg, version)
@@ -120,37 +125,16 @@ def deploy(registry_cfg: RegistryConfig, serve_cfg: ServeConfig, monitor_cfg: Mo
     # The proxy logs every request too (see the deployment's logging_config).
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port},
                 logging_config={"enable_access_log": serve_cfg.access_log})
-    _run_pinned(serve_cfg, monitor_cfg, model)
+    _run_pinned(serve_cfg, monitor_cfg, model, loop)
     return f"http://{serve_cfg.host}:{serve_cfg.port}"
 
 
 def swap_model(registry_cfg: RegistryConfig, serve_cfg: ServeConfig, monitor_cfg: MonitorConfig,
-               version: str | None = None, monitor_on: bool = True) -> str:
+               version: str | None = None, monitor_on: bool = True, loop: Any = None) -> str:
     """Point the running app at another version (default: the current champion) without downtime:
     only ``user_config`` changes, so Serve calls ``reconfigure`` on the live replicas. ``monitor_on``
-    pauses or resumes drift monitoring the same way."""
+    pauses or resumes drift monitoring the same way. ``loop``: the app's loop controller, as deployed
+    (``serve.run`` replaces the whole app: one left out is removed)."""
     model = replace(model_spec(registry_cfg, version), monitor=monitor_on)
-    _run_pinned(serve_cfg, monitor_cfg, model)
+    _run_pinned(serve_cfg, monitor_cfg, model, loop)
     return model.version
-
-
-def app_builder(args: dict[str, Any]) -> Any:
-    """Serve's app builder (``import_path: raygbm.serving.deploy:app_builder`` in ``cluster/serve.yaml``).
-
-    ``args``: ``config`` (a pipeline config path; relative to ``$RAYGBM_PROJECT``, which
-    ``cluster/local`` sets, else to the working directory), ``set`` (a list of ``key=value`` overrides) and
-    ``model`` (a version, default the champion). The registry is found as the CLI finds it
-    (``RAYGBM_HOME`` / ``MLFLOW_TRACKING_URI`` in the cluster's environment).
-    """
-    from raygbm.config import load_config
-
-    config = args.get("config")
-    if config and not Path(config).is_absolute():
-        # The Serve controller's working directory is the cluster's, not the project's.
-        config = str(Path(os.environ.get("RAYGBM_PROJECT") or Path.cwd()) / config)
-    cfg = load_config(config, list(args.get("set", [])))
-    model = args.get("model", "champion")
-    spec = model_spec(cfg.registry, None if model == "champion" else str(model))
-    if cfg.monitor.enabled:
-        start_monitor(cfg.monitor)
-    return build_app(cfg.serve, cfg.monitor, spec, token_sha256(cfg.serve))

@@ -33,8 +33,10 @@ class Replica:
 class ReplicaCore:
     """One replica's state and the helpers its routes share."""
 
-    def __init__(self, settings: dict[str, Any], monitor: dict[str, Any], token_sha256: str | None = None):
+    def __init__(self, settings: dict[str, Any], monitor: dict[str, Any], token_sha256: str | None = None,
+                 loop: Any = None):
         self.settings = ServeConfig.model_validate(settings)
+        self.loop = loop  # the app's loop controller (a DeploymentHandle), when the loop is on
         self.monitor_cfg = MonitorConfig.model_validate(monitor)
         self.served_rows = 0
         self.unseen = 0

@@ -34,12 +34,20 @@ class ViewRoutes(ReplicaCore):
 
     @router.get("/retrain", summary="The loop: retraining triggers, jobs and decisions (promoted, rejected, rolled back)")
     async def retrain_state(self) -> JSONResponse:
+        """The loop's controller answers when the app has one (wherever it runs); else, and while it
+        restarts, the state file (the record of retrainings run by hand, too)."""
         from raygbm.monitoring.loop_state import LoopState, public
 
+        if self.loop is not None:
+            try:
+                return JSONResponse(await asyncio.wait_for(self.loop.status.remote(), self.settings.request_timeout_s))
+            except Exception:  # restarting: Serve is replacing its replica
+                pass
         spec = self.slot.spec
         if spec is None:
             raise RequestError("no model loaded yet", 503)
-        return JSONResponse(public(LoopState(spec.home, spec.model_name).read()))
+        controller = None if self.loop is None else {"alive": False, "error": "the loop's controller is restarting"}
+        return JSONResponse({**public(LoopState(spec.home, spec.model_name).read()), "controller": controller})
 
     @router.get("/healthz")
     async def healthz(self) -> dict[str, str]:
