@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 PORT, DASHBOARD, SERVE_PORT, METRICS = 6391, 8276, 8277, 8278
 LOCAL = ROOT / "cluster" / "local"
+ENDPOINT_TOKEN = "endpoint-token-of-the-head-test"  # cluster/serve.yaml's production config requires one
+AUTH = {"authorization": f"Bearer {ENDPOINT_TOKEN}"}
 
 
 def _listening(port: int) -> list[str]:
@@ -65,7 +67,7 @@ def head(tmp_path_factory) -> Iterator[Head]:
     # The scripts run Ray from the venv running this test (not ROOT/.venv, absent in a git worktree).
     env = {**os.environ, "RAYGBM_HOME": str(tmp / "home"), "RAY_PORT": str(PORT), "RAY_DASHBOARD_PORT": str(DASHBOARD),
            "RAY_METRICS_EXPORT_PORT": str(METRICS), "RAY_NUM_CPUS": "2", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAYGBM_VENV": sys.prefix}
+           "RAYGBM_VENV": sys.prefix, "RAYGBM_ENDPOINT_TOKEN": ENDPOINT_TOKEN}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)
     before = _listeners()
@@ -140,7 +142,8 @@ def test_submitted_pipeline_job_succeeds_and_registers(head, tmp_path, monkeypat
     deployed = subprocess.run([str(local / "serve.sh"), str(serve_yaml)], env=env, capture_output=True,
                               text=True, timeout=300, cwd=tmp_path)
     assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-3000:]
-    with urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/model", timeout=30) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{SERVE_PORT}/model", headers=AUTH),
+                                timeout=30) as r:
         info = json.loads(r.read())
     assert info["version"] == "1" and info["name"] == "raygbm"
     fields = list(info["request_schema"]["oneOf"][0]["properties"])
@@ -149,7 +152,7 @@ def test_submitted_pipeline_job_succeeds_and_registers(head, tmp_path, monkeypat
     row = pq.read_table(data).slice(0, 1).to_pylist()[0]
     record = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k in fields}
     req = urllib.request.Request(f"http://127.0.0.1:{SERVE_PORT}/predict", data=json.dumps(record).encode(),
-                                 headers={"content-type": "application/json"}, method="POST")
+                                 headers={"content-type": "application/json", **AUTH}, method="POST")
     with urllib.request.urlopen(req, timeout=30) as r:
         answer = json.loads(r.read())
     assert answer["model_version"] == "1" and 0 <= answer["score"] <= 1
