@@ -216,3 +216,21 @@ def test_retrain_config_and_the_job_command(tmp_path):
     cmd = entrypoint(path, Trigger("drift-w3", "drift", "drift in 3 of 4 windows (num_1)"))
     assert "raygbm.cli retrain --config" in cmd and "--trigger drift-w3" in cmd and "'drift in 3 of 4 windows (num_1)'" in cmd
     assert submission_id("my model", "drift-w3") == "raygbm-retrain-my-model-drift-w3"
+
+
+def test_the_loops_news_are_new_trigger_outcomes_and_decisions_once_each():
+    from raygbm.loop.watch import changes
+
+    before = {"triggers": [{"id": "drift-w4", "reason": "drift in 3 of the last 5 windows", "outcome": "submitted"}],
+              "decisions": []}
+    failed = {"id": "performance-w9", "reason": "realized roc_auc 0.6", "outcome": "submission failed: refused",
+              "attempts": 1, "retry_at": 0}
+    after = {"triggers": [*before["triggers"], failed],
+             "decisions": [{"version": "3", "action": "promoted", "reason": "holdout roc_auc 0.81 beats 0.64"}]}
+    assert changes(before, after) == [
+        "loop: cannot submit the retraining: trigger performance-w9: submission failed: refused (attempt 1; next try "
+        "after 1970-01-01T00:00:00Z)",
+        "loop: v3 promoted: holdout roc_auc 0.81 beats 0.64"]
+    assert changes(after, after) == []
+    retried = {**after, "triggers": [before["triggers"][0], {**failed, "outcome": "submitted", "attempts": 2}]}
+    assert changes(after, retried) == ["loop: trigger performance-w9 (realized roc_auc 0.6): submitted"]
