@@ -1,0 +1,160 @@
+"""The head's failure under steady load, with GCS fault tolerance as KubeRay sets it up: the GCS keeps its
+tables in an external Redis (Debian's redis-server; ``RAY_REDIS_ADDRESS`` on the head), the worker nodes
+wait for it (``RAY_gcs_rpc_server_reconnect_timeout_s``), and the head comes back the way a restarted head
+Pod does: every head process killed, then `ray start --head` again on the same Redis.
+
+The head runs no replicas (``num-cpus: 0``, as in the KubeRay manifests): the endpoint's replicas and
+their proxies live on the two workers. A client sends requests with the token to the workers' proxies (a
+load balancer's view) before, during and after the outage; the test prints the share answered in each
+phase and checks Ray's documented promise (Serve keeps answering on the surviving nodes while the GCS is
+down) and that the loop's controller comes back.
+
+Runs in the cluster lane (its own pytest session): never two Ray instances on this host at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.test_cluster_loop import AUTH, LOCAL, OVERRIDES, ROOT, TOKEN, Client, _call, _records, _run
+from tests.cluster.test_serve_cli import _ray_processes, _register_a_model
+from tests.conftest import make_shards
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+GCS, DASHBOARD, SERVE_PORT, METRICS, REDIS = 6395, 8306, 8307, 8308, 6396
+WORKER_PORTS = (SERVE_PORT + 10, SERVE_PORT + 11)
+OUTAGE_S, PHASE_S = 20.0, 15.0
+
+
+def _pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+class Phases:
+    """The client's answers counted per phase (before, outage, after)."""
+
+    def __init__(self, client: Client):
+        self.client, self.marks = client, []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, self.client.sent, self.client.failed))
+
+    def shares(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for (name, sent, failed), (_, sent2, failed2) in zip(self.marks, self.marks[1:]):
+            out[name] = (sent2 - sent, (sent2 - sent) - (failed2 - failed))
+        return out
+
+
+def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_back(tmp_path):
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("RAYGBM_REDIS") == "required":  # CI (.ci/run installs it)
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("needs Debian's redis-server (apt-get install redis-server)")
+    wait_until(lambda: not _ray_processes(), 30, message="no other Ray on this host")
+    node_ip = node_ip_address_from_perspective()
+    home = tmp_path / "home"
+    _register_a_model(home, tmp_path / "data")
+    data = make_shards(tmp_path / "source", rows=3000, shards=1, seed=1)
+    redis = subprocess.Popen(["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    env = {**os.environ, "RAYGBM_HOME": str(home), "RAY_PORT": str(GCS), "RAY_DASHBOARD_PORT": str(DASHBOARD),
+           "RAY_METRICS_EXPORT_PORT": str(METRICS), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray-token"),
+           "RAYGBM_VENV": sys.prefix, "RAYGBM_ENDPOINT_TOKEN": TOKEN, "RAY_NODE_IP_ADDRESS": node_ip,
+           # GCS fault tolerance as KubeRay configures it: the GCS's tables in Redis, the raylets waiting for
+           # a restarted GCS instead of exiting after their default 60 s.
+           "RAY_external_storage_namespace": "raygbm-gcs-test", "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    # The head's own temp dir, as on its own machine (and short: Ray's socket paths live in it); a restarted
+    # head "Pod" starts with it empty.
+    head_tmp = Path(tempfile.mkdtemp(prefix="rayhead", dir="/tmp"))
+    head_env = {**env, "RAY_NUM_CPUS": "0", "RAY_REDIS_ADDRESS": f"127.0.0.1:{REDIS}", "RAY_TEMP_DIR": str(head_tmp)}
+    try:
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(REDIS), "ping"], capture_output=True,
+                                          text=True).stdout.strip() == "PONG", 30, message="redis-server")
+        _run([str(LOCAL / "start.sh")], head_env)
+        for i, port in enumerate(WORKER_PORTS):
+            _run([str(LOCAL / "join.sh")], {**env, "RAY_NUM_CPUS": "2", "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(port)})
+        spec = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+        spec["http_options"]["port"] = SERVE_PORT
+        spec["applications"][0]["args"]["set"] = [f"data.source={data}", *OVERRIDES,
+                                                  "serve.autoscaling.min_replicas=2"]
+        (tmp_path / "serve.yaml").write_text(yaml.safe_dump(spec))
+        _run([str(LOCAL / "serve.sh"), str(tmp_path / "serve.yaml")], env, timeout=300)
+        worker = f"http://127.0.0.1:{WORKER_PORTS[0]}"
+        wait_until(lambda: all(_call(f"http://127.0.0.1:{p}/readyz")[0] == 200 for p in WORKER_PORTS), 120,
+                   interval=1.0, message="both workers' proxies to answer")
+        before = _call(f"http://127.0.0.1:{SERVE_PORT}/retrain", headers=AUTH)[1]["controller"]
+        fields = list(_call(worker + "/model", headers=AUTH)[1]["request_schema"]["oneOf"][0]["properties"])
+        import pyarrow.parquet as pq
+
+        records = _records(pq.read_table(data).slice(0, 500), fields)
+        clients = [Client(f"http://127.0.0.1:{p}", records) for p in WORKER_PORTS]
+        for c in clients:
+            c.__enter__()
+        phases = [Phases(c) for c in clients]
+        try:
+            for p in phases:
+                p.mark("before")
+            time.sleep(PHASE_S)  # steady load
+            # The head "Pod" dies: its GCS, raylet (and so the Serve controller and the loop's controller on
+            # it), dashboard and autoscaler monitor.
+            head_raylet = _pids("raylet/raylet .*node:__internal_head__")  # the head's own resource
+            killed = (_pids("gcs_server") + head_raylet + _pids("dashboard/dashboard.py")
+                      + _pids("autoscaler/_private/monitor.py"))
+            assert head_raylet and killed, killed
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            t_down = time.monotonic()
+            for p in phases:
+                p.mark("outage")
+            time.sleep(OUTAGE_S)
+            shutil.rmtree(head_tmp, ignore_errors=True)
+            _run([str(LOCAL / "start.sh")], head_env, timeout=180)  # the head comes back on the same Redis
+            t_up = time.monotonic()
+            for p in phases:
+                p.mark("recovery")
+            resumed = wait_until(lambda: (d := _call(f"http://127.0.0.1:{SERVE_PORT}/retrain", headers=AUTH)[1])
+                                 .get("controller", {}).get("ticks") and d["controller"]["pid"] != before["pid"] and d,
+                                 180, interval=1.0, message="the loop's controller back on the new head")
+            t_loop = time.monotonic()
+            for p in phases:
+                p.mark("after")
+            time.sleep(PHASE_S)
+            for p in phases:
+                p.mark("end")
+        finally:
+            for c in clients:
+                c.__exit__(None, None, None)
+        totals: dict[str, list[int]] = {}
+        for p in phases:
+            for name, (sent, answered) in p.shares().items():
+                t = totals.setdefault(name, [0, 0])
+                t[0], t[1] = t[0] + sent, t[1] + answered
+        share = {name: answered / max(sent, 1) for name, (sent, answered) in totals.items()}
+        print(f"FIGURE gcs failure: head down {t_up - t_down:.0f}s, loop controller back {t_loop - t_up:.0f}s after "
+              f"the head; " + "; ".join(f"{n}: {a}/{s} answered ({share[n]:.1%})" for n, (s, a) in totals.items()))
+        print("errors:", *{e.split(" ", 1)[1][:160] for c in clients for e in c.errors[:20]}, sep="\n  ")
+        assert resumed["controller"]["alive"]
+        assert share["before"] == 1.0 and share["after"] >= 0.99, share
+        assert share["outage"] >= 0.99, share  # Ray's promise: Serve answers on the surviving nodes
+    finally:
+        subprocess.run([str(LOCAL / "stop.sh"), "--force"], env=env, capture_output=True, timeout=120)
+        redis.kill()
+        redis.wait()
+        shutil.rmtree(head_tmp, ignore_errors=True)
