@@ -191,7 +191,7 @@ def test_three_separate_nodes_and_the_token_is_required(cluster):
     assert status == 200 and info["version"] == "1"
 
 
-def test_replicas_scale_up_under_load_and_back_down(cluster):
+def test_replicas_scale_up_under_load_and_back_down(cluster, figure):
     import pyarrow.parquet as pq
 
     fields = list(_call(cluster.url + "/model", headers=AUTH)[1]["request_schema"]["oneOf"][0]["properties"])
@@ -200,12 +200,12 @@ def test_replicas_scale_up_under_load_and_back_down(cluster):
     with Client(cluster.url, records, threads=12) as load:
         most = wait_until(lambda: (n := _running_replicas(cluster.env)) >= 2 and n, 120, interval=1.0,
                           message="a second replica under load")
-    print(f"under load: {most} replicas running; {load.sent} requests, {load.failed} failed")
+    figure(f"cluster autoscaling: {most} replicas running under 12 clients; {load.sent} requests, {load.failed} failed")
     assert load.failed == 0, load.errors[:5]
     wait_until(lambda: _running_replicas(cluster.env) == 1, 120, interval=1.0, message="back to one replica")
 
 
-def test_the_apps_loop_retrains_survives_its_controllers_death_and_the_promotion_is_served(cluster):
+def test_the_apps_loop_retrains_survives_its_controllers_death_and_the_promotion_is_served(cluster, figure):
     import pyarrow.parquet as pq
 
     url = cluster.url
@@ -237,21 +237,20 @@ def test_the_apps_loop_retrains_survives_its_controllers_death_and_the_promotion
         doc = wait_until(submitted, 180, interval=1.0, message="the loop's controller to submit a retraining job")
         job = next(j for j in doc["jobs"] if j["id"] not in known)
         (trigger,) = [t for t in doc["triggers"] if t.get("job") == job["id"]]
-        print(f"trigger {trigger['id']} ({trigger['reason']}): job {job['id']}")
+        figure(f"cluster loop: trigger {trigger['id']} ({trigger['reason']}): job {job['id']}")
         killed = doc["controller"]["pid"]
-        print(f"{time.time():.1f} killing the controller")
         os.kill(killed, signal.SIGKILL)  # the controller dies while its job runs
         restarted = wait_until(lambda: (d := _call(url + "/retrain", headers=AUTH)[1]).get("controller", {}).get("alive")
                                and d["controller"]["pid"] != killed and d, 120, interval=1.0,
                                message="Serve to restart the loop's controller")
-        print(f"controller pid {killed} killed; restarted as pid {restarted['controller']['pid']}")
+        figure(f"cluster loop: controller pid {killed} SIGKILLed mid-job; restarted as pid {restarted['controller']['pid']}")
 
         def decided() -> dict[str, Any] | None:
             doc = _call(url + "/retrain", headers=AUTH)[1]
             return next((d for d in doc.get("decisions", []) if d.get("trigger") == trigger["id"]), None)
 
         decision = wait_until(decided, 420, interval=2.0, message="the retraining's decision")
-        print(f"{time.time():.1f} decision at {decision['at']:.1f}: v{decision['version']} {decision['action']}: {decision['reason']}")
+        figure(f"cluster loop: decision v{decision['version']} {decision['action']}: {decision['reason']}")
         assert decision["action"] == "promoted", decision
         wait_until(lambda: _call(url + "/model", headers=AUTH)[1].get("version") == decision["version"], 60,
                    interval=0.5, message=f"the replicas to serve v{decision['version']}")
@@ -279,7 +278,7 @@ def test_the_apps_loop_retrains_survives_its_controllers_death_and_the_promotion
                          message="the loop's controller to restart and check again")
     assert resumed["watch"] == after["watch"], (resumed["watch"], after["watch"])
     assert [j["id"] for j in resumed["jobs"]] == [j["id"] for j in after["jobs"]]
-    print(f"job {job['id']} SUCCEEDED; client: {client.sent} requests during the loop, {client.failed} failed, "
-          f"versions {sorted(set(client.versions))}")
+    figure(f"cluster loop: job {job['id']} SUCCEEDED, no second job; client: {client.sent} requests during the "
+           f"loop, {client.failed} failed, versions {sorted(set(client.versions))}")
     assert client.failed == 0, client.errors[:5]
     assert {"1", decision["version"]} <= set(client.versions)

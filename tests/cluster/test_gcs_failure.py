@@ -58,7 +58,7 @@ class Phases:
         return out
 
 
-def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_back(tmp_path):
+def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_back(tmp_path, figure):
     from ray._common.network_utils import node_ip_address_from_perspective
 
     if shutil.which("redis-server") is None:
@@ -147,7 +147,7 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
                 t = totals.setdefault(name, [0, 0])
                 t[0], t[1] = t[0] + sent, t[1] + answered
         share = {name: answered / max(sent, 1) for name, (sent, answered) in totals.items()}
-        print(f"FIGURE gcs failure: head down {t_up - t_down:.0f}s, loop controller back {t_loop - t_up:.0f}s after "
+        figure(f"gcs failure: head down {t_up - t_down:.0f}s, loop controller back {t_loop - t_up:.0f}s after "
               f"the head; " + "; ".join(f"{n}: {a}/{s} answered ({share[n]:.1%})" for n, (s, a) in totals.items()))
         print("errors:", *{e.split(" ", 1)[1][:160] for c in clients for e in c.errors[:20]}, sep="\n  ")
         assert resumed["controller"]["alive"]

@@ -63,7 +63,7 @@ def _job_ended(tmp: Path, port: int, proc: subprocess.Popen) -> dict | str:
     return wait_until(ended, 300, interval=1.0, message=f"a retraining job of the endpoint on port {port} to end")
 
 
-def test_two_endpoints_with_loops_each_submit_their_job_through_their_own_jobs_api(tmp_path):
+def test_two_endpoints_with_loops_each_submit_their_job_through_their_own_jobs_api(tmp_path, figure):
     wait_until(lambda: not _ray_processes(), 30, message="no other Ray on this host")
     procs = []
     try:
@@ -76,7 +76,7 @@ def test_two_endpoints_with_loops_each_submit_their_job_through_their_own_jobs_a
         assert "exited" not in jobs, [(tmp_path / str(i) / "err").read_text()[-2000:] for i in range(2)]
         docs = [_retrain(port) for port in PORTS]
         for doc, job in zip(docs, jobs):
-            print(f"FIGURE loop of {doc['controller']['pid']}: job {job['id']} {job['status']}; problem: {doc['problem']}")
+            figure(f"two endpoints: loop of {doc['controller']['pid']}: job {job['id']} {job['status']}; problem: {doc['problem']}")
             # A job the Jobs API ran to its end (it fails without labelled rows), not LOST to a refused submission.
             assert job["status"] in ("SUCCEEDED", "FAILED") and doc["problem"] is None, doc
             assert doc["triggers"][0]["outcome"] == "submitted", doc["triggers"]
