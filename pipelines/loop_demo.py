@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _auth() -> dict[str, str]:
+    from raygbm.serving.client import endpoint_auth
+
+    return endpoint_auth()  # the endpoint's token: an endpoint with the loop requires it
+
+
 def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=30) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth()), timeout=30) as r:
         return json.loads(r.read())
 
 
 def _post(url: str, body: Any) -> dict[str, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+                                 headers={"content-type": "application/json", **_auth()})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 

@@ -6,13 +6,17 @@ served), then shut down.
     python -m pipelines.serve_demo --config pipelines/configs/demo.yaml [--rows 4000] [--set key=value]
 
 Clean traffic is the newest rows of the training data's own test split (raw, as a client would send
-them); drifted traffic is freshly generated data with the generator's drift switched on.
+them); drifted traffic is freshly generated data with the generator's drift switched on. With the loop
+(the default), the endpoint requires its bearer token, as every endpoint with the loop does: the demo
+makes one for itself (``RAYGBM_ENDPOINT_TOKEN``, unless set) and sends it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 import tempfile
 import time
@@ -21,9 +25,20 @@ import urllib.request
 from pathlib import Path
 
 
+def _auth() -> dict[str, str]:
+    from raygbm.serving.client import endpoint_auth
+
+    return endpoint_auth()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth()), timeout=30) as r:
+        return json.loads(r.read())
+
+
 def _post(url: str, records: list[dict]) -> dict:
     req = urllib.request.Request(url + "/predict", data=json.dumps(records).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+                                 headers={"content-type": "application/json", **_auth()})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
@@ -58,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         cfg = load_config(args.config, args.sets, {"data.source": args.data})
+        if not args.no_loop:  # the loop retrains on /feedback labels: only token holders may send them
+            os.environ.setdefault("RAYGBM_ENDPOINT_TOKEN", secrets.token_hex(24))
+            cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"require_token": True})})
         if cfg.serve.fast_ingress:
             from raygbm.runtime import enable_fast_ingress
 
@@ -69,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        with urllib.request.urlopen(url + "/model", timeout=30) as r:
-            info = json.loads(r.read())
+        info = _get(url + "/model")
         fields = list(info["request_schema"]["oneOf"][0]["properties"])
-        print(f"serving model v{info['version']} at {url}; drift windows of {cfg.monitor.window_size} rows")
+        print(f"serving model v{info['version']} at {url}; drift windows of {cfg.monitor.window_size} rows"
+              + ("; every route but the probes needs its token (RAYGBM_ENDPOINT_TOKEN)" if cfg.serve.require_token else ""))
         raw = pq.read_table(run_dir / RAW_TEST)
         step = max(raw.num_rows // args.rows, 1)  # spread over the whole test period, not its first hours
         clean = _records(raw.take(list(range(0, raw.num_rows, step))[: args.rows]), fields)
@@ -91,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         deadline = time.time() + 30
         while True:  # the monitor is fed off the request path: give it a moment to catch up
             try:
-                with urllib.request.urlopen(url + "/drift", timeout=30) as r:
-                    report = json.loads(r.read())
+                report = _get(url + "/drift")
             except urllib.error.HTTPError as exc:  # e.g. a champion registered before drift monitoring
                 print(f"no drift report: {json.loads(exc.read()).get('error')}")
                 return

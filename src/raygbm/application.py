@@ -13,7 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import PipelineConfig, ServeConfig, load_config
+from raygbm.errors import ConfigError
 from raygbm.paths import home
+
+
+def check(cfg: PipelineConfig) -> None:
+    """What the app refuses before anything starts: the loop without the endpoint's token (labels sent to
+    /feedback choose the next champion, so whoever sends them must hold the token), and a required token
+    that is not set."""
+    from raygbm.serving.deploy import token_sha256
+
+    if cfg.retrain.enabled and not cfg.serve.require_token:
+        raise ConfigError("retrain.enabled needs serve.require_token: true (the loop retrains on /feedback labels, "
+                          "so only clients with RAYGBM_ENDPOINT_TOKEN may send them)")
+    token_sha256(cfg.serve)
 
 
 def cluster_max_replicas(serve_cfg: ServeConfig) -> ServeConfig:
@@ -58,6 +71,7 @@ def deploy(cfg: PipelineConfig, version: str | None = None) -> str:
     ``version`` (default: the champion, followed), and the loop when ``retrain.enabled``; returns the URL."""
     from raygbm.serving.deploy import deploy as deploy_endpoint
 
+    check(cfg)
     cfg = resolved(cfg)
     return deploy_endpoint(cfg.registry, cfg.serve, cfg.monitor, version, loop_app(cfg))
 
@@ -77,7 +91,9 @@ def app_builder(args: dict[str, Any]) -> Any:
     if config and not Path(config).is_absolute():
         # The Serve controller's working directory is the cluster's, not the project's.
         config = str(Path(os.environ.get("RAYGBM_PROJECT") or Path.cwd()) / config)
-    cfg = resolved(load_config(config, list(args.get("set", []))))
+    cfg = load_config(config, list(args.get("set", [])))
+    check(cfg)
+    cfg = resolved(cfg)
     model = args.get("model", "champion")
     spec = model_spec(cfg.registry, None if model == "champion" else str(model))
     if cfg.monitor.enabled:

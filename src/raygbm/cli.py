@@ -396,11 +396,12 @@ def serve(
     """
     import os
 
-    from raygbm.application import deploy
+    from raygbm.application import check, deploy
     from raygbm.runtime import StopSignals, stop_serving
 
     try:
         cfg = _config(config, set_, None, None, None, **{"serve.host": host, "serve.port": port})
+        check(cfg)
         if detach and not os.environ.get("RAY_ADDRESS"):
             _fail("--detach needs a running cluster (RAY_ADDRESS): an embedded Ray stops when this command exits")
         if cfg.serve.fast_ingress:

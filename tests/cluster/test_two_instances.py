@@ -24,9 +24,10 @@ from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PORTS = (8331, 8332)
+TOKEN = "two-instances-endpoint-token"  # an endpoint with the loop requires its token
 # The schedule trigger fires within seconds; the job (a retraining with no labelled rows yet) ends either way:
 # what counts is that each loop submitted it and its own Jobs API ran it.
-LOOP = ["--set", "retrain.enabled=true", "--set", "retrain.check_s=1", "--set", "retrain.every_s=3",
+LOOP = ["--set", "serve.require_token=true", "--set", "retrain.enabled=true", "--set", "retrain.check_s=1", "--set", "retrain.every_s=3",
         "--set", "retrain.cooldown_s=0", "--set", "retrain.drift=null", "--set", "retrain.performance_drop=null",
         "--set", "data.drop=[id]"]
 
@@ -38,7 +39,7 @@ def _ray_processes() -> list[str]:
 def _serve(tmp: Path, port: int) -> subprocess.Popen:
     home = tmp / "home"
     _register_a_model(home, tmp / "data")
-    env = {**os.environ, "RAYGBM_HOME": str(home)}
+    env = {**os.environ, "RAYGBM_HOME": str(home), "RAYGBM_ENDPOINT_TOKEN": TOKEN}
     env.pop("RAY_ADDRESS", None)
     raygbm = str(Path(sys.executable).with_name("raygbm"))
     with open(tmp / "out", "w") as out, open(tmp / "err", "w") as err:
@@ -46,7 +47,8 @@ def _serve(tmp: Path, port: int) -> subprocess.Popen:
 
 
 def _retrain(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/retrain", timeout=10) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/retrain", headers={"authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
 

@@ -156,3 +156,16 @@ def test_an_unexpected_error_prints_one_line_and_the_log_holding_the_traceback(t
     assert "secret-value" not in line and "Traceback" not in err
     log = Path(line.rsplit(" ", 1)[1])
     assert log.parent == tmp_path / "home" / "logs" and "secret-value" in log.read_text()
+
+
+def test_the_loop_without_the_endpoints_token_is_refused_before_ray_starts(tmp_path):
+    """/feedback labels choose the next champion: an endpoint with the loop must require its token."""
+    home = tmp_path / "home"
+    r = _run("serve", "--set", "retrain.enabled=true", home=home)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: retrain.enabled needs serve.require_token: true"), line
+    assert not home.exists() or not any(home.rglob("*"))
+    # With the token required (and no token set) the next check names the missing token, still before Ray.
+    r = _run("serve", "--set", "retrain.enabled=true", "--set", "serve.require_token=true", home=home)
+    assert r.returncode == 2 and "RAYGBM_ENDPOINT_TOKEN" in r.stderr and "starting Ray" not in r.stdout + r.stderr

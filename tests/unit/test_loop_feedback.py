@@ -138,6 +138,7 @@ def test_a_part_that_does_not_convert_is_counted_not_raised(tmp_path):
     (b'{"prediction_id": "a", ', 400),
     (b'\xff\xfe', 400),
     (b'[' * 100_000, 400),
+    (b'{"prediction_id": "a", "label": 1, "label": 0}', 400),  # which label? refused, not the last one kept
 ])
 def test_json_feedback_is_strict(body, status):
     if status is None:

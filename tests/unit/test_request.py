@@ -60,6 +60,9 @@ def test_a_good_record_and_a_list(schema):
         (lambda r: "42", 422, "must be a JSON object"),
         (lambda r: "{not json", 400, "not valid JSON"),
         (lambda r: b"\xff\xfe", 400, "not valid JSON"),
+        # json.loads keeps the last of a repeated key: which value counts is the client's ambiguity, refused.
+        (lambda r: json.dumps(r)[:-1] + ', "num_0": 2.5}', 400, "repeats a key"),
+        (lambda r: json.dumps([r, r])[:-2] + ', "cat_0": null}]', 400, "repeats a key"),
     ],
 )
 def test_bad_requests_are_4xx_and_do_not_echo_input(schema, mutate, status, message):

@@ -155,7 +155,7 @@ class DriftMonitorActor:
             windows = log.load_windows()
             rows = log.load_rows(int(windows[-1]["index"]) + 1 if windows else 0)
         except OSError as exc:  # monitoring goes on in memory; GET /drift says why nothing is kept
-            self.log_error = f"{root}: {exc.strerror or exc}"
+            self.log_error = f"the drift window log: {exc.strerror or type(exc).__name__}"
             return
         core.restore(windows, rows)
         self.restored_rows = sum(len(r[1]) for r in rows)
@@ -192,7 +192,7 @@ class DriftMonitorActor:
                                                  _labelled_ids(root, name))
             earlier = read_labelled(root, name, versions=[version])  # labels that arrived before a restart
         except OSError as exc:
-            self.log_error = f"{root}: {exc.strerror or exc}"
+            self.log_error = f"the prediction log: {exc.strerror or type(exc).__name__}"
             return
         self.name = name
         if earlier is not None:
@@ -216,7 +216,7 @@ class DriftMonitorActor:
             try:
                 write_labelled(self._root(), self.name, joined.table)
             except OSError as exc:
-                self.log_error = f"{self._root()}: {exc.strerror or exc}"
+                self.log_error = f"the labelled store: {exc.strerror or type(exc).__name__}"
                 return {"error": "the labelled store could not be written", "status": 503}
             import pyarrow.compute as pc
 
@@ -275,7 +275,8 @@ class DriftMonitorActor:
             doc["windows"] = [{**w, "performance": self.perf.describe(int(w["index"]), int(w["rows"]),
                                                                        w.get("performance", {}).get("estimated"))}
                               for w in doc["windows"]]
-        return {"model_version": self.version, "log_dir": str(self.log.root) if self.log else None,
+        # No server paths here (GET /drift shows it): whether the windows are logged, and a failure by role.
+        return {"model_version": self.version, "logging": self.log is not None,
                 "log_error": self.log_error or (self.log.error if self.log else None), "restored_rows": self.restored_rows,
                 **doc, "feedback": self.feedback_summary()}
 

@@ -214,7 +214,7 @@ class PredictionLog:
         try:
             table = concat_parts(self._buf, self.types)
         except (pa.ArrowException, ValueError) as exc:  # never expected: concat_parts falls back to text
-            self.error = f"{self.root}: buffered rows could not be combined ({type(exc).__name__}); dropped"
+            self.error = f"the prediction log: buffered rows could not be combined ({type(exc).__name__}); dropped"
             self._buf, self._buf_labelled = [], None
             return
         labelled = self._buffered().labelled
@@ -225,7 +225,7 @@ class PredictionLog:
             pq.write_table(table, tmp)
             tmp.replace(part)
         except OSError as exc:  # e.g. a full disk: the rows stay joinable in memory until the next try
-            self.error = f"{self.root}: {exc.strerror or exc}"
+            self.error = f"the prediction log: {exc.strerror or type(exc).__name__}"
             tmp.unlink(missing_ok=True)
             return
         self._buf, self._buf_labelled = [], None

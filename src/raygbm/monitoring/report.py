@@ -272,7 +272,7 @@ def _summary(report: dict[str, Any], windows: list[dict[str, Any]]) -> str:
     drifted = sum(w.get("verdict") == "drift" for w in windows)
     seconds = f", or {report['window_seconds']} s" if report.get("window_seconds") else ""
     alert = report.get("alert_after")
-    log = (f"; log {report['log_dir']}" if report.get("log_dir") else "") + (
+    log = ("; windows logged to disk" if report.get("logging") else "") + (
         f"; <span class='drift'>log error: {_e(report['log_error'])}</span>" if report.get("log_error") else "")
     return (f"<p class='meta'>model v{_e(report.get('model_version'))}; windows of {_e(report.get('window_size'))} rows{_e(seconds)}; "
             f"{len(windows)} kept ({drifted} with drift), {span}; {_fmt(report.get('rows_seen', 0), 12)} rows seen, "

@@ -74,7 +74,7 @@ class WindowLog:
             self._prune(int(doc["index"]) + 1 - self.keep_windows)
             self.error = None  # writing works (again): windows resume on disk
         except OSError as exc:  # e.g. a full disk
-            self.error = f"{self.root}: {exc.strerror or exc}"
+            self.error = f"the drift window log: {exc.strerror or type(exc).__name__}"
             try:  # cut a line written in part, or the next window would be glued to it
                 with open(path, "r+b") as f:
                     f.truncate(size)
@@ -89,7 +89,7 @@ class WindowLog:
         try:
             self._write(buf)
         except OSError as exc:
-            self.error = f"{self.root}: {exc.strerror or exc}"
+            self.error = f"the drift window log: {exc.strerror or type(exc).__name__}"
 
     def _columns(self, buf: list[LoggedBatch]) -> dict[str, Any]:
         """A rows part's columns: window, ts, ``feature.<name>``, ``score`` (or ``score.<k>``), ``missing.<field>``."""

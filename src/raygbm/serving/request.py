@@ -38,10 +38,18 @@ def _reject_constant(name: str) -> Any:
     raise RequestError(f"{name} is not a valid JSON number; send null for a missing value", 400)
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json.loads would keep the last value silently
+        raise RequestError("a JSON object in the body repeats a key", 400)
+    return obj
+
+
 def load_json(body: bytes | str) -> Any:
-    """A JSON body strictly: NaN/Infinity (not JSON) are a 400, as are bad UTF-8 and deep nesting."""
+    """A JSON body strictly: NaN/Infinity (not JSON) are a 400, as are a key repeated in one object, bad
+    UTF-8 and deep nesting."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_object)
     except RequestError:
         raise
     except (ValueError, UnicodeDecodeError):

@@ -13,6 +13,7 @@ from raygbm.data.generate import DRIFT_SHIFTED_CATEGORICAL, DRIFT_SHIFTED_NUMERI
 from raygbm.data.split import RAW_TEST
 from raygbm.monitoring.actor import MONITOR_ACTOR
 from raygbm.monitoring.report import drift_report_html
+from raygbm.paths import home
 from tests.conftest import make_shards
 from tests.corpora import records_of
 from tests.helpers import wait_until
@@ -97,7 +98,9 @@ def test_drift_windows_survive_a_monitor_crash(served):
     n = 500 + 500 - before["open_window_rows"] - 200  # one more closed window and 300 rows in the open one
     assert http_post("/predict", json.dumps(records_of(raw.slice(0, n), fields)).encode())[0] == 200
     before = drift_when(lambda r: r["open_window_rows"] == 300)
-    assert before["log_dir"] and before["rows_seen"] > 1000
+    assert before["logging"] and before["rows_seen"] > 1000
+    # No server path in what GET /drift shows, even with the token off.
+    assert str(home()) not in json.dumps(before) and '"/' not in json.dumps(before), json.dumps(before)[:300]
     # A crash of the monitor's process: Ray restarts the actor, which reloads its log.
     ray.kill(ray.get_actor(MONITOR_ACTOR, namespace="raygbm"), no_restart=False)
     after = drift_when(lambda r: r.get("restored_rows") == 300, 60)  # 503 while Ray restarts it
