@@ -436,6 +436,9 @@ class RetrainConfig(_Section):
         "bound (null: performance does not trigger)")
     performance_rows: int = Field(
         500, ge=10, description="the most recent labelled rows the realized-performance trigger scores")
+    max_label_shift: float = Field(
+        0.3, gt=0, le=1, description="labels whose class shares differ from the source's test split by more than "
+        "this (total variation) are not evidence for a promotion or a rollback")
     rollback_windows: int = Field(
         3, ge=1, description="K: after a promotion, the new champion is watched over its first K labelled windows")
     rollback_window_rows: int = Field(200, ge=10, description="labelled rows per rollback window")

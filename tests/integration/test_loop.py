@@ -41,13 +41,18 @@ def _rows(tmp: Path, name: str, rows: int, seed: int, drift: DriftSpec | None = 
     return pq.read_table(make_shards(tmp / name, rows=rows, shards=1, seed=seed, drift=drift))
 
 
-def _serve_and_label(cfg: PipelineConfig, version: str, rows: pa.Table, t0: float) -> int:
+def _serve_and_label(cfg: PipelineConfig, version: str, rows: pa.Table, t0: float, invert: bool = False) -> int:
     """Rows as the endpoint would have served them with ``version`` (its input fields, its score), then
-    labelled: written to the labelled store the way feedback does."""
+    labelled: written to the labelled store the way feedback does. ``invert``: each label the opposite of
+    what the score says (the probe's poisoning: a client labelling against the model)."""
     ref, path = local_bundle(Registry(cfg.registry), version)
     bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
     raw = rows.select([*bundle.preprocessor.input_columns, "label"])
     scores = bundle.scores(bundle.features(raw))
+    if invert:
+        label = raw.column("label")
+        raw = raw.set_column(raw.column_names.index("label"), "label",
+                             pa.array((scores < bundle.threshold).astype("int64")).cast(label.type))
     n = raw.num_rows
     served = t0 + np.arange(n, dtype=np.float64)
     meta = {META[0]: [uuid.uuid4().hex for _ in range(n)], META[1]: [version] * n, META[2]: served,
@@ -181,3 +186,42 @@ def test_a_bad_promotion_is_rolled_back_within_k_windows(gated, monkeypatch):
     assert doc["decisions"][-1]["action"] == "rolled_back" and doc["decisions"][-1]["version"] == bad
     assert doc["watch"]["status"] == "rolled_back"
     assert reg.get(bad).tags["loop_action"] == "rolled_back"
+
+
+@pytest.mark.slow
+def test_inverted_labels_promote_nothing_and_roll_nothing_back(tmp_path, monkeypatch):
+    """The probe's poisoning, from a client holding the token: labels inverted against the champion's scores.
+    The retraining's challenger is rejected as trained on suspicious labels, and inverted labels against a
+    watched promotion do not roll it back; both decisions are recorded with their reason."""
+    from raygbm.loop.retrain import evidence, trusted_rows
+
+    monkeypatch.setenv("RAYGBM_HOME", str(tmp_path / "home"))
+    cfg = _cfg(make_shards(tmp_path / "old", rows=8000, shards=2, seed=1), "registry.model_name=poisoned",
+               "retrain.rollback_window_rows=200", "retrain.rollback_windows=2")
+    v1, _ = run_pipeline(cfg, tune=False)
+    _serve_and_label(cfg, v1.version, _rows(tmp_path, "traffic", 2000, seed=6), time.time() - 10_000, invert=True)
+    result = retrain(cfg, trigger="manual-poison")
+    d = result.decision
+    print(f"FIGURE poisoning: challenger v{d.version} {d.action}: {d.reason}")
+    reg, state = Registry(cfg.registry), LoopState(tmp_path / "home", cfg.registry.model_name)
+    assert d.action == "rejected" and d.reason.startswith("suspicious labels:") and "contradict" in d.reason
+    assert reg.get().version == v1.version and state.read()["decisions"][-1]["reason"] == d.reason
+
+    # A good model promoted and watched (with v1's evidence on the trusted split, as a promotion keeps it);
+    # a client then labels its traffic against its scores to force a rollback.
+    good, _ = run_pipeline(_cfg(make_shards(tmp_path / "more", rows=8000, shards=2, seed=3),
+                                "registry.model_name=poisoned"), tune=False, promote=False)
+    trusted = evidence(reg, v1.version, trusted_rows(cfg), "roc_auc")
+    apply_decision(cfg.registry, Decision("promoted", good.version, "by the test", "roc_auc", None, v1.version,
+                                          None, 0), trusted=trusted)
+    traffic = _rows(tmp_path, "after", 400, seed=7)
+    verdict = None
+    for k in range(2):
+        _serve_and_label(cfg, good.version, traffic.slice(200 * k, 200), time.time() + 200 * k, invert=True)
+        verdict = check_rollback(cfg.retrain, cfg.registry, state, labelled_root(cfg.monitor))
+        if verdict is not None:
+            break
+    print(f"FIGURE poisoning: watched v{good.version}: {verdict.action if verdict else None}: "
+          f"{verdict.reason if verdict else ''}")
+    assert verdict is not None and verdict.action == "kept" and "rollback refused: suspicious labels" in verdict.reason
+    assert reg.get().version == good.version and state.read()["watch"]["status"] == "suspicious"

@@ -234,3 +234,23 @@ def test_the_loops_news_are_new_trigger_outcomes_and_decisions_once_each():
     assert changes(after, after) == []
     retried = {**after, "triggers": [before["triggers"][0], {**failed, "outcome": "submitted", "attempts": 2}]}
     assert changes(after, retried) == ["loop: trigger performance-w9 (realized roc_auc 0.6): submitted"]
+
+
+def test_labels_that_contradict_the_champion_or_move_the_classes_are_not_evidence():
+    from raygbm.loop.decisions import class_shift, suspicious_labels, unlearned
+
+    trusted = {"value": 0.83, "chance": 0.5, "shares": {"0": 0.7, "1": 0.3}, "rows": 3000}
+    honest_drift = {"value": 0.74, "chance": 0.5, "shares": {"0": 0.66, "1": 0.34}, "rows": 600}  # still skilled
+    inverted = {"value": 0.21, "chance": 0.5, "shares": {"0": 0.62, "1": 0.38}, "rows": 600}
+    flipped_prior = {"value": 0.8, "chance": 0.5, "shares": {"0": 0.3, "1": 0.7}, "rows": 600}
+    assert suspicious_labels("roc_auc", "1", honest_drift, trusted, 0.3) is None
+    why = suspicious_labels("roc_auc", "1", inverted, trusted, 0.3)
+    assert why and "no better than a constant prediction (0.5)" in why and "contradict" in why
+    assert "total variation > 0.3" in suspicious_labels("roc_auc", "1", flipped_prior, trusted, 0.3)
+    assert class_shift(flipped_prior["shares"], trusted["shares"]) == pytest.approx(0.4)
+    assert suspicious_labels("roc_auc", "1", inverted, None, 0.3) is None  # no trusted split: nothing to hold to
+    # Losses: lower is better; a model no better than the prior's log loss on labels it beat on the trusted split.
+    assert suspicious_labels("log_loss", "1", {"value": 0.9, "chance": 0.69, "shares": None, "rows": 600},
+                             {"value": 0.4, "chance": 0.69, "shares": None, "rows": 3000}, 0.3)
+    assert unlearned("roc_auc", "4", {"value": 0.3, "chance": 0.5, "shares": None, "rows": 3000})
+    assert unlearned("roc_auc", "4", {"value": 0.7, "chance": 0.5, "shares": None, "rows": 3000}) is None

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raygbm.metrics import worse_by
+from raygbm.metrics import better, worse_by
 from raygbm.monitoring.labelled import SERVED_AT
 from raygbm.registry.gate import gate_decision
 
@@ -84,3 +84,44 @@ def performance_drop(metric: str, realized: float, expected: float, allowed: flo
     if drop > allowed:
         return f"realized {metric} {realized:.6g} is {drop:.4g} worse than the champion's test {expected:.6g} (> {allowed:g})"
     return None
+
+
+def class_shift(shares: dict[str, float] | None, reference: dict[str, float] | None) -> float | None:
+    """Total variation distance between two class-share maps (None for regression)."""
+    if shares is None or reference is None:
+        return None
+    return 0.5 * sum(abs(shares.get(c, 0.0) - reference.get(c, 0.0)) for c in set(shares) | set(reference))
+
+
+def suspicious_labels(metric: str, model: str, labels: dict[str, Any], trusted: dict[str, Any] | None,
+                      max_shift: float) -> str | None:
+    """Why a set of labels cannot be the evidence for a promotion or a rollback, or None. ``labels`` and
+    ``trusted``: a trusted model's ``Bundle.evidence`` on those labels and on the trusted test split (the
+    source's, which traffic cannot reach).
+
+    - Their class shares differ from the trusted split's by more than ``max_shift`` (total variation): a
+      world whose classes moved that far needs a person, not an automatic swap.
+    - They contradict ``model``: it does no better than a constant prediction on them, though it beats one
+      on the trusted split. Labels inverted against the scores do that; a real concept drift that leaves
+      the model any skill does not.
+    """
+    if trusted is None:
+        return None
+    shift = class_shift(labels.get("shares"), trusted.get("shares"))
+    if shift is not None and shift > max_shift:
+        return (f"the labels' class shares differ from the trusted test split's by {shift:.3f} (total variation > "
+                f"{max_shift:g})")
+    if better(metric, trusted["value"], trusted["chance"]) and not better(metric, labels["value"], labels["chance"]):
+        return (f"v{model} scores {metric} {labels['value']:.4g} on these {labels['rows']} labels, no better than a "
+                f"constant prediction ({labels['chance']:.4g}), though {trusted['value']:.4g} on the trusted test "
+                "split: the labels contradict it")
+    return None
+
+
+def unlearned(metric: str, challenger: str, trusted: dict[str, Any] | None) -> str | None:
+    """Why a challenger cannot replace the champion whatever the holdout says: on the trusted test split it
+    does no better than a constant prediction (it learnt labels that contradict the source)."""
+    if trusted is None or better(metric, trusted["value"], trusted["chance"]):
+        return None
+    return (f"challenger v{challenger} scores {metric} {trusted['value']:.4g} on the trusted test split, no better "
+            f"than a constant prediction ({trusted['chance']:.4g})")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from raygbm.config import MonitorConfig, PipelineConfig, RegistryConfig
 from raygbm.errors import DataError, RaygbmError
-from raygbm.loop.decisions import Decision, challenger_verdict, recent, split_holdout
+from raygbm.loop.decisions import Decision, challenger_verdict, recent, split_holdout, suspicious_labels, unlearned
 from raygbm.monitoring.labelled import SERVED_AT, read_labelled, training_rows
 from raygbm.monitoring.loop_state import LoopState
 from raygbm.paths import home
@@ -122,8 +122,34 @@ def holdout_metric(registry: Registry, version: str, holdout: pa.Table, metric: 
         return None
 
 
-def gate_challenger(registry_cfg: RegistryConfig, challenger: str, holdout: pa.Table) -> Decision:
-    """The challenger against the current champion on the same holdout rows."""
+def evidence(registry: Registry, version: str, rows: pa.Table | None, metric: str) -> dict[str, Any] | None:
+    """A version's ``Bundle.evidence`` on raw labelled rows (None: no rows, or it cannot score them)."""
+    if rows is None or rows.num_rows == 0:
+        return None
+    ref, path = local_bundle(registry, version)
+    try:
+        return Bundle.load(path, ref.tags.get("manifest_sha256")).evidence(rows, metric)
+    except DataError:
+        return None
+
+
+def trusted_rows(cfg: PipelineConfig) -> pa.Table | None:
+    """The trusted test split: the raw test rows of ``data.source`` alone (its finished data run reused),
+    labelled data the endpoint's traffic cannot reach. None without a source."""
+    if not cfg.data.source:
+        return None
+    from raygbm.data.preprocess import preprocess
+    from raygbm.data.split import RAW_TEST
+
+    return pq.read_table(preprocess(cfg).run_dir / RAW_TEST)
+
+
+def gate_challenger(registry_cfg: RegistryConfig, challenger: str, holdout: pa.Table, trusted: pa.Table | None = None,
+                    max_shift: float = 1.0) -> tuple[Decision, dict[str, Any] | None]:
+    """The challenger against the current champion on the same holdout rows, once the labels pass as
+    evidence (``decisions.suspicious_labels``, against the champion on the ``trusted`` split) and the
+    challenger keeps its skill on that split (``decisions.unlearned``). Returns the decision and the
+    champion's evidence on the trusted split (kept with the watch: a rollback is checked the same way)."""
     registry = Registry(registry_cfg)
     ref = registry.get(challenger)
     metric = ref.gate_metric
@@ -132,8 +158,19 @@ def gate_challenger(registry_cfg: RegistryConfig, challenger: str, holdout: pa.T
         raise DataError(f"challenger v{challenger} cannot be scored on the labelled holdout")
     champ = registry.get()
     champ_value = holdout_metric(registry, champ.version, holdout, metric) if champ else None
+    rejected = lambda why: Decision("rejected", challenger, why, metric, value,  # noqa: E731
+                                    champ.version if champ else None, champ_value, holdout.num_rows)
+    champ_trusted = evidence(registry, champ.version, trusted, metric) if champ else None
+    if champ is not None and champ_trusted is not None:
+        on_labels = evidence(registry, champ.version, holdout, metric)
+        why = suspicious_labels(metric, champ.version, on_labels, champ_trusted, max_shift) if on_labels else None
+        if why:
+            return rejected(f"suspicious labels: {why}"), champ_trusted
+    why = unlearned(metric, challenger, evidence(registry, challenger, trusted, metric))
+    if why:
+        return rejected(f"suspicious challenger: {why}"), champ_trusted
     return challenger_verdict(metric, registry_cfg.margin, challenger, value, champ.version if champ else None,
-                              champ_value, holdout.num_rows)
+                              champ_value, holdout.num_rows), champ_trusted
 
 
 def record_decision(registry: Registry, state: LoopState, decision: Decision, ref: ModelRef,
@@ -155,8 +192,9 @@ def record_decision(registry: Registry, state: LoopState, decision: Decision, re
 
 
 def apply_decision(registry_cfg: RegistryConfig, decision: Decision, trigger: str | None = None,
-                   now: float | None = None) -> None:
-    """Move the alias for a promotion (and start watching it for a rollback), then record the decision."""
+                   now: float | None = None, trusted: dict[str, Any] | None = None) -> None:
+    """Move the alias for a promotion (and start watching it for a rollback, with ``trusted``: the previous
+    champion's evidence on the trusted split), then record the decision."""
     registry = Registry(registry_cfg)
     state = LoopState(home(), registry_cfg.model_name)
     ref = registry.get(decision.version)
@@ -165,7 +203,7 @@ def apply_decision(registry_cfg: RegistryConfig, decision: Decision, trigger: st
         registry.set_tags(ref, {"decision": "champion"})
         if decision.other_version is not None:
             state.set_watch({"version": decision.version, "previous": decision.other_version,
-                             "since": now or time.time(), "status": "watching", "windows": 0})
+                             "since": now or time.time(), "status": "watching", "windows": 0, "trusted": trusted})
     record_decision(registry, state, decision, ref, trigger)
 
 
@@ -199,6 +237,7 @@ def retrain(cfg: PipelineConfig, *, trigger: str | None = None, progress: Progre
             run_cfg = run_cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"trials": trials})})
         outcome, _ = run_pipeline(run_cfg, progress=progress, tune=bool(trials), promote=False)
         progress(f"challenger v{outcome.version}: comparing with the champion on the holdout")
-        decision = gate_challenger(cfg.registry, outcome.version, training_rows(holdout))
-        apply_decision(cfg.registry, decision, trigger, now)
+        decision, trusted = gate_challenger(cfg.registry, outcome.version, training_rows(holdout), trusted_rows(cfg),
+                                            cfg.retrain.max_label_shift)
+        apply_decision(cfg.registry, decision, trigger, now, trusted)
     return RetrainResult(outcome.version, decision, rows.num_rows, holdout.num_rows, folder)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import RegistryConfig, RetrainConfig
-from raygbm.loop.decisions import Decision, rollback_verdict
-from raygbm.loop.retrain import holdout_metric, record_decision
+from raygbm.loop.decisions import Decision, rollback_verdict, suspicious_labels
+from raygbm.loop.retrain import evidence, holdout_metric, record_decision
 from raygbm.monitoring.labelled import read_labelled, training_rows
 from raygbm.monitoring.loop_state import LoopState
 from raygbm.registry.store import Registry
@@ -47,6 +47,16 @@ def check_rollback(cfg: RetrainConfig, registry_cfg: RegistryConfig, state: Loop
         state.set_watch({**watch, "windows": windows, f"last_{metric}": value, f"previous_{metric}": before})
         return None
     if verdict.action == "rolled_back":
+        # The same evidence as a promotion: labels that contradict the previous champion too (against its
+        # skill on the trusted split, kept with the watch) roll nothing back.
+        on_labels = evidence(registry, previous, raw, metric)
+        why = suspicious_labels(metric, previous, on_labels, watch.get("trusted"), cfg.max_label_shift) if on_labels else None
+        if why:
+            kept = Decision("kept", version, f"rollback refused: suspicious labels: {why}", metric, value, previous,
+                            before, raw.num_rows)
+            record_decision(registry, state, kept, registry.get(version))
+            _end_watch(state, watch, windows, "suspicious", now, kept.reason)
+            return kept
         champion = registry.get()
         if champion is not None and champion.version == version:  # not moved by a person meanwhile
             registry.promote(registry.get(previous))

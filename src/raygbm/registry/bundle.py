@@ -158,3 +158,29 @@ class Bundle:
     def test_metric(self, raw: pa.Table, metric: str) -> float:
         """The gate metric on raw labelled rows."""
         return float(self.test_metrics(raw)[metric])
+
+    def evidence(self, raw: pa.Table, metric: str) -> dict[str, Any]:
+        """What raw labelled rows say about this model, beside what they would say about no model at all:
+        ``value`` (its metric), ``chance`` (the metric of a constant prediction of these rows' own label
+        prior: AUC 0.5, the prior's log loss, the labels' standard deviation as RMSE) and ``shares`` (each
+        class's share of the labels; None for regression). The loop checks labels against them."""
+        from raygbm.metrics import task_metrics
+
+        feats = self.features(raw)
+        y = np.asarray(feats.column(self.preprocessor.schema.label))
+        if self.task != "regression" and (y < 0).any():
+            raise DataError("the data has label values this model never saw")
+        classes = self.preprocessor.label_classes_ or []
+        k = len(classes) or None
+        if self.task == "regression":
+            constant, shares = np.full(len(y), y.mean()), None
+        else:
+            prior = np.bincount(y.astype(int), minlength=len(classes)) / max(len(y), 1)
+            constant = np.full(len(y), prior[1]) if self.task == "binary" else np.tile(prior, (len(y), 1))
+            shares = {str(c): float(prior[i]) for i, c in enumerate(classes)}
+        try:
+            value = float(task_metrics(self.task, y, self.scores(feats), self.threshold, k)[metric])
+            chance = float(task_metrics(self.task, y, constant, self.threshold, k)[metric])
+        except ValueError as exc:  # e.g. one class only: AUC undefined
+            raise DataError(f"{metric} is undefined on these rows ({exc})") from None
+        return {"value": value, "chance": chance, "shares": shares, "rows": len(y)}
