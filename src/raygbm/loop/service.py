@@ -38,7 +38,9 @@ class LoopController:
 
     def __init__(self, cfg: dict[str, Any], env: dict[str, str]):
         from raygbm.loop.runner import start_loop
+        from raygbm.runtime import loopback_replica_grpc
 
+        loopback_replica_grpc()  # as every replica of ours: nothing of a loopback node on another interface
         os.environ.update(env)
         self.cfg = PipelineConfig.model_validate(cfg)
         self.runner = start_loop(self.cfg)
