@@ -41,18 +41,22 @@ def _rows(tmp: Path, name: str, rows: int, seed: int, drift: DriftSpec | None = 
     return pq.read_table(make_shards(tmp / name, rows=rows, shards=1, seed=seed, drift=drift))
 
 
-def _serve_and_label(cfg: PipelineConfig, version: str, rows: pa.Table, t0: float, invert: bool = False) -> int:
+def _serve_and_label(cfg: PipelineConfig, version: str, rows: pa.Table, t0: float, invert: bool | str = False) -> int:
     """Rows as the endpoint would have served them with ``version`` (its input fields, its score), then
     labelled: written to the labelled store the way feedback does. ``invert``: each label the opposite of
-    what the score says (the probe's poisoning: a client labelling against the model)."""
+    what the score says (the probe's poisoning: a client labelling against the model); ``"rank"``: the
+    lowest-scored rows labelled positive, as many as there truly are (inverted, the class shares kept)."""
     ref, path = local_bundle(Registry(cfg.registry), version)
     bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
     raw = rows.select([*bundle.preprocessor.input_columns, "label"])
     scores = bundle.scores(bundle.features(raw))
     if invert:
         label = raw.column("label")
-        raw = raw.set_column(raw.column_names.index("label"), "label",
-                             pa.array((scores < bundle.threshold).astype("int64")).cast(label.type))
+        inverted = (scores < bundle.threshold).astype("int64")
+        if invert == "rank":
+            inverted = np.zeros(len(scores), dtype="int64")
+            inverted[np.argsort(scores)[:int(np.asarray(label).sum())]] = 1
+        raw = raw.set_column(raw.column_names.index("label"), "label", pa.array(inverted).cast(label.type))
     n = raw.num_rows
     served = t0 + np.arange(n, dtype=np.float64)
     meta = {META[0]: [uuid.uuid4().hex for _ in range(n)], META[1]: [version] * n, META[2]: served,
@@ -204,8 +208,17 @@ def test_inverted_labels_promote_nothing_and_roll_nothing_back(tmp_path, monkeyp
     d = result.decision
     print(f"FIGURE poisoning: challenger v{d.version} {d.action}: {d.reason}")
     reg, state = Registry(cfg.registry), LoopState(tmp_path / "home", cfg.registry.model_name)
-    assert d.action == "rejected" and d.reason.startswith("suspicious labels:") and "contradict" in d.reason
+    # Caught by the class shares (inverting at the threshold moves them) or the contradiction (v1's AUC on
+    # them is below chance): either is the recorded reason.
+    assert d.action == "rejected" and d.reason.startswith("suspicious labels:"), d.reason
+    assert "total variation" in d.reason or "contradict" in d.reason
     assert reg.get().version == v1.version and state.read()["decisions"][-1]["reason"] == d.reason
+    # The same lie keeping the class shares (the lowest-scored rows labelled positive): the contradiction.
+    _serve_and_label(cfg, v1.version, _rows(tmp_path, "traffic2", 1500, seed=8), time.time() - 5_000, invert="rank")
+    d = retrain(cfg, trigger="manual-poison-2").decision
+    print(f"FIGURE poisoning, shares kept: challenger v{d.version} {d.action}: {d.reason}")
+    assert d.action == "rejected" and d.reason.startswith("suspicious labels:") and "contradict" in d.reason, d.reason
+    assert reg.get().version == v1.version
 
     # A good model promoted and watched (with v1's evidence on the trusted split, as a promotion keeps it);
     # a client then labels its traffic against its scores to force a rollback.
