@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class Cluster:
     home: Path
     tmp: Path
     url: str = f"http://127.0.0.1:{SERVE_PORT}"
-    log: list[str] = field(default_factory=list)
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 180) -> str:

@@ -149,7 +149,8 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
         share = {name: answered / max(sent, 1) for name, (sent, answered) in totals.items()}
         figure(f"gcs failure: head down {t_up - t_down:.0f}s, loop controller back {t_loop - t_up:.0f}s after "
               f"the head; " + "; ".join(f"{n}: {a}/{s} answered ({share[n]:.1%})" for n, (s, a) in totals.items()))
-        print("errors:", *{e.split(" ", 1)[1][:160] for c in clients for e in c.errors[:20]}, sep="\n  ")
+        if any(c.errors for c in clients):  # what the failed requests got, on the terminal with -s
+            print("errors:", *{e.split(" ", 1)[1][:160] for c in clients for e in c.errors[:20]}, sep="\n  ")
         assert resumed["controller"]["alive"]
         assert share["before"] == 1.0 and share["after"] >= 0.99, share
         assert share["outage"] >= 0.99, share  # Ray's promise: Serve answers on the surviving nodes
