@@ -26,9 +26,11 @@ demo: install
 ui: install
 	$(BIN)/raygbm ui
 
-# Unit tests (no Ray, one worker per core) first, then integration tests sharing one local Ray, then a
-# real head node and `ray job submit`, then three Ray nodes on this host with faults (each its own session:
-# never two Ray instances at once).
+# Unit tests (no Ray, one worker per core) first, then integration tests sharing one local Ray, then the
+# cluster lane (a real head node and `ray job submit`; `raygbm serve` as a service; two endpoints with their
+# loops side by side; a head and two worker nodes from cluster/local/ running cluster/serve.yaml with its
+# loop; the head lost with its GCS in Redis), then three Ray nodes on this host with faults (each its own
+# session: never two Ray clusters of different tests at once).
 # The layer contract (import-linter) and the lint rules (ruff) first: both take seconds.
 lint: install
 	$(BIN)/lint-imports
