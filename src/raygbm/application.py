@@ -6,8 +6,6 @@ it here, so the loop runs wherever the endpoint runs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -49,15 +47,12 @@ def loop_app(cfg: PipelineConfig) -> Any:
         return None
     from raygbm.loop.service import LoopController
     from raygbm.registry.store import tracking_uri
+    from raygbm.serving.deploy import pin, versioned
 
     doc = cfg.model_dump(mode="json")
     env = {"RAYGBM_HOME": str(home()), "MLFLOW_TRACKING_URI": tracking_uri()}
-    package = Path(__file__).resolve().parent
-    h = hashlib.sha256(json.dumps([doc, env], sort_keys=True).encode())
-    for src in sorted(package.rglob("*.py")):
-        h.update(str(src.relative_to(package)).encode() + b"\0" + src.read_bytes())
     controller = LoopController.options()
-    controller._version = h.hexdigest()[:16]  # as serving.deploy.build_app pins ModelServer's
+    pin(controller, versioned(doc, env))  # as serving.deploy.build_app pins ModelServer's
     return controller.bind(doc, env)
 
 

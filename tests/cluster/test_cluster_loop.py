@@ -33,6 +33,7 @@ import yaml
 from raygbm.data.generate import DriftSpec
 from tests.cluster.test_serve_cli import _ray_processes, _register_a_model
 from tests.conftest import make_shards
+from tests.corpora import records_of
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -173,12 +174,6 @@ class Client:
             t.join(60)
 
 
-def _records(table: Any, fields: list[str]) -> list[dict[str, Any]]:
-    cols = {c: table.column(c).to_pylist() for c in fields}
-    return [{c: (v[i].isoformat() if hasattr(v[i], "isoformat") else v[i]) for c, v in cols.items()}
-            for i in range(table.num_rows)]
-
-
 def test_three_separate_nodes_and_the_token_is_required(cluster):
     assert _alive_nodes(cluster.env) == 3
     for path, body in (("/predict", {"num_0": 1.0}), ("/feedback", [{"prediction_id": "x", "label": 1}]),
@@ -194,7 +189,7 @@ def test_replicas_scale_up_under_load_and_back_down(cluster, figure):
     import pyarrow.parquet as pq
 
     fields = list(_call(cluster.url + "/model", headers=AUTH)[1]["request_schema"]["oneOf"][0]["properties"])
-    records = _records(pq.read_table(cluster.tmp / "source").slice(0, 1000), fields)
+    records = records_of(pq.read_table(cluster.tmp / "source").slice(0, 1000), fields)
     assert _running_replicas(cluster.env) == 1
     with Client(cluster.url, records, threads=12) as load:
         most = wait_until(lambda: (n := _running_replicas(cluster.env)) >= 2 and n, 120, interval=1.0,
@@ -211,7 +206,7 @@ def test_the_apps_loop_retrains_survives_its_controllers_death_and_the_promotion
     fields = list(_call(url + "/model", headers=AUTH)[1]["request_schema"]["oneOf"][0]["properties"])
     drifted = pq.read_table(make_shards(cluster.tmp / "drifted", rows=1500, shards=1, seed=2,
                                         drift=DriftSpec(0, concept=True)))
-    records, labels = _records(drifted, fields), drifted.column("label").to_pylist()
+    records, labels = records_of(drifted, fields), drifted.column("label").to_pylist()
     status, before = _call(url + "/retrain", headers=AUTH)
     assert status == 200 and before["controller"]["alive"], before
     known = {j["id"] for j in before["jobs"]}  # what other tests' traffic may have set off

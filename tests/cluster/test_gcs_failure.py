@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.test_cluster_loop import AUTH, LOCAL, OVERRIDES, ROOT, TOKEN, Client, _call, _records, _run
+from tests.cluster.test_cluster_loop import AUTH, LOCAL, OVERRIDES, ROOT, TOKEN, Client, _call, _run
 from tests.cluster.test_serve_cli import _ray_processes, _register_a_model
 from tests.conftest import make_shards
+from tests.corpora import records_of
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -103,7 +104,7 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
         fields = list(_call(worker + "/model", headers=AUTH)[1]["request_schema"]["oneOf"][0]["properties"])
         import pyarrow.parquet as pq
 
-        records = _records(pq.read_table(data).slice(0, 500), fields)
+        records = records_of(pq.read_table(data).slice(0, 500), fields)
         clients = [Client(f"http://127.0.0.1:{p}", records) for p in WORKER_PORTS]
         for c in clients:
             c.__enter__()

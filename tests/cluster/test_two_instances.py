@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.test_serve_cli import _register_a_model
+from tests.cluster.test_serve_cli import _ray_processes, _register_a_model
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -30,10 +30,6 @@ TOKEN = "two-instances-endpoint-token"  # an endpoint with the loop requires its
 LOOP = ["--set", "serve.require_token=true", "--set", "retrain.enabled=true", "--set", "retrain.check_s=1", "--set", "retrain.every_s=3",
         "--set", "retrain.cooldown_s=0", "--set", "retrain.drift=null", "--set", "retrain.performance_drop=null",
         "--set", "data.drop=[id]"]
-
-
-def _ray_processes() -> list[str]:
-    return subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout.split()
 
 
 def _serve(tmp: Path, port: int) -> subprocess.Popen:

@@ -157,13 +157,17 @@ def gate_challenger(registry_cfg: RegistryConfig, challenger: str, holdout: pa.T
     if value is None:
         raise DataError(f"challenger v{challenger} cannot be scored on the labelled holdout")
     champ = registry.get()
-    champ_value = holdout_metric(registry, champ.version, holdout, metric) if champ else None
+    champ_trusted = evidence(registry, champ.version, trusted, metric) if champ else None
+    # The champion on the holdout, scored once: its evidence's value is the gate's number.
+    on_labels = evidence(registry, champ.version, holdout, metric) if champ_trusted else None
+    if on_labels is not None:
+        champ_value: float | None = on_labels["value"]
+    else:
+        champ_value = holdout_metric(registry, champ.version, holdout, metric) if champ else None
     rejected = lambda why: Decision("rejected", challenger, why, metric, value,  # noqa: E731
                                     champ.version if champ else None, champ_value, holdout.num_rows)
-    champ_trusted = evidence(registry, champ.version, trusted, metric) if champ else None
-    if champ is not None and champ_trusted is not None:
-        on_labels = evidence(registry, champ.version, holdout, metric)
-        why = suspicious_labels(metric, champ.version, on_labels, champ_trusted, max_shift) if on_labels else None
+    if on_labels is not None:
+        why = suspicious_labels(metric, champ.version, on_labels, champ_trusted, max_shift)
         if why:
             return rejected(f"suspicious labels: {why}"), champ_trusted
     why = unlearned(metric, challenger, evidence(registry, challenger, trusted, metric))

@@ -15,8 +15,9 @@ from raygbm.loop.decisions import performance_drop
 from raygbm.loop.retrain import holdout_metric, labelled_root
 from raygbm.loop.rollback import check_rollback
 from raygbm.loop.triggers import Controller, Trigger
+from raygbm.loop.watch import trigger_line
 from raygbm.monitoring.labelled import read_labelled, training_rows
-from raygbm.monitoring.loop_state import LoopState, submission_problem
+from raygbm.monitoring.loop_state import LoopState
 from raygbm.paths import home
 from raygbm.registry.store import Registry
 
@@ -94,10 +95,8 @@ class LoopRunner:
     def tick(self) -> dict[str, Any] | None:
         check_rollback(self.cfg.retrain, self.cfg.registry, self.state, labelled_root(self.cfg.monitor))
         entry = self.controller.tick(self.fetch_drift(), realized_trigger(self.cfg))
-        if entry is not None:  # what the loop did, where the person running the endpoint sees it
-            problem = submission_problem(self.state.read())
-            self.say(f"loop: cannot submit the retraining: {problem}" if problem else
-                     f"loop: trigger {entry['id']} ({entry['reason']}): {entry['outcome']}")
+        if entry is not None:  # what the loop did, in the controller's log
+            self.say(trigger_line(entry))
         return entry
 
     def _run(self) -> None:

@@ -14,18 +14,18 @@ def _key(trigger: dict[str, Any]) -> tuple[Any, ...]:
     return trigger.get("id"), trigger.get("outcome"), trigger.get("attempts")
 
 
+def trigger_line(t: dict[str, Any]) -> str:
+    """A recorded trigger as one line: what came of it, or why its retraining cannot be submitted."""
+    if str(t.get("outcome", "")).startswith("submission failed"):
+        return f"loop: cannot submit the retraining: {submission_problem({'triggers': [t]})}"
+    return f"loop: trigger {t.get('id')} ({t.get('reason')}): {t.get('outcome')}"
+
+
 def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The lines for what ``after`` records and ``before`` did not: triggers (new, or a retried submission's
     new outcome) and decisions."""
     seen = {_key(t) for t in before.get("triggers") or []}
-    lines = []
-    for t in after.get("triggers") or []:
-        if _key(t) in seen:
-            continue
-        if str(t.get("outcome", "")).startswith("submission failed"):
-            lines.append(f"loop: cannot submit the retraining: {submission_problem({'triggers': [t]})}")
-        else:
-            lines.append(f"loop: trigger {t.get('id')} ({t.get('reason')}): {t.get('outcome')}")
+    lines = [trigger_line(t) for t in after.get("triggers") or [] if _key(t) not in seen]
     old = len(before.get("decisions") or [])
     for d in (after.get("decisions") or [])[old:]:
         lines.append(f"loop: v{d.get('version')} {d.get('action')}: {d.get('reason')}")

@@ -144,14 +144,19 @@ class Bundle:
         prediction, score = self.labelled(scores)
         return pa.array(prediction), pa.array(score, pa.float64())
 
-    def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
-        """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
-        from raygbm.metrics import task_metrics
-
+    def _labelled_features(self, raw: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """Raw labelled rows → (the model's features, the encoded label)."""
         feats = self.features(raw)
         y = np.asarray(feats.column(self.preprocessor.schema.label))
         if self.task != "regression" and (y < 0).any():
             raise DataError("the data has label values this model never saw")
+        return feats, y
+
+    def test_metrics(self, raw: pa.Table) -> dict[str, Any]:
+        """Every task metric on raw labelled rows, through this bundle's own preprocessing."""
+        from raygbm.metrics import task_metrics
+
+        feats, y = self._labelled_features(raw)
         k = len(self.preprocessor.label_classes_ or []) or None
         return task_metrics(self.task, y, self.scores(feats), self.threshold, k)
 
@@ -166,10 +171,7 @@ class Bundle:
         class's share of the labels; None for regression). The loop checks labels against them."""
         from raygbm.metrics import task_metrics
 
-        feats = self.features(raw)
-        y = np.asarray(feats.column(self.preprocessor.schema.label))
-        if self.task != "regression" and (y < 0).any():
-            raise DataError("the data has label values this model never saw")
+        feats, y = self._labelled_features(raw)
         classes = self.preprocessor.label_classes_ or []
         k = len(classes) or None
         if self.task == "regression":

@@ -62,10 +62,25 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSp
         # second under load. Off unless asked for.
         logging_config={"enable_access_log": serve_cfg.access_log}, **sizing)
     if code_version:
-        # Ray 2.60 took ``version`` out of ``options()`` but still sends ``_version`` to the controller,
-        # which compares it to decide between reconfiguring live replicas and replacing them.
-        server._version = code_version
+        pin(server, code_version)
     return server.bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256, loop)
+
+
+def pin(deployment: Any, version: str) -> None:
+    """Give ``deployment`` (from ``.options()``) an explicit version. Ray 2.60 took ``version`` out of
+    ``options()`` but still sends ``_version`` to the controller, which compares it to decide between
+    reconfiguring live replicas and replacing them."""
+    deployment._version = version
+
+
+def versioned(*parts: Any) -> str:
+    """A deployment version: raygbm's code (every module of the package) and ``parts`` (JSON), hashed."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for src in sorted(package.rglob("*.py")):
+        h.update(str(src.relative_to(package)).encode() + b"\0" + src.read_bytes())
+    h.update(json.dumps(list(parts), sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha256: str | None,
@@ -77,13 +92,7 @@ def code_version(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, token_sha25
     draining. With this version a run that changes only ``user_config`` (the model) is a lightweight
     update: Serve calls ``reconfigure`` on the live replicas.
     """
-    package = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for src in sorted(package.rglob("*.py")):
-        h.update(str(src.relative_to(package)).encode() + b"\0" + src.read_bytes())
-    h.update(json.dumps([serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256,
-                         with_loop], sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return versioned(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256, with_loop)
 
 
 def token_sha256(serve_cfg: ServeConfig) -> str | None:
