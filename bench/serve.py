@@ -4,10 +4,11 @@ FastAPI serving the same model on the same machine, driven by wrk, in one run.
     python bench/serve.py [--duration 10] [--concurrency 16]     # needs wrk (apt-get install wrk)
 
 Prints p50/p99 latency at concurrency 1, saturated requests/s at --concurrency, the same for the plain
-app, the monitor's cost (p50 with it on against off), and a 10,000-row /predict/batch request against
-raw Booster.predict on the same rows. Ends with:
+app, the monitor's cost (p50 with it on against off: the drift monitor and the prediction log, its
+write-ahead file included), a 10,000-row /predict/batch request against raw Booster.predict on the same
+rows, and what the write-ahead record alone costs a request (and with fsync). Ends with:
 
-    RESULT p50_ms=... p99_ms=... rps=... plain_rps=... rps_ratio=... batch_ratio=... monitor_overhead=...
+    RESULT p50_ms=... p99_ms=... rps=... plain_rps=... rps_ratio=... batch_ratio=... monitor_overhead=... wal_us=...
 """
 
 from __future__ import annotations
@@ -218,6 +219,31 @@ def bench_monitor(url: str, body: Path, first_on_p50: float, serve_cfg: Any, mon
     return overhead
 
 
+def bench_write_ahead(body: Path, work: Path) -> tuple[float, float]:
+    """What a replica adds per /predict request before answering, for the prediction log's write-ahead
+    file (``monitoring.wal``): the record built and written, without and with fsync (µs, medians)."""
+    import numpy as np
+
+    from raygbm.monitoring.prediction_log import RawRows
+    from raygbm.monitoring.wal import WalWriter, frame
+
+    data = body.read_bytes()
+    out = []
+    for fsync in (False, True):
+        writer = WalWriter(work / f"wal-{fsync}", fsync=fsync)
+        times = []
+        for i in range(2000 if not fsync else 200):
+            t = time.perf_counter()
+            fd = writer.append(frame("1", time.time(), RawRows([f"{i:032x}"], body=data), np.array([0.5])))
+            if fd is not None:
+                os.fsync(fd)
+            times.append(time.perf_counter() - t)
+        writer.close()
+        out.append(float(np.median(times)) * 1e6)
+    print(f"write-ahead   : {out[0]:.1f} µs per request ({out[1]:.0f} µs with monitor.feedback.fsync)", flush=True)
+    return out[0], out[1]
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--plain-server"]:
         return plain_server(sys.argv[2], int(sys.argv[3]))
@@ -245,10 +271,12 @@ def main() -> None:
               f"{drift['dropped_batches']} batches dropped", flush=True)
         batch_ratio = bench_batch(url, meta, bundle, raw)
         overhead = bench_monitor(url, body, o1["p50_ms"], serve_cfg, monitor_cfg, args)
+        wal_us, wal_fsync_us = bench_write_ahead(body, work)
         print(f"RESULT p50_ms={o1['p50_ms']:.3f} p99_ms={o1['p99_ms']:.3f} rps={oc['rps']:.0f} plain_rps={pc['rps']:.0f} "
               f"rps_ratio={oc['rps'] / pc['rps']:.3f} batch_ratio={batch_ratio:.3f} monitor_overhead={overhead:.3f} "
               f"plain_p50_ms={p1['p50_ms']:.3f} plain_p99_ms={p1['p99_ms']:.3f} c1_rps={o1['rps']:.0f} "
-              f"concurrency={args.concurrency} ingress={args.ingress} replicas={args.replicas} cpus={os.cpu_count()}")
+              f"concurrency={args.concurrency} ingress={args.ingress} replicas={args.replicas} cpus={os.cpu_count()} "
+              f"wal_us={wal_us:.1f} wal_share={wal_us / 1000 / o1['p50_ms']:.4f} wal_fsync_us={wal_fsync_us:.0f}")
     finally:
         clean_up(work)
 

@@ -301,6 +301,9 @@ class ServeConfig(_Section):
     read_timeout_s: float = Field(
         30.0, gt=0, description="a request's headers and body must arrive within this long of its first byte; "
         "slower or incomplete requests get 408 and their connection is closed")
+    drain_s: float = Field(
+        30.0, gt=0, description="on SIGTERM or Ctrl-C, `raygbm serve` stops taking requests and gives those in flight "
+        "this long to be answered before it stops Ray")
     max_headers: int = Field(100, ge=8, description="requests with more headers get 431")
     max_header_bytes: int = Field(16_384, ge=1024, description="requests whose headers are larger get 431")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one LightGBM call")
@@ -356,6 +359,10 @@ class FeedbackConfig(_Section):
     max_rows: int = Field(
         200_000, ge=1000, description="rows the prediction log keeps (oldest parts deleted past it); an unlabelled "
         "prediction stays joinable until then")
+    fsync: bool = Field(
+        False, description="replicas also fsync each batch's write-ahead record before answering: a served "
+        "prediction id stays joinable after a power loss, not only after a process or node crash (a disk flush "
+        "per batch of requests)")
     bound_rate: float = Field(
         0.01, gt=0, lt=0.5, description="performance bounds: the share of windows of a model performing as on its "
         "held-out rows that fall below the lower bound (above the upper bound for losses)")

@@ -53,7 +53,17 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
+        keep_embedded_ray()
     configure_data_context()
+
+
+def keep_embedded_ray() -> None:
+    """Start ``raygbm.watchdog`` for this process: if it dies without stopping its embedded Ray (SIGKILL),
+    the keeper stops Ray's processes within seconds (it exits only after this process does)."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-m", "raygbm.watchdog", str(os.getpid())], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
 def free_agent_port() -> None:
@@ -211,10 +221,17 @@ class StopSignals:
 
 
 def stop_serving() -> None:
-    """Serve's applications shut down (replicas drain their requests in flight), then Ray: an embedded
-    Ray stops with this process; a cluster named by ``RAY_ADDRESS`` keeps running."""
+    """Serve's applications deleted first, then Serve and Ray: deleting an application stops routing to it
+    while its replicas answer the requests they hold (their ``graceful_shutdown_timeout_s``, ``serve.drain_s``)
+    and the proxy, still up, delivers the answers. ``serve.shutdown`` alone stops the proxies at the same
+    time as the replicas, and the requests in flight lose their connections. An embedded Ray stops with this
+    process; a cluster named by ``RAY_ADDRESS`` keeps running."""
     import ray
     from ray import serve
 
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        for name in list(serve.status().applications):
+            serve.delete(name)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

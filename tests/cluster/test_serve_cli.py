@@ -6,6 +6,8 @@ test stopped its head): never two Ray instances on this host at once.
 
 from __future__ import annotations
 
+import collections
+import http.client
 import json
 import os
 import re
@@ -13,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raygbm.config import EvaluateConfig, RegistryConfig, TrainConfig, load_config
@@ -49,12 +54,24 @@ def _ray_processes() -> list[str]:
     return out.stdout.split()
 
 
+# Every process of a Ray instance: the raylet and GCS, and the Python ones (dashboard, its agents, the
+# runtime-env agent, log monitor, workers), whose command lines name Ray's package or a ray:: title.
+_ANY_RAY = r"raylet|gcs_server|ray::|site-packages/ray/"
+
+
+def _any_ray() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", _ANY_RAY], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
 @contextmanager
-def _serving(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen]:
-    """``raygbm serve`` on its own embedded Ray, ready; stopped on the way out if still running."""
+def _serving(tmp_path: Path, *args: str, register: bool = True) -> Iterator[subprocess.Popen]:
+    """``raygbm serve`` on its own embedded Ray, ready; stopped on the way out if still running.
+    ``register=False``: serve what ``tmp_path``'s home already holds (a restart)."""
     wait_until(lambda: not _ray_processes(), 30, message="no other Ray on this host (the head test stops its own)")
     home = tmp_path / "home"
-    _register_a_model(home, tmp_path / "data")
+    if register:
+        _register_a_model(home, tmp_path / "data")
     env = {**os.environ, "RAYGBM_HOME": str(home)}
     env.pop("RAY_ADDRESS", None)
     raygbm = str(Path(sys.executable).with_name("raygbm"))
@@ -147,3 +164,111 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert "SIGTERM: draining the endpoint and stopping Ray" in stdout
     assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-2000:]
+
+
+def _records(n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{PORT}/model", timeout=10).read())
+    props = doc["request_schema"]["oneOf"][0]["properties"]
+    rows = []
+    for _ in range(n):
+        row = {}
+        for name, spec in props.items():
+            kinds = spec.get("type", "number")
+            kinds = kinds if isinstance(kinds, list) else [kinds]
+            row[name] = (spec["enum"][0] if "enum" in spec else f"v{rng.integers(3)}" if "string" in kinds
+                         else int(rng.integers(0, 100)) if "integer" in kinds else float(rng.normal()))
+        rows.append(row)
+    return json.dumps(rows).encode()
+
+
+class _Clients:
+    """``threads`` clients posting ``body`` to /predict back to back until told to stop; each request's start
+    time, end time and outcome (status, or the exception's name) kept, with the prediction ids of the 200s."""
+
+    def __init__(self, body: bytes, threads: int = 4):
+        self.body, self.stop = body, threading.Event()
+        self.done: list[tuple[float, float, object]] = []
+        self.ids: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            start = time.monotonic()
+            req = urllib.request.Request(f"http://127.0.0.1:{PORT}/predict", data=self.body,
+                                         headers={"content-type": "application/json"})
+            ids: list[str] = []
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    outcome: object = r.status
+                    ids = [p["prediction_id"] for p in json.loads(r.read())["predictions"]]
+            except urllib.error.HTTPError as e:
+                outcome = e.code
+            except (OSError, http.client.HTTPException) as e:
+                outcome = type(e).__name__
+                time.sleep(0.05)  # a refused connection: the endpoint is gone; do not spin
+            with self._lock:
+                self.done.append((start, time.monotonic(), outcome))
+                self.ids.extend(ids)
+
+    def __enter__(self) -> "_Clients":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    def answered(self) -> int:
+        with self._lock:
+            return sum(1 for *_, o in self.done if o == 200)
+
+
+def test_sigterm_under_load_answers_every_request_in_flight_and_leaves_no_ray(tmp_path):
+    with _serving(tmp_path) as proc:
+        with _Clients(_records(800, seed=1)) as clients:
+            wait_until(lambda: clients.answered() >= 40, 60, message="requests answered under load")
+            sent_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=45)
+            exited_at = time.monotonic()
+        assert code == 0, (tmp_path / "err").read_text()[-2000:]
+    in_flight = [o for start, end, o in clients.done if start < sent_at < end]
+    before = [o for start, end, o in clients.done if start < sent_at]
+    after = collections.Counter(str(o) for start, _, o in clients.done if start >= sent_at)
+    print(f"SIGTERM with {len(in_flight)} requests in flight: answered {in_flight}; exit 0 after "
+          f"{exited_at - sent_at:.1f} s; requests sent after it: {dict(after)}")
+    assert in_flight and all(o == 200 for o in before), collections.Counter(map(str, before))
+    assert not any(isinstance(o, int) and o >= 500 and o != 503 for o in after), after
+    left = wait_until(lambda: not _any_ray() and "none", 10, interval=0.2,
+                      message=f"no Ray process 10 s after exit: {_any_ray()}")
+    assert left == "none"
+
+
+def test_sigkill_of_serve_loses_no_answered_prediction_and_leaves_no_ray(tmp_path):
+    with _serving(tmp_path) as proc:
+        with _Clients(_records(20, seed=2)) as clients:
+            wait_until(lambda: clients.answered() >= 150, 60, message="requests answered under load")
+            proc.kill()  # SIGKILL: no handler, no ray.shutdown
+            killed_at = time.monotonic()
+            proc.wait()
+        ids = list(clients.ids)
+        wait_until(lambda: not _any_ray(), 10, interval=0.2, message="the embedded Ray's processes to go")
+        print(f"{len(ids)} predictions answered before SIGKILL; no Ray process left after "
+              f"{time.monotonic() - killed_at:.1f} s")
+    with _serving(tmp_path, register=False):
+        accepted = 0
+        for k in range(0, len(ids), 1000):
+            chunk = ids[k:k + 1000]
+            body = json.dumps([{"prediction_id": i, "label": 0} for i in chunk]).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{PORT}/feedback", data=body,
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                counts = json.loads(r.read())
+            accepted += counts["accepted"]
+            assert counts["unknown_ids"] == 0, counts
+        print(f"after the restart /feedback accepted {accepted} of the {len(ids)} ids answered before SIGKILL")
+        assert accepted == len(ids) > 0

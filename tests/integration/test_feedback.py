@@ -6,7 +6,10 @@ store."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,7 @@ from raygbm.serving.tables import ARROW_STREAM, CSV, write_table
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
+from tests.corpora import records_of
 from tests.helpers import raygbm_home, wait_until
 
 PORT = 8131
@@ -243,3 +247,43 @@ def test_two_thousand_hostile_feedback_payloads_get_no_5xx_and_corrupt_nothing(s
     for part in (log_dir / _name() / "predictions").glob("*.parquet"):
         pq.read_table(part).validate(full=True)
     assert _json("GET", "/feedback")[0] == 200
+
+
+def test_every_prediction_answered_under_load_is_joinable_after_the_monitor_is_killed(served):
+    """SIGKILL of the monitor's process while four clients are served: what it held in memory, and the
+    batches on their way to it, come back from the replicas' write-ahead files."""
+    import ray
+
+    _, _, fresh = served
+    fields = _fields(None)
+    body = json.dumps(records_of(fresh.slice(0, 20), fields)).encode()
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, doc = _json("POST", "/predict", body)
+            assert status == 200, doc
+            ids.extend(p["prediction_id"] for p in doc["predictions"])
+
+    monitor = ray.get_actor(MONITOR_ACTOR, namespace="raygbm")
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client) for _ in range(4)]
+        wait_until(lambda: len(ids) >= 2000, 60, message="rows served under load")
+        os.kill(ray.get(monitor.pid.remote()), signal.SIGKILL)
+        killed = len(ids)
+        wait_until(lambda: len(ids) >= killed + 2000, 60, message="rows served after the kill")
+        stop.set()
+        for c in clients:
+            c.result()
+    wait_until(lambda: ray.get(monitor.ping.remote(), timeout=5), 60, message="Ray to restart the monitor")
+    accepted = 0
+    for k in range(0, len(ids), 1000):
+        status, counts = _json("POST", "/feedback", json.dumps([{"prediction_id": i, "label": 1}
+                                                                 for i in ids[k:k + 1000]]).encode())
+        assert status == 200 and counts["unknown_ids"] == 0, counts
+        accepted += counts["accepted"]
+    recovered = _json("GET", "/feedback")[1]
+    print(f"monitor SIGKILLed after {killed} of {len(ids)} served rows: /feedback accepted {accepted}; "
+          f"{recovered.get('recovered_rows')} rows came back from the write-ahead files")
+    assert accepted == len(ids)

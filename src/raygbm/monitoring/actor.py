@@ -19,6 +19,7 @@ from raygbm.monitoring.feedback import LabelSpec, encoded, join
 from raygbm.monitoring.labelled import MODEL_VERSION, PREDICTION_ID, labelled_dir, read_labelled, write_labelled
 from raygbm.monitoring.performance import WindowPerformance
 from raygbm.monitoring.prediction_log import PredictionLog
+from raygbm.monitoring.wal import wal_dir
 from raygbm.monitoring.window_log import WindowLog
 from raygbm.monitoring.windows import ClosedWindow, DriftMonitorCore
 from raygbm.paths import write_text_atomic
@@ -126,6 +127,11 @@ class DriftMonitorActor:
     def ping(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
     def set_reference(self, version: str, reference: dict[str, Any], names: list[str], fields: list[str],
                       name: str = "model", loop: dict[str, Any] | None = None) -> None:
         """A model version to monitor (idempotent). ``loop``: what its prediction log needs (the raw fields,
@@ -189,7 +195,7 @@ class DriftMonitorActor:
                     self.predictions.flush()
                 self.predictions = PredictionLog(root / name / "predictions", loop["fields"], loop["types"],
                                                  cfg.log_sample_rate, self.config.log_flush_s, cfg.max_rows,
-                                                 _labelled_ids(root, name))
+                                                 _labelled_ids(root, name), wal_dir(root, name))
             earlier = read_labelled(root, name, versions=[version])  # labels that arrived before a restart
         except OSError as exc:
             self.log_error = f"the prediction log: {exc.strerror or type(exc).__name__}"

@@ -69,6 +69,7 @@ def join(log: PredictionLog, ids: pa.Array, labels: pa.Array, spec: LabelSpec, n
     one wins (only it is kept here; the store keeps the latest ``_labelled_at``)."""
     now = time.time() if now is None else now
     n = len(ids)
+    log.ensure(ids)
     pos = log.lookup(ids)
     known = pos >= 0
     # The last occurrence of each known id in this request.

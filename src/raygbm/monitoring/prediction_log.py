@@ -10,7 +10,8 @@ A part's columns: the request's raw fields (typed as in the training data, as th
 ``loop.labelled`` names). Rows are buffered and written every ``flush_s`` seconds (and before a join
 that needs them on disk is answered, the buffer is searched too), each part staged and renamed; once
 the log holds more than ``max_rows`` rows its oldest parts are deleted (so an unlabelled prediction
-stays joinable until then). A ``sample_rate`` share of rows is kept. The prediction ids (and whether
+stays joinable until then). A ``sample_rate`` share of rows is kept. Rows the normal path loses (a
+crash, a dropped batch) come back from the replicas' write-ahead files (``monitoring.wal``). The prediction ids (and whether
 each was labelled) are kept in memory for the join, about 40 bytes a row. Plain Python: no Ray.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,9 @@ import pyarrow.compute as pc
 from raygbm.data.features import as_datetime
 from raygbm.data.schema import arrow_type
 from raygbm.monitoring.labelled import META_TYPES, MODEL_VERSION, PREDICTION_ID, PROBA, SCORE, SERVED_AT, WINDOW
+from raygbm.monitoring.wal import SETTLE_S, WalReader
+
+SWEEP_S = 10.0  # how often a flush also reads the write-ahead files for rows the normal path lost
 
 LOG_META = (PREDICTION_ID, MODEL_VERSION, SERVED_AT, SCORE, WINDOW, PROBA)
 
@@ -154,11 +159,11 @@ class PredictionLog:
     never raises: serving and monitoring go on."""
 
     def __init__(self, root: Path, fields: list[str], types: dict[str, str], sample_rate: float = 1.0,
-                 flush_s: float = 5.0, max_rows: int = 200_000, labelled_ids: pa.Array | None = None):
+                 flush_s: float = 5.0, max_rows: int = 200_000, labelled_ids: pa.Array | None = None,
+                 wal: Path | None = None):
         self.root = Path(root)
         self.fields, self.types = fields, types
         self.sample_rate, self.flush_s, self.max_rows = sample_rate, flush_s, max_rows
-        self._rng = np.random.default_rng()
         self._buf: list[pa.Table] = []
         self._last_flush = time.time()
         self._seq = itertools.count()
@@ -166,6 +171,15 @@ class PredictionLog:
         self.unlogged = 0  # served rows that could not be logged (a failed conversion)
         self._buf_labelled: np.ndarray | None = None  # whether each buffered row was labelled
         self.segments: list[Segment] = self._load(labelled_ids)
+        # The replicas' write-ahead files (``monitoring.wal``): rows the normal path lost come back from them.
+        self.wal = WalReader(wal) if wal is not None else None
+        # Ids put in from the files, whose rows may still arrive by the normal path (then not logged twice);
+        # forgotten after a minute, when nothing on its way can still be.
+        self.recovered: dict[str, float] = {}
+        self.recovered_rows = 0
+        self._pruned_through = 0.0  # the latest serving time of a deleted part: older records are not put back
+        self._last_sweep = time.time()
+        self.recover()  # after a crash: everything the files hold that the log does not
 
     def _load(self, labelled_ids: pa.Array | None) -> list[Segment]:
         import pyarrow.parquet as pq
@@ -182,34 +196,100 @@ class PredictionLog:
 
     # ---- writing
 
-    def add(self, version: str, ts: float, parts: list[RawRows], scores: np.ndarray, windows: np.ndarray) -> None:
-        """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept."""
+    def add(self, version: str, ts: float, parts: list[RawRows], scores: np.ndarray, windows: np.ndarray | None) -> None:
+        """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept
+        (chosen by prediction id, so that a row read back from a write-ahead file gets the same choice)."""
+        table = self._table(version, ts, parts, scores, windows)
+        if table is not None and self.recovered:
+            ids = table.column(PREDICTION_ID).combine_chunks()
+            seen = np.asarray(pc.is_in(ids, value_set=pa.array(list(self.recovered), pa.string())))
+            if seen.any():
+                for i in ids.filter(pa.array(seen)).to_pylist():
+                    self.recovered.pop(i, None)
+                table = table.filter(pa.array(~seen))
+        if table is not None and table.num_rows:
+            self._buf.append(table)
+        if time.time() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def _table(self, version: str, ts: float, parts: list[RawRows], scores: np.ndarray,
+               windows: np.ndarray | None) -> pa.Table | None:
         try:
             raw = raw_table(parts, self.fields, self.types)
             ids = pa.concat_arrays([p.ids.cast(pa.string()) if isinstance(p.ids, pa.Array) else pa.array(p.ids, pa.string())
                                     for p in parts])
         except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
             self.unlogged += len(scores)
-            return
+            return None
         if len(ids) != len(scores) or raw.num_rows != len(scores):
             self.unlogged += len(scores)
-            return
+            return None
         table = raw.append_column(PREDICTION_ID, ids)
         for name, col in _meta_columns(version, ts, scores, windows).items():
             table = table.append_column(name, col)
         if self.sample_rate < 1.0:
-            table = table.filter(pa.array(self._rng.random(table.num_rows) < self.sample_rate))
-        if table.num_rows:
-            self._buf.append(table)
-        if time.time() - self._last_flush >= self.flush_s:
-            self.flush()
+            table = table.filter(pa.array(sampled(ids, self.sample_rate)))
+        return table
+
+    def recover(self, before: float | None = None) -> int:
+        """Rows of the write-ahead files that the log lacks, put in (their drift window unknown); how many.
+        ``before``: leave records served from then on to the normal path."""
+        if self.wal is None:
+            return 0
+        try:
+            records = [r for r in self.wal.read(before) if r.ts > self._pruned_through]
+        except OSError as exc:
+            self.error = f"the prediction log's write-ahead files: {exc.strerror or type(exc).__name__}"
+            return 0
+        if not records:
+            return 0
+        ids = pa.array([i for r in records for i in r.ids], pa.string())
+        missing = self.lookup(ids) < 0
+        if self.sample_rate < 1.0:
+            missing &= sampled(ids, self.sample_rate)
+        added, start = 0, 0
+        for r in records:
+            want = missing[start:start + len(r.ids)]
+            start += len(r.ids)
+            if not want.any():
+                continue
+            try:
+                raw = r.raw()
+            except (ValueError, pa.ArrowException):
+                self.unlogged += int(want.sum())
+                continue
+            table = self._table(r.version, r.ts, [raw], r.scores, None)
+            if table is None:
+                continue
+            table = table.filter(pa.array(want[:table.num_rows] if self.sample_rate >= 1.0
+                                          else want[sampled(pa.array(r.ids, pa.string()), self.sample_rate)]))
+            if table.num_rows:
+                self._buf.append(table)
+                now = time.time()
+                self.recovered.update((i, now) for i in table.column(PREDICTION_ID).to_pylist())
+                added += table.num_rows
+        self.recovered_rows += added
+        return added
+
+    def ensure(self, ids: pa.Array) -> None:
+        """Before a join: ids the log does not hold are looked for in the write-ahead files (a row answered
+        moments ago may still be on its way here)."""
+        if self.wal is not None and (self.lookup(ids) < 0).any():
+            self.recover()
 
     def flush(self) -> None:
         """Write the buffered rows as one part, then delete the oldest parts beyond ``max_rows``."""
         import pyarrow.parquet as pq
 
         self._last_flush = time.time()
+        sweep = self.wal is not None and self._last_flush - self._last_sweep >= SWEEP_S
+        if sweep:
+            self._last_sweep = self._last_flush
+            self.recover(before=self._last_flush - SETTLE_S)
+            self.recovered = {i: t for i, t in self.recovered.items() if self._last_flush - t < 60}
         if not self._buf:
+            if sweep:
+                self.wal.delete_settled()
             return
         try:
             table = concat_parts(self._buf, self.types)
@@ -231,6 +311,8 @@ class PredictionLog:
         self._buf, self._buf_labelled = [], None
         self.segments.append(Segment(part, table.column(PREDICTION_ID).combine_chunks(), labelled))
         self._prune()
+        if sweep:  # what the settled files held is in a written part now
+            self.wal.delete_settled()
 
     def _prune(self) -> None:
         total = sum(len(s.ids) for s in self.segments)
@@ -238,6 +320,7 @@ class PredictionLog:
             old = self.segments.pop(0)
             total -= len(old.ids)
             if old.path is not None:
+                self._pruned_through = max(self._pruned_through, _latest_served(old.path))
                 old.path.unlink(missing_ok=True)
 
     # ---- the join
@@ -307,14 +390,29 @@ class PredictionLog:
         labelled = int(sum(int(s.labelled.sum()) for s in segs))
         return {"logged_predictions": logged, "labelled_predictions": labelled,
                 "coverage": labelled / logged if logged else None, "parts": len(self.segments),
-                "unlogged_rows": self.unlogged, "log_error": self.error}
+                "unlogged_rows": self.unlogged, "recovered_rows": self.recovered_rows, "log_error": self.error}
 
 
-def _meta_columns(version: str, ts: float, scores: np.ndarray, windows: np.ndarray) -> dict[str, pa.Array]:
+def sampled(ids: pa.Array, rate: float) -> np.ndarray:
+    """Whether each prediction id is in the log's ``rate`` sample: by a hash of the id, so the same rows
+    are kept however often they are offered."""
+    return np.array([zlib.crc32(i.encode()) / 2**32 < rate for i in ids.to_pylist()], dtype=bool)
+
+
+def _latest_served(path: Path) -> float:
+    import pyarrow.parquet as pq
+
+    try:
+        return float(pc.max(pq.read_table(path, columns=[SERVED_AT]).column(0)).as_py() or 0.0)
+    except (OSError, pa.ArrowException):
+        return time.time()  # unreadable: nothing older than now is put back
+
+
+def _meta_columns(version: str, ts: float, scores: np.ndarray, windows: np.ndarray | None) -> dict[str, pa.Array]:
     n = len(scores)
     multi = scores.ndim == 2
     return {MODEL_VERSION: pa.array([version] * n, pa.string()),
             SERVED_AT: pa.array(np.full(n, ts, dtype=np.float64)),
             SCORE: pa.nulls(n, pa.float64()) if multi else pa.array(np.asarray(scores, dtype=np.float64)),
-            WINDOW: pa.array(np.asarray(windows, dtype=np.int64)),
+            WINDOW: pa.nulls(n, pa.int64()) if windows is None else pa.array(np.asarray(windows, dtype=np.int64)),
             PROBA: (pa.array(scores.tolist(), META_TYPES[PROBA]) if multi else pa.nulls(n, META_TYPES[PROBA]))}

@@ -18,7 +18,7 @@ from typing import Any
 
 from raygbm.config import MonitorConfig, RegistryConfig, ServeConfig
 from raygbm.errors import RaygbmError
-from raygbm.monitoring.actor import start_monitor
+from raygbm.monitoring.actor import resolved_monitor, start_monitor
 from raygbm.serving.model_slot import ModelSpec
 
 APP_NAME = "raygbm"
@@ -53,6 +53,7 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSp
 
     out_dir = Path(serve_cfg.batch_output_dir).expanduser() if serve_cfg.batch_output_dir else home() / "batch-jobs"
     serve_cfg = serve_cfg.model_copy(update={"batch_output_dir": str(out_dir.resolve())})
+    monitor_cfg = resolved_monitor(monitor_cfg)  # replicas write the prediction log's write-ahead files there
     sizing = ({"autoscaling_config": serve_cfg.autoscaling.model_dump()} if serve_cfg.autoscaling
               else {"num_replicas": serve_cfg.num_replicas})
     server = ModelServer.options(
@@ -60,7 +61,10 @@ def build_app(serve_cfg: ServeConfig, monitor_cfg: MonitorConfig, model: ModelSp
         # Serve writes an access-log line per request from the replica's event loop, buffered and flushed
         # 1,000 at a time with a rollover check per line: a stall of every request in flight once a
         # second under load. Off unless asked for.
-        logging_config={"enable_access_log": serve_cfg.access_log}, **sizing)
+        logging_config={"enable_access_log": serve_cfg.access_log},
+        # A replica stopping (shutdown, scale-down, redeploy) answers what it holds first; checked often so
+        # that an idle one goes at once.
+        graceful_shutdown_timeout_s=serve_cfg.drain_s, graceful_shutdown_wait_loop_s=0.1, **sizing)
     if code_version:
         pin(server, code_version)
     return server.bind(serve_cfg.model_dump(mode="json"), monitor_cfg.model_dump(mode="json"), token_sha256, loop)

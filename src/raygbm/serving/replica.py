@@ -4,12 +4,15 @@ request budget and ``@serve.batch`` scoring. ``ReplicaCore`` is the base of each
 
 # No ``from __future__ import annotations``: FastAPI resolves the routes' annotations at run time.
 import asyncio
+import os
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from raygbm.config import MonitorConfig, ServeConfig
+from raygbm.monitoring.wal import WalWriter, frame, wal_dir
 from raygbm.runtime import loopback_replica_grpc
 from raygbm.serving.batch_jobs import BatchJobs
 from raygbm.serving.model_slot import ModelSlot, ModelSpec, ServedModel
@@ -44,6 +47,7 @@ class ReplicaCore:
         self.monitor_on = self.monitor is not None
         self.logging = self.monitor_cfg.feedback.enabled  # the prediction log (rows sent with their request)
         self.buffer = MonitorBuffer(self._send_to_monitor, self._monitor_full())
+        self.wal: dict[str, WalWriter] = {}  # per model name: the prediction log's write-ahead file
         self.slot = ModelSlot(self.settings.max_rows, self.settings.champion_poll_s, self._on_switch)
         self.jobs = BatchJobs(self.settings.batch_output_dir, self.settings.batch_input_roots)
         self._batched.set_max_batch_size(self.settings.max_batch_size)
@@ -97,6 +101,18 @@ class ReplicaCore:
     def _monitored(self, model: ServedModel) -> bool:
         return self.monitor_on and model.reference is not None
 
+    def _write_ahead(self, model: ServedModel, parts: list[Any], scores: list[np.ndarray]) -> int | None:
+        """Served rows on their way to the prediction log, first written to this replica's write-ahead file
+        (``monitoring.wal``): one write for every request of a batch. The fd to fsync, when that is on."""
+        log_dir = self.monitor_cfg.log_dir
+        if log_dir is None:
+            return None
+        writer = self.wal.get(model.name)
+        if writer is None:
+            writer = self.wal[model.name] = WalWriter(wal_dir(log_dir, model.name), self.monitor_cfg.feedback.fsync)
+        ts = time.time()
+        return writer.append(b"".join(frame(model.version, ts, raw, s) for raw, s in zip(parts, scores)))
+
     async def _ask_monitor(self, call: Any) -> dict[str, Any]:
         """A monitor call's answer within the request budget; 503 while the monitor is busy or restarting."""
         from ray.exceptions import PendingCallsLimitExceeded, RayActorError
@@ -113,6 +129,7 @@ class ReplicaCore:
         for i, (model, _, _, _) in enumerate(items):
             groups.setdefault(id(model), []).append(i)
         out: list[Any] = [None] * len(items)
+        sync: set[int] = set()
         for idx in groups.values():
             model = items[idx[0]][0]
             rows = np.concatenate([items[i][1] for i in idx])
@@ -123,5 +140,9 @@ class ReplicaCore:
                 start += len(items[i][1])
             if self._monitored(model):
                 raw = [items[i][3] for i in idx] if self.logging else None
+                if raw is not None and (fd := self._write_ahead(model, raw, [out[i] for i in idx])) is not None:
+                    sync.add(fd)
                 self.buffer.add(model.version, rows, scores, np.concatenate([items[i][2] for i in idx]), raw)
+        for fd in sync:  # group commit: one disk flush for every request of the batch
+            await asyncio.to_thread(os.fsync, fd)
         return out

@@ -3,6 +3,7 @@ Arrow IPC or CSV table, or a JSON ``{"input": ...}`` starting a Parquet job) and
 
 # No ``from __future__ import annotations``: FastAPI resolves the routes' annotations at run time.
 import asyncio
+import os
 from typing import Any
 
 import numpy as np
@@ -73,23 +74,29 @@ class PredictRoutes(ReplicaCore):
             raise RequestError(f"content type must be {ARROW_STREAM}, {CSV} or application/json (a Parquet job)", 415)
         body = await read_body(request, self.settings.max_batch_body_bytes)
         # Off the event loop: parsing and scoring a large table would otherwise block every other request.
-        table, X, scores = await self._within_budget(asyncio.to_thread(self._score_table, model, body, kind))
-        ids = table_ids(table.num_rows)
+        table, X, scores, ids, raw = await self._within_budget(asyncio.to_thread(self._score_table, model, body, kind))
         if self._monitored(model):
             missing = np.column_stack([np.asarray(table.column(c).is_null()) for c in model.schema.fields])
-            raw = [RawRows(ids, table=table.select(list(model.schema.fields)))] if self.logging else None
             self.buffer.add(model.version, X, scores, missing, raw)
         self.served_rows += table.num_rows
         return Response(write_table(model.prediction_table(scores, ids), kind), media_type=kind,
                         headers={"x-model-version": model.version},
                         background=BackgroundTask(release_memory) if len(body) >= LARGE_BODY_BYTES else None)
 
-    def _score_table(self, model: ServedModel, body: bytes, kind: str) -> tuple[Any, np.ndarray, np.ndarray]:
-        """A table body read, checked by the same rules as JSON records, transformed and scored."""
+    def _score_table(self, model: ServedModel, body: bytes, kind: str) -> tuple[Any, np.ndarray, np.ndarray, Any, Any]:
+        """A table body read, checked by the same rules as JSON records, transformed and scored; with the
+        prediction log on, its rows written ahead (and fsynced when configured) here, off the event loop."""
         table = read_table(body, kind, model.bundle.preprocessor.schema.types, model.schema.max_columns)
         model.schema.check_table(table, self.settings.max_batch_rows)
         X = model.table_matrix(table)
-        return table, X, model.booster.predict(X, num_threads=1)
+        scores = model.booster.predict(X, num_threads=1)
+        ids = table_ids(table.num_rows)
+        raw = None
+        if self._monitored(model) and self.logging:
+            raw = [RawRows(ids, table=table.select(list(model.schema.fields)))]
+            if (fd := self._write_ahead(model, raw, [scores])) is not None:
+                os.fsync(fd)
+        return table, X, scores, ids, raw
 
     @router.get("/predict/batch/{job_id}", summary="Status of a Parquet batch job")
     async def batch_job(self, job_id: str) -> JSONResponse:
