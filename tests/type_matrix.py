@@ -25,17 +25,22 @@ def type_matrix(rows: int = 3000, seed: int = 0) -> pa.Table:
     def col(values, typ):
         return pa.array(values, typ, mask=null())
 
+    def repeating(values):
+        """Wide-range integers as a feature holds them: drawn again from the first 250 (index: the value
+        mod 250), so they repeat. All different, they would be identifier-like and left out."""
+        return values[np.asarray(values % 250, dtype=np.int64)]
+
     t0 = datetime(2024, 1, 1)
     stamps = [t0 + timedelta(hours=int(h)) for h in rng.integers(0, 24 * 365, rows)]
     cols = {
         "x_int8": col(rng.integers(-100, 100, rows), pa.int8()),
         "x_int16": col(rng.integers(-1000, 1000, rows), pa.int16()),
         "x_int32": col(small, pa.int32()),
-        "x_int64": col(rng.integers(-10**12, 10**12, rows), pa.int64()),
+        "x_int64": col(repeating(rng.integers(-10**12, 10**12, rows)), pa.int64()),
         "x_uint8": col(rng.integers(0, 255, rows), pa.uint8()),
         "x_uint16": col(rng.integers(0, 65535, rows), pa.uint16()),
-        "x_uint32": col(rng.integers(0, 2**32 - 1, rows), pa.uint32()),
-        "x_uint64": col(rng.integers(0, 2**62, rows, dtype=np.uint64), pa.uint64()),
+        "x_uint32": col(repeating(rng.integers(0, 2**32 - 1, rows)), pa.uint32()),
+        "x_uint64": col(repeating(rng.integers(0, 2**62, rows, dtype=np.uint64)), pa.uint64()),
         "x_float32": col(x.astype(np.float32), pa.float32()),
         "x_num": col(x, pa.float64()),
         "x_bool": col(rng.random(rows) < 0.3, pa.bool_()),

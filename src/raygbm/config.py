@@ -44,6 +44,10 @@ class DataConfig(_Section):
     numeric: list[str] | None = Field(None, description="numeric features; inferred from the schema if unset")
     categorical: list[str] | None = Field(None, description="categorical features; inferred if unset")
     drop: list[str] = Field(default_factory=list, description="columns never used as features")
+    keep_identifiers: list[str] = Field(
+        default_factory=list, description="identifier-like columns (integers or text unique per row, numbers "
+        "monotonic in row order) to use as features anyway; the data stage leaves the others out and reports "
+        "them. A column named in numeric or categorical is kept too")
     bounds: dict[str, Bounds] = Field(default_factory=dict)
     duplicates: Literal["count", "drop"] = "count"
     quarantine: bool = Field(False, description="skip bad shards (listed in the report) instead of failing")

@@ -50,6 +50,8 @@ def test_champion_loads_as_pyfunc_and_scores_like_the_bundle(registered):
     out = model.predict(frame)
     expected = bundle.scores(bundle.features(raw))
     np.testing.assert_array_equal(out["score"].to_numpy(), expected)
+    # Rows as users have them: a column the model leaves out (data.drop=[id]) is ignored.
+    np.testing.assert_array_equal(model.predict(frame.assign(id=range(len(frame))))["score"].to_numpy(), expected)
     labels, _ = bundle.labelled(expected)
     assert out["prediction"].tolist() == labels
     # The input example is made from the schema and scores.

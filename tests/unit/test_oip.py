@@ -283,6 +283,23 @@ def test_missing_unknown_duplicated_inputs_and_bad_shapes(served):
     assert _refused(model, _json_request(model, records[:3]), {"content-encoding": "gzip"}).status == 415
 
 
+def test_inputs_of_columns_the_model_leaves_out_are_accepted_and_ignored(served):
+    model, records = served
+    assert "id" in model.schema.ignored and "id" not in model.schema.fields  # data.drop=[id]
+    good = json.loads(_json_request(model, records[:3]))
+    ids = {"name": "id", "datatype": "INT64", "shape": [3], "data": [7, 8, 9]}
+    _same_rows(model, _parse(model, json.dumps({"inputs": good["inputs"] + [ids]}).encode()).parsed, records[:3])
+    with_id = [{**r, "id": i} for i, r in enumerate(records[:3])]
+    as_records = {"inputs": [{"name": "records", "datatype": "BYTES", "shape": [1], "data": [json.dumps(with_id)]}]}
+    _same_rows(model, _parse(model, json.dumps(as_records).encode()).parsed, records[:3])
+    for bad, message in (({**ids, "data": [7, 8]}, '"data" holds a different number of values'),
+                         ({**ids, "datatype": "INT128"}, "unknown datatype"),
+                         ({**ids, "shape": [2], "data": [7, 8]}, "different numbers of rows"),
+                         ({**ids, "name": "sentinel"}, "1 unknown input(s)")):
+        err = _refused(model, json.dumps({"inputs": good["inputs"] + [bad]}).encode())
+        assert message in str(err) and "sentinel" not in str(err), (message, str(err))
+
+
 def test_oversized_requests_are_refused_by_the_row_limit(served):
     model, records = served
     many = (records * 2)[:MAX_ROWS + 1]

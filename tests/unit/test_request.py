@@ -137,6 +137,7 @@ def test_tables_are_held_to_the_rules_of_json_records(schema):
 
     good = _table(schema)
     schema.check_table(good.append_column("label", pa.array([1, 0, 1])), 10)  # extra columns are ignored
+    schema.check_table(good.append_column("id", pa.array([7, 8, 9])), 10)  # data.drop=[id]: ignored too
     num = good.column_names.index("num_0")
     cases = {
         "duplicated field(s): num_0": good.append_column("num_0", good.column("num_0")),

@@ -33,6 +33,7 @@ import yaml
 
 from raygbm import __version__
 from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
+from raygbm.data import identifiers
 from raygbm.data.features import Preprocessor, add_derived
 from raygbm.data.schema import DatasetSchema, ShardSet, check_shards, infer_schema
 from raygbm.data.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
@@ -44,7 +45,7 @@ from raygbm.progress import Progress, no_progress
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
-STAGE_FORMAT = 3  # bump when outputs of the same inputs and config would change
+STAGE_FORMAT = 4  # bump when outputs of the same inputs and config would change
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -187,6 +188,8 @@ class BlockPlan:
     sample_rate: float
     dictionary: list[str] = field(default_factory=list)  # text categoricals read as dictionary arrays
     cutoffs: tuple[float, float] | None = None
+    identifier_kinds: dict[str, str] = field(default_factory=dict)  # features checked by the identifier lint
+    identifier_rate: float = 1.0  # the share of values whose hashes the lint keeps (identifiers.sample_rate)
 
 
 def _drop_unlabelled(table: pa.Table, label: str) -> tuple[pa.Table, int]:
@@ -227,6 +230,8 @@ def profile_block(table: pa.Table, plan: BlockPlan) -> dict[str, list]:
         "missing_label": [missing],
         "splits": [np.bincount(codes, minlength=3).tolist()],
         "codes": [codes.tobytes()],  # handed to this block's transform task: no second hash of its rows
+        "identifiers": [identifiers.to_bytes(identifiers.block_stats(table, plan.identifier_kinds,
+                                                                     plan.identifier_rate))],
     }
 
 
@@ -357,6 +362,7 @@ class Profile:
     duplicates: int
     drop: tuple[np.ndarray, np.ndarray] | None  # what transform_block needs to drop duplicates
     split_codes: list[bytes]  # per read block, in order: its labelled rows' split codes
+    identifiers: dict[str, identifiers.IdentifierStats]  # the identifier lint's columns, over every block
 
 
 def preprocess(
@@ -384,7 +390,9 @@ def preprocess(
     final = runs_dir() / f"preprocess-{key[:16]}"
     if (final / "data_report.json").exists() and not force:
         progress(f"reusing finished run {final}")
-        return PreprocessResult(final, json.loads((final / "data_report.json").read_text()), cached=True, timings=timings)
+        report = json.loads((final / "data_report.json").read_text())
+        _report_identifiers(report, progress)
+        return PreprocessResult(final, report, cached=True, timings=timings)
 
     label_type = shards.schema.field(schema.label).type
     plan = _block_plan(config, shards, schema, label_type)
@@ -397,12 +405,18 @@ def preprocess(
     t = time.perf_counter()
     profile = _profile(runner, shards, plan, config)
     timings["profile_s"] = time.perf_counter() - t
+    found = find_identifiers(profile, config.data)
+    left_out = [c for c, f in found.items() if not f["kept"]]
+    if left_out:
+        schema = schema.without_identifiers(left_out, [c for d in config.features.derived for c in d.inputs])
+        plan = replace(plan, schema=schema, dictionary=dictionary_columns(shards, schema.categorical))
 
     task, classes, why = resolve_task(config.data.task, schema.label, label_type, profile.everything.label)
     progress(f"task: {task} ({why})")
     pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(profile.train, classes, task)
     progress("transforming and writing splits")
-    report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0)
+    report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0, found)
+    _report_identifiers(report, progress)
     timings["total_s"] = time.perf_counter() - t0
     return PreprocessResult(final, report, cached=False, timings=timings)
 
@@ -433,7 +447,34 @@ def _block_plan(config: PipelineConfig, shards: ShardSet, schema: DatasetSchema,
         hash_columns=list(shards.schema.names),
         sample_rate=min(1.0, config.features.quantile_sample_rows / max(shards.num_rows, 1)),
         dictionary=dictionary_columns(shards, schema.categorical),
+        identifier_kinds=identifiers.candidates(shards.schema, schema.features),
+        identifier_rate=identifiers.sample_rate(shards.num_rows),
     )
+
+
+def find_identifiers(profile: Profile, data: DataConfig) -> dict[str, dict[str, Any]]:
+    """The identifier-like features (``raygbm.data.identifiers``), in column order: why, and whether the
+    config keeps them as features (``data.keep_identifiers``, or named in ``data.numeric``/``categorical``)."""
+    keep = set(data.keep_identifiers) | set(data.numeric or []) | set(data.categorical or [])
+    found = {c: s.reasons() for c, s in profile.identifiers.items()}
+    return {c: {"reasons": r, "kept": c in keep} for c, r in found.items() if r}
+
+
+def identifier_line(report: dict[str, Any]) -> str | None:
+    """The data stage's one line on the identifier-like columns it left out of the features, if any."""
+    found = report.get("features", {}).get("identifiers", {})
+    out = [c for c, f in found.items() if not f["kept"]]
+    if not out:
+        return None
+    named = ", ".join(f"{c} ({' and '.join(found[c]['reasons'])})" for c in out)
+    return (f"identifier-like column{'s' if len(out) > 1 else ''} left out of the features: {named}; "
+            f"data.keep_identifiers=[{','.join(out)}] keeps {'them' if len(out) > 1 else 'it'}")
+
+
+def _report_identifiers(report: dict[str, Any], progress: Progress) -> None:
+    line = identifier_line(report)
+    if line is not None:
+        progress(line)
 
 
 def _time_cutoffs(runner: RayTaskRunner | LocalRunner, shards: ShardSet, config: PipelineConfig,
@@ -462,12 +503,13 @@ def _profile(runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockP
         raise DataError(f"{config.data.source}: no rows with a label (read {shards.num_rows} rows)")
     if train.rows == 0:
         raise DataError("the training split is empty: check split fractions and the key/time column")
-    return Profile(everything, train, missing_label, split_rows, duplicates, drop, [b["codes"] for b in blocks])
+    ids = identifiers.merge_blocks([b["identifiers"] for b in blocks], plan.identifier_kinds)
+    return Profile(everything, train, missing_label, split_rows, duplicates, drop, [b["codes"] for b in blocks], ids)
 
 
 def _write_run(final: Path, key: str, runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockPlan,
                pre: Preprocessor, profile: Profile, task: str, config: PipelineConfig, timings: dict[str, float],
-               t0: float) -> dict[str, Any]:
+               t0: float, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The transform pass into a staging folder, then the run's files, then the folder renamed to
     ``final`` (readers see a whole run or none). Returns the data report."""
     runs_dir().mkdir(parents=True, exist_ok=True)
@@ -487,7 +529,7 @@ def _write_run(final: Path, key: str, runner: RayTaskRunner | LocalRunner, shard
                 rows_out[w["split"]] += int(w["rows"])
             manifest[w["file"]] = w["sha256"]
         report = build_report(shards, plan.schema, pre, profile.everything, task, profile.missing_label,
-                              profile.duplicates, config, rows_out, profile.split_rows)
+                              profile.duplicates, config, rows_out, profile.split_rows, found)
         report["timings"] = {**timings, "total_s": time.perf_counter() - t0}
         _write_run_files(staging, plan.schema, pre, config, report, manifest)
         if final.exists():  # an unfinished or forced older copy: replace it whole
@@ -533,6 +575,7 @@ def build_report(
     config: PipelineConfig,
     rows_out: dict[str, int],
     split_rows: np.ndarray,
+    identifier_columns: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     n = stats.rows
@@ -589,7 +632,11 @@ def build_report(
         "split_rows_before_dedupe": dict(zip(SPLIT_NAMES, (int(v) for v in split_rows))),
         "task": task,
         "label": label,
-        "features": {"numeric": pre.numeric_features, "categorical": schema.categorical, "dropped": schema.dropped},
+        "features": {"numeric": pre.numeric_features, "categorical": schema.categorical,
+                     "dropped": schema.dropped + schema.identifiers,
+                     # identifier-like columns: why ("unique per row", "monotonic in row order"), and
+                     # whether the config kept them as features
+                     "identifiers": identifier_columns or {}},
         "out_of_bounds": flagged,
         "columns": columns,
     }

@@ -265,6 +265,10 @@ class DatasetSchema:
     time: str | None = None
     dropped: list[str] = field(default_factory=list)
     derived_inputs: list[str] = field(default_factory=list)  # non-feature columns read by derived features
+    identifiers: list[str] = field(default_factory=list)  # identifier-like columns left out of the features
+    # The training data's other columns the model does not read (the label aside): a request may carry
+    # them, as the rows users have do, and they are ignored.
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def features(self) -> list[str]:
@@ -278,6 +282,25 @@ class DatasetSchema:
             if c and c not in out:
                 out.append(c)
         return out
+
+    def without_identifiers(self, columns: list[str], derived_reads: list[str] = ()) -> "DatasetSchema":
+        """The schema with ``columns`` (features found identifier-like) left out of the features: they
+        become ignored columns, or stay inputs where a derived feature reads them (``derived_reads``)."""
+        gone = set(columns)
+        numeric = [c for c in self.numeric if c not in gone]
+        categorical = [c for c in self.categorical if c not in gone]
+        derived_inputs = self.derived_inputs + [c for c in columns if c in derived_reads and c not in self.derived_inputs]
+        derived = set(derived_inputs)
+        if not numeric and not categorical and not derived:
+            raise DataError(f"no feature columns left after leaving out identifier-like column(s) "
+                            f"{', '.join(columns)} (keep one with data.keep_identifiers)")
+        kept_types = set(numeric + categorical) | derived | {c for c in (self.label, self.key, self.time) if c}
+        return DatasetSchema(
+            self.label, numeric, categorical, {c: t for c, t in self.types.items() if c in kept_types}, self.key,
+            self.time, list(self.dropped), derived_inputs,
+            self.identifiers + [c for c in columns if c not in self.identifiers],
+            self.ignored + [c for c in columns if c not in derived and c not in self.ignored],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,10 +327,14 @@ def infer_schema(arrow: pa.Schema, data: DataConfig, split: SplitConfig, extra_i
             raise DataError(f"{what} column {col!r} not found (columns: {', '.join(names)})")
     if split.time is not None and not (_is_temporal(arrow.field(split.time).type) or _is_numeric(arrow.field(split.time).type)):
         raise DataError(f"split.time column {split.time!r} is {arrow.field(split.time).type}, not a time or number")
-    for what, cols in (("data.numeric", data.numeric), ("data.categorical", data.categorical), ("data.drop", data.drop)):
+    for what, cols in (("data.numeric", data.numeric), ("data.categorical", data.categorical), ("data.drop", data.drop),
+                       ("data.keep_identifiers", data.keep_identifiers)):
         unknown = [c for c in cols or [] if c not in names]
         if unknown:
             raise DataError(f"{what} names unknown column(s) {', '.join(unknown)} (columns: {', '.join(names)})")
+    both = [c for c in data.keep_identifiers if c in data.drop]
+    if both:
+        raise DataError(f"column(s) {', '.join(both)} listed in data.drop and data.keep_identifiers")
     reserved = {label, split.key, split.time, *data.drop} - {None}
     forced_num = set(data.numeric or [])
     forced_cat = set(data.categorical or [])
@@ -345,4 +372,7 @@ def infer_schema(arrow: pa.Schema, data: DataConfig, split: SplitConfig, extra_i
     used = numeric + categorical + [label] + [c for c in (split.key, split.time) if c] + extra_inputs
     types = {n: str(arrow.field(n).type) for n in names if n in used}
     derived_inputs = [c for c in dict.fromkeys(extra_inputs) if c not in numeric + categorical]
-    return DatasetSchema(label, numeric, categorical, types, split.key, split.time, dropped, derived_inputs)
+    inputs = set(numeric + categorical + derived_inputs)
+    ignored = [n for n in names if n != label and n not in inputs]
+    return DatasetSchema(label, numeric, categorical, types, split.key, split.time, dropped, derived_inputs,
+                         ignored=ignored)

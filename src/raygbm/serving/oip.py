@@ -17,6 +17,8 @@ tensors have no null: a NaN in a floating-point tensor is a missing value there 
 Values become records with JSON's types, which then pass the very checks of ``/predict``
 (``RequestSchema.parse_records``): strict types, finite numbers, integers within ±2^53, the row limit.
 Errors are 4xx that name the model's inputs and the protocol's keys but never echo request content.
+Inputs named after columns of the training data the model does not read (``RequestSchema.ignored``) are
+accepted, checked as tensors, and ignored.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def _inputs(specs: Any, binary: bytes, schema: RequestSchema) -> list[_Input]:
         name, datatype = spec.get("name"), spec.get("datatype")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise RequestError(f'input {i}: "name" and "datatype" must be strings')
-        label = repr(name) if name in schema.fields or name == RECORDS_INPUT else str(i)
+        label = repr(name) if name in schema.fields or name in schema.ignored or name == RECORDS_INPUT else str(i)
         params = spec.get("parameters", {})
         if not isinstance(params, dict):
             raise RequestError(f'input {label}: "parameters" must be an object')
@@ -245,7 +247,7 @@ def _rows(shape: Any, label: str, max_rows: int) -> int:
 def _feature_records(inputs: list[_Input], schema: RequestSchema) -> list[dict[str, Any]]:
     """One input per feature → records of the features' values."""
     names = [t.name for t in inputs]
-    unknown = sum(n not in schema.fields for n in names)
+    unknown = sum(n not in schema.fields and n not in schema.ignored for n in names)
     if unknown:
         raise RequestError(f"{unknown} unknown input(s); the model's metadata lists its inputs (or send one "
                            f'BYTES input "{RECORDS_INPUT}" of JSON records)')
@@ -254,6 +256,11 @@ def _feature_records(inputs: list[_Input], schema: RequestSchema) -> list[dict[s
         raise RequestError("the inputs' shapes have different numbers of rows")
     columns = {}
     for t in inputs:
+        if t.name in schema.ignored:  # a column the model does not read: any datatype, values checked and dropped
+            if t.datatype not in DATATYPES:
+                raise RequestError(f"input {t.label}: unknown datatype; the protocol's are {', '.join(DATATYPES)}")
+            _values(t)
+            continue
         kind, categorical = schema.fields[t.name], t.name in schema.categorical
         if t.datatype not in accepted_datatypes(kind, categorical):
             family = ", ".join(sorted(accepted_datatypes(kind, categorical)))

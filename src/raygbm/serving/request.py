@@ -5,7 +5,9 @@ A request body is one JSON object or a list of them, each carrying every raw fea
 reads (``null`` is allowed and means missing, as in training). Rejected with a 4xx and a message that
 names the model's fields, types and limits but never echoes request content (values, unknown field
 names): NaN/Infinity (not JSON), strings for numbers, numbers for string categories, integers beyond
-64 bits, unknown fields, missing fields, too many rows. Unknown category values are accepted: they map to
+64 bits, unknown fields, missing fields, too many rows. Columns the training data had that the model
+does not read (``data.drop``, identifier-like columns the data stage left out, the split key...) are
+accepted with any value and ignored, so rows can be sent as users have them. Unknown category values are accepted: they map to
 the reserved "unseen" code, and are counted. Table bodies (``/predict/batch``) are held to the same
 rules by :meth:`RequestSchema.check_table`, and their width is bounded before they are parsed.
 """
@@ -75,7 +77,7 @@ MAX_SAFE_INTEGER = 2**53  # integers beyond this do not survive float64 exactly 
 # A feature's integers: any 64-bit value. Beyond 2^53 the float64 feature is the nearest float, as in
 # training (the data stage casts int64/uint64 columns the same way), so the score is the same.
 MAX_INTEGER = 2**64
-EXTRA_COLUMNS = 64  # columns a table body may carry beyond the model's fields (ids, the label, ...)
+EXTRA_COLUMNS = 64  # columns a table body may carry beyond the model's fields and ignored columns (the label, ...)
 
 
 @dataclass
@@ -94,6 +96,8 @@ class RequestSchema:
         self.max_rows = max_rows
         s = pre.schema
         self.fields: dict[str, str] = {c: _kind(s.types.get(c, "double")) for c in pre.input_columns}
+        # The training data's columns the model leaves out: accepted and ignored (see the module docstring).
+        self.ignored: frozenset[str] = frozenset(c for c in s.ignored if c not in self.fields)
         self.categorical = set(s.categorical)
         self._codes = pre.category_codes  # value → code per categorical column
 
@@ -133,7 +137,7 @@ class RequestSchema:
         where = f"record {index}: " if index is not None else ""
         if not isinstance(r, dict):
             raise RequestError(f"{where}expected a JSON object, got {_json_type(r)}")
-        extra = sum(k not in self.fields for k in r)
+        extra = sum(k not in self.fields and k not in self.ignored for k in r)
         if extra:  # counted, never named: a name is request content
             raise RequestError(f"{where}{extra} unknown field(s); GET /model lists the fields")
         missing = [k for k in self.fields if k not in r]
@@ -157,7 +161,7 @@ class RequestSchema:
 
     @property
     def max_columns(self) -> int:
-        return len(self.fields) + EXTRA_COLUMNS
+        return len(self.fields) + len(self.ignored) + EXTRA_COLUMNS
 
     def check_width(self, columns: int) -> None:
         """A table body's column count, checked before anything is allocated per column."""
@@ -203,7 +207,18 @@ class RequestSchema:
             else:
                 props[name] = {"type": ["number", "null"], "description": f"numeric ({kind}); null = missing"}
         record = {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
+        if self.ignored:
+            # Not in "properties", which clients read as the model's fields: a pattern of their exact names.
+            names = "|".join(_regex_literal(n) for n in sorted(self.ignored))
+            record["patternProperties"] = {f"^(?:{names})$": {
+                "description": "a column of the training data the model does not read: accepted and ignored"}}
         return {"oneOf": [record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}
+
+
+def _regex_literal(name: str) -> str:
+    """``name`` as a regular expression matching itself, in the syntax JSON Schema's (ECMA 262) and
+    Python's share: ASCII other than letters, digits and ``_`` as ``\\uXXXX``."""
+    return "".join(c if not c.isascii() or c.isalnum() or c == "_" else f"\\u{ord(c):04x}" for c in name)
 
 
 def _check_number(v: Any, kind: str, what: str) -> None:
