@@ -49,9 +49,9 @@ def test_records_of_every_kind_round_trip_and_a_torn_tail_ends_the_file(tmp_path
     assert [r.kind for r in records] == ["body", "table", "records"] and end == path.stat().st_size - len(
         frame("2", 7.0, _part(9, 1), np.array([0.5]))) + 3
     assert records[0].ids == ["id0", "id1", "id2"] and records[0].scores.tolist() == [0.0, 1e-4, 2e-4]
-    back = records[1].raw()
+    back = RawRows(**records[1].parts())
     assert back.table.equals(table) and back.ids.to_pylist() == ["t.0", "t.1"]
-    assert records[2].raw().records == [{"x": 3, "c": "b"}] and records[2].scores.shape == (1, 2)
+    assert records[2].parts()["records"] == [{"x": 3, "c": "b"}] and records[2].scores.shape == (1, 2)
     # A corrupted byte (CRC) also ends the reading there.
     data = bytearray(path.read_bytes())
     data[30] ^= 0xFF

@@ -254,7 +254,7 @@ class PredictionLog:
             if not want.any():
                 continue
             try:
-                raw = r.raw()
+                raw = RawRows(**r.parts())
             except (ValueError, pa.ArrowException):
                 self.unlogged += int(want.sum())
                 continue

@@ -140,16 +140,14 @@ class Record:
     payload: bytes
     size: int  # bytes in the file, framing included
 
-    def raw(self) -> Any:
-        """The request part as ``prediction_log.RawRows`` takes it."""
-        from raygbm.monitoring.prediction_log import RawRows
-
+    def parts(self) -> dict[str, Any]:
+        """The request part as ``prediction_log.RawRows(**parts)`` takes it."""
         if self.kind == "table":
             table = pa.ipc.open_stream(self.payload).read_all()
-            return RawRows(table.column("__id").combine_chunks(), table=table.drop_columns(["__id"]))
+            return {"ids": table.column("__id").combine_chunks(), "table": table.drop_columns(["__id"])}
         if self.kind == "body":
-            return RawRows(self.ids, body=self.payload)
-        return RawRows(self.ids, records=json.loads(self.payload))
+            return {"ids": self.ids, "body": self.payload}
+        return {"ids": self.ids, "records": json.loads(self.payload)}
 
 
 def _ids_of(header: dict[str, Any], payload: bytes) -> list[str]:
