@@ -147,10 +147,23 @@ def enable_fast_ingress() -> None:
     process is about to start: Serve reads these when its controller and replicas start."""
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # HAProxy started through raygbm.haproxy_launch: no socket on every interface, 503 for a lost replica.
+    os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_launcher())
     # A stopping direct-ingress replica keeps serving this long so the load balancer can drop it first.
     # Ray's 30 s suits an external balancer's health checks; the HAProxy here runs on the same node and
     # the Serve controller reloads it within a second, so 30 s only delays every scale-down and shutdown.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
+
+
+def haproxy_launcher() -> str:
+    """The ``raygbm-haproxy`` console script beside this interpreter (the package's own install)."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("raygbm-haproxy")
+    found = str(beside) if beside.exists() else shutil.which("raygbm-haproxy")
+    if not found:
+        raise RuntimeError("raygbm-haproxy is not installed beside raygbm (pip install raygbm installs both)")
+    return found
 
 
 def enable_token_auth() -> None:
