@@ -157,10 +157,6 @@ def deploy_ours(cfg: Any, args: argparse.Namespace) -> tuple[str, Any, Any]:
     from raygbm.runtime import ensure_ray
     from raygbm.serving.deploy import deploy
 
-    if args.ingress == "fast":
-        from raygbm.runtime import enable_fast_ingress
-
-        enable_fast_ingress()
     serve_cfg = ServeConfig(port=8432, fast_ingress=args.ingress == "fast", num_replicas=args.replicas)
     ensure_ray(cfg.resources, serve_cfg)
     monitor_cfg = MonitorConfig(window_size=1000, **{k: yaml.safe_load(v) for k, v in

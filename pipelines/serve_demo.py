@@ -76,10 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_loop:  # the loop retrains on /feedback labels: only token holders may send them
             os.environ.setdefault("RAYGBM_ENDPOINT_TOKEN", secrets.token_hex(24))
             cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"require_token": True})})
-        if cfg.serve.fast_ingress:
-            from raygbm.runtime import enable_fast_ingress
-
-            enable_fast_ingress()
         ensure_ray(cfg.resources, cfg.serve)
         run_dir = preprocess(cfg).run_dir  # the finished run is found and reused
         url = deploy(cfg)

@@ -404,10 +404,6 @@ def serve(
         check(cfg)
         if detach and not os.environ.get("RAY_ADDRESS"):
             _fail("--detach needs a running cluster (RAY_ADDRESS): an embedded Ray stops when this command exits")
-        if cfg.serve.fast_ingress:
-            from raygbm.runtime import enable_fast_ingress
-
-            enable_fast_ingress()
         with _progress() as progress:
             progress("starting Ray")
             _ray(cfg)

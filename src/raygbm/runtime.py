@@ -31,6 +31,8 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
     if not os.environ.get("RAY_ADDRESS"):
         loopback_node()
         bounded_http_reads(serve or ServeConfig())
+        if (serve or ServeConfig()).fast_ingress:
+            enable_fast_ingress()
     import ray
 
     enable_token_auth()
