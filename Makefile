@@ -34,7 +34,7 @@ ui: install
 # The layer contract (import-linter) and the lint rules (ruff) first: both take seconds.
 lint: install
 	$(BIN)/lint-imports
-	$(BIN)/ruff check src tests bench pipelines
+	$(BIN)/ruff check src tests bench pipelines tools
 
 test: install lint
 	$(BIN)/python -m pytest -q -n auto tests/unit

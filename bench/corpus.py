@@ -30,7 +30,7 @@ class DatasetSpec:
     sets: list[str] = field(default_factory=list)  # what a user would set: ids to drop, the time split
     not_features: list[str] = field(default_factory=list)  # columns plain LightGBM is not given either
     repeat: bool = True  # small: repeated over split seeds
-    kinds: str = ""  # what it exercises (the README's table)
+    kinds: str = ""  # what it exercises (docs/benchmarks.md's table)
     generated: bool = False
 
 

@@ -29,7 +29,7 @@ def shards_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def figure(capsys: pytest.CaptureFixture[str]):
     """``figure(line)``: print a measured figure of a reliability test on the terminal, even under
-    pytest's output capture (the README's Reliability section quotes these lines)."""
+    pytest's output capture (docs/reliability.md quotes these lines)."""
 
     def show(line: str) -> None:
         with capsys.disabled():

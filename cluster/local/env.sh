@@ -13,7 +13,7 @@ RAY_DASHBOARD_HOST=${RAY_DASHBOARD_HOST:-127.0.0.1}
 RAY_METRICS_EXPORT_PORT=${RAY_METRICS_EXPORT_PORT:-8080}
 # The head's servers (GCS, raylet, workers, agents, metrics) listen on the node's IP. On 127.0.0.1 (the
 # default) nothing is reachable from other machines; Ray keeps a local 127.0.0.1 only in its single-node
-# mode. Set RAY_NODE_IP_ADDRESS to this machine's address to let worker nodes join (README: Ray, ports).
+# mode. Set RAY_NODE_IP_ADDRESS to this machine's address to let worker nodes join (docs/security.md: ports).
 RAY_NODE_IP_ADDRESS=${RAY_NODE_IP_ADDRESS:-127.0.0.1}
 if [ "$RAY_NODE_IP_ADDRESS" = 127.0.0.1 ]; then
   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}

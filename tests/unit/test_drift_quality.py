@@ -129,7 +129,7 @@ def test_calibrated_thresholds_false_alarm_within_the_configured_rate(data):
     assert len(windows) == CLEAN_WINDOWS and all(w["rows"] == WINDOW for w in windows)
     flags, checks = false_alarms(windows)
     # Tolerance: the count a true rate of RATE exceeds with probability 0.001 (10,500 checks: 21 flags,
-    # a rate of 0.002). Measured here: 7 flags (0.00067); over seeds 5-9, see README.
+    # a rate of 0.002). Measured here: 7 flags (0.00067); over seeds 5-9, see docs/monitoring.md.
     assert flags <= _binomial_upper(checks, RATE), (flags, checks)
     entry = windows[0]
     assert entry["prediction"]["threshold_source"] == "calibrated"
@@ -175,7 +175,8 @@ def test_static_mode_scores_a_calibrated_reference_as_before(data):
 
 
 def measured_false_alarm_rate(seeds: range = range(5, 10), clean_windows: int = 1000) -> str:
-    """The README's figure, per kind of check (a missing rate of a field never missing cannot alarm):
+    """docs/monitoring.md's figure (Calibrated thresholds), per kind of check (a missing rate of a field
+    never missing cannot alarm):
     ``PYTHONPATH=. python -c 'from tests.unit.test_drift_quality import measured_false_alarm_rate as m; print(m())'``."""
     flags: dict[str, int] = {}
     checks: dict[str, int] = {}

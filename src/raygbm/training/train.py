@@ -3,8 +3,8 @@
 Ray's stock ``RayTrainReportCallback`` calls ``ray.train.report`` every boosting round, and each call is a
 barrier across the workers that waits on the Train controller, far slower than a boosting round. So
 workers report every ``report_every`` rounds, checkpoint every ``checkpoint_every`` rounds, and LightGBM's
-own early stopping decides when to stop (README's benchmark section has the figures). After a worker failure Ray Train restarts the group and
-``train_fn_per_worker`` resumes from the last checkpoint with ``init_model``, not from round 0.
+own early stopping decides when to stop (docs/benchmarks.md has the figures). After a worker failure Ray
+Train restarts the group and ``train_fn_per_worker`` resumes from the last checkpoint with ``init_model``, not from round 0.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def objective_params(task: str, num_classes: int | None, metric: str | None = No
 
 
 # Log loss rather than AUC for binary tasks: a smooth, proper score. On small folds AUC moves in coarse
-# steps and plateaus near 1, so early stopping and the search pick on noise (README's quality benchmark
+# steps and plateaus near 1, so early stopping and the search pick on noise (docs/benchmarks.md's quality benchmark
 # has the figures); the champion gate still compares test AUC (registry.metric).
 DEFAULT_METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
 
