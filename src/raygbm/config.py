@@ -25,8 +25,8 @@ class _Section(BaseModel):
 class Bounds(_Section):
     """Declared valid range of a numeric column; values outside are counted in the data report."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, description="lowest valid value (null: no lower bound)")
+    max: float | None = Field(None, description="highest valid value (null: no upper bound)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Bounds":
@@ -39,8 +39,9 @@ class DataConfig(_Section):
     """Where the raw shards are and how to read them."""
 
     source: str | None = Field(None, description="directory, glob, file or URI (s3://, gs://, file://)")
-    label: str | None = None
-    task: Task = "auto"
+    label: str | None = Field(None, description="the column to predict (required)")
+    task: Task = Field("auto", description="auto: binary for two label values, multiclass for a few integers or "
+                       "strings, else regression")
     numeric: list[str] | None = Field(None, description="numeric features; inferred from the schema if unset")
     categorical: list[str] | None = Field(None, description="categorical features; inferred if unset")
     drop: list[str] = Field(default_factory=list, description="columns never used as features")
@@ -49,7 +50,8 @@ class DataConfig(_Section):
         "monotonic in row order) to use as features anyway; the data stage leaves the others out and reports "
         "them. A column named in numeric or categorical is kept too")
     bounds: dict[str, Bounds] = Field(default_factory=dict)
-    duplicates: Literal["count", "drop"] = "count"
+    duplicates: Literal["count", "drop"] = Field(
+        "count", description="rows repeated whole: counted in the data report, or dropped (the first kept)")
     quarantine: bool = Field(False, description="skip bad shards (listed in the report) instead of failing")
     max_categories: int = Field(1000, ge=1, description="most frequent categories kept per column")
     extra_shards: list[str] = Field(
@@ -67,10 +69,10 @@ class DataConfig(_Section):
 class SplitConfig(_Section):
     """Deterministic train/validation/test split: by key hash, by time, or seeded row hash."""
 
-    train: float = Field(0.7, gt=0, lt=1)
-    validation: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
-    seed: int = 42
+    train: float = Field(0.7, gt=0, lt=1, description="share of rows for training")
+    validation: float = Field(0.15, ge=0, lt=1, description="share of rows for early stopping and the search")
+    test: float = Field(0.15, gt=0, lt=1, description="share of rows held out for the metrics and the gate")
+    seed: int = Field(42, description="seed of the row hash that assigns rows (same seed, same split)")
     key: str | None = Field(None, description="split by a hash of this column (stable when shards are re-cut)")
     time: str | None = Field(None, description="split by this column: train on the past, test on the latest")
 
@@ -96,9 +98,10 @@ class DerivedFeature(_Section):
     vectorised and scalar code, which would break batch/endpoint parity.
     """
 
-    name: str
-    op: DerivedOp
-    inputs: list[str]
+    name: str = Field(description="the new feature's name")
+    op: DerivedOp = Field(description="ratio, difference, sum, product (two inputs); hour, dayofweek, month (one "
+                          "time input)")
+    inputs: list[str] = Field(description="the raw columns it reads")
 
     @model_validator(mode="after")
     def _arity(self) -> "DerivedFeature":
@@ -109,7 +112,9 @@ class DerivedFeature(_Section):
 
 
 class FeaturesConfig(_Section):
-    impute: Literal["median", "mean", "none"] = "median"
+    impute: Literal["median", "mean", "none"] = Field(
+        "median", description="missing numeric values: the training rows' median or mean; none: left missing "
+        "(LightGBM routes them)")
     clip_quantiles: tuple[float, float] | None = Field(
         None, description="clip numeric features to these training quantiles, e.g. [0.001, 0.999]"
     )
@@ -147,15 +152,16 @@ _RESERVED_PARAMS = {
 class TrainConfig(_Section):
     """LightGBM hyperparameters and the boosting schedule. No compute sizing here (see resources)."""
 
-    params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS))
-    num_boost_round: int = Field(500, ge=1)
+    params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS),
+                                   description="LightGBM parameters (those raygbm sets itself are refused)")
+    num_boost_round: int = Field(500, ge=1, description="the most boosting rounds (early stopping may end sooner)")
     early_stopping_rounds: int | None = Field(50, ge=1, description="stop when validation has not improved")
     metric: str | None = Field(
         None, description="LightGBM metric that early stopping, the search and the selection optimise; default: "
         "binary_logloss / multi_logloss / rmse")
     report_every: int = Field(25, ge=1, description="rounds between reports to Ray Train / Tune")
     checkpoint_every: int = Field(50, ge=1, description="rounds between checkpoints (resume after a failure)")
-    seed: int = 42
+    seed: int = Field(42, description="LightGBM's seed (bagging, feature sampling)")
     refit: bool = Field(
         True, description="after selection, train the registered model on train + validation with the selected "
         "number of rounds (false: the model fitted on train and early-stopped on validation)")
@@ -209,10 +215,12 @@ class TuneConfig(_Section):
         None, gt=0, description="stop the search after this many seconds, or at the first trial score after "
         "them if none came sooner; with trials set too, whichever comes first")
     search: Literal["tpe", "random"] = Field("tpe", description="Optuna TPE or random sampling")
-    space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: dict(DEFAULT_SPACE))
+    space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=lambda: dict(DEFAULT_SPACE), description="per LightGBM parameter {kind: [args]}: "
+        "uniform/loguniform/int/logint [low, high], choice [values], grid [values]")
     asha: bool = Field(True, description="stop unpromising trials early (ASHA)")
     grace_period: int = Field(25, ge=1, description="rounds every trial gets before ASHA may stop it")
-    reduction_factor: int = Field(3, ge=2)
+    reduction_factor: int = Field(3, ge=2, description="ASHA keeps one trial in this many at each rung")
     cv_folds: int | Literal["auto"] | None = Field(
         "auto", description="the validation scheme of the whole selection (trials, the defaults comparison, the "
         "refit's rounds): auto: 5-fold CV on train+validation below cv_below_rows rows, else the holdout "
@@ -227,7 +235,7 @@ class TuneConfig(_Section):
     compare_defaults: bool = Field(
         True, description="after tuning, also score LightGBM's defaults (at most 100 rounds) by the same scheme "
         "(holdout or CV) and keep them if they score better than the tuned configuration")
-    seed: int = 42
+    seed: int = Field(42, description="the sampler's and the trials' sample seed")
 
     @field_validator("cv_folds")
     @classmethod
@@ -265,8 +273,8 @@ class TuneConfig(_Section):
 class FeatureSelectionConfig(_Section):
     """Drop features whose share of total gain importance is below ``min_gain_share`` before the final fit."""
 
-    enabled: bool = False
-    min_gain_share: float = Field(0.001, ge=0, lt=1)
+    enabled: bool = Field(False, description="drop low-importance features and fit again")
+    min_gain_share: float = Field(0.001, ge=0, lt=1, description="features below this share of the total gain go")
 
 
 class EvaluateConfig(_Section):
@@ -277,26 +285,26 @@ class EvaluateConfig(_Section):
 class RegistryConfig(_Section):
     """MLflow tracking and the champion gate. The store is ``MLFLOW_TRACKING_URI`` or an embedded sqlite file."""
 
-    experiment: str = "raygbm"
-    model_name: str = "raygbm"
+    experiment: str = Field("raygbm", description="the MLflow experiment of the runs")
+    model_name: str = Field("raygbm", description="the registered model's name (its versions and champion alias)")
     metric: str | None = Field(None, description="test metric the gate compares; default roc_auc / log_loss / rmse")
     margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
 
 
 class AutoscalingConfig(_Section):
-    min_replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(1, ge=0, description="replicas kept however idle the endpoint is")
     max_replicas: int | None = Field(
         2, ge=1, description="null: as many replicas as the cluster's CPUs hold at deploy (serve.replica_cpus each)")
-    target_ongoing_requests: float = Field(8, gt=0)
-    upscale_delay_s: float = Field(5, ge=0)
-    downscale_delay_s: float = Field(30, ge=0)
+    target_ongoing_requests: float = Field(8, gt=0, description="requests in flight per replica Serve aims at")
+    upscale_delay_s: float = Field(5, ge=0, description="load above the target this long adds replicas")
+    downscale_delay_s: float = Field(30, ge=0, description="load below the target this long removes replicas")
 
 
 class ServeConfig(_Section):
     """The endpoint: address, request limits and replica sizing."""
 
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the endpoint to the network")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="the endpoint's port")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get 413")
     max_rows: int = Field(1000, ge=1, description="records per /predict request")
     max_batch_rows: int = Field(1_000_000, ge=1, description="rows per /predict/batch request")
@@ -322,10 +330,11 @@ class ServeConfig(_Section):
     num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     fast_ingress: bool = Field(
-        False, description="HAProxy in front of replicas serving HTTP themselves (Ray Serve's direct ingress) "
-        "instead of Serve's Python proxy: lower latency (see README's serve benchmark), but HAProxy's statistics "
-        "and metrics ports (8404, 9101) listen on all interfaces without authentication. Takes effect when raygbm "
-        "starts the Ray instance (embedded); on a cluster start it with RAY_SERVE_ENABLE_HA_PROXY=1")
+        False, description="HAProxy in front of replicas that serve HTTP themselves (Ray Serve's direct ingress), "
+        "started through raygbm-haproxy (no socket on every interface; reads bounded as on the proxy path), instead "
+        "of Serve's Python proxy: lower latency (docs/benchmarks.md). Takes effect where raygbm starts Ray "
+        "(embedded); a cluster's nodes need RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_HAPROXY_BINARY_PATH naming "
+        "raygbm-haproxy")
     require_token: bool = Field(
         False, description="require 'Authorization: Bearer <token>' (token from RAYGBM_ENDPOINT_TOKEN) on every "
         "route but /healthz and /readyz")
@@ -377,7 +386,7 @@ class FeedbackConfig(_Section):
 class MonitorConfig(_Section):
     """Drift monitoring of served traffic against the training reference."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="replicas send scored rows to the drift monitor (off the request path)")
     window_size: int = Field(1000, ge=10, description="rows per drift window")
     keep_windows: int = Field(100, ge=1, description="closed windows kept in GET /drift")
     bins: int = Field(10, ge=2, description="reference quantile bins per numeric feature")
@@ -419,9 +428,11 @@ class MonitorConfig(_Section):
 
 class RetrainConfig(_Section):
     """The loop: when a retraining runs (triggers), on what data, how its challenger is gated, and when a
-    promotion is rolled back. Triggers run in `raygbm serve`'s process when ``enabled``."""
+    promotion is rolled back. When ``enabled``, the deployed app's ``LoopController`` runs them, wherever the
+    endpoint runs."""
 
-    enabled: bool = Field(False, description="`raygbm serve` checks the triggers and submits retraining Ray Jobs")
+    enabled: bool = Field(False, description="the app's LoopController checks the triggers and submits retraining "
+                          "Ray Jobs (needs serve.require_token)")
     check_s: float = Field(30.0, gt=0, description="how often the triggers and the rollback watch are checked")
     window_rows: int | None = Field(
         50_000, ge=1, description="retraining data: at most this many of the most recent labelled rows (null: all)")
@@ -462,7 +473,8 @@ class ResourcesConfig(_Section):
     """Compute sizing only; never a hyperparameter."""
 
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
-    object_store_memory_mb: int | None = Field(None, ge=64)
+    object_store_memory_mb: int | None = Field(None, ge=64, description="the embedded Ray's object store (default: "
+                                               "Ray's, 30% of memory)")
     read_chunk_rows: int = Field(1_000_000, ge=1000, description="rows per read block, one Ray task each (bounds memory)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers per training run (data-parallel LightGBM when > 1)")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (LightGBM threads) per training worker")

