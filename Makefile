@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --out $(DEMO_DATA)
-	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
+	$(BIN)/raygbm generate --rows 1000000 --shards 8 --seed 7 --output $(DEMO_DATA)
+	$(BIN)/raygbm run --config pipelines/configs/demo.yaml --data $(DEMO_DATA) --ok-if-rejected
 	$(BIN)/python -m pipelines.serve_demo --config pipelines/configs/demo.yaml --data $(DEMO_DATA)
 
 # The MLflow UI over the demo's store on 127.0.0.1:5000 (its own environment, created on first use).

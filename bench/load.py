@@ -2,7 +2,7 @@
 time) against `/predict` with the default serve config plus autoscaling (min 1, max 4 replicas of half a
 CPU each), and the requests/s, p50/p99 latency, errors and replica count are recorded every second.
 
-    python bench/load.py [--steps 1:15,5:15,10:15,20:15,30:15,40:15,50:30] [--out bench/results/load.png]
+    python bench/load.py [--steps 1:15,5:15,10:15,20:15,30:15,40:15,50:30] [--output bench/results/load.png]
 
 Saves the time series as a PNG (and CSV beside it) and ends with:
 
@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--trees", type=int, default=200)
     ap.add_argument("--max-replicas", type=int, default=4)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.png"))
+    ap.add_argument("--output", "--out", dest="out", default=str(ROOT / "bench" / "results" / "load.png"),
+                    help="the PNG to write (--out: its old name, as raygbm's CLI)")
     return ap.parse_args()
 
 

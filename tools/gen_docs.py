@@ -176,6 +176,16 @@ def config_reference() -> str:
 # ---- CLI reference
 
 
+def _epilog(text: str) -> list[str]:
+    """A command's epilog as markdown: a paragraph of one line as it is; one of several lines (the exit code
+    table) as its first line and a list of the others."""
+    out = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        head, *rows = paragraph.splitlines()
+        out += [head, ""] + ([f"- {row}" for row in rows] + [""] if rows else [])
+    return out
+
+
 def _command_lines(command: Any, ctx: Any, path: list[str], level: int) -> list[str]:
     usage = " ".join(["raygbm", *path[1:], *command.collect_usage_pieces(ctx)])
     title = " ".join(path)
@@ -189,7 +199,7 @@ def _command_lines(command: Any, ctx: Any, path: list[str], level: int) -> list[
         lines += [f"| `{_cell(names)}` | {_cell(text)} |" for names, text in rows]
         lines.append("")
     if command.epilog:
-        lines += [inspect.cleandoc(command.epilog), ""]
+        lines += _epilog(command.epilog)
     for name, sub in getattr(command, "commands", {}).items():
         lines += _command_lines(sub, type(ctx)(sub, info_name=name, parent=ctx), [*path, name], level + 1)
     return lines

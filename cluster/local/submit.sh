@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit a pipeline command as a Ray Job to the local head and wait for it:
 #   cluster/local/submit.sh run --config pipelines/configs/cluster.yaml --data /abs/path/to/shards
-#   cluster/local/submit.sh predict --input /abs/in --output /abs/out.parquet
+#   cluster/local/submit.sh predict --data /abs/in --output /abs/out.parquet
 # Paths must be absolute (or URIs): the job runs in its own copy of the working directory.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"

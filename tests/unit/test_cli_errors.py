@@ -78,17 +78,17 @@ def test_invalid_config_names_field(tmp_path):
 
 
 def test_generate_then_bad_args(tmp_path):
-    r = _run("generate", "--rows", "1000", "--shards", "2", "--out", str(tmp_path / "g"), home=tmp_path / "h")
+    r = _run("generate", "--rows", "1000", "--shards", "2", "--output", str(tmp_path / "g"), home=tmp_path / "h")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "g").glob("*.parquet"))) == 2
-    r = _run("generate", "--rows", "1", "--shards", "2", "--out", str(tmp_path / "g2"), home=tmp_path / "h")
+    r = _run("generate", "--rows", "1", "--shards", "2", "--output", str(tmp_path / "g2"), home=tmp_path / "h")
     assert r.returncode == 2 and "rows >= shards" in r.stderr
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["predict", "--input", "{data}", "--output", "{out}"], "no champion model yet"),
+        (["predict", "--data", "{data}", "--output", "{out}"], "no champion model yet"),
         (["evaluate", "--data", "{data}", "--label", "label"], None),  # fails on the shards below first
         (["promote", "3"], "version 3: not found"),
         (["run", "--data", "{data}", "--label", "label", "--set", "tune.space={{num_leaves: {{between: [1, 9]}}}}"],

@@ -91,8 +91,8 @@ def test_concept_only_drift_changes_the_label_relation_not_the_features(tmp_path
     from raygbm.cli import app
 
     args = ["generate", "--rows", "40000", "--shards", "1", "--seed", "7"]
-    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")]).exit_code == 0
-    out = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "concept"), "--drift-from-row", "0", "--concept-only"])
+    assert CliRunner().invoke(app, [*args, "--output", str(tmp_path / "plain")]).exit_code == 0
+    out = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "concept"), "--drift-from-row", "0", "--concept-only"])
     assert out.exit_code == 0, out.output
     plain, concept = (pq.read_table(tmp_path / d).to_pandas().sort_values("id") for d in ("plain", "concept"))
     assert plain[NUMERIC + CATEGORICAL].equals(concept[NUMERIC + CATEGORICAL])  # the same features, row for row

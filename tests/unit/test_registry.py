@@ -121,7 +121,7 @@ def test_one_flipped_byte_in_the_store_is_refused_and_never_promoted(meta, home,
     r = subprocess.run([str(Path(sys.executable).with_name("raygbm")), "promote", "2"], capture_output=True, text=True,
                        env={**os.environ, "RAYGBM_HOME": str(home)})
     (line,) = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and line.startswith("error: model v2 not promoted") and found in line
+    assert r.returncode == 4 and line.startswith("error: model v2 not promoted") and found in line
     assert reg.get().version == "1"
     print("FAULT tamper-store file=model.txt load_refused=yes named_hash=yes promoted=no")
 

@@ -30,9 +30,9 @@ def dashboard_address() -> str:
 
     url = get_dashboard_url() or get_webui_url_from_internal_kv()
     if not url:
-        from raygbm.errors import RaygbmError
+        from raygbm.errors import JobsApiUnreachable
 
-        raise RaygbmError("this Ray has no dashboard, so no Jobs API to submit a retraining to")
+        raise JobsApiUnreachable("this Ray has no dashboard, so no Jobs API to submit a retraining to")
     return url if "://" in url else f"http://{url}"
 
 
@@ -58,10 +58,11 @@ def write_job_config(cfg: PipelineConfig, folder: Path) -> Path:
 
 def entrypoint(config_path: Path, trigger: Trigger) -> str:
     """The job's command: this interpreter on an embedded Ray (same machine), ``python`` on a cluster (the
-    head's environment, e.g. cluster/local's venv)."""
+    head's environment, e.g. cluster/local's venv). ``--ok-if-rejected``: a challenger the gate rejects is
+    the loop's decision (recorded in its state), so the job still succeeds."""
     python = "python" if os.environ.get("RAY_ADDRESS") else sys.executable
     args = [python, "-m", "raygbm.cli", "retrain", "--config", str(config_path), "--trigger", trigger.id,
-            "--reason", trigger.reason, "--kind", trigger.kind]
+            "--reason", trigger.reason, "--kind", trigger.kind, "--ok-if-rejected"]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygbm.config import MonitorConfig, PipelineConfig, RegistryConfig
-from raygbm.errors import DataError, RaygbmError
+from raygbm.errors import DataError, NotPromoted
 from raygbm.loop.decisions import Decision, challenger_verdict, recent, split_holdout, suspicious_labels, unlearned
 from raygbm.monitoring.labelled import SERVED_AT, read_labelled, training_rows
 from raygbm.monitoring.loop_state import LoopState
@@ -32,8 +32,10 @@ from raygbm.registry.store import ModelRef, Registry, local_bundle
 LOCK = "retrain.lock"
 
 
-class RetrainBusy(RaygbmError):
-    """Another retraining of the same model is running (one at a time)."""
+class RetrainBusy(NotPromoted):
+    """Another retraining of the same model is running (one at a time): no new champion, exit code 4."""
+
+    label = "error"
 
 
 @dataclass

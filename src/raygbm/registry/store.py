@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from raygbm.config import RegistryConfig
-from raygbm.errors import RegistryError  # also importable from here, where callers expect it
+from raygbm.errors import (  # RegistryError also importable from here, where callers expect it
+    PromotionRefused,
+    RegistryError,
+    TrackingUnreachable,
+    connection_failure,
+)
 from raygbm.metrics import DEFAULT_GATE_METRIC, gate_metric
 from raygbm.paths import home
 from raygbm.registry.bundle import verify_bundle
@@ -187,11 +192,19 @@ class Registry:
         except MlflowException as exc:
             not_found = str(exc.error_code) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
             if not not_found:
-                raise RegistryError(f"model registry {self.uri}: {exc.message}") from None
+                raise self._store_error(exc) from None
             if version in (None, CHAMPION):
                 return None
             raise RegistryError(f"model {name!r} version {version}: not found in {self.uri}") from None
         return self._ref(mv)
+
+    def _store_error(self, exc: Any) -> RegistryError:
+        """An MLflow failure as one line: ``TrackingUnreachable`` (exit code 3) when the tracking server
+        could not be reached, else ``RegistryError``."""
+        if connection_failure(exc) is not None:
+            return TrackingUnreachable(f"cannot reach the MLflow tracking server at {self.uri}: "
+                                       f"{_reason(connection_failure(exc))}")
+        return RegistryError(f"model registry {self.uri}: {exc.message}")
 
     def versions(self) -> list[ModelRef]:
         """Every version of the model, newest first (empty if the model was never registered)."""
@@ -200,7 +213,7 @@ class Registry:
         try:
             found = self.client.search_model_versions(f"name = '{self.config.model_name}'")
         except MlflowException as exc:
-            raise RegistryError(f"model registry {self.uri}: {exc.message}") from None
+            raise self._store_error(exc) from None
         champion = self.get()
         refs = [self._ref(mv) for mv in found]
         for r in refs:  # search results do not always carry aliases
@@ -219,7 +232,7 @@ class Registry:
         try:
             self.download(ref, tmp / "bundle")
         except RegistryError as exc:
-            raise RegistryError(f"model v{ref.version} not promoted: {exc}") from None
+            raise PromotionRefused(f"model v{ref.version} not promoted: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
@@ -255,6 +268,14 @@ class Registry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, in a few words (urllib3 nests it in its messages)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit(": ", 1)[-1][:200] if "Errno" in text else text[:200]
 
 
 def local_bundle(registry: Registry, version: str | None = None, cache_root: Path | None = None) -> tuple[ModelRef, Path]:
