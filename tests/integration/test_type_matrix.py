@@ -114,7 +114,7 @@ def test_type_matrix_scores_the_same_through_predict_and_every_endpoint_format(m
     with raygbm_home(home):
         # raygbm predict: a Ray batch job over the shards.
         out = tmp_path / "scored"
-        result = CliRunner().invoke(app, ["predict", "--input", str(data), "--output", str(out)])
+        result = CliRunner().invoke(app, ["predict", "--data", str(data), "--output", str(out)])
         assert result.exit_code == 0, result.output
         scored = pq.read_table(out)
         np.testing.assert_array_equal(np.asarray(scored["score"]), expected.max(axis=1))

@@ -84,7 +84,7 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
     version = "2"
     data = make_shards(tmp_path / "in", rows=3000, shards=2, seed=12)
     out = tmp_path / "scored"
-    result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(data), "--output", str(out)])
+    result = CliRunner().invoke(app, ["predict", "--url", URL, "--data", str(data), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert f"scored 3,000 rows with model v{version} " in result.output
     scored = pq.read_table(out).sort_by("id")
@@ -96,7 +96,7 @@ def test_cli_predict_through_the_endpoint(served, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     pq.write_table(src.drop_columns(["num_1"]).slice(0, 10), bad / "part-0.parquet")
-    result = CliRunner().invoke(app, ["predict", "--url", URL, "--input", str(bad), "--output", str(tmp_path / "o2")])
+    result = CliRunner().invoke(app, ["predict", "--url", URL, "--data", str(bad), "--output", str(tmp_path / "o2")])
     assert result.exit_code != 0 and "part-0.parquet" in result.output and "422" in result.output, result.output
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.staging*"))
 
