@@ -132,7 +132,7 @@ app = _App(cls=_Group, add_completion=True, no_args_is_help=True, pretty_excepti
 
 def _version(show: bool) -> None:
     if show:
-        from raygbm import __version__
+        from raygbm._version import __version__
 
         typer.echo(f"raygbm {__version__}")
         raise typer.Exit()

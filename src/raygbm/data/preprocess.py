@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from raygbm import __version__
+from raygbm._version import __version__
 from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
 from raygbm.data import identifiers
 from raygbm.data.features import Preprocessor, add_derived

@@ -115,7 +115,7 @@ def input_example(pre: Preprocessor, rows: int = 2) -> pd.DataFrame:
 
 
 def requirements() -> list[str]:
-    from raygbm import __version__
+    from raygbm._version import __version__
 
     return [f"raygbm=={__version__}"] + [f"{name}=={version(name)}" for name in REQUIREMENTS]
 

@@ -118,7 +118,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
 
 
 def server_metadata() -> dict[str, Any]:
-    from raygbm import __version__
+    from raygbm._version import __version__
 
     return {"name": "raygbm", "version": __version__, "extensions": ["binary_tensor_data"]}
 
