@@ -45,11 +45,15 @@ def test_champion_loads_as_pyfunc_and_scores_like_the_bundle(registered):
     inputs = model.metadata.get_input_schema().input_names()
     assert inputs == bundle.preprocessor.input_columns and "event_time" in inputs and "label" not in inputs
     assert [c.name for c in model.metadata.get_output_schema().inputs] == ["prediction", "score"]
+    # event_time is a zoned time (UTC): MLflow's datetime is naive, so the column is Any and taken as it is.
+    assert model.metadata.metadata["raygbm_input_types"]["event_time"] == "timestamp[us, tz=UTC]"
     frame = raw.select(inputs).to_pandas()
-    frame["event_time"] = frame["event_time"].dt.tz_localize(None)  # MLflow's datetimes are naive (UTC here)
     out = model.predict(frame)
     expected = bundle.scores(bundle.features(raw))
     np.testing.assert_array_equal(out["score"].to_numpy(), expected)
+    # Naive times are UTC (MLflow's datetimes are naive).
+    naive = frame.assign(event_time=frame["event_time"].dt.tz_localize(None))
+    np.testing.assert_array_equal(model.predict(naive)["score"].to_numpy(), expected)
     # Rows as users have them: a column the model leaves out (data.drop=[id]) is ignored.
     np.testing.assert_array_equal(model.predict(frame.assign(id=range(len(frame))))["score"].to_numpy(), expected)
     labels, _ = bundle.labelled(expected)
@@ -58,6 +62,33 @@ def test_champion_loads_as_pyfunc_and_scores_like_the_bundle(registered):
     example = json.loads((path / "input_example.json").read_text())
     assert example["columns"] == inputs
     assert model.predict(model.input_example)["score"].between(0, 1).all()
+
+
+def test_generated_shards_read_back_score_through_pyfunc_with_the_default_config(tmp_path, home, monkeypatch):
+    """The issue's repro: ``raygbm generate`` + a run with the default config, then the raw rows read back
+    from the shards (id, event_time and the label included) score through ``models:/raygbm@champion``, as
+    the bundle scores them; id (int64) is left out of the features and ignored."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    data = make_shards(tmp_path / "data", rows=4000, shards=2, seed=5)
+    cfg = load_config(None, [], {"data.source": str(data), "data.label": "label"})
+    meta = RunMeta.load(preprocess(cfg, runner=LocalRunner()).run_dir)
+    train = TrainConfig(num_boost_round=15, early_stopping_rounds=None)
+    evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
+                          EvaluateConfig(permutation_rows=100), RegistryConfig(), None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri())
+    model = mlflow.pyfunc.load_model("models:/raygbm@champion")
+    ref, path = local_bundle(Registry(), "champion")
+    bundle = Bundle.load(path, ref.tags["manifest_sha256"])
+    raw = pq.read_table(data)
+    expected = bundle.scores(bundle.features(raw))
+    labels, _ = bundle.labelled(expected)
+    for what, frame in (("pyarrow", raw.to_pandas()), ("pandas", pd.read_parquet(data))):
+        assert str(frame["id"].dtype) == "int64" and {"label", "event_time"} <= set(frame.columns), what
+        out = model.predict(frame)
+        np.testing.assert_array_equal(out["score"].to_numpy(), expected, err_msg=what)
+        assert out["prediction"].tolist() == labels, what
 
 
 def test_a_tampered_booster_fails_the_pyfunc_load(registered, tmp_path):
