@@ -78,7 +78,10 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
            "RAYGBM_VENV": sys.prefix, "RAYGBM_ENDPOINT_TOKEN": TOKEN, "RAY_NODE_IP_ADDRESS": node_ip,
            # GCS fault tolerance as KubeRay configures it: the GCS's tables in Redis, the raylets waiting for
            # a restarted GCS instead of exiting after their default 60 s.
-           "RAY_external_storage_namespace": "raygbm-gcs-test", "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
+           "RAY_external_storage_namespace": "raygbm-gcs-test", "RAY_gcs_rpc_server_reconnect_timeout_s": "120",
+           # A node's registration with the GCS may take longer than Ray's 30 s on a busy 2-core machine (a CI
+           # run beside other work timed out there): a Pod's restart budget, not the test's figure.
+           "RAY_raylet_start_wait_time_s": "120"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     # The head's own temp dir, as on its own machine (and short: Ray's socket paths live in it); a restarted
