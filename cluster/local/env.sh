@@ -20,8 +20,6 @@ if [ "$RAY_NODE_IP_ADDRESS" = 127.0.0.1 ]; then
 fi
 # Serve's HTTP servers on this cluster get raygbm's bounded reads (serve.* limits: RAYGBM_HTTP_LIMITS JSON).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=${RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH:-raygbm.serving.http_guard:install}
-# With Serve's fast ingress (RAY_SERVE_ENABLE_HA_PROXY=1), HAProxy starts through raygbm's launcher.
-export RAY_SERVE_HAPROXY_BINARY_PATH=${RAY_SERVE_HAPROXY_BINARY_PATH:-$VENV/bin/raygbm-haproxy}
 export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
 # Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
 # CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.

@@ -131,13 +131,3 @@ def test_a_cluster_file_naming_the_demo_config_is_caught(tmp_path):
     serve_yaml = tmp_path / "cluster" / "serve.yaml"
     serve_yaml.write_text(serve_yaml.read_text().replace(PRODUCTION, "pipelines/configs/demo.yaml"))
     assert naming_the_demo_config(tmp_path / "cluster") == ["serve.yaml"]
-
-
-def test_every_node_starts_serves_haproxy_through_raygbms_launcher():
-    """The image (every ray up and KubeRay node) and the local head name raygbm-haproxy for Serve's HAProxy,
-    at the path where pip puts the console script (the image's is checked by its own RUN line)."""
-    docker = (ROOT / "cluster" / "image" / "Dockerfile").read_text()
-    assert "RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/anaconda3/bin/raygbm-haproxy" in docker
-    assert 'RUN test -x "$RAY_SERVE_HAPROXY_BINARY_PATH"' in docker
-    env = (ROOT / "cluster" / "local" / "env.sh").read_text()
-    assert "RAY_SERVE_HAPROXY_BINARY_PATH=${RAY_SERVE_HAPROXY_BINARY_PATH:-$VENV/bin/raygbm-haproxy}" in env
