@@ -200,11 +200,11 @@ class PredictionLog:
         """Rows served by ``version`` (``parts`` in the order of ``scores``' rows), a ``sample_rate`` share kept
         (chosen by prediction id, so that a row read back from a write-ahead file gets the same choice)."""
         table = self._table(version, ts, parts, scores, windows)
-        if table is not None and self.recovered:
-            ids = table.column(PREDICTION_ID).combine_chunks()
-            seen = np.asarray(pc.is_in(ids, value_set=pa.array(list(self.recovered), pa.string())))
+        if table is not None and self.recovered:  # a batch's ids against the dict: not the dict against them
+            ids = table.column(PREDICTION_ID).to_pylist()
+            seen = np.fromiter((i in self.recovered for i in ids), bool, len(ids))
             if seen.any():
-                for i in ids.filter(pa.array(seen)).to_pylist():
+                for i in np.asarray(ids, dtype=object)[seen]:
                     self.recovered.pop(i, None)
                 table = table.filter(pa.array(~seen))
         if table is not None and table.num_rows:
