@@ -88,3 +88,45 @@ def registered_model(data_dir: Path, max_rows: int) -> tuple[Any, Any]:
     evaluate_and_register(meta, Trained(train_in_process(meta, train), meta, None), train,
                           EvaluateConfig(permutation_rows=200), RegistryConfig(), None)
     return load_served_model(model_spec(RegistryConfig(), "1"), max_rows), meta
+
+
+# A clean environment for a registered model (issue 26): the full MLflow and the model's own requirements
+# from the package index, nothing else (no raygbm, no Ray); shared by test sessions, rebuilt when the
+# requirements change.
+MODEL_ENV = Path(os.environ.get("RAYGBM_MODEL_ENV") or REPO / ".venv-mlflow-model")
+
+
+def model_env(requirements: list[str]) -> Path:
+    """The python of a virtual environment holding exactly ``requirements`` (pip-resolved from the index),
+    built at ``MODEL_ENV`` if it is missing or was built for others. Built in place with a marker written
+    last, so an interrupted build is never used (a venv's scripts name its own path: it cannot be staged
+    elsewhere and renamed); a lock file keeps two sessions from building it at once."""
+    import fcntl
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    marker, wanted = MODEL_ENV / "raygbm-model-env.json", sorted(requirements)
+
+    def ready() -> bool:
+        try:
+            return json.loads(marker.read_text()) == wanted
+        except (OSError, ValueError):
+            return False
+
+    python = MODEL_ENV / "bin" / "python"
+    if ready():
+        return python
+    with open(MODEL_ENV.with_name(MODEL_ENV.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready():
+            return python
+        shutil.rmtree(MODEL_ENV, ignore_errors=True)
+        subprocess.run([sys._base_executable, "-m", "venv", str(MODEL_ENV)], check=True, capture_output=True)
+        out = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                              "--no-compile", *wanted], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise AssertionError(f"pip install {' '.join(wanted)}: {(out.stdout + out.stderr)[-2000:]}")
+        marker.write_text(json.dumps(wanted))
+        return python

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import pytest
@@ -24,19 +25,28 @@ def ray_session():
 @pytest.fixture(scope="session", autouse=True)
 def ui_env_built_alongside(request):
     """When test_mlflow_ui is collected, its MLflow UI environment (created on a machine's first use: a pip
-    install of a minute or more, mostly one process waiting on disk) is built while the first tests run.
-    ``raygbm ui`` takes the same lock and finds it ready; if this build fails, the UI test builds it again
-    and reports the failure."""
-    if not any(item.fspath.basename == "test_mlflow_ui.py" for item in request.session.items):
+    install of a minute or more, mostly one process waiting on disk) is built while the first tests run;
+    then, when the `mlflow models serve` test is collected, the clean environment of a registered model
+    (``tests.helpers.model_env``: the same full MLflow, from pip's cache by then, and the requirements a
+    model is saved with). The tests take the same locks and find them ready; if a build fails here, the
+    test builds it again and reports the failure."""
+    names = {item.name for item in request.session.items}
+    ui = any(item.fspath.basename == "test_mlflow_ui.py" for item in request.session.items)
+    model = any("mlflow_models_serve" in name for name in names)
+    if not (ui or model):
         yield
         return
+    from raygbm.registry.mlflow_model import requirements
     from raygbm.ui import UIError, ensure_env, requirement
-    from tests.helpers import UI_ENV
+    from tests.helpers import UI_ENV, model_env
 
     def build() -> None:
         try:
-            ensure_env(UI_ENV, requirement(), lambda line: None)
-        except UIError:
+            if ui:
+                ensure_env(UI_ENV, requirement(), lambda line: None)
+            if model:
+                model_env([requirement(), *requirements()])
+        except (UIError, AssertionError, OSError, subprocess.SubprocessError):
             pass
 
     builder = threading.Thread(target=build, name="mlflow-ui-env", daemon=True)

@@ -7,7 +7,10 @@ Open Inference Protocol) and the drift report."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -173,3 +176,64 @@ def test_type_matrix_scores_the_same_through_predict_and_every_endpoint_format(m
 
             from raygbm.monitoring.actor import MONITOR_ACTOR
             ray.kill(ray.get_actor(MONITOR_ACTOR, namespace="raygbm"))
+
+
+@pytest.mark.slow
+def test_type_matrix_through_mlflow_models_serve_and_predict_from_a_clean_environment(matrix_run, tmp_path):
+    """The champion as an MLflow Model where only MLflow and the model's own requirements are installed (a
+    fresh virtual environment from the package index: no raygbm, no Ray; raygbm's code travels in the
+    model): ``mlflow models serve -m models:/raygbm@champion`` answers ``/invocations`` and ``mlflow models
+    predict`` writes the same scores as the bundle on 1,000 raw rows of every type, the records
+    ``/predict`` takes (the endpoint's answer to them is ``expected`` exactly, in the test above)."""
+    from raygbm.registry.store import tracking_uri
+    from raygbm.ui import requirement
+    from tests.helpers import model_env
+
+    home, data, bundle, raw, expected = matrix_run
+    with raygbm_home(home):
+        ref, path = local_bundle(Registry(), "champion")
+        uri = tracking_uri()
+    saved = [line.strip() for line in (path / "requirements.txt").read_text().splitlines() if line.strip()]
+    assert not any(r.startswith(("raygbm", "ray=", "ray[")) for r in saved), saved  # all on the index
+    python = model_env([requirement(), *saved])
+    env = {"PATH": f"{python.parent}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "MLFLOW_TRACKING_URI": uri}
+    found = subprocess.run([str(python), "-c", "import importlib.util as u; "
+                            "print(u.find_spec('raygbm'), u.find_spec('ray'), u.find_spec('lightgbm') is not None)"],
+                           env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert found.stdout.split() == ["None", "None", "True"], found.stdout + found.stderr
+
+    fields = list(bundle.preprocessor.input_columns)
+    records = json_records(raw.slice(0, 1000), fields)
+    want = expected[:1000].max(axis=1)
+    model = "models:/raygbm@champion"
+
+    # mlflow models predict: a file in, a file out.
+    (tmp_path / "input.json").write_text(json.dumps({"dataframe_records": records}))
+    out = subprocess.run([str(python), "-m", "mlflow", "models", "predict", "-m", model, "-i", str(tmp_path / "input.json"),
+                          "-o", str(tmp_path / "out.json"), "-t", "json", "--env-manager", "local"],
+                         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    predicted = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    np.testing.assert_array_equal(np.asarray([p["score"] for p in predicted]), want)
+
+    # mlflow models serve: /invocations over HTTP.
+    port = _free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([str(python), "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
+                                   "local", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: server.poll() is not None or urllib.request.urlopen(url + "/ping", timeout=5).status == 200,
+                   180, interval=0.5, message="mlflow models serve to answer /ping")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        status, body = _post(url + "/invocations", json.dumps({"dataframe_records": records}).encode())
+        assert status == 200, body[:500]
+        served = json.loads(body)["predictions"]
+        np.testing.assert_array_equal(np.asarray([p["score"] for p in served]), want)
+        assert [p["prediction"] for p in served] == [p["prediction"] for p in predicted]
+        assert set(p["prediction"] for p in served) <= {"low", "mid", "high"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -29,9 +29,17 @@ if TYPE_CHECKING:
     from raygbm.registry.bundle import Bundle
 
 CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
-# What `mlflow models serve` (its own environment) needs to load the model: raygbm itself and what its
-# bundle loading imports, at the versions this model was saved with.
-REQUIREMENTS = ("lightgbm", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "mlflow-skinny")
+# raygbm's own source travels in the model (``code/raygbm``, MLflow's ``code_paths``: put on ``sys.path``
+# when the model loads), so an environment with only MLflow and the requirements below loads and scores it
+# (``mlflow models serve``, KServe's and SageMaker's MLflow runtimes). Where raygbm is imported already, that
+# copy is used instead.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# What the bundle's loading and scoring import, pinned at the versions the model was saved with (the scores
+# depend on them), except pyarrow, which only reads and builds tables: a floor, because the full ``mlflow``
+# package that serving environments install beside these caps pyarrow below 26 up to 3.17 (see
+# ``raygbm.ui``), and a pin would leave the environment unresolvable.
+REQUIREMENTS = ("lightgbm", "numpy", "pandas", "pydantic", "pyyaml", "mlflow-skinny")
+PYARROW_FLOOR = "pyarrow>=25"
 # An input example's time for timestamp columns: the schema has no typical value for them. MLflow's
 # ``datetime`` columns are timezone-naive; the preprocessor reads naive times as UTC (``as_training_time``).
 EXAMPLE_TIME = datetime(2024, 1, 1, 12)
@@ -164,9 +172,8 @@ def input_example(pre: Preprocessor, rows: int = 2) -> pd.DataFrame:
 
 
 def requirements() -> list[str]:
-    from raygbm._version import __version__
-
-    return [f"raygbm=={__version__}"] + [f"{name}=={version(name)}" for name in REQUIREMENTS]
+    """The model's pip requirements: every one on PyPI (raygbm itself travels as code, not as a requirement)."""
+    return [f"{name}=={version(name)}" for name in REQUIREMENTS] + [PYARROW_FLOOR]
 
 
 def write_pyfunc(bundle_dir: Path, pre: Preprocessor) -> list[str]:
@@ -182,7 +189,7 @@ def write_pyfunc(bundle_dir: Path, pre: Preprocessor) -> list[str]:
     try:
         saved = work / "model"
         save_model(str(saved), python_model=str(CODE_FILE), signature=signature(pre), input_example=input_example(pre),
-                   pip_requirements=requirements(),
+                   pip_requirements=requirements(), code_paths=[str(PACKAGE_DIR)],
                    metadata={"raygbm_bundle": "raygbm.bundle/1", "raygbm_input_types": input_types(pre)})
         _deterministic(saved / "MLmodel", bundle_dir)
         added = []
