@@ -245,12 +245,12 @@ class PredictionLog:
             return 0
         ids = pa.array([i for r in records for i in r.ids], pa.string())
         missing = self.lookup(ids) < 0
-        if self.sample_rate < 1.0:
-            missing &= sampled(ids, self.sample_rate)
+        keep = sampled(ids, self.sample_rate) if self.sample_rate < 1.0 else None  # the rows the log samples
         added, start = 0, 0
         for r in records:
-            want = missing[start:start + len(r.ids)]
+            part = slice(start, start + len(r.ids))
             start += len(r.ids)
+            want = missing[part] if keep is None else missing[part] & keep[part]
             if not want.any():
                 continue
             try:
@@ -261,8 +261,8 @@ class PredictionLog:
             table = self._table(r.version, r.ts, [raw], r.scores, None)
             if table is None:
                 continue
-            table = table.filter(pa.array(want[:table.num_rows] if self.sample_rate >= 1.0
-                                          else want[sampled(pa.array(r.ids, pa.string()), self.sample_rate)]))
+            # ``_table`` holds the sampled rows only: the mask over those.
+            table = table.filter(pa.array(want[:table.num_rows] if keep is None else want[keep[part]]))
             if table.num_rows:
                 self._buf.append(table)
                 now = time.time()
