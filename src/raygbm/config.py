@@ -433,7 +433,7 @@ class RetrainConfig(_Section):
 
     enabled: bool = Field(False, description="the app's LoopController checks the triggers and submits retraining "
                           "Ray Jobs (needs serve.require_token)")
-    check_s: float = Field(30.0, gt=0, description="how often the triggers and the rollback watch are checked")
+    check_s: float = Field(10.0, gt=0, description="how often the triggers and the rollback watch are checked")
     window_rows: int | None = Field(
         50_000, ge=1, description="retraining data: at most this many of the most recent labelled rows (null: all)")
     window_s: float | None = Field(
@@ -448,19 +448,25 @@ class RetrainConfig(_Section):
     trials: int | None = Field(
         None, ge=0, description="tuning trials of a retraining (null: tune.trials; 0: train.params, no search)")
     every_s: float | None = Field(None, gt=0, description="schedule: a retraining is due this long after the last")
-    cooldown_s: float = Field(3600.0, ge=0, description="no automatic retraining within this long of the last one")
+    cooldown_s: float = Field(0.0, ge=0, description="no automatic retraining within this long of the last one "
+                              "(0: none; retrain.min_new_labels spaces retrainings by evidence instead of time)")
+    min_new_labels: int = Field(
+        1000, ge=0, description="no automatic retraining until this many labelled rows have arrived since the last "
+        "retraining job started: each needs evidence the last one did not see (0: no such wait)")
     drift: AlertAfter | None = Field(
         default_factory=lambda: AlertAfter(m=3, n=5), description="retrain when at least m of the last n scored "
         "drift windows drifted (null: drift does not trigger)")
     performance_drop: float | None = Field(
-        0.05, gt=0, description="retrain when the champion's realized gate metric on its recent labelled rows is "
-        "worse than its registered test metric by more than this, or a window's performance is below its lower "
-        "bound (null: performance does not trigger)")
+        0.05, gt=0, description="retrain when the champion's realized gate metric is worse than its registered test "
+        "metric by more than this on each of its last two blocks of performance_rows labelled rows, or a window's "
+        "performance is below its lower bound (null: performance does not trigger)")
     performance_rows: int = Field(
-        500, ge=10, description="the most recent labelled rows the realized-performance trigger scores")
+        500, ge=10, description="rows per block of the realized-performance trigger: it scores the champion's last "
+        "two blocks of this many labelled rows")
     max_label_shift: float = Field(
-        0.3, gt=0, le=1, description="labels whose class shares differ from the source's test split by more than "
-        "this (total variation) are not evidence for a promotion or a rollback")
+        0.5, gt=0, le=1, description="labels whose class shares differ from the source's test split by more than "
+        "this (total variation) are not evidence for a promotion or a rollback (a concept drift may move them: "
+        "generate --concept-drift moves them about 0.32)")
     rollback_windows: int = Field(
         3, ge=1, description="K: after a promotion, the new champion is watched over its first K labelled windows")
     rollback_window_rows: int = Field(200, ge=10, description="labelled rows per rollback window")

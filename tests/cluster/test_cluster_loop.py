@@ -44,11 +44,7 @@ TOKEN = "a-cluster-test-endpoint-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 # What the test changes in cluster/serve.yaml's application: its data, and times and sizes shrunk to a test's
 # (windows of 250 rows, a check a second, no cooldown, retraining without a search on the labelled rows).
-# The generated concept drift also moves the class shares by about 0.3, the poisoning guard's default bound
-# (one run: 0.310, rejected as suspicious): that guard is tested by tests/integration/test_loop.py -k
-# inverted; here the bound is out of the way of the controller's survival, which this test is about.
 OVERRIDES = ["monitor.window_size=250", "retrain.check_s=1", "retrain.cooldown_s=0", "retrain.trials=0",
-             "retrain.max_label_shift=0.6",
              "retrain.include_source=false", "retrain.performance_rows=300", "retrain.min_holdout_rows=100",
              "retrain.drift=null", "train.num_boost_round=80", "train.early_stopping_rounds=10", "tune.cv_folds=null",
              "evaluate.permutation_rows=200", "serve.champion_poll_s=1",

@@ -81,6 +81,27 @@ def test_performance_trigger_reads_the_latest_window_with_performance():
     assert "log_loss 0.7 > 0.6" in performance_trigger(report).reason
 
 
+def test_a_new_retraining_waits_for_min_new_labels_since_the_last_one(tmp_path):
+    """The default spacing is by evidence: after a job, no automatic one until retrain.min_new_labels more
+    labelled rows have arrived, whatever the clock says (cooldown_s defaults to 0)."""
+    clock, jobs, store = Clock(), Jobs(), {"rows": 700}
+    retrain = RetrainConfig(drift=AlertAfter(m=1, n=1), performance_drop=None)
+    assert retrain.cooldown_s == 0 and retrain.min_new_labels == 1000
+    c = Controller(retrain, LoopState(tmp_path, "m"), jobs.submit, lambda j: jobs.status[j], clock,
+                   labelled=lambda: store["rows"])
+    first = c.tick(_windows("drift"))
+    assert first["outcome"] == "submitted"
+    assert LoopState(tmp_path, "m").read()["jobs"][0]["labelled_rows"] == 700
+    jobs.status[first["job"]] = "SUCCEEDED"
+    clock.t += 10 * 86_400
+    store["rows"] = 1699
+    waiting = c.tick(_windows("drift", "drift"))
+    assert waiting["outcome"] == "skipped: waiting for 1 more labelled rows since the last retraining " \
+                                 "(retrain.min_new_labels)" and len(jobs.submitted) == 1
+    store["rows"] = 1700
+    assert c.tick(_windows("drift", "drift", "drift"))["outcome"] == "submitted" and len(jobs.submitted) == 2
+
+
 def test_one_job_at_a_time_then_cooldown_then_a_new_trigger(tmp_path):
     clock, jobs = Clock(), Jobs()
     c = _controller(tmp_path, clock, jobs, drift=AlertAfter(m=2, n=3))

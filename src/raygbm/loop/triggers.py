@@ -88,8 +88,10 @@ class Controller:
     """
 
     def __init__(self, cfg: RetrainConfig, state: LoopState, submit: Callable[[Trigger], str],
-                 job_status: Callable[[str], str], clock: Callable[[], float] = time.time):
+                 job_status: Callable[[str], str], clock: Callable[[], float] = time.time,
+                 labelled: Callable[[], int] | None = None):
         self.cfg, self.state, self.submit, self.job_status, self.clock = cfg, state, submit, job_status, clock
+        self.labelled = labelled  # how many labelled rows the store holds (retrain.min_new_labels)
         self.started = clock()
 
     def refresh_jobs(self) -> list[dict[str, Any]]:
@@ -138,6 +140,11 @@ class Controller:
             until = max(j.get("at", 0.0) for j in jobs) + self.cfg.cooldown_s
             if self.clock() < until:
                 return f"cooldown until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+            last = max(jobs, key=lambda j: j.get("at", 0.0))
+            if self.cfg.min_new_labels and self.labelled is not None and "labelled_rows" in last:
+                need = int(last["labelled_rows"]) + self.cfg.min_new_labels - self.labelled()
+                if need > 0:
+                    return f"waiting for {need} more labelled rows since the last retraining (retrain.min_new_labels)"
         return None
 
     def tick(self, report: dict[str, Any] | None = None, realized: Trigger | None = None) -> dict[str, Any] | None:
@@ -169,8 +176,9 @@ class Controller:
                 entry["outcome"], entry["job"] = "submitted", job_id
                 if failed:
                     entry["attempts"] = int(failed.get("attempts", 1)) + 1
+                extra = {"labelled_rows": self.labelled()} if self.labelled is not None else {}
                 self.state.set_job(job_id, status="PENDING", trigger=trigger.id, kind=trigger.kind,
-                                   reason=trigger.reason, at=self.clock())
+                                   reason=trigger.reason, at=self.clock(), **extra)
         self.state.set_trigger(entry)
         return entry
 
