@@ -248,7 +248,7 @@ def schedule_policy(stream: pa.Table, args: argparse.Namespace, config: Path, lo
         d = result.decision
         effective = min(n, stop + math.ceil(took * args.rate))
         events.append({"row": stop, "effective_row": effective, "action": d.action, "version": d.version,
-                       "reason": d.reason, "train_s": round(took, 1)})
+                       "replaced": champion, "reason": d.reason, "train_s": round(took, 1)})
         say(f"  schedule at row {stop:,}: v{d.version} {d.action} ({took:.0f} s → serves from row {effective:,}): "
             f"{d.reason[:140]}")
         if d.action == "promoted":
@@ -420,7 +420,7 @@ def main() -> None:
                          "promotions": sum(e.get("action") == "promoted" for e in sched["events"]),
                          "rejections": sum(e.get("action") == "rejected" for e in sched["events"])}
         promos = [(d["version"], d.get("other_version") or v1) for d in decisions if d["action"] == "promoted"]
-        promos += [(e["version"], v1) for e in sched["events"] if e.get("action") == "promoted"]
+        promos += [(e["version"], e["replaced"]) for e in sched["events"] if e.get("action") == "promoted"]
         r["promotion_check"] = promotion_check(bundles, later, promos)
         r["loop_promotion_rows"] = sorted({i for i in range(1, len(y)) if live["versions"][i] != live["versions"][i - 1]})
         if key == "c":

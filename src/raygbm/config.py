@@ -458,8 +458,8 @@ class RetrainConfig(_Section):
         "drift windows drifted (null: drift does not trigger)")
     performance_drop: float | None = Field(
         0.05, gt=0, description="retrain when the champion's realized gate metric is worse than its registered test "
-        "metric by more than this on each of its last two blocks of performance_rows labelled rows, or a window's "
-        "performance is below its lower bound (null: performance does not trigger)")
+        "metric by more than this on each of its last two blocks of performance_rows labelled rows, or the same "
+        "metric is outside its bound in the latest two windows (null: performance does not trigger)")
     performance_rows: int = Field(
         500, ge=10, description="rows per block of the realized-performance trigger: it scores the champion's last "
         "two blocks of this many labelled rows")

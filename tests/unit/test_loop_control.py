@@ -60,25 +60,39 @@ def test_drift_trigger_needs_m_of_the_last_n_scored_windows():
     assert drift_trigger(None, 1, 1) is None
 
 
-def test_performance_trigger_reads_the_latest_window_with_performance():
+def _perf(index: int, realized: dict | None = None, estimated: dict | None = None, bounds: dict | None = None,
+          outside: dict | None = None) -> dict:
+    perf = {"labelled_rows": 500 if realized else 0, "realized": realized or {}, "estimated": estimated or {},
+            "bounds": bounds or {}}
+    if outside is not None:
+        perf["outside_bounds"] = outside
+    return {"index": index, "performance": perf}
+
+
+def test_performance_trigger_needs_the_same_metric_outside_its_bound_in_the_latest_two_windows():
+    low_auc = {"realized": {"roc_auc": {"lower": 0.8}, "log_loss": {"upper": 0.6}}}
     report = {"windows": [
-        {"index": 0, "performance": {"labelled_rows": 500, "realized": {"roc_auc": 0.70, "log_loss": 0.4},
-                                     "estimated": {}, "bounds": {"realized": {"roc_auc": {"lower": 0.8},
-                                                                              "log_loss": {"upper": 0.6}}}}},
-        {"index": 1, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {"roc_auc": 0.9},
-                                     "bounds": {"estimated": {"roc_auc": {"lower": 0.8}}},
-                                     "outside_bounds": {"realized": [], "estimated": []}}},
-        {"index": 2, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {}}},
+        _perf(0, {"roc_auc": 0.70, "log_loss": 0.4}, bounds=low_auc),
+        _perf(1, estimated={"roc_auc": 0.9}, bounds={"estimated": {"roc_auc": {"lower": 0.8}}},
+              outside={"realized": [], "estimated": []}),
+        {"index": 2, "performance": {"labelled_rows": 0, "realized": {}, "estimated": {}}},  # no performance
     ]}
-    assert performance_trigger(report) is None  # window 1 decides: estimated within its bound
-    report["windows"][1]["performance"].update(estimated={"roc_auc": 0.75}, outside_bounds={"estimated": ["roc_auc"]})
+    assert performance_trigger(report) is None  # window 0 below its bound, window 1 within
+    assert performance_trigger({"windows": report["windows"][:1]}) is None  # one window is not enough
+    report["windows"][1] = _perf(1, {"roc_auc": 0.75, "log_loss": 0.7}, bounds=low_auc)  # compared with the bounds
     t = performance_trigger(report)
-    assert t is not None and t.id == "performance-w1" and "estimated" in t.reason and "roc_auc 0.75 < 0.8" in t.reason
-    report["windows"] = report["windows"][:1]  # no outside_bounds: compared with the bounds
+    assert t is not None and t.id == "performance-w1" and t.reason.startswith("realized") and "windows 0 and 1" in t.reason
+    assert t.reason.endswith("roc_auc 0.75 < 0.8") and "log_loss" not in t.reason  # log_loss: window 1 only
+    # A different metric in each window: no trigger.
+    report["windows"][0] = _perf(0, {"roc_auc": 0.85, "log_loss": 0.7}, bounds=low_auc)
+    report["windows"][1] = _perf(1, {"roc_auc": 0.75, "log_loss": 0.4}, bounds=low_auc)
+    assert performance_trigger(report) is None
+    # Estimated performance (no labels yet), as the monitor's verdicts give it.
+    est = {"estimated": {"roc_auc": {"lower": 0.8}}}
+    report["windows"] = [_perf(3, estimated={"roc_auc": 0.7}, bounds=est, outside={"estimated": ["roc_auc"]}),
+                         _perf(4, estimated={"roc_auc": 0.72}, bounds=est, outside={"estimated": ["roc_auc"]})]
     t = performance_trigger(report)
-    assert t.reason.endswith("roc_auc 0.7 < 0.8") and "log_loss" not in t.reason
-    report["windows"][0]["performance"]["realized"]["log_loss"] = 0.7
-    assert "log_loss 0.7 > 0.6" in performance_trigger(report).reason
+    assert t is not None and t.id == "performance-w4" and "estimated" in t.reason and "roc_auc 0.72 < 0.8" in t.reason
 
 
 def test_a_new_retraining_waits_for_min_new_labels_since_the_last_one(tmp_path):
