@@ -173,7 +173,6 @@ def live_loop(stream: pa.Table, args: argparse.Namespace, config: Path, env: dic
                 ep.feedback(pa.table({"prediction_id": ids, "label": pa.array(labels[first:stop])}), "bench feedback")
             if end % 2000 < args.chunk:
                 say(f"  row {end:,}/{n:,}: versions served so far {sorted(set(v for v in versions[:end] if v))}")
-        # The loop's last word on a job still running at the stream's end is not part of this stream.
         state = LoopState(Path(env["RAYGBM_HOME"]), MODEL).read()
         wall = time.monotonic() - t0
     finally:
@@ -183,7 +182,6 @@ def live_loop(stream: pa.Table, args: argparse.Namespace, config: Path, env: dic
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    loop_lines = [line for line in out_path.read_text().splitlines() if line.startswith("loop:")]
     # What the loop did, at the stream row being sent when it happened.
     at_row = lambda t: int(min(n, max(0.0, (t - wall0) * args.rate)))  # noqa: E731
     events = [{"row": at_row(t["at"]), "what": f"trigger {t['id']}: {t.get('outcome', '')}", "reason": t.get("reason", "")}
@@ -191,7 +189,7 @@ def live_loop(stream: pa.Table, args: argparse.Namespace, config: Path, env: dic
     events += [{"row": at_row(d["at"]), "what": f"{d['action']} v{d['version']}", "reason": d.get("reason", "")}
                for d in state.get("decisions", []) if "at" in d]
     return {"scores": scores, "versions": versions, "state": state, "wall_s": wall, "max_late_s": late,
-            "loop_lines": loop_lines, "events": sorted(events, key=lambda e: e["row"])}
+            "events": sorted(events, key=lambda e: e["row"])}
 
 
 def write_labels(stream: pa.Table, scores: np.ndarray, versions: np.ndarray, upto: int, done: int, t0: float,

@@ -116,12 +116,20 @@ def stage_data(cfg: PipelineConfig, rows: pa.Table, folder: Path) -> PipelineCon
 def holdout_metric(registry: Registry, version: str, holdout: pa.Table, metric: str) -> float | None:
     """A registered version's metric on the raw holdout rows, through its own preprocessor (None when it
     cannot score them: columns it needs are missing, a label value it never saw)."""
+    return holdout_metrics(registry, version, [holdout], metric)[0]
+
+
+def holdout_metrics(registry: Registry, version: str, holdouts: list[pa.Table], metric: str) -> list[float | None]:
+    """``holdout_metric`` on each of several row sets, the bundle loaded (and verified) once."""
     ref, path = local_bundle(registry, version)
     bundle = Bundle.load(path, ref.tags.get("manifest_sha256"))
-    try:
-        return bundle.test_metric(holdout, metric)
-    except DataError:
-        return None
+    out: list[float | None] = []
+    for holdout in holdouts:
+        try:
+            out.append(bundle.test_metric(holdout, metric))
+        except DataError:
+            out.append(None)
+    return out
 
 
 def evidence(registry: Registry, version: str, rows: pa.Table | None, metric: str) -> dict[str, Any] | None:

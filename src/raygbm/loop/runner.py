@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from raygbm.config import PipelineConfig
 from raygbm.loop.decisions import performance_drop
-from raygbm.loop.retrain import holdout_metric, labelled_root
+from raygbm.loop.retrain import holdout_metrics, labelled_root
 from raygbm.loop.rollback import check_rollback
 from raygbm.loop.triggers import Controller, Trigger
 from raygbm.loop.watch import trigger_line
@@ -45,9 +45,9 @@ def realized_trigger(cfg: PipelineConfig) -> Trigger | None:
     expected = champ.tags.get(f"test_{metric}")
     if expected is None:
         return None
+    blocks = [training_rows(rows.slice(end - n, n)) for end in (rows.num_rows, rows.num_rows - n)]
     reasons = []
-    for end in (rows.num_rows, rows.num_rows - n):
-        value = holdout_metric(registry, champ.version, training_rows(rows.slice(end - n, n)), metric)
+    for value in holdout_metrics(registry, champ.version, blocks, metric):
         reason = None if value is None else performance_drop(metric, value, float(expected), cfg.retrain.performance_drop)
         if reason is None:
             return None
