@@ -130,3 +130,23 @@ def model_env(requirements: list[str]) -> Path:
             raise AssertionError(f"pip install {' '.join(wanted)}: {(out.stdout + out.stderr)[-2000:]}")
         marker.write_text(json.dumps(wanted))
         return python
+
+
+# A /predict request that a replica holds while it waits for the rest of the body: more body than HAProxy
+# buffers before it picks a replica (tune.bufsize, 16 KB; serve.fast_ingress), and not all of it.
+HELD_REQUEST = (b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 500000\r\n\r\n["
+                + b" " * 65536)
+
+
+def read_response(sock: Any) -> bytes:
+    """One HTTP response (headers and a content-length body), or what came before the connection closed."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        if not (chunk := sock.recv(65536)):
+            return answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body

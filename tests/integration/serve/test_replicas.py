@@ -14,7 +14,7 @@ from raygbm.data.split import RAW_TEST
 from raygbm.registry.store import Registry
 from raygbm.serving.deploy import swap_model
 from tests.corpora import records_of
-from tests.helpers import wait_until
+from tests.helpers import HELD_REQUEST, read_response, wait_until
 from tests.integration.serve.endpoint import MONITOR, PORT, SERVE, http_get, http_post, serving
 
 
@@ -80,14 +80,11 @@ def test_a_request_whose_replica_dies_gets_503_with_retry_after(served):
     serving("1")
     [replica] = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000) if "ModelServer" in a.class_name]
     with socket.create_connection(("127.0.0.1", PORT), timeout=60) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: 100\r\nconnection: close\r\n\r\n[")
+        sock.sendall(HELD_REQUEST)
         wait_until(lambda: http_get("/model")[1]["requests_in_flight"] == 1, 20, interval=0.2,
                    message="the replica to hold the request")
         os.kill(replica.pid, signal.SIGKILL)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = read_response(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503"), answer[:300]
     assert b"retry-after: 1" in head.lower() and b"Actor" not in body and json.loads(body)["error"]
