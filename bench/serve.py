@@ -104,9 +104,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--monitor-rounds", type=int, default=3, help="off/on alternations for the monitor's cost")
     ap.add_argument("--monitor-set", action="append", default=[], metavar="KEY=VALUE",
                     help="monitor config overrides, e.g. log_sample_rate=0")
-    ap.add_argument("--ingress", choices=["proxy", "fast"], default="proxy",
-                    help="proxy: Serve's proxy (the default config); fast: serve.fast_ingress (HAProxy + direct "
-                    "ingress, opt-in)")
+    ap.add_argument("--ingress", choices=["fast", "proxy"], default="fast",
+                    help="fast: the default config (serve.fast_ingress: HAProxy + direct ingress); proxy: "
+                    "serve.fast_ingress=false (Serve's Python proxy)")
     return ap.parse_args()
 
 

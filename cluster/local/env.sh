@@ -20,6 +20,16 @@ if [ "$RAY_NODE_IP_ADDRESS" = 127.0.0.1 ]; then
 fi
 # Serve's HTTP servers on this cluster get raygbm's bounded reads (serve.* limits: RAYGBM_HTTP_LIMITS JSON).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=${RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH:-raygbm.serving.http_guard:install}
+# Serve's fast ingress (serve.fast_ingress, raygbm's default): HAProxy in front of replicas that serve HTTP
+# themselves, started through raygbm-haproxy (docs/http-api.md). RAYGBM_FAST_INGRESS=0: Serve's Python proxy.
+# The same settings as raygbm.runtime.FAST_INGRESS_ENV; Serve reads them when each node starts.
+if [ "${RAYGBM_FAST_INGRESS:-1}" = 1 ]; then
+  export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1}
+  export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}
+  export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=${RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE:-1}
+  export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-5}
+  export RAY_SERVE_HAPROXY_BINARY_PATH=${RAY_SERVE_HAPROXY_BINARY_PATH:-$VENV/bin/raygbm-haproxy}
+fi
 export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
 # Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
 # CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.

@@ -15,6 +15,11 @@ args=(--head --port "$RAY_PORT" --node-ip-address "$RAY_NODE_IP_ADDRESS" --dashb
       --dashboard-agent-listen-port "${RAY_DASHBOARD_AGENT_PORT:-0}")
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus "$RAY_NUM_CPUS")
 [ -n "${RAY_TEMP_DIR:-}" ] && args+=(--temp-dir "$RAY_TEMP_DIR")
+# Serve's fallback proxy (HAProxy's backup server, on the head) on a free port, not its fixed 8500.
+if [ -n "${RAY_SERVE_ENABLE_HA_PROXY:-}" ] && [ -z "${RAY_SERVE_FALLBACK_PROXY_HTTP_PORT:-}" ]; then
+  RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=$(python -c 'from raygbm.runtime import free_port; print(free_port())')
+  export RAY_SERVE_FALLBACK_PROXY_HTTP_PORT
+fi
 ray start "${args[@]}"
 echo "head node up; submit jobs with: cluster/local/submit.sh run --data /abs/path --label label"
 echo "(jobs address: $RAY_ADDRESS, RAYGBM_HOME=$RAYGBM_HOME)"

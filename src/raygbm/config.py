@@ -331,10 +331,10 @@ class ServeConfig(_Section):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (LightGBM uses one thread)")
     fast_ingress: bool = Field(
         True, description="HAProxy in front of replicas that serve HTTP themselves (Ray Serve's direct ingress), "
-        "started through raygbm-haproxy (no socket on every interface; reads bounded as on the proxy path), instead "
-        "of Serve's Python proxy: lower latency (docs/benchmarks.md). Takes effect where raygbm starts Ray "
-        "(embedded); a cluster's nodes need RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_HAPROXY_BINARY_PATH naming "
-        "raygbm-haproxy")
+        "started through raygbm-haproxy (no socket on every interface; reads bounded and a lost replica answered "
+        "503 as on the proxy path); false: Serve's Python proxy (~7x the latency, docs/benchmarks.md). Takes effect "
+        "where raygbm starts Ray (embedded); cluster nodes take it from their environment when Ray starts "
+        "(cluster/local/env.sh, the image)")
     require_token: bool = Field(
         False, description="require 'Authorization: Bearer <token>' (token from RAYGBM_ENDPOINT_TOKEN) on every "
         "route but /healthz and /readyz")

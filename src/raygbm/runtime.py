@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from raygbm.config import ResourcesConfig, ServeConfig
 
@@ -144,23 +145,65 @@ def loopback_replica_grpc() -> None:
     replica._raygbm_loopback = True
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def direct_ingress_on_node_address() -> None:
+    """In a Serve replica on a node with a network address: bind the replica's own HTTP server (fast
+    ingress) on the node's address when the endpoint's host is a loopback one.
+
+    Every node's HAProxy reaches a replica on another node at that node's address (Ray 2.60,
+    ``ray.serve._private.haproxy``, ``_target_to_server``), but Serve binds the replica's server on
+    ``http_options.host`` (``ray.serve._private.replica``, ``start_http_server``): with ``127.0.0.1``
+    (cluster/serve.yaml) no other node could reach it, where the node's address keeps it off every other
+    interface. ``raygbm.haproxy_launch`` points the node's own HAProxy at that address too (Ray's names
+    same-node replicas 127.0.0.1). Call from the deployment's constructor; a no-op on a loopback node, with
+    another host, or without direct ingress.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip in LOOPBACK_HOSTS or getattr(replica, "_raygbm_node_address", False):
+        return
+    start = replica.start_asgi_http_server
+
+    async def on_node_address(app: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        if options.host in LOOPBACK_HOSTS:
+            options = options.model_copy(update={"host": node_ip})
+        return await start(app, options, *args, **kwargs)
+
+    replica.start_asgi_http_server = on_node_address
+    replica._raygbm_node_address = True
+
+
+# Serve's HAProxy + direct ingress (serve.fast_ingress), as every node must have it when Ray starts there:
+# Serve reads these when its controller, proxies and replicas start. cluster/local/env.sh and the image
+# (cluster/image/Dockerfile) set the same (tests/unit/test_cluster_files.py).
+FAST_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Serve's throughput settings (direct ingress, user code on the replica's event loop, frozen GC).
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # They also hold the replicas' log lines until 1,000 have come (or an error): with Serve's access log
+    # off (serve.access_log) that is hours of silence, warnings included.
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    # A stopping direct-ingress replica keeps serving this long so the load balancer can drop it first.
+    # Ray's 30 s suits an external balancer's health checks; the HAProxy here runs on the same node and
+    # the Serve controller reloads it within a second, so 30 s only delays every scale-down and shutdown.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
+
+
 def enable_fast_ingress() -> None:
-    """Ray Serve's HAProxy + direct ingress (and its throughput-optimised settings) for a Ray this
-    process is about to start: Serve reads these when its controller and replicas start."""
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    # HAProxy started through raygbm.haproxy_launch: no socket on every interface, 503 for a lost replica.
+    """Ray Serve's HAProxy + direct ingress for a Ray this process is about to start (``FAST_INGRESS_ENV``),
+    with HAProxy started through raygbm.haproxy_launch: no socket on every interface, 503 for a lost replica,
+    bounded reads."""
+    for name, value in FAST_INGRESS_ENV.items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_launcher())
     # Serve's Python proxy stays on as HAProxy's backup server (for when no replica is up), on a fixed
     # port (8500, RAY_SERVE_FALLBACK_PROXY_HTTP_PORT) that a second endpoint on the host cannot bind.
     os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
-    # RAY_SERVE_THROUGHPUT_OPTIMIZED holds the replicas' log lines until 1,000 have come (or an error): with
-    # Serve's access log off (serve.access_log) that is hours of silence, warnings included.
-    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
-    # A stopping direct-ingress replica keeps serving this long so the load balancer can drop it first.
-    # Ray's 30 s suits an external balancer's health checks; the HAProxy here runs on the same node and
-    # the Serve controller reloads it within a second, so 30 s only delays every scale-down and shutdown.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

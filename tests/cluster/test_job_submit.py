@@ -160,6 +160,7 @@ def test_submitted_pipeline_job_succeeds_and_registers(head, tmp_path, monkeypat
     # Everything the head started (GCS, raylet, agents, metrics, workers, Serve) listens on loopback only.
     opened = _listeners() - head.before
     assert len(opened) >= 8, opened
+    assert any('"haproxy"' in p for _, p in opened), opened  # the default ingress: HAProxy (cluster/local/env.sh)
     exposed = [(a, p) for a, p in opened if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))]
     assert not exposed, exposed
     assert subprocess.run([str(local / "serve.sh"), "--shutdown"], env=env, capture_output=True,

@@ -131,3 +131,19 @@ def test_a_cluster_file_naming_the_demo_config_is_caught(tmp_path):
     serve_yaml = tmp_path / "cluster" / "serve.yaml"
     serve_yaml.write_text(serve_yaml.read_text().replace(PRODUCTION, "pipelines/configs/demo.yaml"))
     assert naming_the_demo_config(tmp_path / "cluster") == ["serve.yaml"]
+
+
+def test_every_node_gets_the_fast_ingress_as_raygbm_serve_does():
+    """The image (every ray up and KubeRay node) and the local scripts set what raygbm.runtime sets for an
+    embedded Ray, and name raygbm-haproxy where pip puts the console script (the image's is checked by its
+    own RUN line)."""
+    from raygbm.runtime import FAST_INGRESS_ENV
+
+    docker = (ROOT / "cluster" / "image" / "Dockerfile").read_text()
+    env = (ROOT / "cluster" / "local" / "env.sh").read_text()
+    for name, value in FAST_INGRESS_ENV.items():
+        assert f"    {name}={value} \\" in docker, name
+        assert f"export {name}=${{{name}:-{value}}}" in env, name
+    assert "RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/anaconda3/bin/raygbm-haproxy" in docker
+    assert 'RUN test -x "$RAY_SERVE_HAPROXY_BINARY_PATH"' in docker
+    assert "RAY_SERVE_HAPROXY_BINARY_PATH=${RAY_SERVE_HAPROXY_BINARY_PATH:-$VENV/bin/raygbm-haproxy}" in env

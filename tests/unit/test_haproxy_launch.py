@@ -159,3 +159,53 @@ def test_a_request_whose_server_dies_on_a_kept_alive_connection_gets_the_503(tmp
     assert answers[False] == b"", answers[False][:200]  # what Ray's own config answers: nothing
     head, _, body = answers[True].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head and json.loads(body)["error"]
+
+
+def test_same_node_replicas_are_reached_at_the_node_address_of_the_raylet_above(tmp_path):
+    """The launcher's grandparent is the raylet (HAProxy is a child of Serve's HAProxyManager, a worker of
+    the raylet): its --node_ip_address is where the node's own replicas listen on a networked node."""
+    from raygbm.haproxy_launch import replicas_on
+
+    config = ("backend http-raygbm\n    server SERVE_REPLICA_raygbm-ModelServer-a 127.0.0.1:30001 check\n"
+              "    server SERVE_REPLICA_raygbm-ModelServer-b 10.0.0.9:30002 check\n"
+              "    server SERVE_PROXY_ACTOR-fallback-1 127.0.0.1:8500 check backup\n")
+    moved = replicas_on(config, "10.0.0.5")
+    assert "ModelServer-a 10.0.0.5:30001" in moved and "ModelServer-b 10.0.0.9:30002" in moved
+    assert "fallback-1 127.0.0.1:8500" in moved  # Serve's proxy stays where it listens
+    assert replicas_on(config, "127.0.0.1") == config and replicas_on(config, None) == config
+
+    # A process named raylet, a worker under it, and the launcher's lookup in the worker's child.
+    raylet = tmp_path / "raylet"
+    raylet.symlink_to(sys.executable)
+    lookup = "from raygbm.haproxy_launch import node_address; print(node_address())"
+    worker = f"import subprocess; subprocess.run([{sys.executable!r}, '-c', {lookup!r}])"
+    out = subprocess.run([str(raylet), "-c", f"import subprocess; subprocess.run([{sys.executable!r}, '-c', {worker!r}])",
+                          "--node_ip_address=10.1.2.3"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert out.stdout.strip() == "10.1.2.3", out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "None", out.stdout + out.stderr
+
+
+def test_haproxy_dies_with_the_process_that_started_it():
+    """What the launcher execs gets SIGTERM when its parent (Serve's HAProxyManager actor) dies, even by
+    SIGKILL: a node stopped with `ray stop --force` left HAProxy holding the endpoint's port."""
+    import signal
+    import time
+
+    child = ("from raygbm.haproxy_launch import die_with_parent; import os; die_with_parent(); "
+             "os.execv('/bin/sleep', ['sleep', '60'])")
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; p = subprocess.Popen([sys.executable, "
+                               f"'-c', {child!r}]); print(p.pid, flush=True); p.wait()"], stdout=subprocess.PIPE,
+                              text=True)
+    pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 20
+    while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):  # armed, then exec'd
+        assert time.monotonic() < deadline, "the child never exec'd"
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):
+        assert time.monotonic() < deadline, "the exec'd program outlived its parent"
+        time.sleep(0.05)
