@@ -15,6 +15,7 @@ Runs in the cluster lane (its own pytest session): never two Ray instances on th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -150,12 +151,21 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
             time.sleep(PHASE_S)  # steady load
             # The head "Pod" dies: its GCS, raylet (and so the Serve controller and the loop's controller on
             # it), dashboard and autoscaler monitor.
+            # Every process of the head, its agents and Ray client server included (their command lines name the
+            # head's node id; the workers' name the head's temp dir too): an agent left behind held the head's
+            # metrics port, and the restarted head's agent, unable to bind it, took its raylet down
+            # ("dashboard_agent failed and raylet fate-shares with it").
             head_raylet = _pids("raylet/raylet .*node:__internal_head__")  # the head's own resource
-            killed = (_pids("gcs_server") + head_raylet + _pids("dashboard/dashboard.py")
-                      + _pids("autoscaler/_private/monitor.py"))
+            assert head_raylet, "no head raylet"
+            head_id = re.search(rb"--node-id=([0-9a-f]+)", Path(f"/proc/{head_raylet[0]}/cmdline").read_bytes()).group(1)
+            killed = sorted(set(_pids("gcs_server") + head_raylet + _pids("dashboard/dashboard.py")
+                                + _pids("autoscaler/_private/monitor.py") + _pids(f"node-id={head_id.decode()}")))
             assert head_raylet and killed, killed
             for pid in killed:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # gone with a process killed before it
+                    pass
             t_down = time.monotonic()
             for p in phases:
                 p.mark("outage")
