@@ -43,7 +43,8 @@ ENVIRONMENT = ("Environment: RAYGBM_HOME (where runs, models and the MLflow stor
                "RAYGBM_HTTP_LIMITS (JSON of the serve. read limits for the HTTP servers Serve starts; set by "
                "raygbm when it starts Ray), RAYGBM_HAPROXY_STATS and RAYGBM_HAPROXY_METRICS (HOST:PORT of fast "
                "ingress's HAProxy statistics page and Prometheus exporter), RAYGBM_VENV (the virtual environment "
-               "cluster/local/ nodes run from). Details: docs/environment.md.")
+               "cluster/local/ nodes run from), RAYGBM_FAST_INGRESS (0: cluster/local/ nodes start without "
+               "Serve's fast ingress). Details: docs/environment.md.")
 
 EXIT_TABLE = "Exit codes:\n" + "\n".join(f"{code}  {meaning}" for code, meaning in EXIT_CODES)
 
