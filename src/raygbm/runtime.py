@@ -120,29 +120,30 @@ def bounded_http_reads(serve: ServeConfig) -> None:
     os.environ[HTTP_LIMITS_ENV] = json.dumps(serve.model_dump(include=set(HTTP_LIMIT_FIELDS)))
 
 
-def loopback_replica_grpc() -> None:
-    """In a Serve replica on a loopback node: bind the replica's inter-deployment gRPC server on
-    127.0.0.1 instead of every interface.
+def replica_grpc_on_node_address() -> None:
+    """In a Serve replica: bind the replica's inter-deployment gRPC server on the node's address (127.0.0.1
+    on a loopback node) instead of every interface.
 
     Serve starts that server after the deployment's constructor returns, on the hard-coded address
-    ``[::]:0`` (Ray 2.60, ``ray.serve._private.replica``); every other server of the node follows the
-    node's IP. Callers reach the replica at the node's IP, so on a loopback node nothing else changes.
-    Call from the deployment's constructor; a no-op on a node with a network address.
+    ``[::]:0`` (Ray 2.60, ``ray.serve._private.replica``). Callers reach the replica at the node's
+    address, so nothing else changes. Call from the deployment's constructor; a no-op on a node whose
+    address is IPv6 (Ray's own bind stays).
     """
     import ray
     from ray.serve._private import replica
 
-    if ray.util.get_node_ip_address() != "127.0.0.1" or getattr(replica, "_raygbm_loopback", False):
+    node_ip = ray.util.get_node_ip_address()
+    if ":" in node_ip or getattr(replica, "_raygbm_grpc_bound", False):
         return
     bind = replica.add_port_to_grpc_server
 
-    def loopback(server: object, address: str) -> int:
+    def on_node_address(server: object, address: str) -> int:
         if address.startswith("[::]:"):
-            address = "127.0.0.1:" + address.removeprefix("[::]:")
+            address = f"{node_ip}:" + address.removeprefix("[::]:")
         return bind(server, address)
 
-    replica.add_port_to_grpc_server = loopback
-    replica._raygbm_loopback = True
+    replica.add_port_to_grpc_server = on_node_address
+    replica._raygbm_grpc_bound = True
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

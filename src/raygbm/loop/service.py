@@ -38,9 +38,9 @@ class LoopController:
 
     def __init__(self, cfg: dict[str, Any], env: dict[str, str]):
         from raygbm.loop.runner import start_loop
-        from raygbm.runtime import loopback_replica_grpc
+        from raygbm.runtime import replica_grpc_on_node_address
 
-        loopback_replica_grpc()  # as every replica of ours: nothing of a loopback node on another interface
+        replica_grpc_on_node_address()  # as every replica of ours: no server on every interface
         os.environ.update(env)
         self.cfg = PipelineConfig.model_validate(cfg)
         self.runner = start_loop(self.cfg)

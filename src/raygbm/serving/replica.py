@@ -13,7 +13,7 @@ from ray import serve
 
 from raygbm.config import MonitorConfig, ServeConfig
 from raygbm.monitoring.wal import WalWriter, frame, wal_dir
-from raygbm.runtime import direct_ingress_on_node_address, loopback_replica_grpc
+from raygbm.runtime import direct_ingress_on_node_address, replica_grpc_on_node_address
 from raygbm.serving.batch_jobs import BatchJobs
 from raygbm.serving.model_slot import ModelSlot, ModelSpec, ServedModel
 from raygbm.serving.monitor_buffer import MonitorBuffer
@@ -54,7 +54,7 @@ class ReplicaCore:
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         Replica.token_sha256 = token_sha256
         self.slot.start_following()
-        loopback_replica_grpc()
+        replica_grpc_on_node_address()
         direct_ingress_on_node_address()
 
     def _monitor_actor(self) -> Any:
