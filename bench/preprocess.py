@@ -1,5 +1,6 @@
-"""Data stage throughput: our path on Ray (a task per read block) against a plain single-process pyarrow loop, same shards,
-same transforms (the same block functions: profile pass, fit, transform-and-write pass), in one run.
+"""Data stage throughput: our path on Ray Data against a plain single-process pyarrow loop, same shards, same
+transforms (the same block functions: profile pass, fit, transform-and-write pass), in one run; and against the
+stage's previous runner, a plain Ray task per read block (``task_ratio``: Ray Data's rows/s over the tasks').
 
     python bench/preprocess.py [--rows 4000000] [--shards 8] [--object-store-mb N]
 
@@ -18,7 +19,7 @@ Two references beside them, on the same shards:
 
 It ends with one line:
 
-    RESULT ratio=<ray / plain rows/s> ray_rows_per_s=... plain_rows_per_s=... floor_rows_per_s=...
+    RESULT ratio=<ray / plain rows/s> task_ratio=<ray data / ray tasks> ray_rows_per_s=... plain_rows_per_s=... floor_rows_per_s=...
            floor_ratio=<ray / floor> polars_rows_per_s=... tuned_floor_ratio=... peak_rss_mb=...
 
 Every timed run starts after ``os.sync()``: the runs write hundreds of MB, and a run that starts while the
@@ -189,6 +190,36 @@ def polars_rows_per_s(data: Path, threads: int = 2) -> tuple[float, int]:
         shutil.rmtree(out, ignore_errors=True)
 
 
+class RayTaskRunner:
+    """The reference: the data stage's runner before it moved to Ray Data (raygbm.data.engine), one plain
+    Ray task per read block (read → block function), all submitted at once. Kept here to measure the
+    Ray Data path against it in the same run."""
+
+    def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None):
+        import ray
+
+        from raygbm.data.preprocess import _find_user_error, _read_block, _read_tasks
+
+        @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+        def read_and_map(fs, display, path, groups, shard, first, columns, dictionary, fn, args, extra):
+            return fn(_read_block(fs, display, path, groups, shard, first, columns, dictionary), *args, *extra)
+
+        args_ref = ray.put(args)
+        plan = _read_tasks(shards, chunk_rows, columns)
+        refs = [read_and_map.options(name=f"read->{fn.__name__}").remote(
+                    shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
+                    list(dictionary), fn, args_ref, per_block[i] if per_block else ())
+                for i, (shard, path, groups, first) in enumerate(plan)]
+        try:
+            outs = ray.get(refs)
+        except Exception as exc:
+            err = _find_user_error(exc)
+            if err is not None:
+                raise err from None
+            raise
+        return [dict(zip(out, values)) for out in outs for values in zip(*out.values())]
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--polars-child":
         _polars_child(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -246,14 +277,19 @@ def main() -> None:
         t = time.perf_counter()
         ensure_ray(cfg.resources)
         ray_start = time.perf_counter() - t
-        runs = []
+        runs, task_runs = [], []
         with PeakRSS() as mem:
-            for attempt in ("cold", "warm", "warm"):
+            # Ray Data (the stage's runner) and the plain-task reference, alternated so both see the same
+            # machine; the first Ray Data run is the cold one.
+            for attempt, runner in (("cold", None), ("warm", None), ("warm", RayTaskRunner()), ("warm", None),
+                                    ("warm", RayTaskRunner())):
                 os.sync()  # the last run's written files flushed first, so no run pays for another's
                 t = time.perf_counter()
-                r = preprocess(cfg, force=True)
-                runs.append(time.perf_counter() - t)
-                print(f"ray tasks ({attempt})   : {runs[-1]:6.2f}s  {args.rows / runs[-1] / 1e6:5.2f}M rows/s  "
+                r = preprocess(cfg, force=True, runner=runner)
+                (runs if runner is None else task_runs).append(time.perf_counter() - t)
+                took = time.perf_counter() - t
+                print(f"{'ray data' if runner is None else 'ray tasks'} ({attempt})  : {took:6.2f}s  "
+                      f"{args.rows / took / 1e6:5.2f}M rows/s  "
                       f"(profile {r.timings['profile_s']:.2f}s, transform {r.timings['transform_s']:.2f}s)", flush=True)
         ray_rss = mem.peak
         import ray
@@ -266,11 +302,13 @@ def main() -> None:
             "rows": args.rows,
             "ray_rows_per_s": round(ray_rps),
             "ray_cold_rows_per_s": round(args.rows / runs[0]),
+            "task_rows_per_s": round(args.rows / min(task_runs)),
+            "task_ratio": round(ray_rps / (args.rows / min(task_runs)), 3),
             "peak_rss_mb": round(ray_rss),
             "object_store_mb": round(store_mb),
             "ray_start_s": round(ray_start, 1),
         }
-        result = {"floor_ratio": round(ray_rps / floor, 3), **result, "floor_rows_per_s": round(floor),
+        result = {"task_ratio": result.pop("task_ratio"), "floor_ratio": round(ray_rps / floor, 3), **result, "floor_rows_per_s": round(floor),
                   "polars_rows_per_s": round(polars), "tuned_floor_rows_per_s": round(tuned),
                   "tuned_floor_ratio": round(ray_rps / tuned, 3)}
         if plain_s is not None:

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygbm.data.preprocess import ROW_COL, SHARD_COL, LocalRunner, RayTaskRunner
+from raygbm.data.preprocess import ROW_COL, SHARD_COL, BlockRunner, default_runner
 from raygbm.data.schema import ShardSet, check_shards
 from raygbm.errors import DataError
 from raygbm.registry.bundle import METRICS_FILE, MODEL_FILE, PREPROCESSOR_FILE, Bundle
@@ -73,13 +73,13 @@ def predict_block(table: pa.Table, texts: ModelTexts, out_dir: str) -> dict[str,
 
 
 def predict_dataset(source: str, output: Path, bundle: Path, *, chunk_rows: int = 1_000_000,
-                    overwrite: bool = False, runner: RayTaskRunner | LocalRunner | None = None) -> dict[str, Any]:
+                    overwrite: bool = False, runner: BlockRunner | None = None) -> dict[str, Any]:
     """Score every row of ``source`` into the Parquet folder ``output``; returns rows, files and seconds."""
     t0 = time.perf_counter()
     shards = input_shards(source, Path(output), overwrite)
     Bundle.load(bundle).check_columns(shards.schema)
     with staged(Path(output)) as staging:
-        written = (runner or RayTaskRunner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
+        written = (runner or default_runner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
     return {"rows": sum(int(w["rows"]) for w in written), "files": len(written), "seconds": time.perf_counter() - t0}
 
 

@@ -57,7 +57,6 @@ def ensure_ray(resources: ResourcesConfig | None = None, serve: ServeConfig | No
             log_to_driver=False,
         )
         keep_embedded_ray()
-    configure_data_context()
 
 
 def keep_embedded_ray() -> None:
@@ -257,18 +256,6 @@ def ensure_private_token() -> Path | None:
     if path.stat().st_mode & 0o077:
         path.chmod(0o600)
     return path
-
-
-def configure_data_context() -> None:
-    import ray.data
-
-    # Ray Data logs each dataset's execution at INFO; our progress lines say the same thing once.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    # Our own progress display and report replace Ray Data's per-operator bars and stats dumps.
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
 
 
 class StopSignals:

@@ -151,7 +151,7 @@ def test_quarantine_skips_bad_shards(tmp_path, home):
         preprocess(_cfg(data))
 
 
-def test_corrupt_data_page_found_while_reading(tmp_path, home):
+def test_corrupt_data_page_found_while_reading(tmp_path, home, capfd):
     # The footer is intact, so the checks pass; the damage shows only when a read task reads the pages.
     data = make_shards(tmp_path / "data", rows=6000, shards=3)
     p = data / "part-00001.parquet"
@@ -161,8 +161,12 @@ def test_corrupt_data_page_found_while_reading(tmp_path, home):
     start = col.data_page_offset
     raw[start + 20 : start + 4000] = b"\xff" * (4000 - 20)
     p.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"part-00001\.parquet: corrupt Parquet data"):
+    with pytest.raises(DataError, match=r"part-00001\.parquet: corrupt Parquet data") as e:
         preprocess(_cfg(data))
+    # One line: neither Ray's remote trace nor Ray Data's retry advice, and no trace on the console.
+    assert "\n" not in str(e.value) and type(e.value) is DataError
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err
     runs = home / "runs"
     assert not runs.exists() or not any(runs.iterdir())
 

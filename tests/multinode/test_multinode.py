@@ -56,7 +56,6 @@ def cluster(tmp_path_factory):
         HTTP_CALLBACK_ENV,
         HTTP_LIMITS_ENV,
         bounded_http_reads,
-        configure_data_context,
         enable_fast_ingress,
         enable_token_auth,
         ensure_private_token,
@@ -78,7 +77,6 @@ def cluster(tmp_path_factory):
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
-    configure_data_context()
     try:
         yield c, workers
     finally:
@@ -116,7 +114,7 @@ def test_the_data_stage_spreads_its_read_tasks_over_both_nodes(meta, figure):
 
     def read_nodes() -> set[str]:
         tasks = list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000, raise_on_missing_output=False)
-        return {t.node_id for t in tasks if t.name.startswith("read->")} & _alive_worker_nodes()
+        return {t.node_id for t in tasks if t.name.startswith("ReadShards->")} & _alive_worker_nodes()
 
     # Workers report task events to the GCS in batches (about once a second): wait for them to arrive.
     try:

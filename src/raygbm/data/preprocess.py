@@ -13,7 +13,6 @@ A time split needs global cut-offs first, so it adds a pass that reads the time 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -98,64 +97,34 @@ def _find_user_error(exc: BaseException) -> RaygbmError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, RaygbmError):
-            return type(e)(str(e).strip().splitlines()[-1] if "\n" in str(e) else str(e))
+        # Ray re-raises a task's error as a class deriving from both RayTaskError and ours, whose text is
+        # the whole remote trace; ours is its ``cause``. Ray Data appends lines on retries to our error's
+        # text (which is one line).
+        if isinstance(e, RaygbmError) and type(e).__module__.startswith("raygbm"):
+            return type(e)(str(e).strip().splitlines()[0])
         stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
     return None
-
-
-@functools.lru_cache(maxsize=1)
-def _block_task() -> Any:
-    """The Ray task that reads one block and runs a block function on it (made on first use, so that
-    importing this module does not import Ray)."""
-    import ray
-
-    @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
-    def read_and_map(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
-                     columns: list[str] | None, dictionary: list[str], fn: Callable[..., dict[str, list]],
-                     args: tuple, extra: tuple) -> dict[str, list]:
-        return fn(_read_block(fs, display, path, groups, shard, first, columns, dictionary), *args, *extra)
-
-    return read_and_map
-
-
-class RayTaskRunner:
-    """Runs a block function over every read block as one Ray task (read → fn), all submitted at once
-    and spread over the nodes; only the function's small result comes back.
-
-    Plain tasks rather than a Ray Data pipeline: a block never leaves the task that read it, so there is
-    nothing to stream, and Ray Data's backpressure started these tasks one at a time at first (measured
-    on 2 cores: 1.2 cores busy on average). Failed tasks are retried by Ray when a worker or node dies;
-    a data error is not retried and comes back as the one line it is."""
-
-    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
-                   columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
-        """``fn(block, *args, *per_block[i])`` for the i-th read block; its rows, in block order."""
-        import ray
-
-        args_ref = ray.put(args)  # stored once, not once per task
-        task = _block_task().options(name=f"read->{fn.__name__}")
-        plan = _read_tasks(shards, chunk_rows, columns)
-        refs = [task.remote(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
-                            list(dictionary), fn, args_ref, per_block[i] if per_block else ())
-                for i, (shard, path, groups, first) in enumerate(plan)]
-        try:
-            outs = ray.get(refs)
-        except Exception as exc:  # Ray wraps task errors; report ours as the one line they are
-            for ref in refs:
-                ray.cancel(ref)
-            err = _find_user_error(exc)
-            if err is not None:
-                raise err from None
-            raise
-        return [row for out in outs for row in _rows_of(out)]
 
 
 def _rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
     """A block function's columns as rows."""
     keys = list(out)
     return [dict(zip(keys, values)) for values in zip(*(out[k] for k in keys))]
+
+
+class BlockRunner(Protocol):
+    """Runs a block function over every read block: ``raygbm.data.engine.RayDataRunner`` (the stage's
+    runner, on Ray Data) or ``LocalRunner`` (one process; tests and the bench's baseline)."""
+
+    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
+                   columns: list[str] | None = None, dictionary: list[str] = (),
+                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]: ...
+
+
+def default_runner() -> BlockRunner:
+    from raygbm.data.engine import RayDataRunner  # imports Ray Data: only when the stage runs on Ray
+
+    return RayDataRunner()
 
 
 class LocalRunner:
@@ -370,7 +339,7 @@ def preprocess(
     *,
     progress: Progress = no_progress,
     force: bool = False,
-    runner: RayTaskRunner | LocalRunner | None = None,
+    runner: BlockRunner | None = None,
     shards: ShardSet | None = None,
 ) -> PreprocessResult:
     """Run the data stage; returns the run directory and the data report.
@@ -380,7 +349,7 @@ def preprocess(
     A finished run with the same input content and config is found by its key and reused. ``shards``
     passes in the result of an earlier ``check_shards`` on the same source, so footers are read once.
     """
-    runner = runner or RayTaskRunner()
+    runner = runner or default_runner()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     shards, schema = _checked_input(config, shards, progress)
@@ -477,7 +446,7 @@ def _report_identifiers(report: dict[str, Any], progress: Progress) -> None:
         progress(line)
 
 
-def _time_cutoffs(runner: RayTaskRunner | LocalRunner, shards: ShardSet, config: PipelineConfig,
+def _time_cutoffs(runner: BlockRunner, shards: ShardSet, config: PipelineConfig,
                   label: str) -> tuple[float, float]:
     """The time split's cut-offs, from a pass that reads the label and the time column alone."""
     column = config.split.time
@@ -487,7 +456,7 @@ def _time_cutoffs(runner: RayTaskRunner | LocalRunner, shards: ShardSet, config:
     return time_cutoffs(times, config.split)
 
 
-def _profile(runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig) -> Profile:
+def _profile(runner: BlockRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig) -> Profile:
     """The profile pass: every block's statistics merged, label and duplicate counts, split sizes."""
     blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,),
                                dictionary=plan.dictionary)
@@ -507,7 +476,7 @@ def _profile(runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockP
     return Profile(everything, train, missing_label, split_rows, duplicates, drop, [b["codes"] for b in blocks], ids)
 
 
-def _write_run(final: Path, key: str, runner: RayTaskRunner | LocalRunner, shards: ShardSet, plan: BlockPlan,
+def _write_run(final: Path, key: str, runner: BlockRunner, shards: ShardSet, plan: BlockPlan,
                pre: Preprocessor, profile: Profile, task: str, config: PipelineConfig, timings: dict[str, float],
                t0: float, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The transform pass into a staging folder, then the run's files, then the folder renamed to

@@ -62,11 +62,9 @@ def job_input(body: bytes, roots: list[str]) -> str:
 def run_batch_job(job_id: str, source: str, jobs: str, bundle: str, version: str) -> None:
     """The job itself (a Ray task): score ``source`` into ``jobs/<job_id>``, then write the status file."""
     from raygbm.predict import predict_dataset
-    from raygbm.runtime import configure_data_context
 
     doc = {"job_id": job_id, "input": source, "model_version": version, "started": time.time()}
     try:
-        configure_data_context()
         out = predict_dataset(source, Path(jobs) / job_id, Path(bundle))
         doc.update(status="succeeded", output=str(Path(jobs) / job_id), rows=out["rows"], files=out["files"],
                    seconds=round(out["seconds"], 3))

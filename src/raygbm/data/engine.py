@@ -1,0 +1,164 @@
+"""The data stage's engine on a Ray cluster: Ray Data runs the block functions of
+``raygbm.data.preprocess`` (and ``raygbm.predict``) over every read block of the shards.
+
+Imported only when a stage runs on Ray (``preprocess.default_runner``): it imports Ray Data."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+import ray.data
+from ray.data import DataContext, Datasource
+from ray.data.block import BlockMetadata
+from ray.data.datasource import ReadTask
+
+from raygbm.data.preprocess import _find_user_error, _read_block, _read_tasks
+from raygbm.data.schema import ShardSet
+
+BLOCK_COL = "__block"  # the read block's index in the plan, so a map function finds its per-block arguments
+
+
+class ShardBlocks(Datasource):
+    """A Ray Data datasource whose read tasks are exactly our read blocks (``_read_tasks``): whole row
+    groups of one shard, with each row's shard and row number (``SHARD_COL``, ``ROW_COL``) and the
+    block's index (``BLOCK_COL``) appended.
+
+    Not ``ray.data.read_parquet``: its blocks carry neither a row's position in its shard (the keep-first
+    order for duplicates, the output files' names) nor a stable identity across two passes (the profile
+    pass hands each block's split codes to the transform pass), and its errors name no shard. The shards'
+    footers and schemas are checked before (``check_shards``), as for any read."""
+
+    def __init__(self, shards: ShardSet, chunk_rows: int, columns: list[str] | None, dictionary: list[str]) -> None:
+        super().__init__()
+        self.shards, self.columns, self.dictionary = shards, columns, list(dictionary)
+        self.plan = _read_tasks(shards, chunk_rows, columns)
+
+    def get_name(self) -> str:
+        return "Shards"  # the operator shows as ReadShards->MapBatches(...)
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[Any]:
+        tasks = []
+        for i, (shard, path, groups, first) in enumerate(self.plan):
+            rows = sum(self.shards.shards[shard].row_groups[g] for g in groups)
+            read = functools.partial(_read_indexed_block, self.shards.filesystem, self.shards.display_path(path),
+                                     path, groups, shard, first, self.columns, self.dictionary, i)
+            tasks.append(ReadTask(read, BlockMetadata(num_rows=rows, size_bytes=None, input_files=[path],
+                                                      exec_stats=None)))
+        return tasks
+
+
+def _read_indexed_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
+                        columns: list[str] | None, dictionary: list[str], index: int) -> list[pa.Table]:
+    table = _read_block(fs, display, path, groups, shard, first, columns, dictionary)
+    return [table.append_column(BLOCK_COL, pa.array(np.full(table.num_rows, index, dtype=np.int32)))]
+
+
+class _ApplyToBlock:
+    """The ``map_batches`` function: one read block in (whole: block shaping is off for our runs), the
+    block function's small result out, with the block's index for ordering."""
+
+    def __init__(self, fn: Callable[..., dict[str, list]], args: tuple, per_block: list[tuple] | None) -> None:
+        self.fn, self.args, self.per_block = fn, args, per_block
+
+    def __call__(self, table: pa.Table) -> dict[str, list]:
+        index = int(table.column(BLOCK_COL)[0].as_py()) if table.num_rows else -1
+        extra = self.per_block[index] if self.per_block and index >= 0 else ()
+        out = self.fn(table.drop_columns([BLOCK_COL]), *self.args, *extra)
+        n = len(next(iter(out.values()))) if out else 0
+        return {**out, BLOCK_COL: [index] * n}
+
+
+# Ray Data options for our runs (set for the run's datasets only, see ``data_context``):
+# - no block shaping: a read block (read_chunk_rows, whole row groups) reaches the map function whole, so
+#   its index finds its per-block arguments and the output files are named by the block as with LocalRunner;
+# - no progress bars or stats dumps: our progress lines and data report say it once.
+RUN_DATA_CONTEXT = {
+    "target_max_block_size": None,
+    "enable_progress_bars": False,
+    "print_on_execution_start": False,
+    "enable_auto_log_stats": False,
+}
+# - no backpressure policies (ray/data/_internal/execution/backpressure_policy/__init__.py reads this key):
+#   a block function returns a few KB (statistics, the names of the files it wrote), so there is no output
+#   for the object store to hold back, and memory is bounded by the tasks running at once (one read block
+#   each, one task per CPU). With Ray's policies on, its resource budget held the tasks back until the
+#   first had finished: on 2 cores, 4M rows took 5.4-6.3 s against 3.8-4.4 s without them (bench/preprocess.py).
+RUN_DATA_CONFIG = {"backpressure_policies.enabled": []}
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextmanager
+def data_context(config: dict[str, Any] | None = None, **options: Any) -> Iterator[Any]:
+    """Ray Data's ``DataContext`` with ``options`` (attributes) and ``config`` (``set_config`` keys) for the
+    datasets made inside (a dataset keeps the context it was made with), restored afterwards: nothing
+    global outlives the run.
+
+    Ray Data's console lines are held back meanwhile: on a failed block it logs the whole task trace to
+    the console (our error is one line); its log file in the session's ``logs/ray-data`` keeps them."""
+    ctx = DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in options}
+    missing = object()
+    saved_config = {k: ctx.get_config(k, missing) for k in config or {}}
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for k, v in options.items():
+        setattr(ctx, k, v)
+    for k, v in (config or {}).items():
+        ctx.set_config(k, v)
+    for h in console:
+        h.addFilter(_drop)
+    try:
+        yield ctx
+    finally:
+        for h in console:
+            h.removeFilter(_drop)
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        for k, v in saved_config.items():
+            ctx.remove_config(k) if v is missing else ctx.set_config(k, v)
+
+
+class RayDataRunner:
+    """Runs a block function over every read block as a Ray Data pipeline: our datasource's read tasks
+    (``ShardBlocks``) fused with ``map_batches`` of the function, so a block never leaves the task that
+    read it and only the function's small result comes back. Ray Data's streaming executor schedules the
+    tasks over every node's CPUs (SPREAD), retries them when a worker or node dies, and shows the run in
+    the dashboard's Data view; a data error is not retried and comes back as the one line it is."""
+
+    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
+                   columns: list[str] | None = None, dictionary: list[str] = (),
+                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
+        """``fn(block, *args, *per_block[i])`` for the i-th read block; its rows, in block order."""
+        source = ShardBlocks(shards, chunk_rows, columns, list(dictionary))
+        if not source.plan:
+            return []
+        with data_context(RUN_DATA_CONFIG, **RUN_DATA_CONTEXT):
+            ds = ray.data.read_datasource(source, override_num_blocks=len(source.plan))
+            ds = ds.map_batches(_ApplyToBlock(fn, args, per_block), batch_format="pyarrow", batch_size=None,
+                                zero_copy_batch=True)
+            try:
+                out = ds.to_arrow_refs()
+                tables = ray.get(out)
+            except Exception as exc:  # Ray Data wraps task errors; report ours as the one line they are
+                err = _find_user_error(exc)
+                if err is not None:
+                    raise err from None
+                raise
+        rows = [r for t in tables if t.num_rows for r in t.to_pylist()]
+        rows.sort(key=lambda r: r.pop(BLOCK_COL))  # stable: a block's rows keep their order
+        return rows
