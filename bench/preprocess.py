@@ -198,14 +198,14 @@ class RayTaskRunner:
     def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None):
         import ray
 
-        from raygbm.data.preprocess import _find_user_error, _read_block, _read_tasks
+        from raygbm.data.blocks import find_user_error, read_block, read_plan
 
         @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
         def read_and_map(fs, display, path, groups, shard, first, columns, dictionary, fn, args, extra):
-            return fn(_read_block(fs, display, path, groups, shard, first, columns, dictionary), *args, *extra)
+            return fn(read_block(fs, display, path, groups, shard, first, columns, dictionary), *args, *extra)
 
         args_ref = ray.put(args)
-        plan = _read_tasks(shards, chunk_rows, columns)
+        plan = read_plan(shards, chunk_rows, columns)
         refs = [read_and_map.options(name=f"read->{fn.__name__}").remote(
                     shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
                     list(dictionary), fn, args_ref, per_block[i] if per_block else ())
@@ -213,7 +213,7 @@ class RayTaskRunner:
         try:
             outs = ray.get(refs)
         except Exception as exc:
-            err = _find_user_error(exc)
+            err = find_user_error(exc)
             if err is not None:
                 raise err from None
             raise

@@ -20,14 +20,14 @@ from ray.data import DataContext, Datasource
 from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
-from raygbm.data.preprocess import _find_user_error, _read_block, _read_tasks
+from raygbm.data.blocks import find_user_error, read_block, read_plan
 from raygbm.data.schema import ShardSet
 
 BLOCK_COL = "__block"  # the read block's index in the plan, so a map function finds its per-block arguments
 
 
 class ShardBlocks(Datasource):
-    """A Ray Data datasource whose read tasks are exactly our read blocks (``_read_tasks``): whole row
+    """A Ray Data datasource whose read tasks are exactly our read blocks (``read_plan``): whole row
     groups of one shard, with each row's shard and row number (``SHARD_COL``, ``ROW_COL``) and the
     block's index (``BLOCK_COL``) appended.
 
@@ -39,7 +39,7 @@ class ShardBlocks(Datasource):
     def __init__(self, shards: ShardSet, chunk_rows: int, columns: list[str] | None, dictionary: list[str]) -> None:
         super().__init__()
         self.shards, self.columns, self.dictionary = shards, columns, list(dictionary)
-        self.plan = _read_tasks(shards, chunk_rows, columns)
+        self.plan = read_plan(shards, chunk_rows, columns)
 
     def get_name(self) -> str:
         return "Shards"  # the operator shows as ReadShards->MapBatches(...)
@@ -61,7 +61,7 @@ class ShardBlocks(Datasource):
 
 def _read_indexed_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
                         columns: list[str] | None, dictionary: list[str], index: int) -> list[pa.Table]:
-    table = _read_block(fs, display, path, groups, shard, first, columns, dictionary)
+    table = read_block(fs, display, path, groups, shard, first, columns, dictionary)
     return [table.append_column(BLOCK_COL, pa.array(np.full(table.num_rows, index, dtype=np.int32)))]
 
 
@@ -155,7 +155,7 @@ class RayDataRunner:
                 out = ds.to_arrow_refs()
                 tables = ray.get(out)
             except Exception as exc:  # Ray Data wraps task errors; report ours as the one line they are
-                err = _find_user_error(exc)
+                err = find_user_error(exc)
                 if err is not None:
                     raise err from None
                 raise

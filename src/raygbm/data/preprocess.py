@@ -1,7 +1,7 @@
-"""The data stage on Ray: validated shards → profiled, deduplicated, split, preprocessed Parquet.
+"""The data stage on Ray Data: validated shards → profiled, deduplicated, split, preprocessed Parquet.
 
-Two passes over the shards, each one Ray task per read block (read → compute), run on every core and
-node at once:
+Two passes over the shards, each a Ray Data pipeline (``raygbm.data.engine``) whose tasks read one block
+(``raygbm.data.blocks``) and run a block function on it, on every core and node at once:
 
 1. profile: per block, drop rows without a label, hash rows (duplicates, split, sampling), assign the
    split, and return small mergeable statistics for all rows and for the training rows;
@@ -21,124 +21,43 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
 from raygbm._version import __version__
 from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfig
 from raygbm.data import identifiers
+from raygbm.data.blocks import ROW_COL as ROW_COL
+from raygbm.data.blocks import SHARD_COL as SHARD_COL
+from raygbm.data.blocks import BlockRunner
+from raygbm.data.blocks import LocalRunner as LocalRunner
+from raygbm.data.blocks import dictionary_columns as dictionary_columns
 from raygbm.data.features import Preprocessor, add_derived
 from raygbm.data.schema import DatasetSchema, ShardSet, check_shards, infer_schema
 from raygbm.data.split import RAW_TEST, SPLIT_NAMES, TRAIN, assign_split, row_hash, time_cutoffs, time_values, to_unit
 from raygbm.data.stats import CategoricalStats, TableStats
 from raygbm.data.task import label_is_numeric, resolve_task
-from raygbm.errors import DataError, RaygbmError
+from raygbm.errors import DataError
 from raygbm.paths import runs_dir, sha256_file
 from raygbm.progress import Progress, no_progress
 
-SHARD_COL, ROW_COL = "__shard", "__row"
 _SAMPLE_SALT = 0x5EED5A3B1E
 STAGE_FORMAT = 4  # bump when outputs of the same inputs and config would change
 
 
-# ------------------------------------------------------------------------------------------- reading
-
-
-def _read_tasks(shards: ShardSet, chunk_rows: int, columns: list[str] | None) -> list[tuple[int, str, list[int], int]]:
-    """(shard index, path, row groups, first row) per read block: whole row groups up to ``chunk_rows``."""
-    tasks = []
-    for i, s in enumerate(shards.shards):
-        groups: list[int] = []
-        rows = first = 0
-        for g, n in enumerate(s.row_groups):
-            if groups and rows + n > chunk_rows:
-                tasks.append((i, s.path, groups, first))
-                first += rows
-                groups, rows = [], 0
-            groups.append(g)
-            rows += n
-        if groups or not s.row_groups:
-            tasks.append((i, s.path, groups, first))
-    return tasks
-
-
-def _read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], shard: int, first: int,
-                columns: list[str] | None, dictionary: list[str] = ()) -> pa.Table:
-    try:
-        with fs.open_input_file(path) as f:
-            # Text categoricals decoded as dictionaries: 2-3x faster to read than strings, and every later
-            # step (hash, counts, encoding) works on the few distinct values instead of every row.
-            pf = pq.ParquetFile(f, read_dictionary=list(dictionary) or None)
-            table = pf.read_row_groups(groups, columns=columns, use_threads=False) if groups else pf.schema_arrow.empty_table()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{display}: corrupt Parquet data ({str(exc).strip().splitlines()[0]})") from None
-    n = table.num_rows
-    table = table.append_column(SHARD_COL, pa.array(np.full(n, shard, dtype=np.int32)))
-    return table.append_column(ROW_COL, pa.array(np.arange(first, first + n, dtype=np.int64)))
-
-
-def dictionary_columns(shards: ShardSet, categorical: list[str]) -> list[str]:
-    """The text categorical columns, read as dictionary arrays (see ``_read_block``)."""
-    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-    return [c for c in categorical if c in shards.schema.names and any(t(shards.schema.field(c).type) for t in text)]
-
-
-def _find_user_error(exc: BaseException) -> RaygbmError | None:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        # Ray re-raises a task's error as a class deriving from both RayTaskError and ours, whose text is
-        # the whole remote trace; ours is its ``cause``. Ray Data appends lines on retries to our error's
-        # text (which is one line).
-        if isinstance(e, RaygbmError) and type(e).__module__.startswith("raygbm"):
-            return type(e)(str(e).strip().splitlines()[0])
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
-    return None
-
-
-def _rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
-    """A block function's columns as rows."""
-    keys = list(out)
-    return [dict(zip(keys, values)) for values in zip(*(out[k] for k in keys))]
-
-
-class BlockRunner(Protocol):
-    """Runs a block function over every read block: ``raygbm.data.engine.RayDataRunner`` (the stage's
-    runner, on Ray Data) or ``LocalRunner`` (one process; tests and the bench's baseline)."""
-
-    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
-                   columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]: ...
+# ------------------------------------------------------------------------------------------- runners
 
 
 def default_runner() -> BlockRunner:
+    """The stage's runner on Ray: Ray Data (``raygbm.data.engine``)."""
     from raygbm.data.engine import RayDataRunner  # imports Ray Data: only when the stage runs on Ray
 
     return RayDataRunner()
-
-
-class LocalRunner:
-    """The same block functions in a plain single-process loop (the baseline in bench/preprocess.py)."""
-
-    def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
-                   columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for i, (shard, path, groups, first) in enumerate(_read_tasks(shards, chunk_rows, columns)):
-            table = _read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
-                                dictionary)
-            rows.extend(_rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
-        return rows
 
 
 # ------------------------------------------------------------------------------------------- block work

@@ -105,7 +105,10 @@ def list_shards(source: str) -> tuple[pafs.FileSystem, list[str]]:
         infos = _walk(fs, base, source)
         files = [i.path for i in infos if fnmatch.fnmatch(i.path, path) and not _hidden(i.path, base)]
     else:
-        info = fs.get_file_info(path)
+        try:
+            info = fs.get_file_info(path)
+        except OSError as exc:  # refused credentials, an unreachable endpoint
+            raise DataError(f"cannot read data source {source}: {_first_line(exc)}") from None
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"data source not found: {source}")
         if info.type == pafs.FileType.File:
