@@ -138,7 +138,13 @@ class RayDataRunner:
     (``ShardBlocks``) fused with ``map_batches`` of the function, so a block never leaves the task that
     read it and only the function's small result comes back. Ray Data's streaming executor schedules the
     tasks over every node's CPUs (SPREAD), retries them when a worker or node dies, and shows the run in
-    the dashboard's Data view; a data error is not retried and comes back as the one line it is."""
+    the dashboard's Data view; a data error is not retried and comes back as the one line it is.
+
+    ``actors``: the function runs instead in a pool of up to that many actors (one CPU each), fed by the
+    read tasks through the object store (Ray Data's backpressure on, as blocks then wait there)."""
+
+    def __init__(self, actors: int | None = None) -> None:
+        self.actors = actors
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
                    columns: list[str] | None = None, dictionary: list[str] = (),
@@ -147,10 +153,15 @@ class RayDataRunner:
         source = ShardBlocks(shards, chunk_rows, columns, list(dictionary))
         if not source.plan:
             return []
-        with data_context(RUN_DATA_CONFIG, **RUN_DATA_CONTEXT):
+        with data_context(None if self.actors else RUN_DATA_CONFIG, **RUN_DATA_CONTEXT):
             ds = ray.data.read_datasource(source, override_num_blocks=len(source.plan))
-            ds = ds.map_batches(_ApplyToBlock(fn, args, per_block), batch_format="pyarrow", batch_size=None,
-                                zero_copy_batch=True)
+            if self.actors:
+                ds = ds.map_batches(_ApplyToBlock, fn_constructor_args=(fn, args, per_block),
+                                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
+                                    batch_format="pyarrow", batch_size=None, zero_copy_batch=True, num_cpus=1)
+            else:
+                ds = ds.map_batches(_ApplyToBlock(fn, args, per_block), batch_format="pyarrow", batch_size=None,
+                                    zero_copy_batch=True)
             try:
                 out = ds.to_arrow_refs()
                 tables = ray.get(out)
