@@ -56,6 +56,20 @@ def read_block(fs: pafs.FileSystem, display: str, path: str, groups: list[int], 
     return table.append_column(ROW_COL, pa.array(np.arange(first, first + n, dtype=np.int64)))
 
 
+def read_rows(path: str, offset: int, length: int, columns: list[str]) -> pa.Table:
+    """Rows ``offset`` to ``offset + length`` of a local Parquet file, reading only the row groups that
+    hold them (a training worker's slice of a split part)."""
+    pf = pq.ParquetFile(path)
+    groups, group_start, first = [], 0, None
+    for g in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(g).num_rows
+        if group_start < offset + length and group_start + rows > offset:
+            groups.append(g)
+            first = group_start if first is None else first
+        group_start += rows
+    return pf.read_row_groups(groups, columns=columns, use_threads=False).slice(offset - (first or 0), length)
+
+
 def dictionary_columns(shards: ShardSet, categorical: list[str]) -> list[str]:
     """The text categorical columns, read as dictionary arrays (see ``read_block``)."""
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)

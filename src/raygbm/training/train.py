@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygbm.config import ResourcesConfig, TrainConfig
+from raygbm.data.blocks import read_rows
 from raygbm.errors import DataError
 from raygbm.training.faults import Faults
 
@@ -226,8 +227,9 @@ def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) ->
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: reads its shard of train and all of validation from the splits'
-    Parquet files, and trains data-parallel when there is more than one worker."""
+    """Runs on every Ray Train worker: reads its rows of train and all of validation through Ray Data (the
+    trainer's ``datasets``, see ``ingest_datasets``), and trains data-parallel when there is more than one
+    worker."""
     import ray.train
     from ray.train.lightgbm import get_network_params
 
@@ -236,8 +238,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train = TrainConfig.model_validate(config["train"])
     label, categorical = config["label"], config["categorical"]
     t_start = time.time()
-    tr = read_slices(config["train_slices"][rank], config["columns"])
-    va = read_slices(config["validation_slices"], config["columns"]) if config["validation_slices"] else None
+    tr = shard_table(ray.train.get_dataset_shard(f"train_{rank}"))
+    va = shard_table(ray.train.get_dataset_shard("validation")) if config["has_validation"] else None
     t_data = time.time()
     dtrain, dvalid = lgb_datasets(tr, va, label, categorical)
     params = lgb_params(train, config["task"], config["num_classes"], config["num_threads"])
@@ -364,17 +366,44 @@ def part_slices(parts: list[tuple[str, int]], workers: int) -> list[list[tuple[s
 
 def read_slices(slices: list[tuple[str, int, int]], columns: list[str]) -> pa.Table:
     """The rows of ``slices`` (see ``part_slices``) as one table, reading only the row groups that hold them."""
-    tables = []
-    for path, offset, length in slices:
-        pf = pq.ParquetFile(path)
-        groups, group_start, first = [], 0, None
-        for g in range(pf.num_row_groups):
-            rows = pf.metadata.row_group(g).num_rows
-            if group_start < offset + length and group_start + rows > offset:
-                groups.append(g)
-                first = group_start if first is None else first
-            group_start += rows
-        tables.append(pf.read_row_groups(groups, columns=columns).slice(offset - (first or 0), length))
+    return pa.concat_tables([read_rows(path, offset, length, columns) for path, offset, length in slices])
+
+
+def ingest_datasets(train_slices: list[list[tuple[str, int, int]]], validation_slices: list[tuple[str, int, int]],
+                    columns: list[str]) -> dict[str, Any]:
+    """The trainer's ``datasets``: ``train_<rank>``, each worker's rows (``part_slices``), and ``validation``.
+
+    A dataset per worker, not one dataset that Ray Train splits: its ``streaming_split(equal=True)``
+    leaves out up to workers − 1 rows, and hands out blocks as workers ask, so which rows a worker trains
+    on changes from run to run (and from a run to its restart after a lost node). Ours are the same rows
+    every time, cut at row ``n * i // workers``. Only the worker of rank i iterates ``train_<i>``.
+
+    The read tasks take no CPU. Ray Train reads the datasets once its workers' placement group is placed,
+    and that group holds every CPU of a small node (one worker per 1-CPU node in the multinode test): a
+    read task that asked for a CPU would wait for the training it feeds to end, both on the first start
+    and after a worker group restarts on a node lost mid-training. Reading is I/O and decoding, not
+    boosting; LightGBM starts only once each worker holds its rows."""
+    import ray.data
+
+    from raygbm.data.engine import RUN_DATA_CONTEXT, ParquetSlices, data_context
+
+    def dataset(slices: list[tuple[str, int, int]]) -> Any:
+        return ray.data.read_datasource(ParquetSlices(slices, columns), num_cpus=0,
+                                        override_num_blocks=max(len(slices), 1))
+
+    quiet = {k: v for k, v in RUN_DATA_CONTEXT.items() if k != "target_max_block_size"}
+    with data_context(**quiet):
+        datasets = {f"train_{rank}": dataset(s) for rank, s in enumerate(train_slices)}
+        if validation_slices:
+            datasets["validation"] = dataset(validation_slices)
+    return datasets
+
+
+def shard_table(shard: Any) -> pa.Table:
+    """A worker's rows of a Ray Train dataset (``ray.train.get_dataset_shard``) as one table."""
+    tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None))
+    if not tables or not sum(t.num_rows for t in tables):
+        raise DataError("a training worker got no rows from its dataset")
     return pa.concat_tables(tables)
 
 
@@ -404,14 +433,12 @@ def train_with_ray(
     # driver's RAY_TRAIN_* variables are propagated to the controller actor.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     t0 = time.perf_counter()
-    # Each worker reads its own rows from the split's Parquet files (which the data stage's tasks wrote
-    # from every node, so the run directory is on storage all nodes share, like the checkpoints), not
-    # blocks from the object store. Blocks read by tasks live on the node that ran them: when that node
-    # dies, a restarted worker group's read waits on lineage reconstruction, whose read tasks need a CPU
-    # that the new group's placement group already holds on every small node (a deadlock, not a delay).
-    # Files have no owner to lose, and there is nothing to materialise before the workers start.
+    # Each worker's rows are read through Ray Data from the split's Parquet files (which the data stage's
+    # tasks wrote from every node, so the run directory is on storage all nodes share, like the
+    # checkpoints): files have no owner to lose when a node goes, unlike blocks a task read there.
     train_slices = part_slices(split_parts([meta.run_dir / s for s in fit_on]), resources.num_workers)
     validation_slices = part_slices(split_parts([meta.run_dir / holdout]), 1)[0] if holdout else []
+    datasets = ingest_datasets(train_slices, validation_slices, [*meta.features, meta.label])
     trainer = LightGBMTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -422,10 +449,10 @@ def train_with_ray(
             "num_classes": meta.num_classes,
             "num_threads": resources.cpus_per_worker,
             "faults": (faults or Faults()).to_config(),
-            "columns": [*meta.features, meta.label],
-            "train_slices": train_slices,
-            "validation_slices": validation_slices,
+            "has_validation": bool(holdout),
         },
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # already one per worker
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
