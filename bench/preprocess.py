@@ -91,26 +91,28 @@ def _pss_tree_mb(pid: int) -> float:
 
 
 class PeakRSS:
-    """Samples the memory of this process tree every 100 ms while in use."""
+    """Samples the memory of this process tree every 100 ms while in use (``pss``: PSS, as bench/scale.py
+    reads it, instead of the sum of resident sets)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pss: bool = False) -> None:
         self.peak = 0.0
         self._stop = threading.Event()
+        self._read = _pss_tree_mb if pss else _rss_tree_mb
 
     def __enter__(self) -> "PeakRSS":
-        self.peak = _rss_tree_mb(os.getpid())
+        self.peak = self._read(os.getpid())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.peak = max(self.peak, _rss_tree_mb(os.getpid()))
+            self.peak = max(self.peak, self._read(os.getpid()))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_tree_mb(os.getpid()))
+        self.peak = max(self.peak, self._read(os.getpid()))
 
 
 def _floor_shard(path: Path, out: Path, tuned: bool) -> int:
@@ -278,19 +280,23 @@ def main() -> None:
         ensure_ray(cfg.resources)
         ray_start = time.perf_counter() - t
         runs, task_runs = [], []
+        pss = {"ray data": 0.0, "ray tasks": 0.0}
         with PeakRSS() as mem:
             # Ray Data (the stage's runner) and the plain-task reference, alternated so both see the same
-            # machine; the first Ray Data run is the cold one.
+            # machine; the first Ray Data run is the cold one. Each run's peak PSS is its own.
             for attempt, runner in (("cold", None), ("warm", None), ("warm", RayTaskRunner()), ("warm", None),
                                     ("warm", RayTaskRunner())):
                 os.sync()  # the last run's written files flushed first, so no run pays for another's
-                t = time.perf_counter()
-                r = preprocess(cfg, force=True, runner=runner)
-                (runs if runner is None else task_runs).append(time.perf_counter() - t)
-                took = time.perf_counter() - t
-                print(f"{'ray data' if runner is None else 'ray tasks'} ({attempt})  : {took:6.2f}s  "
-                      f"{args.rows / took / 1e6:5.2f}M rows/s  "
-                      f"(profile {r.timings['profile_s']:.2f}s, transform {r.timings['transform_s']:.2f}s)", flush=True)
+                name = "ray data" if runner is None else "ray tasks"
+                with PeakRSS(pss=True) as run_pss:
+                    t = time.perf_counter()
+                    r = preprocess(cfg, force=True, runner=runner)
+                    took = time.perf_counter() - t
+                (runs if runner is None else task_runs).append(took)
+                pss[name] = max(pss[name], run_pss.peak)
+                print(f"{name} ({attempt})  : {took:6.2f}s  {args.rows / took / 1e6:5.2f}M rows/s  "
+                      f"(profile {r.timings['profile_s']:.2f}s, transform {r.timings['transform_s']:.2f}s)  "
+                      f"peak PSS {run_pss.peak:,.0f} MB", flush=True)
         ray_rss = mem.peak
         import ray
 
@@ -305,6 +311,8 @@ def main() -> None:
             "task_rows_per_s": round(args.rows / min(task_runs)),
             "task_ratio": round(ray_rps / (args.rows / min(task_runs)), 3),
             "peak_rss_mb": round(ray_rss),
+            "peak_pss_mb": round(pss["ray data"]),
+            "task_peak_pss_mb": round(pss["ray tasks"]),
             "object_store_mb": round(store_mb),
             "ray_start_s": round(ray_start, 1),
         }
