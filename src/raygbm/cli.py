@@ -264,7 +264,7 @@ def preprocess(
     force: bool = _FORCE,
     json_out: bool = typer.Option(False, "--json", help="print the run directory and the data report as JSON"),
 ) -> None:
-    """Validate, profile, split and preprocess Parquet shards (Ray tasks). Prints the data report.
+    """Validate, profile, split and preprocess Parquet shards (Ray Data). Prints the data report.
 
     Example: raygbm preprocess --data data/ --label label
     """

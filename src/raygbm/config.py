@@ -481,7 +481,7 @@ class ResourcesConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     object_store_memory_mb: int | None = Field(None, ge=64, description="the embedded Ray's object store (default: "
                                                "Ray's, 30% of memory)")
-    read_chunk_rows: int = Field(1_000_000, ge=1000, description="rows per read block, one Ray task each (bounds memory)")
+    read_chunk_rows: int = Field(1_000_000, ge=1000, description="rows per read block, one Ray Data read task each (bounds memory)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers per training run (data-parallel LightGBM when > 1)")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (LightGBM threads) per training worker")
     max_failures: int = Field(2, ge=0, description="worker failures a training run survives (resuming from a checkpoint)")
