@@ -197,7 +197,7 @@ class RayTaskRunner:
     Ray task per read block (read → block function), all submitted at once. Kept here to measure the
     Ray Data path against it in the same run."""
 
-    def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None):
+    def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None, progress=None):
         import ray
 
         from raygbm.data.blocks import find_user_error, read_block, read_plan

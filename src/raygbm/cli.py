@@ -443,7 +443,8 @@ def predict(
             progress("starting Ray")
             _ray(cfg)
             progress(f"scoring {source}")
-            out = predict_dataset(source, output, bundle, chunk_rows=cfg.resources.read_chunk_rows, overwrite=overwrite)
+            out = predict_dataset(source, output, bundle, chunk_rows=cfg.resources.read_chunk_rows, overwrite=overwrite,
+                                  progress=progress)
         version, where = ref.version, ""
     if json_out:
         _emit({"rows": out["rows"], "model_version": version, "output": str(output), "url": url,

@@ -20,9 +20,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygbm.data.blocks import block_progress
 from raygbm.data.preprocess import ROW_COL, SHARD_COL, BlockRunner, default_runner
 from raygbm.data.schema import ShardSet, check_shards
 from raygbm.errors import DataError
+from raygbm.progress import Progress, no_progress
 from raygbm.registry.bundle import METRICS_FILE, MODEL_FILE, PREPROCESSOR_FILE, Bundle
 
 OUTPUT_COLUMNS = ("prediction", "score")
@@ -73,13 +75,16 @@ def predict_block(table: pa.Table, texts: ModelTexts, out_dir: str) -> dict[str,
 
 
 def predict_dataset(source: str, output: Path, bundle: Path, *, chunk_rows: int = 1_000_000,
-                    overwrite: bool = False, runner: BlockRunner | None = None) -> dict[str, Any]:
+                    overwrite: bool = False, runner: BlockRunner | None = None,
+                    progress: Progress = no_progress) -> dict[str, Any]:
     """Score every row of ``source`` into the Parquet folder ``output``; returns rows, files and seconds."""
     t0 = time.perf_counter()
     shards = input_shards(source, Path(output), overwrite)
     Bundle.load(bundle).check_columns(shards.schema)
     with staged(Path(output)) as staging:
-        written = (runner or default_runner()).map_blocks(shards, chunk_rows, predict_block, (ModelTexts.of(bundle), str(staging)))
+        written = (runner or default_runner()).map_blocks(shards, chunk_rows, predict_block,
+                                                          (ModelTexts.of(bundle), str(staging)),
+                                                          progress=block_progress(progress, "scoring"))
     return {"rows": sum(int(w["rows"]) for w in written), "files": len(written), "seconds": time.perf_counter() - t0}
 
 

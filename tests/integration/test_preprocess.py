@@ -211,3 +211,18 @@ def test_ray_and_local_runners_write_identical_runs(tmp_path, home):
     parquet = {k: v for k, v in ray_manifest.items() if k.endswith(".parquet")}
     assert parquet and parquet == {k: v for k, v in local_manifest.items() if k.endswith(".parquet")}
     assert ray_manifest["preprocessor.json"] == local_manifest["preprocessor.json"]
+
+
+def test_ray_data_progress_reaches_our_progress_lines_and_no_bar_is_printed(tmp_path, home, capfd, monkeypatch):
+    from raygbm.data import blocks
+
+    monkeypatch.setattr(blocks, "PROGRESS_EVERY_S", 0.0)
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    lines: list[str] = []
+    preprocess(_cfg(data, "resources.read_chunk_rows=1000"), progress=lines.append)
+    profiling = [line for line in lines if line.startswith("profiling:")]
+    # Six blocks of 1,000 rows; blocks finish in any order, each counted once, the last without a line.
+    assert profiling and profiling[-1] == "profiling: 5 of 6 blocks (83%)", lines
+    assert [int(line.split()[1]) for line in profiling] == sorted({int(line.split()[1]) for line in profiling})
+    printed = capfd.readouterr()
+    assert "Running Dataset" not in printed.out + printed.err and "row/s" not in printed.out + printed.err

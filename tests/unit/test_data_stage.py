@@ -15,7 +15,7 @@ class ShortCodes(LocalRunner):
     """Hands the transform pass one split code too few for its first block: a shard whose rows changed
     between the two passes."""
 
-    def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None):
+    def map_blocks(self, shards, chunk_rows, fn, args, columns=None, dictionary=(), per_block=None, progress=None):
         if per_block:
             per_block = [(per_block[0][0][:-1],), *per_block[1:]]
         return super().map_blocks(shards, chunk_rows, fn, args, columns, dictionary, per_block)
@@ -30,3 +30,22 @@ def test_a_block_whose_rows_changed_between_the_passes_is_refused_and_nothing_is
         assert not [p for p in (home / "runs").iterdir()]  # no run, no staging folder left behind
         report = preprocess(cfg, runner=LocalRunner()).report  # the same input, read consistently
     assert report["rows_out_total"] == 3000 - report["rows_missing_label"]
+
+
+def test_each_pass_reports_its_blocks_as_progress_lines_and_a_short_pass_says_nothing(tmp_path, monkeypatch):
+    from raygbm.data import blocks
+
+    data = make_shards(tmp_path / "data", rows=4000, shards=2, seed=5)
+    cfg = load_config(None, ["data.drop=[id]", "resources.read_chunk_rows=1000"],
+                      {"data.source": str(data), "data.label": "label"})
+    with raygbm_home(tmp_path / "home"):
+        quick: list[str] = []
+        preprocess(cfg, runner=LocalRunner(), progress=quick.append)
+        assert not [line for line in quick if "blocks" in line]  # well under PROGRESS_EVERY_S
+        monkeypatch.setattr(blocks, "PROGRESS_EVERY_S", 0.0)
+        lines: list[str] = []
+        preprocess(cfg, runner=LocalRunner(), progress=lines.append, force=True)
+    # 4 blocks of 1,000 rows per pass; the last block ends the pass without a line.
+    assert [line for line in lines if line.startswith("profiling:")] == [
+        "profiling: 1 of 4 blocks (25%)", "profiling: 2 of 4 blocks (50%)", "profiling: 3 of 4 blocks (75%)"]
+    assert len([line for line in lines if line.startswith("transforming and writing:")]) == 3

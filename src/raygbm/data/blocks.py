@@ -6,6 +6,7 @@ Data, or ``LocalRunner`` in one process (tests and the benches' baseline)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from raygbm.data.schema import ShardSet
 from raygbm.errors import DataError, RaygbmError
+from raygbm.progress import Progress
 
 SHARD_COL, ROW_COL = "__shard", "__row"
 
@@ -99,13 +101,34 @@ def _rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in zip(*(out[k] for k in keys))]
 
 
+PROGRESS_EVERY_S = 5.0  # the least time between two progress lines of one pass
+
+
+def block_progress(progress: Progress, what: str) -> Callable[[int, int], None]:
+    """A runner's ``progress`` as our progress lines ("profiling: 12 of 40 blocks (30%)"), at most one per
+    ``PROGRESS_EVERY_S``, the first after that long (a short pass says nothing), none once all are done."""
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            progress(f"{what}: {done:,} of {total:,} blocks ({100 * done // total}%)")
+
+    return report
+
+
 class BlockRunner(Protocol):
     """Runs a block function over every read block: ``raygbm.data.engine.RayDataRunner`` (the stage's
-    runner, on Ray Data) or ``LocalRunner`` (one process; tests and the bench's baseline)."""
+    runner, on Ray Data) or ``LocalRunner`` (one process; tests and the bench's baseline).
+
+    ``fn(block, *args, *per_block[i])`` for the i-th read block; returns its rows, in block order, and
+    calls ``progress(blocks done, blocks)`` as blocks finish."""
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
                    columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]: ...
+                   per_block: list[tuple] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]: ...
 
 
 class LocalRunner:
@@ -113,10 +136,14 @@ class LocalRunner:
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
                    columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
+                   per_block: list[tuple] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for i, (shard, path, groups, first) in enumerate(read_plan(shards, chunk_rows, columns)):
+        plan = read_plan(shards, chunk_rows, columns)
+        for i, (shard, path, groups, first) in enumerate(plan):
             table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
                                 dictionary)
             rows.extend(_rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
+            if progress is not None:
+                progress(i + 1, len(plan))
         return rows

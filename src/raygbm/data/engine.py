@@ -177,7 +177,8 @@ class RayDataRunner:
 
     def map_blocks(self, shards: ShardSet, chunk_rows: int, fn: Callable[..., dict[str, list]], args: tuple,
                    columns: list[str] | None = None, dictionary: list[str] = (),
-                   per_block: list[tuple] | None = None) -> list[dict[str, Any]]:
+                   per_block: list[tuple] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """``fn(block, *args, *per_block[i])`` for the i-th read block; its rows, in block order."""
         source = ShardBlocks(shards, chunk_rows, columns, list(dictionary))
         if not source.plan:
@@ -191,9 +192,14 @@ class RayDataRunner:
             else:
                 ds = ds.map_batches(_ApplyToBlock(fn, args, per_block), batch_format="pyarrow", batch_size=None,
                                     zero_copy_batch=True)
+            tables, done = [], set()
             try:
-                out = ds.to_arrow_refs()
-                tables = ray.get(out)
+                # Results stream back as blocks finish (a few KB each), which is what progress counts.
+                for table in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+                    tables.append(table)
+                    done.update(table.column(BLOCK_COL).to_pylist())
+                    if progress is not None:
+                        progress(len(done), len(source.plan))
             except Exception as exc:  # Ray Data wraps task errors; report ours as the one line they are
                 err = find_user_error(exc)
                 if err is not None:

@@ -34,7 +34,7 @@ from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfi
 from raygbm.data import identifiers
 from raygbm.data.blocks import ROW_COL as ROW_COL
 from raygbm.data.blocks import SHARD_COL as SHARD_COL
-from raygbm.data.blocks import BlockRunner
+from raygbm.data.blocks import BlockRunner, block_progress
 from raygbm.data.blocks import LocalRunner as LocalRunner
 from raygbm.data.blocks import dictionary_columns as dictionary_columns
 from raygbm.data.features import Preprocessor, add_derived
@@ -287,11 +287,11 @@ def preprocess(
     if config.split.time is not None:
         progress("finding time cut-offs")
         t = time.perf_counter()
-        plan = replace(plan, cutoffs=_time_cutoffs(runner, shards, config, schema.label))
+        plan = replace(plan, cutoffs=_time_cutoffs(runner, shards, config, schema.label, progress))
         timings["time_cutoffs_s"] = time.perf_counter() - t
     progress(f"profiling {shards.num_rows:,} rows in {len(shards.shards)} shards")
     t = time.perf_counter()
-    profile = _profile(runner, shards, plan, config)
+    profile = _profile(runner, shards, plan, config, progress)
     timings["profile_s"] = time.perf_counter() - t
     found = find_identifiers(profile, config.data)
     left_out = [c for c, f in found.items() if not f["kept"]]
@@ -303,7 +303,7 @@ def preprocess(
     progress(f"task: {task} ({why})")
     pre = Preprocessor(schema, config.features, config.data.max_categories).fit_stats(profile.train, classes, task)
     progress("transforming and writing splits")
-    report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0, found)
+    report = _write_run(final, key, runner, shards, plan, pre, profile, task, config, timings, t0, found, progress)
     _report_identifiers(report, progress)
     timings["total_s"] = time.perf_counter() - t0
     return PreprocessResult(final, report, cached=False, timings=timings)
@@ -366,19 +366,21 @@ def _report_identifiers(report: dict[str, Any], progress: Progress) -> None:
 
 
 def _time_cutoffs(runner: BlockRunner, shards: ShardSet, config: PipelineConfig,
-                  label: str) -> tuple[float, float]:
+                  label: str, progress: Progress = no_progress) -> tuple[float, float]:
     """The time split's cut-offs, from a pass that reads the label and the time column alone."""
     column = config.split.time
     rows = runner.map_blocks(shards, config.resources.read_chunk_rows, time_block, (label, column),
-                             list(dict.fromkeys([label, column])))
+                             list(dict.fromkeys([label, column])),
+                             progress=block_progress(progress, "finding time cut-offs"))
     times = np.concatenate([np.frombuffer(r["t"], dtype=np.float64) for r in rows]) if rows else np.empty(0)
     return time_cutoffs(times, config.split)
 
 
-def _profile(runner: BlockRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig) -> Profile:
+def _profile(runner: BlockRunner, shards: ShardSet, plan: BlockPlan, config: PipelineConfig,
+             progress: Progress = no_progress) -> Profile:
     """The profile pass: every block's statistics merged, label and duplicate counts, split sizes."""
     blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,),
-                               dictionary=plan.dictionary)
+                               dictionary=plan.dictionary, progress=block_progress(progress, "profiling"))
     everything = TableStats()
     train = TableStats()
     for b in blocks:
@@ -397,7 +399,8 @@ def _profile(runner: BlockRunner, shards: ShardSet, plan: BlockPlan, config: Pip
 
 def _write_run(final: Path, key: str, runner: BlockRunner, shards: ShardSet, plan: BlockPlan,
                pre: Preprocessor, profile: Profile, task: str, config: PipelineConfig, timings: dict[str, float],
-               t0: float, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               t0: float, found: dict[str, dict[str, Any]] | None = None,
+               progress: Progress = no_progress) -> dict[str, Any]:
     """The transform pass into a staging folder, then the run's files, then the folder renamed to
     ``final`` (readers see a whole run or none). Returns the data report."""
     runs_dir().mkdir(parents=True, exist_ok=True)
@@ -408,7 +411,8 @@ def _write_run(final: Path, key: str, runner: BlockRunner, shards: ShardSet, pla
         t = time.perf_counter()
         written = runner.map_blocks(shards, config.resources.read_chunk_rows, transform_block,
                                     (plan, pre, profile.drop, str(staging)), dictionary=plan.dictionary,
-                                    per_block=[(c,) for c in profile.split_codes])
+                                    per_block=[(c,) for c in profile.split_codes],
+                                    progress=block_progress(progress, "transforming and writing"))
         timings["transform_s"] = time.perf_counter() - t
         rows_out = {name: 0 for name in SPLIT_NAMES}
         manifest: dict[str, str] = {}
