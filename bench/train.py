@@ -65,6 +65,8 @@ def main() -> None:
             print(f"ray train ({attempt})    : loop {loop:6.2f}s  total {total:6.2f}s  setup {total - loop:6.2f}s  "
                   f"validation {metric_name('binary')} {r.metrics.get('score', float('nan')):.4f} (plain {plain.metrics['score']:.4f})", flush=True)
             print("  setup parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()), flush=True)
+            print(f"  in the loop: handing reports over {r.metrics['report_s']:.3f}s, waiting for the last ones "
+                  f"{r.metrics['report_wait_s']:.3f}s", flush=True)
         total, loop = runs[-1]
         print(f"loop ratio (ray / plain): {loop / plain_loop:.3f}; fixed Ray setup per run {total - loop:.1f}s")
         print(f"RESULT loop_ratio={loop / plain_loop:.3f} setup_s={total - loop:.2f} ray_loop_s={loop:.3f} "

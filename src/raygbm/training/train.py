@@ -264,10 +264,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     reporter = BackgroundReporter(send)
 
+    in_reports = [0.0]  # time the boosting thread spent handing reports over (the model snapshots)
+
     def report(metrics: dict[str, float], model: lgb.Booster | None) -> None:
         # The model is snapshotted here, in the boosting thread; the report itself (a cross-worker
         # barrier plus the checkpoint upload) runs in the background while boosting goes on.
+        t_report = time.perf_counter()
         reporter.submit(metrics, model.model_to_string() if model is not None and rank == 0 else None)
+        in_reports[0] += time.perf_counter() - t_report
 
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
     if checkpoint is None:
@@ -276,12 +280,15 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     try:
         booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
     finally:
+        t_close = time.perf_counter()
         reporter.close()  # every report made before the final one has been delivered, in order
     boost_s = time.perf_counter() - t  # the boosting loop, reports and checkpoints included
+    close_s = time.perf_counter() - t_close
     best = booster.best_iteration or booster.current_iteration()
     final = best_metrics(booster)
     final.update(
         iteration=booster.current_iteration(), best_iteration=best, boost_s=boost_s,
+        report_s=in_reports[0], report_wait_s=close_s,
         resumed_from=init_model.current_iteration() if init_model else 0,
         worker_started_at=t_start, shard_read_s=t_data - t_start, worker_ended_at=time.time(),
     )
