@@ -30,6 +30,11 @@ if [ "${RAYGBM_FAST_INGRESS:-1}" = 1 ]; then
   export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-5}
   export RAY_SERVE_HAPROXY_BINARY_PATH=${RAY_SERVE_HAPROXY_BINARY_PATH:-$VENV/bin/raygbm-haproxy}
 fi
+# A node's raylet waits 30 s (Ray's default) for its dashboard agent to write its port file, then exits, and the
+# node with it ("Timed out waiting for file .../dashboard_agent_listen_port_..."). A head restarted while the
+# host is busy (its workers serving under load on 2 cores: tests/cluster/test_gcs_failure.py) has started
+# slower than that: two minutes, and a broken agent still stops the node.
+export RAY_agent_register_timeout_ms=${RAY_agent_register_timeout_ms:-120000}
 export RAY_ADDRESS=${RAY_JOB_ADDRESS:-http://127.0.0.1:$RAY_DASHBOARD_PORT}
 # Where the pipeline keeps runs, tuning results and the embedded MLflow store: the same folder the
 # CLI uses from the repository root, so submitted jobs and `raygbm` see one registry.
