@@ -226,3 +226,19 @@ def test_ray_data_progress_reaches_our_progress_lines_and_no_bar_is_printed(tmp_
     assert [int(line.split()[1]) for line in profiling] == sorted({int(line.split()[1]) for line in profiling})
     printed = capfd.readouterr()
     assert "Running Dataset" not in printed.out + printed.err and "row/s" not in printed.out + printed.err
+
+
+def test_an_empty_shard_keeps_every_blocks_place_on_ray_data(tmp_path, home):
+    # An empty shard is a read block Ray Data never hands to a map function; the profile pass's split codes
+    # still reach the right blocks, and the run is the one LocalRunner writes.
+    from raygbm.data.preprocess import LocalRunner
+
+    data = make_shards(tmp_path / "data", rows=6000, shards=3)
+    first = data / "part-00000.parquet"
+    pq.write_table(pq.read_table(first).slice(0, 0), data / "part-00000-empty.parquet")
+    cfg = _cfg(data, "data.duplicates=drop", "resources.read_chunk_rows=1000")
+    ray_run = preprocess(cfg)
+    local_run = preprocess(cfg, runner=LocalRunner(), force=True)
+    assert ray_run.report["rows_read"] == 6000 and ray_run.report["shards"] == 4
+    manifests = [json.loads((r.run_dir / "manifest.json").read_text())["sha256"] for r in (ray_run, local_run)]
+    assert manifests[0] == {**manifests[1], "data_report.json": manifests[0]["data_report.json"]}

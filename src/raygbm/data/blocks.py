@@ -95,7 +95,7 @@ def find_user_error(exc: BaseException) -> RaygbmError | None:
     return None
 
 
-def _rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
+def rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
     """A block function's columns as rows."""
     keys = list(out)
     return [dict(zip(keys, values)) for values in zip(*(out[k] for k in keys))]
@@ -143,7 +143,7 @@ class LocalRunner:
         for i, (shard, path, groups, first) in enumerate(plan):
             table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
                                 dictionary)
-            rows.extend(_rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
+            rows.extend(rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
             if progress is not None:
                 progress(i + 1, len(plan))
         return rows

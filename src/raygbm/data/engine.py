@@ -20,7 +20,7 @@ from ray.data import DataContext, Datasource
 from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
-from raygbm.data.blocks import find_user_error, read_block, read_plan, read_rows
+from raygbm.data.blocks import find_user_error, read_block, read_plan, read_rows, rows_of
 from raygbm.data.schema import ShardSet
 
 BLOCK_COL = "__block"  # the read block's index in the plan, so a map function finds its per-block arguments
@@ -36,10 +36,11 @@ class ShardBlocks(Datasource):
     pass hands each block's split codes to the transform pass), and its errors name no shard. The shards'
     footers and schemas are checked before (``check_shards``), as for any read."""
 
-    def __init__(self, shards: ShardSet, chunk_rows: int, columns: list[str] | None, dictionary: list[str]) -> None:
+    def __init__(self, shards: ShardSet, blocks: list[tuple[int, tuple[int, str, list[int], int]]],
+                 columns: list[str] | None, dictionary: list[str]) -> None:
+        """``blocks``: (index in the plan, ``read_plan`` entry) of the blocks to read."""
         super().__init__()
-        self.shards, self.columns, self.dictionary = shards, columns, list(dictionary)
-        self.plan = read_plan(shards, chunk_rows, columns)
+        self.shards, self.blocks, self.columns, self.dictionary = shards, blocks, columns, list(dictionary)
 
     def get_name(self) -> str:
         return "Shards"  # the operator shows as ReadShards->MapBatches(...)
@@ -50,7 +51,7 @@ class ShardBlocks(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[Any]:
         tasks = []
-        for i, (shard, path, groups, first) in enumerate(self.plan):
+        for i, (shard, path, groups, first) in self.blocks:
             rows = sum(self.shards.shards[shard].row_groups[g] for g in groups)
             read = functools.partial(_read_indexed_block, self.shards.filesystem, self.shards.display_path(path),
                                      path, groups, shard, first, self.columns, self.dictionary, i)
@@ -180,11 +181,27 @@ class RayDataRunner:
                    per_block: list[tuple] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """``fn(block, *args, *per_block[i])`` for the i-th read block; its rows, in block order."""
-        source = ShardBlocks(shards, chunk_rows, columns, list(dictionary))
-        if not source.plan:
-            return []
+        plan = read_plan(shards, chunk_rows, columns)
+        results: dict[int, list[dict[str, Any]]] = {}
+        # A block without rows (an empty shard) runs here: Ray Data hands a map function no empty batch, and
+        # every block's result must keep its place (the profile pass's split codes go to the i-th block).
+        for i, (shard, path, groups, first) in enumerate(plan):
+            if not sum(shards.shards[shard].row_groups[g] for g in groups):
+                table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
+                                   list(dictionary))
+                results[i] = rows_of(fn(table, *args, *(per_block[i] if per_block else ())))
+        blocks = [(i, block) for i, block in enumerate(plan) if i not in results]
+        if blocks:
+            results.update(self._run(shards, blocks, fn, args, columns, dictionary, per_block, progress, len(plan)))
+        return [row for i in sorted(results) for row in results[i]]
+
+    def _run(self, shards: ShardSet, blocks: list[tuple[int, tuple]], fn: Callable[..., dict[str, list]],
+             args: tuple, columns: list[str] | None, dictionary: list[str], per_block: list[tuple] | None,
+             progress: Callable[[int, int], None] | None, total: int) -> dict[int, list[dict[str, Any]]]:
+        """The blocks' results by block index, from one Ray Data pipeline."""
+        source = ShardBlocks(shards, blocks, columns, list(dictionary))
         with data_context(None if self.actors else RUN_DATA_CONFIG, **RUN_DATA_CONTEXT):
-            ds = ray.data.read_datasource(source, override_num_blocks=len(source.plan))
+            ds = ray.data.read_datasource(source, override_num_blocks=len(blocks))
             if self.actors:
                 ds = ds.map_batches(_ApplyToBlock, fn_constructor_args=(fn, args, per_block),
                                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
@@ -199,12 +216,14 @@ class RayDataRunner:
                     tables.append(table)
                     done.update(table.column(BLOCK_COL).to_pylist())
                     if progress is not None:
-                        progress(len(done), len(source.plan))
+                        progress(len(done) + total - len(blocks), total)
             except Exception as exc:  # Ray Data wraps task errors; report ours as the one line they are
                 err = find_user_error(exc)
                 if err is not None:
                     raise err from None
                 raise
-        rows = [r for t in tables if t.num_rows for r in t.to_pylist()]
-        rows.sort(key=lambda r: r.pop(BLOCK_COL))  # stable: a block's rows keep their order
-        return rows
+        results: dict[int, list[dict[str, Any]]] = {}
+        for table in tables:
+            for row in table.to_pylist():
+                results.setdefault(row.pop(BLOCK_COL), []).append(row)
+        return results

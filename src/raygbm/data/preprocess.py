@@ -34,7 +34,7 @@ from raygbm.config import DataConfig, FeaturesConfig, PipelineConfig, SplitConfi
 from raygbm.data import identifiers
 from raygbm.data.blocks import ROW_COL as ROW_COL
 from raygbm.data.blocks import SHARD_COL as SHARD_COL
-from raygbm.data.blocks import BlockRunner, block_progress
+from raygbm.data.blocks import BlockRunner, block_progress, read_plan
 from raygbm.data.blocks import LocalRunner as LocalRunner
 from raygbm.data.blocks import dictionary_columns as dictionary_columns
 from raygbm.data.features import Preprocessor, add_derived
@@ -381,6 +381,9 @@ def _profile(runner: BlockRunner, shards: ShardSet, plan: BlockPlan, config: Pip
     """The profile pass: every block's statistics merged, label and duplicate counts, split sizes."""
     blocks = runner.map_blocks(shards, config.resources.read_chunk_rows, profile_block, (plan,),
                                dictionary=plan.dictionary, progress=block_progress(progress, "profiling"))
+    expected = len(read_plan(shards, config.resources.read_chunk_rows, None))
+    if len(blocks) != expected:  # each block's split codes go to the same block in the transform pass
+        raise RuntimeError(f"the profile pass returned {len(blocks)} results for {expected} read blocks")
     everything = TableStats()
     train = TableStats()
     for b in blocks:
