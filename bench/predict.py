@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from preprocess import RayTaskRunner, _pss_tree_mb  # noqa: E402  (bench/preprocess.py)
+from preprocess import RayTaskRunner, _pss_tree_mb, cached_shards  # noqa: E402  (bench/preprocess.py)
 
 
 class PeakPSS:
@@ -100,13 +100,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / ".data"), help="generated shards are cached here")
     args = ap.parse_args()
 
-    from raygbm.data.generate import GeneratorSpec, generate_dataset
-
-    data = Path(args.data_dir) / f"rows{args.rows}-shards{args.shards}"
-    if not (data / f"part-{args.shards - 1:05d}.parquet").exists():
-        t = time.perf_counter()
-        generate_dataset(data, GeneratorSpec(rows=args.rows, shards=args.shards, seed=11))
-        print(f"generated {args.rows:,} rows in {args.shards} shards in {time.perf_counter() - t:.1f}s", flush=True)
+    data = cached_shards(Path(args.data_dir), args.rows, args.shards)
     work = Path(tempfile.mkdtemp(prefix="raygbm-bench-predict-"))
     os.environ["RAYGBM_HOME"] = str(work / "home")
     try:

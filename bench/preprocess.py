@@ -192,6 +192,18 @@ def polars_rows_per_s(data: Path, threads: int = 2) -> tuple[float, int]:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def cached_shards(data_dir: Path, rows: int, shards: int) -> Path:
+    """Generated shards (seed 11) under ``data_dir``, made on first use and reused by every bench."""
+    from raygbm.data.generate import GeneratorSpec, generate_dataset
+
+    data = data_dir / f"rows{rows}-shards{shards}"
+    if not (data / f"part-{shards - 1:05d}.parquet").exists():
+        t = time.perf_counter()
+        generate_dataset(data, GeneratorSpec(rows=rows, shards=shards, seed=11))
+        print(f"generated {rows:,} rows in {shards} shards in {time.perf_counter() - t:.1f}s", flush=True)
+    return data
+
+
 class RayTaskRunner:
     """The reference: the data stage's runner before it moved to Ray Data (raygbm.data.engine), one plain
     Ray task per read block (read → block function), all submitted at once. Kept here to measure the
@@ -236,14 +248,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygbm.config import load_config
-    from raygbm.data.generate import GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import LocalRunner, preprocess
 
-    data = Path(args.data_dir) / f"rows{args.rows}-shards{args.shards}"
-    if not (data / f"part-{args.shards - 1:05d}.parquet").exists():
-        t = time.perf_counter()
-        generate_dataset(data, GeneratorSpec(rows=args.rows, shards=args.shards, seed=11))
-        print(f"generated {args.rows:,} rows in {args.shards} shards in {time.perf_counter() - t:.1f}s", flush=True)
+    data = cached_shards(Path(args.data_dir), args.rows, args.shards)
 
     sets = ["data.drop=[id]"]
     if args.chunk_rows:

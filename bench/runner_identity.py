@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from preprocess import RayTaskRunner  # noqa: E402  (bench/preprocess.py)
+from preprocess import RayTaskRunner, cached_shards  # noqa: E402  (bench/preprocess.py)
 
 
 def main() -> None:
@@ -35,13 +35,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygbm.config import load_config
-    from raygbm.data.generate import GeneratorSpec, generate_dataset
     from raygbm.data.preprocess import LocalRunner, preprocess
     from raygbm.runtime import ensure_ray
 
-    data = Path(args.data_dir) / f"rows{args.rows}-shards4"
-    if not (data / "part-00003.parquet").exists():
-        generate_dataset(data, GeneratorSpec(rows=args.rows, shards=4, seed=11))
+    data = cached_shards(Path(args.data_dir), args.rows, 4)
     home = Path(tempfile.mkdtemp(prefix="raygbm-bench-identity-"))
     os.environ["RAYGBM_HOME"] = str(home)
     result: dict[str, object] = {}
