@@ -132,11 +132,13 @@ def test_part_slices_cut_every_row_into_contiguous_shards_of_near_equal_size():
         part_slices(parts, 16)
 
 
-def test_read_slices_reads_exactly_the_sliced_rows_across_files_and_row_groups(tmp_path):
+def test_each_workers_slices_read_exactly_its_rows_across_files_and_row_groups(tmp_path):
+    # read_rows is what each of a worker's Ray Data read tasks runs on one slice (engine.ParquetSlices).
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raygbm.training.train import part_slices, read_slices, split_parts
+    from raygbm.data.blocks import read_rows
+    from raygbm.training.train import part_slices, split_parts
 
     split = tmp_path / "train"
     split.mkdir()
@@ -145,6 +147,6 @@ def test_read_slices_reads_exactly_the_sliced_rows_across_files_and_row_groups(t
                        split / f"part-{i}.parquet", row_group_size=4)
     parts = split_parts([split])
     assert [rows for _, rows in parts] == [25, 15, 30]
-    shards = [read_slices(s, ["x"]) for s in part_slices(parts, 3)]
+    shards = [pa.concat_tables([read_rows(path, first, n, ["x"]) for path, first, n in s]) for s in part_slices(parts, 3)]
     assert [t.column_names for t in shards] == [["x"]] * 3
     assert [t["x"].to_pylist() for t in shards] == [list(range(0, 23)), list(range(23, 46)), list(range(46, 70))]

@@ -114,12 +114,8 @@ class _ApplyToBlock:
 # - no block shaping: a read block (read_chunk_rows, whole row groups) reaches the map function whole, so
 #   its index finds its per-block arguments and the output files are named by the block as with LocalRunner;
 # - no progress bars or stats dumps: our progress lines and data report say it once.
-RUN_DATA_CONTEXT = {
-    "target_max_block_size": None,
-    "enable_progress_bars": False,
-    "print_on_execution_start": False,
-    "enable_auto_log_stats": False,
-}
+QUIET_DATA_CONTEXT = {"enable_progress_bars": False, "print_on_execution_start": False, "enable_auto_log_stats": False}
+RUN_DATA_CONTEXT = {"target_max_block_size": None, **QUIET_DATA_CONTEXT}
 # - no backpressure policies (ray/data/_internal/execution/backpressure_policy/__init__.py reads this key):
 #   a block function returns a few KB (statistics, the names of the files it wrote), so there is no output
 #   for the object store to hold back, and memory is bounded by the tasks running at once (one read block

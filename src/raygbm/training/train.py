@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygbm.config import ResourcesConfig, TrainConfig
-from raygbm.data.blocks import read_rows
 from raygbm.errors import DataError
 from raygbm.training.faults import Faults
 
@@ -371,11 +370,6 @@ def part_slices(parts: list[tuple[str, int]], workers: int) -> list[list[tuple[s
     return shards
 
 
-def read_slices(slices: list[tuple[str, int, int]], columns: list[str]) -> pa.Table:
-    """The rows of ``slices`` (see ``part_slices``) as one table, reading only the row groups that hold them."""
-    return pa.concat_tables([read_rows(path, offset, length, columns) for path, offset, length in slices])
-
-
 def ingest_datasets(train_slices: list[list[tuple[str, int, int]]], validation_slices: list[tuple[str, int, int]],
                     columns: list[str]) -> dict[str, Any]:
     """The trainer's ``datasets``: ``train_<rank>``, each worker's rows (``part_slices``), and ``validation``.
@@ -392,14 +386,13 @@ def ingest_datasets(train_slices: list[list[tuple[str, int, int]]], validation_s
     boosting; LightGBM starts only once each worker holds its rows."""
     import ray.data
 
-    from raygbm.data.engine import RUN_DATA_CONTEXT, ParquetSlices, data_context
+    from raygbm.data.engine import QUIET_DATA_CONTEXT, ParquetSlices, data_context
 
     def dataset(slices: list[tuple[str, int, int]]) -> Any:
         return ray.data.read_datasource(ParquetSlices(slices, columns), num_cpus=0,
                                         override_num_blocks=max(len(slices), 1))
 
-    quiet = {k: v for k, v in RUN_DATA_CONTEXT.items() if k != "target_max_block_size"}
-    with data_context(**quiet):
+    with data_context(**QUIET_DATA_CONTEXT):
         datasets = {f"train_{rank}": dataset(s) for rank, s in enumerate(train_slices)}
         if validation_slices:
             datasets["validation"] = dataset(validation_slices)
