@@ -1,7 +1,8 @@
 """The head's failure under steady load, with GCS fault tolerance as KubeRay sets it up: the GCS keeps its
 tables in an external Redis (Debian's redis-server; ``RAY_REDIS_ADDRESS`` on the head), the worker nodes
 wait for it (``RAY_gcs_rpc_server_reconnect_timeout_s``), and the head comes back the way a restarted head
-Pod does: every head process killed, then `ray start --head` again on the same Redis.
+Pod does: every head process killed, then `ray start --head` again on the same Redis; that first restart is
+made to crash, and the head is started once more, as Kubernetes restarts a Pod that failed.
 
 The head runs no replicas (``num-cpus: 0``, as in the KubeRay manifests): the endpoint's replicas and
 their proxies live on the two workers. A client sends requests with the token to the workers' proxies (a
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,38 +46,125 @@ def _pids(pattern: str) -> list[int]:
     return [int(p) for p in out]
 
 
+def _node_id(pid: int) -> str | None:
+    """The node id a Ray process's command line names (raylets, agents, the Ray client server)."""
+    try:
+        m = re.search(rb"--node-id=([0-9a-f]+)", Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:  # gone
+        return None
+    return m.group(1).decode() if m else None
+
+
+def _head_pids() -> list[int]:
+    """Every process of the head "Pod": its GCS, raylet (the one holding the head's own resource),
+    dashboard and autoscaler monitor, and every process naming a node id that no worker raylet has (the
+    head's agents and Ray client server, also those of a head whose raylet has already exited).
+
+    Not by the head's temp dir: a node that joins takes the head's temp dir (``Node._init_temp``), so on
+    this one host the workers' processes name it too. Killing by it took the workers down with a failed
+    head start, and the loop's controller never came back (CI)."""
+    head_raylets = _pids("raylet/raylet .*node:__internal_head__")
+    workers = {_node_id(p) for p in _pids("raylet/raylet") if p not in head_raylets} - {None}
+    orphans = [p for p in _pids("node-id=[0-9a-f]") if _node_id(p) not in workers]
+    return sorted(set(_pids("gcs_server") + head_raylets + _pids("dashboard/dashboard.py")
+                      + _pids("autoscaler/_private/monitor.py") + orphans))
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # gone with a process killed before it
+            pass
+
+
+def _crash_the_starting_head() -> threading.Thread:
+    """Kills the next head's dashboard agent as soon as it appears, before it writes its port file: the
+    raylet fate-shares with its agent and never registers, and `ray start` fails ("The current node timed
+    out during startup"), as a CI run's restarted head once did on its own."""
+
+    def crash() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = {_node_id(p) for p in _pids("raylet/raylet") if p not in _pids("raylet/raylet .*__internal_head__")}
+            agents = [p for p in _pids("dashboard/agent.py") if _node_id(p) not in workers]
+            if agents:
+                _kill(agents)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=crash, daemon=True)
+    thread.start()
+    return thread
+
+
 def _restart_head(head_env: dict[str, str], head_tmp: Path) -> int:
-    """`ray start --head` again on the same Redis, as Kubernetes restarts a head Pod: from an empty temp
-    dir, and once more if the start fails (a failed Pod is restarted; `ray start` gives the restarted head's
-    raylet a fixed 30 s to register with the GCS, which a CI run on a busy 2-core machine once missed).
-    Returns the number of starts; a second failure fails the test with the new head's GCS and raylet logs."""
-    for attempt in (1, 2):
-        shutil.rmtree(head_tmp, ignore_errors=True)
+    """`ray start --head` again on the same Redis, as Kubernetes restarts a head Pod. The first start is
+    made to fail (``_crash_the_starting_head``) and the head is started again, as a failed Pod is: that
+    path once ran only when CI was slow, and then took the workers down with it. A third start is allowed
+    (`ray start` gives the head's raylet a fixed 30 s to register, which a busy 2-core machine can miss).
+    Only a failed start's processes are killed before the next (``_head_pids``).
+
+    The temp dir is not emptied as a new Pod's would be: the workers on this host live in it too (their
+    sockets and logs), and the restarted head takes the next free names there. Only the head's own record
+    of the cluster it started goes (``ray_current_cluster``, ``ray._common.utils.get_ray_address_file``):
+    with it, `ray start --head` finds the workers' raylets naming that GCS address and refuses ("already
+    running"), which a head Pod, alone on its machine, never sees. Returns the number of starts; a third
+    failure fails the test with the new head's GCS, raylet and agent logs."""
+    from ray._common.utils import get_ray_address_file
+
+    for attempt in (1, 2, 3):
+        Path(get_ray_address_file(str(head_tmp))).unlink(missing_ok=True)
+        crash = _crash_the_starting_head() if attempt == 1 else None
         try:
             _run([str(LOCAL / "start.sh")], head_env, timeout=180)
-            return attempt
         except AssertionError as e:
             logs = _head_logs(head_tmp)
-            # What the failed start left running (its GCS, raylet, agents): their command lines name its temp dir.
-            for pid in _pids(str(head_tmp)) + _pids("gcs_server"):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            print(f"head start {attempt} failed:\n{str(e)[-1500:]}\n{logs}")
-            if attempt == 2:
+            _kill(_head_pids())  # what the failed start left running, and only that
+            print(f"head start {attempt} failed:\n{str(e)[-300:]}")
+            if attempt == 3:
                 raise AssertionError(f"{e}\n{logs}") from None
+        else:
+            assert crash is None, "the head started though its agent was killed"
+            return attempt
+        finally:
+            if crash is not None:
+                crash.join()
     raise AssertionError("unreachable")
 
 
-def _head_logs(temp_dir: Path) -> str:
-    """The tails of the restarted head's GCS and raylet logs (what a failed restart leaves to read)."""
-    logs = temp_dir / "session_latest" / "logs"
+def _cluster_state(env: dict[str, str]) -> str:
+    """What Serve and the GCS say of the app, the actors and the nodes (for a failed wait)."""
+    env = {**env, "RAY_AUTH_MODE": "token", "PATH": f"{sys.prefix}/bin:{env['PATH']}"}
+    address = f"http://127.0.0.1:{DASHBOARD}"
     out = []
-    for name in ("gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err"):
-        path = logs / name
-        if path.exists():
-            out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+    for cmd in (["serve", "status", "--address", address], ["ray", "list", "actors", "--address", address],
+                ["ray", "list", "nodes", "--address", address]):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+            out.append(f"--- {' '.join(cmd[:3])}\n{(done.stdout + done.stderr)[-4000:]}")
+        except subprocess.TimeoutExpired:
+            out.append(f"--- {' '.join(cmd[:3])}: no answer in 60 s")
+    return "\n".join(out)
+
+
+def _head_logs(temp_dir: Path) -> str:
+    """The tails of the newest head's GCS, raylet and dashboard agent logs (what a failed restart leaves to
+    read). The session's log directory is shared with the workers on this host; Ray names a node's log
+    files with the next free index (``raylet.out``, ``raylet.1.out``, ...), so the newest is the highest."""
+    logs = temp_dir / "session_latest" / "logs"
+
+    def newest(stem: str, suffix: str) -> Path | None:
+        found = [(0, p) if p.name == f"{stem}{suffix}" else (int(p.name[len(stem) + 1:-len(suffix)]), p)
+                 for p in logs.glob(f"{stem}*{suffix}") if re.fullmatch(rf"{stem}(\.\d+)?{re.escape(suffix)}", p.name)]
+        return max(found)[1] if found else None
+
+    out = []
+    for stem, suffix in (("gcs_server", ".out"), ("gcs_server", ".err"), ("raylet", ".out"), ("raylet", ".err"),
+                         ("dashboard_agent", ".log")):
+        path = newest(stem, suffix)
+        if path is not None:
+            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
     return "\n".join(out) or f"no logs under {logs}"
 
 
@@ -117,8 +206,8 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
            "RAY_external_storage_namespace": "raygbm-gcs-test", "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    # The head's own temp dir, as on its own machine (and short: Ray's socket paths live in it); a restarted
-    # head "Pod" starts with it empty.
+    # The head's temp dir, short (Ray's socket paths live in it); the workers joining it on this host take it
+    # from the head, so it is the whole cluster's.
     head_tmp = Path(tempfile.mkdtemp(prefix="rayhead", dir="/tmp"))
     head_env = {**env, "RAY_NUM_CPUS": "0", "RAY_REDIS_ADDRESS": f"127.0.0.1:{REDIS}", "RAY_TEMP_DIR": str(head_tmp)}
     try:
@@ -155,17 +244,8 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
             # head's node id; the workers' name the head's temp dir too): an agent left behind held the head's
             # metrics port, and the restarted head's agent, unable to bind it, took its raylet down
             # ("dashboard_agent failed and raylet fate-shares with it").
-            head_raylet = _pids("raylet/raylet .*node:__internal_head__")  # the head's own resource
-            assert head_raylet, "no head raylet"
-            head_id = re.search(rb"--node-id=([0-9a-f]+)", Path(f"/proc/{head_raylet[0]}/cmdline").read_bytes()).group(1)
-            killed = sorted(set(_pids("gcs_server") + head_raylet + _pids("dashboard/dashboard.py")
-                                + _pids("autoscaler/_private/monitor.py") + _pids(f"node-id={head_id.decode()}")))
-            assert head_raylet and killed, killed
-            for pid in killed:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:  # gone with a process killed before it
-                    pass
+            assert _pids("raylet/raylet .*node:__internal_head__"), "no head raylet"
+            _kill(_head_pids())
             t_down = time.monotonic()
             for p in phases:
                 p.mark("outage")
@@ -174,9 +254,12 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
             t_up = time.monotonic()
             for p in phases:
                 p.mark("recovery")
-            resumed = wait_until(lambda: (d := _call(f"http://127.0.0.1:{SERVE_PORT}/retrain", headers=AUTH)[1])
-                                 .get("controller", {}).get("ticks") and d["controller"]["pid"] != before["pid"] and d,
-                                 180, interval=1.0, message="the loop's controller back on the new head")
+            try:
+                resumed = wait_until(lambda: (d := _call(f"http://127.0.0.1:{SERVE_PORT}/retrain", headers=AUTH)[1])
+                                     .get("controller", {}).get("ticks") and d["controller"]["pid"] != before["pid"]
+                                     and d, 180, interval=1.0, message="the loop's controller back on the new head")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{_cluster_state(env)}\n{_head_logs(head_tmp)}") from None
             t_loop = time.monotonic()
             for p in phases:
                 p.mark("after")
