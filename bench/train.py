@@ -8,6 +8,8 @@ with plain LightGBM's; Ray's fixed per-run setup (planning the shards from the P
 the worker group, each worker reading its shard, tearing it down) is reported separately. Ends with:
 
     RESULT loop_ratio=<ray loop / plain loop> setup_s=... ray_loop_s=... plain_loop_s=... total_s=...
+           other_cores=<CPU the machine's other processes used during the Ray loop, in cores>
+           ray_loop_cpu_s=... ray_loop_runqueue_s=<the Ray loop thread's wait for a core> plain_loop_cpu_s=...
 """
 
 from __future__ import annotations
@@ -22,6 +24,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+class CpuSampler:
+    """Every process's CPU time, sampled every ``every`` seconds in a thread: what else ran on the machine
+    while the Ray worker's boosting loop ran (on 2 cores, one loop thread leaves one core for the rest)."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        import threading
+
+        self.every, self.samples, self.t0 = every, [], time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            now, cpu = time.time(), {}
+            for p in psutil.process_iter(["name", "cmdline", "cpu_times", "create_time"]):
+                try:
+                    t = p.info["cpu_times"]
+                    title = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
+                    cpu[p.pid] = (t.user + t.system, f"{title[:60].strip()} (started {p.info['create_time'] - self.t0:+.1f}s)")
+                except (TypeError, AttributeError):  # a process that ended while being read
+                    continue
+            self.samples.append((now, cpu))
+            self._stop.wait(self.every)
+
+    def between(self, start: float, end: float) -> list[tuple[float, str]]:
+        """CPU seconds per process between the samples nearest ``start`` and ``end``, largest first (each
+        process named with its start time, from the sampler's start)."""
+        first = min(self.samples, key=lambda s: abs(s[0] - start))[1]
+        last = min(self.samples, key=lambda s: abs(s[0] - end))[1]
+        used = [(cpu - first.get(pid, (0.0, ""))[0], title) for pid, (cpu, title) in last.items()]
+        return sorted((u for u in used if u[0] > 0.005), reverse=True)
+
+
+def clock(m: dict[str, float]) -> str:
+    """The boosting thread's CPU time and run-queue wait (``training.train.thread_clock``); with one
+    LightGBM thread, the loop's wall time is these two plus time blocked."""
+    wait = m.get("loop_runqueue_s")
+    return (f"the boosting thread on a core {m['loop_cpu_s']:.2f}s"
+            + (f", runnable but waiting for one {wait:.2f}s" if wait is not None else ""))
 
 
 def main() -> None:
@@ -50,7 +103,8 @@ def main() -> None:
         # Two plain runs, the faster counts: on a shared machine one run alone is noisy.
         plain = min((train_in_process(meta, tc, num_threads=args.threads) for _ in range(2)), key=lambda r: r.timings["boost_s"])
         plain_loop = plain.timings["boost_s"]
-        print(f"plain lgb.train     : loop {plain_loop:6.2f}s  ({args.rounds} rounds, {args.threads} thread(s))", flush=True)
+        print(f"plain lgb.train     : loop {plain_loop:6.2f}s  ({args.rounds} rounds, {args.threads} thread(s)); "
+              f"{clock(plain.timings)}", flush=True)
 
         from raygbm.runtime import ensure_ray
 
@@ -58,19 +112,34 @@ def main() -> None:
         runs = []
         for attempt in ("cold", "warm"):
             t = time.perf_counter()
-            r = train_with_ray(meta, tc, ResourcesConfig(cpus_per_worker=args.threads), work / "ray_train", f"bench-{attempt}")
+            with CpuSampler() as sampler:
+                r = train_with_ray(meta, tc, ResourcesConfig(cpus_per_worker=args.threads), work / "ray_train",
+                                   f"bench-{attempt}")
             total = time.perf_counter() - t
             loop = r.metrics["boost_s"]
+            # The machine's CPU while the worker's loop ran (its window from the worker's own clock).
+            used = sampler.between(r.metrics["worker_ended_at"] - loop, r.metrics["worker_ended_at"])
+            others = used[1:]  # the largest is the loop's own worker
+            print(f"  CPU during the loop ({loop:.2f}s, from {r.metrics['worker_ended_at'] - loop - sampler.t0:.1f}s): "
+                  f"the loop's process {used[0][0]:.2f}s "
+                  f"({used[0][1][:40]}); everything else {sum(u for u, _ in others):.2f}s, the most:", flush=True)
+            for u, title in others[:6]:
+                print(f"    {u:5.2f}s  {title}", flush=True)
+            other_cpu = sum(u for u, _ in others) / loop
             runs.append((total, loop))
             print(f"ray train ({attempt})    : loop {loop:6.2f}s  total {total:6.2f}s  setup {total - loop:6.2f}s  "
                   f"validation {metric_name('binary')} {r.metrics.get('score', float('nan')):.4f} (plain {plain.metrics['score']:.4f})", flush=True)
             print("  setup parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()), flush=True)
             print(f"  in the loop: handing reports over {r.metrics['report_s']:.3f}s, waiting for the last ones "
-                  f"{r.metrics['report_wait_s']:.3f}s", flush=True)
+                  f"{r.metrics['report_wait_s']:.3f}s; {clock(r.metrics)}", flush=True)
         total, loop = runs[-1]
+        ray_clock = r.metrics
         print(f"loop ratio (ray / plain): {loop / plain_loop:.3f}; fixed Ray setup per run {total - loop:.1f}s")
         print(f"RESULT loop_ratio={loop / plain_loop:.3f} setup_s={total - loop:.2f} ray_loop_s={loop:.3f} "
-              f"plain_loop_s={plain_loop:.3f} total_s={total:.2f} cold_setup_s={runs[0][0] - runs[0][1]:.2f} rounds={args.rounds} rows={args.rows}")
+              f"plain_loop_s={plain_loop:.3f} total_s={total:.2f} cold_setup_s={runs[0][0] - runs[0][1]:.2f} "
+              f"other_cores={other_cpu:.2f} ray_loop_cpu_s={ray_clock['loop_cpu_s']:.3f} "
+              f"ray_loop_runqueue_s={ray_clock.get('loop_runqueue_s', float('nan')):.3f} "
+              f"plain_loop_cpu_s={plain.timings['loop_cpu_s']:.3f} rounds={args.rounds} rows={args.rows}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,5 +1,8 @@
 """Training in-process on a run directory made by the local (no-Ray) runner."""
 
+import sys
+import time
+
 import lightgbm as lgb
 import numpy as np
 import pytest
@@ -150,3 +153,15 @@ def test_each_workers_slices_read_exactly_its_rows_across_files_and_row_groups(t
     shards = [pa.concat_tables([read_rows(path, first, n, ["x"]) for path, first, n in s]) for s in part_slices(parts, 3)]
     assert [t.column_names for t in shards] == [["x"]] * 3
     assert [t["x"].to_pylist() for t in shards] == [list(range(0, 23)), list(range(23, 46)), list(range(46, 70))]
+
+
+def test_the_loop_clock_counts_this_threads_cpu_and_its_wait_for_a_core():
+    from raygbm.training.train import loop_clock, thread_clock
+
+    start, t, cpu = thread_clock(), time.perf_counter(), time.thread_time()
+    while time.thread_time() - cpu < 0.1:  # busy: CPU time, not sleep
+        pass
+    clock, wall = loop_clock(start), time.perf_counter() - t
+    assert 0.1 <= clock["loop_cpu_s"] <= wall + 0.01
+    if sys.platform == "linux":  # on a core or waiting for one: never more than the wall time between
+        assert 0.0 <= clock["loop_runqueue_s"] and clock["loop_cpu_s"] + clock["loop_runqueue_s"] <= wall + 0.01

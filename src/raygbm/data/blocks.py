@@ -95,6 +95,21 @@ def find_user_error(exc: BaseException) -> RaygbmError | None:
     return None
 
 
+def block_rows(shards: ShardSet, block: tuple[int, str, list[int], int]) -> int:
+    """The rows of one ``read_plan`` block, from the shards' footers."""
+    shard, _path, groups, _first = block
+    return sum(shards.shards[shard].row_groups[g] for g in groups)
+
+
+def run_block(shards: ShardSet, block: tuple[int, str, list[int], int], fn: Callable[..., dict[str, list]],
+              args: tuple, columns: list[str] | None, dictionary: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """``fn(block's table, *args)`` in this process, as rows."""
+    shard, path, groups, first = block
+    table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
+                       list(dictionary))
+    return rows_of(fn(table, *args))
+
+
 def rows_of(out: dict[str, list]) -> list[dict[str, Any]]:
     """A block function's columns as rows."""
     keys = list(out)
@@ -140,10 +155,8 @@ class LocalRunner:
                    progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         plan = read_plan(shards, chunk_rows, columns)
-        for i, (shard, path, groups, first) in enumerate(plan):
-            table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
-                                dictionary)
-            rows.extend(rows_of(fn(table, *args, *(per_block[i] if per_block else ()))))
+        for i, block in enumerate(plan):
+            rows.extend(run_block(shards, block, fn, args + (per_block[i] if per_block else ()), columns, dictionary))
             if progress is not None:
                 progress(i + 1, len(plan))
         return rows

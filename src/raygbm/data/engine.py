@@ -20,7 +20,7 @@ from ray.data import DataContext, Datasource
 from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
-from raygbm.data.blocks import find_user_error, read_block, read_plan, read_rows, rows_of
+from raygbm.data.blocks import block_rows, find_user_error, read_block, read_plan, read_rows, run_block
 from raygbm.data.schema import ShardSet
 
 BLOCK_COL = "__block"  # the read block's index in the plan, so a map function finds its per-block arguments
@@ -51,8 +51,9 @@ class ShardBlocks(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[Any]:
         tasks = []
-        for i, (shard, path, groups, first) in self.blocks:
-            rows = sum(self.shards.shards[shard].row_groups[g] for g in groups)
+        for i, block in self.blocks:
+            shard, path, groups, first = block
+            rows = block_rows(self.shards, block)
             read = functools.partial(_read_indexed_block, self.shards.filesystem, self.shards.display_path(path),
                                      path, groups, shard, first, self.columns, self.dictionary, i)
             tasks.append(ReadTask(read, BlockMetadata(num_rows=rows, size_bytes=None, input_files=[path],
@@ -181,11 +182,10 @@ class RayDataRunner:
         results: dict[int, list[dict[str, Any]]] = {}
         # A block without rows (an empty shard) runs here: Ray Data hands a map function no empty batch, and
         # every block's result must keep its place (the profile pass's split codes go to the i-th block).
-        for i, (shard, path, groups, first) in enumerate(plan):
-            if not sum(shards.shards[shard].row_groups[g] for g in groups):
-                table = read_block(shards.filesystem, shards.display_path(path), path, groups, shard, first, columns,
-                                   list(dictionary))
-                results[i] = rows_of(fn(table, *args, *(per_block[i] if per_block else ())))
+        for i, block in enumerate(plan):
+            if not block_rows(shards, block):
+                results[i] = run_block(shards, block, fn, args + (per_block[i] if per_block else ()), columns,
+                                       dictionary)
         blocks = [(i, block) for i, block in enumerate(plan) if i not in results]
         if blocks:
             results.update(self._run(shards, blocks, fn, args, columns, dictionary, per_block, progress, len(plan)))

@@ -210,16 +210,36 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def thread_clock() -> tuple[float, float | None]:
+    """This thread's CPU seconds, and on Linux its seconds spent runnable but waiting for a core
+    (``/proc/thread-self/schedstat``; None elsewhere): what a boosting loop's wall time is made of when the
+    machine is shared (``bench/train.py``)."""
+    try:
+        waited: float | None = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        waited = None
+    return time.thread_time(), waited
+
+
+def loop_clock(start: tuple[float, float | None]) -> dict[str, float]:
+    """``loop_cpu_s`` and ``loop_runqueue_s`` (where known) since ``start`` (a ``thread_clock()``)."""
+    cpu, waited = thread_clock()
+    out = {"loop_cpu_s": cpu - start[0]}
+    if waited is not None and start[1] is not None:
+        out["loop_runqueue_s"] = waited - start[1]
+    return out
+
+
 def train_in_process(meta: RunMeta, train: TrainConfig, num_threads: int = 1) -> TrainResult:
     """Plain ``lgb.train`` in this process: the path for data that fits one worker (and the baseline)."""
     t0 = time.perf_counter()
     tr, va = meta.split("train"), meta.split("validation")
     dtrain, dvalid = lgb_datasets(tr, va, meta.label, meta.categorical)
-    t1 = time.perf_counter()
+    t1, cpu = time.perf_counter(), thread_clock()
     booster = boost(lgb_params(train, meta.task, meta.num_classes, num_threads), dtrain, dvalid, train)
     t2 = time.perf_counter()
     best = booster.best_iteration or booster.current_iteration()
-    return TrainResult(booster, best_metrics(booster), best, {"load_s": t1 - t0, "boost_s": t2 - t1})
+    return TrainResult(booster, best_metrics(booster), best, {"load_s": t1 - t0, "boost_s": t2 - t1, **loop_clock(cpu)})
 
 
 # ------------------------------------------------------------------------------------------ Ray Train
@@ -275,7 +295,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     callbacks: list[Callable] = [ReportEveryK(train.report_every, train.checkpoint_every, report)]
     if checkpoint is None:
         callbacks += Faults.from_config(config.get("faults")).callbacks(rank, reporter.flush)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), thread_clock()
     try:
         booster = boost(params, dtrain, dvalid, train, callbacks, init_model)
     finally:
@@ -283,11 +303,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         reporter.close()  # every report made before the final one has been delivered, in order
     boost_s = time.perf_counter() - t  # the boosting loop, reports and checkpoints included
     close_s = time.perf_counter() - t_close
+    clock = loop_clock(cpu)
     best = booster.best_iteration or booster.current_iteration()
     final = best_metrics(booster)
     final.update(
         iteration=booster.current_iteration(), best_iteration=best, boost_s=boost_s,
-        report_s=in_reports[0], report_wait_s=close_s,
+        report_s=in_reports[0], report_wait_s=close_s, **clock,
         resumed_from=init_model.current_iteration() if init_model else 0,
         worker_started_at=t_start, shard_read_s=t_data - t_start, worker_ended_at=time.time(),
     )
