@@ -206,10 +206,41 @@ def enable_fast_ingress() -> None:
     os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
 
 
+# Where ``free_port`` picks: below the kernel's range for port-0 binds (Linux's default 32768-60999) and
+# above Ray's worker ports (``min_worker_port``/``max_worker_port``, 10002-19999). Such a port is bound
+# seconds after it is picked (Ray's fallback proxy, once Ray and Serve have started); a port from the
+# kernel's range can meanwhile go to any process binding port 0, Ray's own servers included (CI: the second
+# of two endpoints on a host failed with "Failed to bind to address '127.0.0.1:44049'").
+PICK_PORTS = (20000, 32767)
+
+
+def ephemeral_ports() -> tuple[int, int] | None:
+    """The kernel's range for port-0 binds, where known (Linux)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS's pick), for a server of Ray's that has a fixed default."""
+    """A TCP port free on ``host`` now, for a server of Ray's that has a fixed default: a random one of
+    ``PICK_PORTS`` outside the kernel's port-0 range (the OS's own pick if none is free there)."""
+    import random
     import socket
 
+    ephemeral = ephemeral_ports()
+    pick = random.SystemRandom()
+    for _ in range(64):
+        port = pick.randint(*PICK_PORTS)
+        if ephemeral is not None and ephemeral[0] <= port <= ephemeral[1]:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:  # taken
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -53,3 +53,18 @@ def test_an_embedded_ray_is_a_loopback_node_even_when_ray_was_imported_first(mon
     monkeypatch.setenv(SINGLE_NODE_ENV, "1")  # the user's own choice wins
     loopback_node()
     assert ray_constants.ENABLE_RAY_CLUSTER is True
+
+
+def test_free_port_is_bindable_and_outside_the_kernels_port_0_range():
+    import socket
+
+    from raygbm.runtime import PICK_PORTS, ephemeral_ports, free_port
+
+    ephemeral = ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # still free
+        if ephemeral is not None and not (ephemeral[0] <= PICK_PORTS[0] and PICK_PORTS[1] <= ephemeral[1]):
+            assert PICK_PORTS[0] <= port <= PICK_PORTS[1] and not ephemeral[0] <= port <= ephemeral[1], port
+    assert len(ports) > 1  # a random pick: two endpoints starting together seldom pick the same
