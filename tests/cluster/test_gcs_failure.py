@@ -55,6 +55,14 @@ def _node_id(pid: int) -> str | None:
     return m.group(1).decode() if m else None
 
 
+HEAD_RAYLET = "raylet/raylet .*node:__internal_head__"  # the raylet holding the head's own resource
+
+
+def _worker_node_ids(head_raylets: list[int]) -> set[str]:
+    """The node ids of the live raylets other than ``head_raylets``."""
+    return {_node_id(p) for p in _pids("raylet/raylet") if p not in head_raylets} - {None}
+
+
 def _head_pids() -> list[int]:
     """Every process of the head "Pod": its GCS, raylet (the one holding the head's own resource),
     dashboard and autoscaler monitor, and every process naming a node id that no worker raylet has (the
@@ -63,8 +71,8 @@ def _head_pids() -> list[int]:
     Not by the head's temp dir: a node that joins takes the head's temp dir (``Node._init_temp``), so on
     this one host the workers' processes name it too. Killing by it took the workers down with a failed
     head start, and the loop's controller never came back (CI)."""
-    head_raylets = _pids("raylet/raylet .*node:__internal_head__")
-    workers = {_node_id(p) for p in _pids("raylet/raylet") if p not in head_raylets} - {None}
+    head_raylets = _pids(HEAD_RAYLET)
+    workers = _worker_node_ids(head_raylets)
     orphans = [p for p in _pids("node-id=[0-9a-f]") if _node_id(p) not in workers]
     return sorted(set(_pids("gcs_server") + head_raylets + _pids("dashboard/dashboard.py")
                       + _pids("autoscaler/_private/monitor.py") + orphans))
@@ -86,7 +94,7 @@ def _crash_the_starting_head() -> threading.Thread:
     def crash() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            workers = {_node_id(p) for p in _pids("raylet/raylet") if p not in _pids("raylet/raylet .*__internal_head__")}
+            workers = _worker_node_ids(_pids(HEAD_RAYLET))
             agents = [p for p in _pids("dashboard/agent.py") if _node_id(p) not in workers]
             if agents:
                 _kill(agents)
@@ -244,7 +252,7 @@ def test_serve_keeps_answering_while_the_heads_gcs_is_down_and_the_loop_comes_ba
             # head's node id; the workers' name the head's temp dir too): an agent left behind held the head's
             # metrics port, and the restarted head's agent, unable to bind it, took its raylet down
             # ("dashboard_agent failed and raylet fate-shares with it").
-            assert _pids("raylet/raylet .*node:__internal_head__"), "no head raylet"
+            assert _pids(HEAD_RAYLET), "no head raylet"
             _kill(_head_pids())
             t_down = time.monotonic()
             for p in phases:
