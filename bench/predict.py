@@ -9,8 +9,9 @@ same model, in one run.
 loaded once per actor, blocks passed from the read tasks through the object store) beside the default, where
 each read task scores its own block (read and score fused; the bundle parsed once per worker process).
 
-Peak memory is that of this process and every Ray process it started, as PSS (``bench/scale.py``'s
-reading), sampled every 200 ms. Ends with one line:
+Peak memory is that of this process and every Ray process it started, as PSS, read every 100 ms in an
+untimed run of each path of its own (reading PSS takes CPU from what it measures: ``bench/sampling.py``).
+The Ray paths' rates are the best of two timed runs, with no sampler. Ends with one line:
 
     RESULT rows_per_s=<ray data> task_ratio=<ray data / ray tasks> plain_ratio=<ray data / plain> peak_pss_mb=...
 """
@@ -22,7 +23,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,29 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from preprocess import RayTaskRunner, _pss_tree_mb, cached_shards  # noqa: E402  (bench/preprocess.py)
-
-
-class PeakPSS:
-    """Samples the PSS of this process tree while in use."""
-
-    def __init__(self) -> None:
-        self.peak = 0.0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakPSS":
-        self.peak = _pss_tree_mb(os.getpid())
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, _pss_tree_mb(os.getpid()))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from preprocess import RayTaskRunner, cached_shards  # noqa: E402  (bench/preprocess.py)
+from sampling import PeakMemory  # noqa: E402  (bench/sampling.py)
 
 
 def model(work: Path, trees: int) -> Path:
@@ -106,10 +85,12 @@ def main() -> None:
     try:
         bundle = model(work, args.trees)
         os.sync()
-        with PeakPSS() as mem:
-            t = time.perf_counter()
-            rows = plain(data, work / "plain", bundle)
-            plain_s = time.perf_counter() - t
+        t = time.perf_counter()
+        rows = plain(data, work / "plain", bundle)
+        plain_s = time.perf_counter() - t
+        os.sync()
+        with PeakMemory(pss=True, pss_share=None) as mem:
+            plain(data, work / "plain", bundle)
         plain_pss = mem.peak
         print(f"plain loop        : {plain_s:6.2f}s  {rows / plain_s:,.0f} rows/s  peak PSS {plain_pss:,.0f} MB", flush=True)
 
@@ -131,16 +112,22 @@ def main() -> None:
         for name, runner in plan:
             out = work / "scored"
             os.sync()
-            with PeakPSS() as mem:
-                t = time.perf_counter()
-                result = predict_dataset(str(data), out, bundle, overwrite=True, runner=runner)
-                took = time.perf_counter() - t
+            t = time.perf_counter()
+            result = predict_dataset(str(data), out, bundle, overwrite=True, runner=runner)
+            took = time.perf_counter() - t
             assert result["rows"] == rows, result
             key = name.removesuffix(" (cold)")
             if "cold" not in name:
                 times.setdefault(key, []).append(took)
-            peaks[key] = max(peaks.get(key, 0.0), mem.peak)
-            print(f"{name:18s}: {took:6.2f}s  {rows / took:,.0f} rows/s  peak PSS {mem.peak:,.0f} MB", flush=True)
+            print(f"{name:18s}: {took:6.2f}s  {rows / took:,.0f} rows/s", flush=True)
+        for key, runner in dict(plan).items():  # memory: an untimed run of each path
+            if "cold" in key:
+                continue
+            os.sync()
+            with PeakMemory(pss=True, pss_share=None) as mem:
+                predict_dataset(str(data), work / "scored", bundle, overwrite=True, runner=runner)
+            peaks[key] = mem.peak
+            print(f"{key:18s}: peak PSS {mem.peak:,.0f} MB (memory run)", flush=True)
         best = {k: rows / min(v) for k, v in times.items()}
         result = {
             "rows_per_s": round(best["ray data"]),

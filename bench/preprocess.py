@@ -4,8 +4,10 @@ stage's previous runner, a plain Ray task per read block (``task_ratio``: Ray Da
 
     python bench/preprocess.py [--rows 4000000] [--shards 8] [--object-store-mb N]
 
-Prints rows/s for both and the ratio, and the peak resident memory of each path (for Ray: the driver
-plus every Ray process it started, sampled).
+Prints rows/s for both and the ratio, and the peak memory of each path: for Ray, the driver plus every Ray
+process it started, as PSS, read in an untimed run of each runner (reading PSS takes CPU from what it
+measures: ``bench/sampling.py``). Every rate is the best of its runs: two for Polars and the floors,
+``--repeats`` (3) warm runs for each Ray runner, alternated.
 
 Two references beside them, on the same shards:
 
@@ -36,83 +38,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _tree(pid: int) -> list[int]:
-    """A process and all its descendants, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
-
-
-def _rss_tree_mb(pid: int) -> float:
-    """Resident memory of a process tree: the sum of each process's resident set (pages shared between
-    processes, such as libraries and the object store, counted once per process)."""
-    total = 0
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / 2**20
-
-
-def _pss_tree_mb(pid: int) -> float:
-    """Proportional memory of a process tree (PSS: a shared page counts 1/n in each of its n processes),
-    so the sum is the memory the tree really holds."""
-    total = 0
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
-        except (OSError, StopIteration, IndexError, ValueError):
-            pass
-    return total / 2**20
-
-
-class PeakRSS:
-    """Samples the memory of this process tree every 100 ms while in use (``pss``: PSS, as bench/scale.py
-    reads it, instead of the sum of resident sets)."""
-
-    def __init__(self, pss: bool = False) -> None:
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._read = _pss_tree_mb if pss else _rss_tree_mb
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self._read(os.getpid())
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, self._read(os.getpid()))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._read(os.getpid()))
+from sampling import PeakMemory  # noqa: E402  (bench/sampling.py)
 
 
 def _floor_shard(path: Path, out: Path, tuned: bool) -> int:
@@ -183,6 +116,7 @@ def _polars_child(data: Path, out: Path) -> None:
 def polars_rows_per_s(data: Path, threads: int = 2) -> tuple[float, int]:
     """Polars' pass in a child process (its thread pool is sized once, at import): rows/s and threads."""
     out = Path(tempfile.mkdtemp(prefix="raygbm-polars-"))
+    os.sync()
     try:
         done = subprocess.run([sys.executable, __file__, "--polars-child", str(data), str(out)], check=True,
                               capture_output=True, text=True, env={**os.environ, "POLARS_MAX_THREADS": str(threads)})
@@ -244,6 +178,7 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=None, help="rows per read block (default: config default)")
     ap.add_argument("--object-store-mb", type=int, default=None, help="cap Ray's object store (memory test)")
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / ".data"), help="generated shards are cached here")
+    ap.add_argument("--repeats", type=int, default=3, help="warm runs of each Ray runner, alternated; the best counts")
     ap.add_argument("--skip-plain", action="store_true", help="only the Ray path (large memory runs)")
     args = ap.parse_args()
 
@@ -264,7 +199,7 @@ def main() -> None:
         plain_s = plain_rss = None
         if not args.skip_plain:
             # The baseline runs first, before Ray exists, so its memory is its own.
-            with PeakRSS() as mem:
+            with PeakMemory() as mem:  # one process: its RSS is cheap to read
                 os.sync()
                 t = time.perf_counter()
                 preprocess(cfg, runner=LocalRunner(), force=True)
@@ -277,8 +212,7 @@ def main() -> None:
         print(f"floor ({cores} processes): {floor / 1e6:5.2f}M rows/s", flush=True)
         tuned = max(floor_rows_per_s(data, cores, tuned=True) for _ in range(2))
         print(f"tuned floor ({cores} processes): {tuned / 1e6:5.2f}M rows/s", flush=True)
-        os.sync()
-        polars, threads = polars_rows_per_s(data, cores)
+        polars, threads = max(polars_rows_per_s(data, cores) for _ in range(2))
         print(f"polars ({threads} threads)  : {polars / 1e6:5.2f}M rows/s", flush=True)
 
         from raygbm.runtime import ensure_ray
@@ -287,24 +221,26 @@ def main() -> None:
         ensure_ray(cfg.resources)
         ray_start = time.perf_counter() - t
         runs, task_runs = [], []
-        pss = {"ray data": 0.0, "ray tasks": 0.0}
-        with PeakRSS() as mem:
-            # Ray Data (the stage's runner) and the plain-task reference, alternated so both see the same
-            # machine; the first Ray Data run is the cold one. Each run's peak PSS is its own.
-            for attempt, runner in (("cold", None), ("warm", None), ("warm", RayTaskRunner()), ("warm", None),
-                                    ("warm", RayTaskRunner())):
-                os.sync()  # the last run's written files flushed first, so no run pays for another's
-                name = "ray data" if runner is None else "ray tasks"
-                with PeakRSS(pss=True) as run_pss:
-                    t = time.perf_counter()
-                    r = preprocess(cfg, force=True, runner=runner)
-                    took = time.perf_counter() - t
-                (runs if runner is None else task_runs).append(took)
-                pss[name] = max(pss[name], run_pss.peak)
-                print(f"{name} ({attempt})  : {took:6.2f}s  {args.rows / took / 1e6:5.2f}M rows/s  "
-                      f"(profile {r.timings['profile_s']:.2f}s, transform {r.timings['transform_s']:.2f}s)  "
-                      f"peak PSS {run_pss.peak:,.0f} MB", flush=True)
-        ray_rss = mem.peak
+        # Ray Data (the stage's runner) and the plain-task reference, alternated so both see the same
+        # machine; the first Ray Data run is the cold one. No sampler runs meanwhile (bench/sampling.py).
+        for attempt, runner in [("cold", None)] + [("warm", r) for _ in range(args.repeats)
+                                                   for r in (None, RayTaskRunner())]:
+            os.sync()  # the last run's written files flushed first, so no run pays for another's
+            name = "ray data" if runner is None else "ray tasks"
+            t = time.perf_counter()
+            r = preprocess(cfg, force=True, runner=runner)
+            took = time.perf_counter() - t
+            (runs if runner is None else task_runs).append(took)
+            print(f"{name} ({attempt})  : {took:6.2f}s  {args.rows / took / 1e6:5.2f}M rows/s  "
+                  f"(profile {r.timings['profile_s']:.2f}s, transform {r.timings['transform_s']:.2f}s)", flush=True)
+        # Memory in a run of each of its own, its PSS sampled every 100 ms (driver and every Ray process).
+        pss, ray_rss = {}, 0.0
+        for name, runner in (("ray data", None), ("ray tasks", RayTaskRunner())):
+            os.sync()
+            with PeakMemory(pss=True, pss_share=None) as mem:
+                preprocess(cfg, force=True, runner=runner)
+            pss[name], ray_rss = mem.peak_pss, max(ray_rss, mem.peak_rss)
+            print(f"{name} (memory run): peak PSS {mem.peak_pss:,.0f} MB, RSS sum {mem.peak_rss:,.0f} MB", flush=True)
         import ray
 
         store_mb = ray.cluster_resources().get("object_store_memory", 0) / 2**20

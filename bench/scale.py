@@ -54,15 +54,15 @@ def data_for(rows: int, cache: Path) -> Path:
 
 
 def run_ours(data: Path, rounds: int) -> dict:
-    from preprocess import _pss_tree_mb
     from raygbm.config import TrainConfig, load_config
     from raygbm.data.preprocess import preprocess
     from raygbm.runtime import ensure_ray
     from raygbm.training.train import RunMeta, train_in_process
+    from sampling import pss_tree_mb
 
     cfg = load_config(None, ["data.drop=[id]"], {"data.source": str(data), "data.label": "label"})
     ensure_ray(cfg.resources)
-    idle_mb = _pss_tree_mb(os.getpid())  # this driver and the Ray processes it started, before any data
+    idle_mb = pss_tree_mb(os.getpid())  # this driver and the Ray processes it started, before any data
     t = time.perf_counter()
     meta = RunMeta.load(preprocess(cfg, force=True).run_dir)
     data_s = time.perf_counter() - t
@@ -101,21 +101,13 @@ def measure(path: str, data: Path, rounds: int, train_rows: int) -> dict | None:
     out = Path(tempfile.mkdtemp(prefix="raygbm-scale-")) / "result.json"
     child = subprocess.Popen([sys.executable, __file__, "--child", path, str(data), str(rounds), str(train_rows),
                               str(out)], env={**os.environ, "RAYGBM_HOME": str(out.parent / "home")})
-    peak = peak_rss = 0.0
-    from preprocess import _pss_tree_mb, _rss_tree_mb
+    from sampling import PeakMemory
 
-    # The RSS sum is cheap (statm); PSS walks every page table (smaps_rollup: ~20 ms with Ray idle, far more
-    # with GBs mapped), which sampled every 100 ms took a core from the process measured. So PSS is read
-    # only when the RSS sum is near its peak, and at most 5% of the time.
-    next_pss = 0.0
-    while child.poll() is None:
-        rss = _rss_tree_mb(child.pid)
-        peak_rss = max(peak_rss, rss)
-        if rss >= 0.97 * peak_rss and time.monotonic() >= next_pss:
-            t = time.monotonic()
-            peak = max(peak, _pss_tree_mb(child.pid))
-            next_pss = time.monotonic() + 20 * (time.monotonic() - t)
-        time.sleep(0.1)
+    # PSS read near the RSS sum's peak only, at most 5% of the time (bench/sampling.py: reading PSS every
+    # 100 ms took a core from the process measured).
+    with PeakMemory(child.pid, pss=True, pss_share=0.05) as mem:
+        child.wait()
+    peak, peak_rss = mem.peak_pss, mem.peak_rss
     if child.returncode != 0 or not out.exists():
         print(f"{path}: failed with exit code {child.returncode} (peak {peak:,.0f} MB)", flush=True)
         return None

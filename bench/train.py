@@ -8,13 +8,14 @@ with plain LightGBM's; Ray's fixed per-run setup (planning the shards from the P
 the worker group, each worker reading its shard, tearing it down) is reported separately. Ends with:
 
     RESULT loop_ratio=<ray loop / plain loop> setup_s=... ray_loop_s=... plain_loop_s=... total_s=...
-           other_cores=<CPU the machine's other processes used during the Ray loop, in cores>
+           other_cores=<CPU the machine used during the Ray loop besides the boosting thread, in cores>
            ray_loop_cpu_s=... ray_loop_runqueue_s=<the Ray loop thread's wait for a core> plain_loop_cpu_s=...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -24,41 +25,49 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sampling import Sampler, busy_cores  # noqa: E402  (bench/sampling.py)
 
 
-class CpuSampler:
-    """Every process's CPU time, sampled every ``every`` seconds in a thread: what else ran on the machine
-    while the Ray worker's boosting loop ran (on 2 cores, one loop thread leaves one core for the rest)."""
+class MachineCpu(Sampler):
+    """The whole machine's CPU time (``/proc/stat``), every 100 ms: what ran besides the worker's boosting
+    loop, at no cost to it."""
 
-    def __init__(self, every: float = 0.2) -> None:
-        import threading
+    def __init__(self) -> None:
+        super().__init__(0.1)
+        self.samples: list[tuple[float, float]] = []
 
-        self.every, self.samples, self.t0 = every, [], time.time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def sample(self) -> None:
+        self.samples.append(busy_cores())
 
-    def __enter__(self) -> "CpuSampler":
-        self._thread.start()
-        return self
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used on the machine between the samples nearest ``start`` and ``end``."""
+        first = min(self.samples, key=lambda s: abs(s[0] - start))
+        last = min(self.samples, key=lambda s: abs(s[0] - end))
+        return last[1] - first[1]
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
-    def _run(self) -> None:
+class ProcessCpu(Sampler):
+    """Every process's CPU time, every 200 ms (``--who``): which processes ran beside the loop. Reading every
+    process's command line costs ~0.1 s of CPU per loop, itself on the other core, so it is off by default."""
+
+    def __init__(self) -> None:
+        super().__init__(0.2)
+        self.samples: list[tuple[float, dict[int, tuple[float, str]]]] = []
+
+    def sample(self) -> None:
         import psutil
 
-        while not self._stop.is_set():
-            now, cpu = time.time(), {}
-            for p in psutil.process_iter(["name", "cmdline", "cpu_times", "create_time"]):
-                try:
-                    t = p.info["cpu_times"]
-                    title = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
-                    cpu[p.pid] = (t.user + t.system, f"{title[:60].strip()} (started {p.info['create_time'] - self.t0:+.1f}s)")
-                except (TypeError, AttributeError):  # a process that ended while being read
-                    continue
-            self.samples.append((now, cpu))
-            self._stop.wait(self.every)
+        now, cpu = time.time(), {}
+        for p in psutil.process_iter(["name", "cmdline", "cpu_times", "create_time"]):
+            try:
+                t = p.info["cpu_times"]
+                title = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
+                cpu[p.pid] = (t.user + t.system, f"{title[:60].strip()} (started {p.info['create_time'] - self.t0:+.1f}s)")
+            except (TypeError, AttributeError):  # a process that ended while being read
+                continue
+        self.samples.append((now, cpu))
 
     def between(self, start: float, end: float) -> list[tuple[float, str]]:
         """CPU seconds per process between the samples nearest ``start`` and ``end``, largest first (each
@@ -84,6 +93,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="LightGBM threads, same for both paths")
     ap.add_argument("--report-every", type=int, default=25)
     ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--who", action="store_true", help="also sample every process's CPU during the Ray loop "
+                    "(costs CPU beside the loop)")
     args = ap.parse_args()
 
     from raygbm.config import ResourcesConfig, TrainConfig, load_config
@@ -112,20 +123,21 @@ def main() -> None:
         runs = []
         for attempt in ("cold", "warm"):
             t = time.perf_counter()
-            with CpuSampler() as sampler:
+            with MachineCpu() as machine, (ProcessCpu() if args.who else contextlib.nullcontext()) as who:
                 r = train_with_ray(meta, tc, ResourcesConfig(cpus_per_worker=args.threads), work / "ray_train",
                                    f"bench-{attempt}")
             total = time.perf_counter() - t
             loop = r.metrics["boost_s"]
-            # The machine's CPU while the worker's loop ran (its window from the worker's own clock).
-            used = sampler.between(r.metrics["worker_ended_at"] - loop, r.metrics["worker_ended_at"])
-            others = used[1:]  # the largest is the loop's own worker
-            print(f"  CPU during the loop ({loop:.2f}s, from {r.metrics['worker_ended_at'] - loop - sampler.t0:.1f}s): "
-                  f"the loop's process {used[0][0]:.2f}s "
-                  f"({used[0][1][:40]}); everything else {sum(u for u, _ in others):.2f}s, the most:", flush=True)
-            for u, title in others[:6]:
-                print(f"    {u:5.2f}s  {title}", flush=True)
-            other_cpu = sum(u for u, _ in others) / loop
+            # The machine's CPU while the worker's loop ran (its window from the worker's own clock), less
+            # the boosting thread's own.
+            start, end = r.metrics["worker_ended_at"] - loop, r.metrics["worker_ended_at"]
+            other_cpu = max(0.0, machine.between(start, end) - r.metrics["loop_cpu_s"]) / loop
+            print(f"  CPU during the loop ({loop:.2f}s): the boosting thread {r.metrics['loop_cpu_s']:.2f}s, "
+                  f"everything else {other_cpu * loop:.2f}s ({other_cpu:.2f} cores)", flush=True)
+            if who is not None:
+                used = who.between(start, end)
+                for u, title in used[:8]:
+                    print(f"    {u:5.2f}s  {title}", flush=True)
             runs.append((total, loop))
             print(f"ray train ({attempt})    : loop {loop:6.2f}s  total {total:6.2f}s  setup {total - loop:6.2f}s  "
                   f"validation {metric_name('binary')} {r.metrics.get('score', float('nan')):.4f} (plain {plain.metrics['score']:.4f})", flush=True)

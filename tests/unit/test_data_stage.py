@@ -49,3 +49,33 @@ def test_each_pass_reports_its_blocks_as_progress_lines_and_a_short_pass_says_no
     assert [line for line in lines if line.startswith("profiling:")] == [
         "profiling: 1 of 4 blocks (25%)", "profiling: 2 of 4 blocks (50%)", "profiling: 3 of 4 blocks (75%)"]
     assert len([line for line in lines if line.startswith("transforming and writing:")]) == 3
+
+
+def test_a_written_parts_sha256_is_that_of_its_bytes_on_disk_and_it_reads_back_the_same(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygbm.data.preprocess import write_parquet
+    from raygbm.paths import sha256_file
+
+    rng = np.random.default_rng(3)
+    table = pa.table({"x": rng.normal(size=300_000), "c": pa.array(rng.integers(0, 5, 300_000), pa.int32())})
+    dest = tmp_path / "part.parquet"
+    digest = write_parquet(table, str(dest))  # several MB: written in many pieces, each hashed as it goes
+    assert digest == sha256_file(dest)
+    assert pq.read_table(dest).equals(table)
+
+
+def test_duplicates_are_counted_across_blocks_whose_hashes_come_sorted():
+    import numpy as np
+
+    from raygbm.data.preprocess import _duplicates
+
+    rng = np.random.default_rng(4)
+    pool = rng.integers(0, 2**63, 5_000, dtype=np.uint64)
+    blocks = [rng.choice(pool, 4_000) for _ in range(5)]  # repeats within and across blocks
+    everything = np.concatenate(blocks)
+    expected = everything.size - np.unique(everything).size
+    sent = [{"hashes": np.sort(b).tobytes()} for b in blocks]  # what profile_block sends when only counting
+    assert expected > 0 and _duplicates(sent, drop=False) == (expected, None)
