@@ -410,8 +410,9 @@ def ingest_datasets(train_slices: list[list[tuple[str, int, int]]], validation_s
     from raygbm.data.engine import QUIET_DATA_CONTEXT, ParquetSlices, data_context
 
     def dataset(slices: list[tuple[str, int, int]]) -> Any:
-        return ray.data.read_datasource(ParquetSlices(slices, columns), num_cpus=0,
-                                        override_num_blocks=max(len(slices), 1))
+        # One block per slice, read by tasks of several slices (ParquetSlices); a block count of 1 asks
+        # Ray Data for no further splitting of them.
+        return ray.data.read_datasource(ParquetSlices(slices, columns), num_cpus=0, override_num_blocks=1)
 
     with data_context(**QUIET_DATA_CONTEXT):
         datasets = {f"train_{rank}": dataset(s) for rank, s in enumerate(train_slices)}
@@ -453,6 +454,12 @@ def train_with_ray(
     # sooner than that blocks training until the next poll. Polling faster removes that wait; the
     # driver's RAY_TRAIN_* variables are propagated to the controller actor.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray 2.60's Train starts a PreemptionWatcher actor with every worker group, once the workers are up:
+    # a fresh process (~0.7 s of CPU to boot) that then polls for node drains, to hand the training
+    # function a preemption notice. Ours reads none (it checkpoints every checkpoint_every rounds and
+    # resumes from the last after a lost node), and the boot lands on the boosting loop's first
+    # seconds: on 2 cores it took the loop's core share (bench/train.py, --who). Set it to 1 to keep it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     t0 = time.perf_counter()
     # Each worker's rows are read through Ray Data from the split's Parquet files (which the data stage's
     # tasks wrote from every node, so the run directory is on storage all nodes share, like the
@@ -473,7 +480,10 @@ def train_with_ray(
             "has_validation": bool(holdout),
         },
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # already one per worker
+        # Already one dataset per worker; its blocks in the order of its slices, so a worker's rows are in
+        # the same order in every run (Ray Data hands blocks out as their read tasks finish otherwise).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                            execution_options=ray.data.ExecutionOptions(preserve_order=True)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
