@@ -11,7 +11,7 @@ each read task scores its own block (read and score fused; the bundle parsed onc
 
 Peak memory is that of this process and every Ray process it started, as PSS, read every 100 ms in an
 untimed run of each path of its own (reading PSS takes CPU from what it measures: ``bench/sampling.py``).
-The Ray paths' rates are the best of two timed runs, with no sampler. Ends with one line:
+The Ray paths' rates are the best of ``--repeats`` (2) alternated timed runs, with no sampler. Ends with one line:
 
     RESULT rows_per_s=<ray data> task_ratio=<ray data / ray tasks> plain_ratio=<ray data / plain> peak_pss_mb=...
 """
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--shards", type=int, default=10)
     ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=2, help="warm runs of each Ray path, alternated; the best counts")
     ap.add_argument("--actors", action="store_true", help="also score in a Ray Data actor pool")
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / ".data"), help="generated shards are cached here")
     args = ap.parse_args()
@@ -103,8 +104,8 @@ def main() -> None:
         import ray
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        plan = [("ray data (cold)", None), ("ray data", None), ("ray tasks", RayTaskRunner()), ("ray data", None),
-                ("ray tasks", RayTaskRunner())]
+        plan = [("ray data (cold)", None)] + [(name, runner) for _ in range(args.repeats)
+                                             for name, runner in (("ray data", None), ("ray tasks", RayTaskRunner()))]
         if args.actors:
             plan += [("ray data actors", RayDataRunner(actors=cpus)), ("ray data actors", RayDataRunner(actors=cpus))]
         times: dict[str, list[float]] = {}
