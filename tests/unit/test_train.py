@@ -155,6 +155,24 @@ def test_each_workers_slices_read_exactly_its_rows_across_files_and_row_groups(t
     assert [t["x"].to_pylist() for t in shards] == [list(range(0, 23)), list(range(23, 46)), list(range(46, 70))]
 
 
+def test_the_ingest_groups_a_workers_slices_into_few_read_tasks_that_keep_their_order(tmp_path):
+    # Each read task boots a Ray worker process: consecutive slices share one up to task_rows rows.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygbm.data.engine import ParquetSlices
+
+    for i, (lo, hi) in enumerate([(0, 40), (40, 80), (80, 120), (120, 130)]):
+        pq.write_table(pa.table({"x": list(range(lo, hi))}), tmp_path / f"part-{i}.parquet", row_group_size=7)
+    slices = [(str(tmp_path / f"part-{i}.parquet"), 0, n) for i, n in enumerate([40, 40, 40, 10])]
+    tasks = ParquetSlices(slices, ["x"], task_rows=100).get_read_tasks(1)
+    assert [t.metadata.num_rows for t in tasks] == [120, 10]  # a task fills past task_rows, then a new one
+    blocks = [block for t in tasks for block in t.read_fn()]
+    assert [b.num_rows for b in blocks] == [40, 40, 40, 10]  # a block per slice, in the slices' order
+    assert pa.concat_tables(blocks)["x"].to_pylist() == list(range(130))
+    assert len(ParquetSlices(slices, ["x"]).get_read_tasks(1)) == 1  # 130 rows: one task by default
+
+
 def test_the_loop_clock_counts_this_threads_cpu_and_its_wait_for_a_core():
     from raygbm.training.train import loop_clock, thread_clock
 
