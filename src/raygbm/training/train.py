@@ -429,6 +429,21 @@ def shard_table(shard: Any) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def set_train_environment() -> None:
+    """Ray Train's settings for our runs, unless the user set them (the driver's RAY_TRAIN_* variables
+    are propagated to the controller actor)."""
+    # Train V2 hands each worker's reports to the controller through a queue of size 1 that the
+    # controller drains only when it polls the workers (every 2 s by default), so every report made
+    # sooner than that blocks training until the next poll. Polling faster removes that wait.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray 2.60's Train starts a PreemptionWatcher actor with every worker group, once the workers are up:
+    # a fresh process (~0.7 s of CPU to boot) that then polls for node drains, to hand the training
+    # function a preemption notice. Ours reads none (it checkpoints every checkpoint_every rounds and
+    # resumes from the last after a lost node), and the boot lands on the boosting loop's first
+    # seconds: on 2 cores it took the loop's core share (bench/train.py, --who). Set it to 1 to keep it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
 def train_with_ray(
     meta: RunMeta,
     train: TrainConfig,
@@ -449,17 +464,7 @@ def train_with_ray(
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
 
-    # Train V2 hands each worker's reports to the controller through a queue of size 1 that the
-    # controller drains only when it polls the workers (every 2 s by default), so every report made
-    # sooner than that blocks training until the next poll. Polling faster removes that wait; the
-    # driver's RAY_TRAIN_* variables are propagated to the controller actor.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    # Ray 2.60's Train starts a PreemptionWatcher actor with every worker group, once the workers are up:
-    # a fresh process (~0.7 s of CPU to boot) that then polls for node drains, to hand the training
-    # function a preemption notice. Ours reads none (it checkpoints every checkpoint_every rounds and
-    # resumes from the last after a lost node), and the boot lands on the boosting loop's first
-    # seconds: on 2 cores it took the loop's core share (bench/train.py, --who). Set it to 1 to keep it.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    set_train_environment()
     t0 = time.perf_counter()
     # Each worker's rows are read through Ray Data from the split's Parquet files (which the data stage's
     # tasks wrote from every node, so the run directory is on storage all nodes share, like the
