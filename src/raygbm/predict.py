@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygbm.data.blocks import block_progress
-from raygbm.data.preprocess import ROW_COL, SHARD_COL, BlockRunner, default_runner
+from raygbm.data.preprocess import ROW_COL, SHARD_COL, BlockRunner, default_runner, dictionary_page_columns
 from raygbm.data.schema import ShardSet, check_shards
 from raygbm.errors import DataError
 from raygbm.progress import Progress, no_progress
@@ -70,11 +70,9 @@ def predict_block(table: pa.Table, texts: ModelTexts, out_dir: str) -> dict[str,
     table = table.drop_columns([SHARD_COL, ROW_COL])
     scored = score_table(texts.bundle(), table)
     name = f"part-{shard:05d}-{first:011d}.parquet"
-    # Dictionary pages for non-float columns only, as the data stage writes (``preprocess.write_parquet``):
-    # floats rarely repeat, and trying a dictionary first costs 20% of the write (0.52 s against 0.41 s
-    # for a 1M-row block).
-    pq.write_table(scored, os.path.join(out_dir, name),
-                   use_dictionary=[f.name for f in scored.schema if not pa.types.is_floating(f.type)])
+    # Dictionary pages as the data stage writes them: for floats they cost 20% of the write here (0.52 s
+    # against 0.41 s for a 1M-row block).
+    pq.write_table(scored, os.path.join(out_dir, name), use_dictionary=dictionary_page_columns(scored.schema))
     return {"file": [name], "rows": [scored.num_rows]}
 
 
