@@ -6,7 +6,7 @@ Sampling is not free, and on 2 cores it slows what it measures:
 - its PSS (``/proc/<pid>/smaps_rollup``, a shared page counted 1/n in each of its n processes) walks every
   page table: 60 ms of CPU per sample with Ray idle (measured 2026-12-07), far more with GBs mapped. Every
   100 ms that is a third of a core, taken from the run being timed (``bench/preprocess.py``'s Ray runs
-  were 3.9-4.6 s with it and 3.1-3.3 s without).
+  were 3.9-4.6 s with it and 2.7-3.1 s without).
 
 So the benches time their runs with no sampler, and read memory in runs of their own (``PeakMemory``).
 """

@@ -86,15 +86,15 @@ class ParquetSlices(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[Any]:
-        groups: list[list[tuple]] = []
+        groups: list[tuple[list[tuple], int]] = []  # (slices, their rows)
         for s in self.slices:
-            if not groups or sum(rows for _, _, rows in groups[-1]) >= self.task_rows:
-                groups.append([])
-            groups[-1].append(s)
+            if not groups or groups[-1][1] >= self.task_rows:
+                groups.append(([], 0))
+            groups[-1] = (groups[-1][0] + [s], groups[-1][1] + s[2])
         return [ReadTask(functools.partial(_read_slices, group, self.columns),
-                         BlockMetadata(num_rows=sum(rows for _, _, rows in group), size_bytes=None,
-                                       input_files=list(dict.fromkeys(path for path, _, _ in group)), exec_stats=None))
-                for group in groups]
+                         BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None,
+                                       input_files=list(dict.fromkeys(path for path, _, _ in group))))
+                for group, rows in groups]
 
 
 def _read_slices(slices: list[tuple[str, int, int]], columns: list[str]) -> Iterator[pa.Table]:
